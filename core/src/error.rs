@@ -1,0 +1,70 @@
+//! The error type shared by the reconcile loop and the backends. Its kind says whether a
+//! retry can help, which is what the loop needs to decide.
+
+use std::fmt;
+
+/// Whether trying again can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Something outside hagw may change: a device or OVSDB row not there yet, a busy or
+    /// restarting daemon, a lost connection.
+    Transient,
+    /// Retrying will not help: invalid input, missing privileges, unsupported operation.
+    Permanent,
+}
+
+/// A failed operation on one router's port, with where it happened.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} on {target}: {message}")]
+pub struct Error {
+    pub kind: ErrorKind,
+    /// What was attempted, e.g. `set link up`.
+    pub operation: String,
+    /// Where, e.g. `netns qrouter-1 dev qg-1`.
+    pub target: String,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(
+        kind: ErrorKind,
+        operation: impl fmt::Display,
+        target: impl fmt::Display,
+        message: impl fmt::Display,
+    ) -> Self {
+        Error {
+            kind,
+            operation: operation.to_string(),
+            target: target.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn transient(
+        op: impl fmt::Display,
+        target: impl fmt::Display,
+        msg: impl fmt::Display,
+    ) -> Self {
+        Self::new(ErrorKind::Transient, op, target, msg)
+    }
+
+    pub fn permanent(
+        op: impl fmt::Display,
+        target: impl fmt::Display,
+        msg: impl fmt::Display,
+    ) -> Self {
+        Self::new(ErrorKind::Permanent, op, target, msg)
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+
+    /// Short label for metrics.
+    pub fn kind_label(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Permanent => "permanent",
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The pure planner: desired state (spec + role) and observed state in, ordered actions out.
+//! No I/O and no clock; the reconcile loop measures time and passes it in `Observed`.
+//!
+//! The order is the product. On a standby, exposure is closed (hold or link down) before any
+//! address or sysctl is touched, because touching them makes the kernel send MLD and DAD
+//! frames; a hold is lifted only once the port has been silent longer than the kernel's
+//! delayed retransmissions. On a primary, the port is configured first, the hold released
+//! only once the L2 agent has wired it, routes repaired, and the addresses announced last.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::action::Action;
+use crate::model::{Role, RouterSpec, Strategy};
+use crate::observed::{ADDR_GEN_MODE_NONE, Ipv6Sysctl, L2Hold, Observed, PortState};
+
+/// The ordered actions for one router, and what (if anything) it is still waiting for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub wait: Option<Wait>,
+}
+
+impl Plan {
+    /// Nothing left to do now (the plan may still be waiting for something outside hagw).
+    pub fn is_converged(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+/// Why a plan stops short of the final state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "reason")]
+pub enum Wait {
+    /// The gateway device does not exist yet in the router namespace.
+    DeviceMissing,
+    /// A standby hold can be lifted once the port has been silent for `remaining` more.
+    SilenceSettling { remaining: Duration },
+    /// The primary's hold can be released once the L2 agent has wired the port.
+    L2NotWired,
+}
+
+/// The sysctl values that make a standby silent, in the order they are written: address
+/// generation off first, so nothing later regenerates a link-local address.
+const STANDBY_SILENCE: [(Ipv6Sysctl, u32); 3] = [
+    (Ipv6Sysctl::AddrGenMode, ADDR_GEN_MODE_NONE),
+    (Ipv6Sysctl::AcceptRa, 0),
+    (Ipv6Sysctl::Forwarding, 0),
+];
+
+/// Plans the steps that bring the port from `observed` to what `spec` wants for `role`.
+pub fn plan(spec: &RouterSpec, role: Role, observed: &Observed) -> Plan {
+    let mut builder = PlanBuilder { state: observed.port.clone(), plan: Plan::default() };
+    if role.is_standby() {
+        builder.standby(spec, observed);
+    } else {
+        builder.primary(spec, observed);
+    }
+    builder.plan
+}
+
+/// Accumulates actions while tracking the state they leave behind, so each decision sees the
+/// effect of the steps before it.
+struct PlanBuilder {
+    state: PortState,
+    plan: Plan,
+}
+
+impl PlanBuilder {
+    fn push(&mut self, action: Action) {
+        action.apply_to(&mut self.state);
+        self.plan.actions.push(action);
+    }
+
+    fn wait(&mut self, wait: Wait) {
+        self.plan.wait.get_or_insert(wait);
+    }
+
+    fn admin_up(&self) -> bool {
+        self.state.link.as_ref().is_some_and(|l| l.admin_up)
+    }
+
+    fn standby(&mut self, spec: &RouterSpec, observed: &Observed) {
+        let settle = spec.silence_settle();
+        // Silence observed long enough ago that no delayed MLD/DAD retransmission is left.
+        let settled = observed.port.is_silent() && observed.silent_for >= settle;
+        let can_hold = spec.backend.can_hold() && self.state.l2.hold != L2Hold::Unsupported;
+
+        // 1. Close exposure before anything makes the kernel talk.
+        if self.state.is_exposed() && !settled {
+            if can_hold && spec.strategy != Strategy::LinkDown {
+                self.push(Action::HoldL2);
+            } else {
+                self.push(Action::SetLinkDown);
+            }
+        }
+        match spec.strategy {
+            Strategy::L2Hold if can_hold && self.state.l2.hold != L2Hold::Held => {
+                self.push(Action::HoldL2)
+            }
+            Strategy::LinkDown if self.admin_up() => self.push(Action::SetLinkDown),
+            _ => {}
+        }
+
+        // 2. Silence: sysctls first, then every address.
+        let Some(link) = self.state.link.clone() else {
+            self.wait(Wait::DeviceMissing);
+            return;
+        };
+        for (sysctl, value) in STANDBY_SILENCE {
+            if link.ipv6.get(sysctl) != value {
+                self.push(Action::SetSysctl { sysctl, value });
+            }
+        }
+        for address in link.addresses {
+            self.push(Action::DeleteAddress { address });
+        }
+
+        // 3. Move toward the strategy's resting state, lifting a guard only when another
+        // guard remains in place or the port has settled into silence.
+        let remaining = settle.saturating_sub(if settled { settle } else { observed.silent_for });
+        let settling = Wait::SilenceSettling { remaining: remaining.max(Duration::from_millis(1)) };
+        if spec.strategy != Strategy::LinkDown && !self.admin_up() {
+            if self.state.l2.hold == L2Hold::Held || settled {
+                self.push(Action::SetLinkUp);
+            } else {
+                self.wait(settling);
+            }
+        }
+        if spec.strategy != Strategy::L2Hold
+            && self.state.l2.hold == L2Hold::Held
+            && self.state.l2.wired
+        {
+            if !self.admin_up() || settled {
+                self.push(Action::ReleaseL2);
+            } else {
+                self.wait(settling);
+            }
+        }
+    }
+
+    fn primary(&mut self, spec: &RouterSpec, observed: &Observed) {
+        let Some(link) = self.state.link.clone() else {
+            self.wait(Wait::DeviceMissing);
+            return;
+        };
+        if spec.serves_ipv6() {
+            for (sysctl, value) in [(Ipv6Sysctl::DisableIpv6, 0), (Ipv6Sysctl::Forwarding, 1)] {
+                if link.ipv6.get(sysctl) != value {
+                    self.push(Action::SetSysctl { sysctl, value });
+                }
+            }
+        }
+        if !link.admin_up {
+            self.push(Action::SetLinkUp);
+        }
+        for address in &spec.gateway_addresses {
+            if !self.link_has(|l| l.addresses.contains(address)) {
+                self.push(Action::AddAddress { address: *address });
+            }
+        }
+        // keepalived's virtual_routes fail on a down link and are never retried, so the
+        // primary's routes are part of its desired state.
+        for route in &spec.routes {
+            if !self.link_has(|l| l.routes.contains(route)) {
+                self.push(Action::AddRoute { route: route.clone() });
+            }
+        }
+        if self.state.l2.hold == L2Hold::Held {
+            if self.state.l2.wired {
+                self.push(Action::ReleaseL2);
+            } else {
+                self.wait(Wait::L2NotWired);
+            }
+        }
+        if observed.announce_pending && self.state.is_exposed() {
+            let addresses: Vec<_> = self
+                .state
+                .link
+                .as_ref()
+                .map(|l| l.addresses.iter().map(|a| a.addr()).collect())
+                .unwrap_or_default();
+            if !addresses.is_empty() {
+                self.push(Action::Announce { addresses });
+            }
+        }
+    }
+
+    fn link_has(&self, check: impl Fn(&crate::observed::LinkState) -> bool) -> bool {
+        self.state.link.as_ref().is_some_and(check)
+    }
+}

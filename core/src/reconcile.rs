@@ -1,0 +1,262 @@
+//! One reconcile pass for one router: observe, plan, apply with bounded retry, re-observe
+//! and verify. The I/O goes through the [`Dataplane`] boundary, implemented by the backends.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::action::Action;
+use crate::error::Error;
+use crate::model::{Role, RouterSpec};
+use crate::observed::{Observed, PortState};
+use crate::planner::{Plan, Wait, plan};
+
+/// Reads and changes the real port. Implemented by the backends; the reconcile loop is
+/// generic over it so tests can drive it with a model.
+pub trait Dataplane: Sync {
+    fn observe(&self, spec: &RouterSpec) -> impl Future<Output = Result<PortState, Error>> + Send;
+    fn apply(
+        &self,
+        spec: &RouterSpec,
+        action: &Action,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// What the loop remembers about one router between passes; the planner gets it as part of
+/// [`Observed`].
+#[derive(Debug, Clone, Default)]
+pub struct RouterMemory {
+    silent_since: Option<Instant>,
+    announce_pending: bool,
+    last_role: Option<Role>,
+}
+
+impl RouterMemory {
+    /// Combines a fresh observation with what was remembered, at time `now`.
+    pub fn observed(&mut self, role: Role, port: PortState, now: Instant) -> Observed {
+        if self.last_role != Some(role) {
+            // Every arrival at primary (including hagw starting on one) announces once.
+            self.announce_pending = role == Role::Primary;
+            self.last_role = Some(role);
+        }
+        if port.is_silent() {
+            self.silent_since.get_or_insert(now);
+        } else {
+            self.silent_since = None;
+        }
+        let silent_for = self.silent_since.map(|t| now.duration_since(t)).unwrap_or_default();
+        Observed { port, silent_for, announce_pending: self.announce_pending }
+    }
+
+    fn announced(&mut self) {
+        self.announce_pending = false;
+    }
+}
+
+/// Retry bounds of a pass.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per action (and per observation) before the pass fails.
+    pub attempts: u32,
+    /// Delay before the first retry; doubles each time.
+    pub backoff: Duration,
+    /// Re-observations allowed for the result to match the plan.
+    pub verify_attempts: u32,
+    pub verify_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            backoff: Duration::from_millis(50),
+            verify_attempts: 5,
+            verify_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What a successful pass did.
+#[derive(Debug, Clone)]
+pub struct PassReport {
+    pub applied: Vec<Action>,
+    /// What the router still waits for after verification, if anything.
+    pub wait: Option<Wait>,
+    /// The state verification saw.
+    pub observed: Observed,
+}
+
+/// Why a pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("observing the port failed: {0}")]
+    Observe(#[source] Error),
+    #[error("step '{action}' failed after retries: {source}{}", fail_safe_note(.fail_safe))]
+    Apply {
+        action: Action,
+        #[source]
+        source: Error,
+        /// The guard applied afterwards so a standby is not left exposed, if any was needed.
+        fail_safe: Option<Action>,
+    },
+    #[error("verification failed: the port still needs {}", describe(.remaining))]
+    Verify { remaining: Vec<Action> },
+}
+
+fn fail_safe_note(fail_safe: &Option<Action>) -> String {
+    fail_safe.as_ref().map(|a| format!(" (fail-safe applied: {a})")).unwrap_or_default()
+}
+
+fn describe(actions: &[Action]) -> String {
+    actions.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+impl ReconcileError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReconcileError::Observe(e) | ReconcileError::Apply { source: e, .. } => {
+                e.is_transient()
+            }
+            ReconcileError::Verify { .. } => true,
+        }
+    }
+}
+
+/// Observes the port and combines it with the loop's memory.
+pub async fn observe<D: Dataplane>(
+    dataplane: &D,
+    spec: &RouterSpec,
+    role: Role,
+    memory: &mut RouterMemory,
+    policy: &RetryPolicy,
+) -> Result<Observed, ReconcileError> {
+    let port = with_retry(policy, "observe", || dataplane.observe(spec))
+        .await
+        .map_err(ReconcileError::Observe)?;
+    Ok(memory.observed(role, port, Instant::now()))
+}
+
+/// Plans without applying: what `hagw plan` shows.
+pub async fn dry_run<D: Dataplane>(
+    dataplane: &D,
+    spec: &RouterSpec,
+    role: Role,
+    memory: &mut RouterMemory,
+    policy: &RetryPolicy,
+) -> Result<(Observed, Plan), ReconcileError> {
+    let observed = observe(dataplane, spec, role, memory, policy).await?;
+    let plan = plan(spec, role, &observed);
+    Ok((observed, plan))
+}
+
+/// One full pass: observe, plan, apply, verify.
+pub async fn reconcile_router<D: Dataplane>(
+    dataplane: &D,
+    spec: &RouterSpec,
+    role: Role,
+    memory: &mut RouterMemory,
+    policy: &RetryPolicy,
+) -> Result<PassReport, ReconcileError> {
+    let span = info_span!("reconcile", router = %spec.id, netns = %spec.namespace,
+        port = %spec.gateway_device, role = role.as_str());
+    async {
+        let (_, plan) = dry_run(dataplane, spec, role, memory, policy).await?;
+        let mut applied = Vec::with_capacity(plan.actions.len());
+        for action in plan.actions {
+            if let Err(source) =
+                with_retry(policy, action.kind(), || dataplane.apply(spec, &action)).await
+            {
+                let fail_safe = if role.is_standby() {
+                    fail_safe(dataplane, spec, &action, policy).await
+                } else {
+                    None
+                };
+                return Err(ReconcileError::Apply { action, source, fail_safe });
+            }
+            info!(action = %action, "applied");
+            if matches!(action, Action::Announce { .. }) {
+                memory.announced();
+            }
+            applied.push(action);
+        }
+        verify(dataplane, spec, role, memory, policy, applied).await
+    }
+    .instrument(span)
+    .await
+}
+
+async fn verify<D: Dataplane>(
+    dataplane: &D,
+    spec: &RouterSpec,
+    role: Role,
+    memory: &mut RouterMemory,
+    policy: &RetryPolicy,
+    applied: Vec<Action>,
+) -> Result<PassReport, ReconcileError> {
+    let mut remaining = Vec::new();
+    for attempt in 0..policy.verify_attempts.max(1) {
+        if attempt > 0 {
+            sleep(policy.verify_delay).await;
+        }
+        let (observed, again) = dry_run(dataplane, spec, role, memory, policy).await?;
+        if again.is_converged() {
+            return Ok(PassReport { applied, wait: again.wait, observed });
+        }
+        debug!(attempt, remaining = %describe(&again.actions), "not converged yet");
+        remaining = again.actions;
+    }
+    Err(ReconcileError::Verify { remaining })
+}
+
+/// After a failed step on a standby: if the port is exposed and not silent, close it with
+/// whichever guard still works, so a failure never leaves a standby transmitting.
+async fn fail_safe<D: Dataplane>(
+    dataplane: &D,
+    spec: &RouterSpec,
+    failed: &Action,
+    policy: &RetryPolicy,
+) -> Option<Action> {
+    let port = match dataplane.observe(spec).await {
+        Ok(port) if !port.is_exposed() || port.is_silent() => return None,
+        Ok(port) => Some(port),
+        Err(_) => None,
+    };
+    let mut guards = Vec::new();
+    if spec.backend.can_hold() {
+        guards.push(Action::HoldL2);
+    }
+    guards.push(Action::SetLinkDown);
+    for guard in guards.into_iter().filter(|g| g != failed) {
+        match with_retry(policy, guard.kind(), || dataplane.apply(spec, &guard)).await {
+            Ok(()) => {
+                warn!(guard = %guard, exposed = port.is_some(), "fail-safe guard applied");
+                return Some(guard);
+            }
+            Err(e) => warn!(guard = %guard, error = %e, "fail-safe guard failed"),
+        }
+    }
+    None
+}
+
+async fn with_retry<T, F, Fut>(policy: &RetryPolicy, what: &str, mut op: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let mut delay = policy.backoff;
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && attempt < policy.attempts => {
+                debug!(what, attempt, error = %e, "retrying");
+                sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
