@@ -1,4 +1,5 @@
 //! Southbound backends for hagw: the Linux network-namespace layer (netlink, sysctls),
 //! the OVSDB client, and the L2 backends (generic, OVS, Linux bridge).
 
+pub mod netns;
 pub mod ovsdb;
