@@ -1,0 +1,390 @@
+//! Integration tests against a real, throw-away `ovsdb-server` (openvswitch-switch) with the
+//! vswitch schema: one server per test in its own temp dir, killed on drop even if the test fails.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hagw_backends::ovsdb::{
+    Atom, ClientConfig, Condition, Endpoint, InterfaceRow, MonitorEvent, MonitorRequest,
+    MonitorRequests, MonitorStream, Mutation, Mutator, Op, OvsdbClient, OvsdbError, PortRow,
+    RowValues, VSWITCH_DB, Value, WaitUntil,
+};
+use tempfile::TempDir;
+
+const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+const WAIT: Duration = Duration::from_secs(10);
+const PORT: &str = "qg-test";
+
+/// A foreground ovsdb-server child process serving a fresh database.
+struct Server {
+    dir: TempDir,
+    remote: String,
+    endpoint: Endpoint,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn unix() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("db.sock");
+        Self::start(dir, format!("punix:{}", sock.display()), Endpoint::Unix(sock))
+    }
+
+    fn tcp() -> Self {
+        // Pick a free port; the tiny window before ovsdb-server binds it is acceptable in tests.
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let endpoint = Endpoint::Tcp { host: "127.0.0.1".into(), port };
+        Self::start(tempfile::tempdir().unwrap(), format!("ptcp:{port}:127.0.0.1"), endpoint)
+    }
+
+    fn start(dir: TempDir, remote: String, endpoint: Endpoint) -> Self {
+        let db = dir.path().join("conf.db");
+        let status = Command::new("ovsdb-tool")
+            .arg("create")
+            .arg(&db)
+            .arg(SCHEMA)
+            .status()
+            .expect("ovsdb-tool not installed (apt-get install openvswitch-switch)");
+        assert!(status.success(), "ovsdb-tool create failed");
+        let mut server = Self { dir, remote, endpoint, child: None };
+        server.spawn();
+        server
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("ovsdb-server")
+            .arg(self.path("conf.db"))
+            .arg(format!("--remote={}", self.remote))
+            .arg(format!("--unixctl={}", self.path("ctl").display()))
+            .arg(format!("--log-file={}", self.path("log").display()))
+            .arg("-vconsole:off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ovsdb-server not installed (apt-get install openvswitch-switch)");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while !self.accepts() {
+            assert!(Instant::now() < deadline, "ovsdb-server did not come up: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn accepts(&self) -> bool {
+        match &self.endpoint {
+            Endpoint::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+            Endpoint::Tcp { host, port } => {
+                std::net::TcpStream::connect((host.as_str(), *port)).is_ok()
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("log")).unwrap_or_default()
+    }
+
+    /// Runs `ovs-vsctl` against this server, as an operator or the Neutron agent would.
+    fn vsctl(&self, args: &[&str]) -> String {
+        let out = Command::new("ovs-vsctl")
+            .arg(format!("--db={}", self.endpoint))
+            .args(["--no-wait", "--timeout=10"])
+            .args(args)
+            .output()
+            .expect("ovs-vsctl not installed");
+        assert!(
+            out.status.success(),
+            "ovs-vsctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    async fn client(&self) -> OvsdbClient {
+        let config = ClientConfig {
+            echo_interval: Duration::from_millis(500),
+            request_timeout: WAIT,
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+        };
+        OvsdbClient::connect_with(self.endpoint.clone(), config).await.unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn row(pairs: impl IntoIterator<Item = (&'static str, Value)>) -> RowValues {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+fn by_name(name: &str) -> Vec<Condition> {
+    vec![Condition::eq("name", name)]
+}
+
+/// Creates the root row, bridge `br-int` and port+interface `name` in one transaction, using
+/// named UUIDs to link the new rows.
+async fn create_port(client: &OvsdbClient, name: &str) {
+    let ops = [
+        Op::Insert {
+            table: "Interface".into(),
+            row: row([("name", name.into()), ("type", "internal".into())]),
+            uuid_name: Some("iface".into()),
+        },
+        Op::Insert {
+            table: "Port".into(),
+            row: row([
+                ("name", name.into()),
+                ("interfaces", Value::set([Atom::named_uuid("iface")])),
+            ]),
+            uuid_name: Some("port".into()),
+        },
+        Op::Insert {
+            table: "Bridge".into(),
+            row: row([
+                ("name", "br-int".into()),
+                ("ports", Value::set([Atom::named_uuid("port")])),
+            ]),
+            uuid_name: Some("br".into()),
+        },
+        Op::Insert {
+            table: "Open_vSwitch".into(),
+            row: row([("bridges", Value::set([Atom::named_uuid("br")]))]),
+            uuid_name: None,
+        },
+        Op::Comment("hagw test: create port".into()),
+    ];
+    let results = client.transact(VSWITCH_DB, &ops).await.unwrap();
+    assert!(results[..4].iter().all(|r| r.uuid.is_some()), "{results:?}");
+}
+
+async fn select_port(client: &OvsdbClient, name: &str) -> PortRow {
+    let res = client.transact(VSWITCH_DB, &[PortRow::select(by_name(name))]).await.unwrap();
+    let rows = res[0].rows.as_ref().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    PortRow::from_row(None, &rows[0]).unwrap()
+}
+
+/// The dead-VLAN hold: the tag alone does not stop untagged frames, so tag, vlan_mode and trunks
+/// go in one transaction, conditional on the port still looking like `expected`.
+fn hold_ops(expected: RowValues) -> Vec<Op> {
+    vec![
+        Op::Wait {
+            table: "Port".into(),
+            conditions: by_name(PORT),
+            columns: expected.keys().cloned().collect(),
+            until: WaitUntil::Equal,
+            rows: vec![expected],
+            timeout_ms: Some(0),
+        },
+        Op::Update {
+            table: "Port".into(),
+            conditions: by_name(PORT),
+            row: row([
+                ("tag", 4095u16.into()),
+                ("vlan_mode", "trunk".into()),
+                ("trunks", Value::set([4095u16])),
+            ]),
+        },
+        Op::Comment("hagw: hold qg-test in dead VLAN 4095".into()),
+    ]
+}
+
+fn unheld() -> RowValues {
+    row([("tag", Value::empty()), ("vlan_mode", Value::empty()), ("trunks", Value::empty())])
+}
+
+async fn next_event(stream: &mut MonitorStream) -> MonitorEvent {
+    tokio::time::timeout(WAIT, stream.next()).await.expect("event in time").expect("stream open")
+}
+
+fn port_monitor() -> MonitorRequests {
+    MonitorRequests::from([(PortRow::TABLE.into(), MonitorRequest::columns(PortRow::COLUMNS))])
+}
+
+fn port_from_event(updates: &hagw_backends::ovsdb::TableUpdates) -> PortRow {
+    let (uuid, update) = updates["Port"].iter().next().expect("a Port row");
+    PortRow::from_row(Some(uuid), update.new.as_ref().expect("new row")).unwrap()
+}
+
+#[tokio::test]
+async fn transact_creates_and_selects_typed_rows() {
+    let server = Server::unix();
+    let client = server.client().await;
+    client.echo().await.unwrap();
+    create_port(&client, PORT).await;
+
+    let port = select_port(&client, PORT).await;
+    assert_eq!((port.tag, port.vlan_mode.as_deref(), port.trunks.len()), (None, None, 0));
+    assert_eq!(port.interfaces.len(), 1);
+    assert_eq!(port.uuid.as_str(), server.vsctl(&["get", "Port", PORT, "_uuid"]));
+
+    let ops = [
+        Op::Mutate {
+            table: "Interface".into(),
+            conditions: by_name(PORT),
+            mutations: vec![Mutation::new(
+                "external_ids",
+                Mutator::Insert,
+                Value::map([("iface-id", "0f6a1c2e-neutron-port")]),
+            )],
+        },
+        InterfaceRow::select(vec![Condition::eq("_uuid", port.interfaces[0].clone())]),
+    ];
+    let res = client.transact(VSWITCH_DB, &ops).await.unwrap();
+    assert_eq!(res[0].count, Some(1));
+    let iface = InterfaceRow::from_row(None, &res[1].rows.as_ref().unwrap()[0]).unwrap();
+    assert_eq!(iface.external_ids["iface-id"], "0f6a1c2e-neutron-port");
+    assert_eq!(iface.ofport, None, "no ovs-vswitchd, so no OpenFlow port");
+}
+
+#[tokio::test]
+async fn hold_triple_under_wait_precondition() {
+    let server = Server::unix();
+    let client = server.client().await;
+    create_port(&client, PORT).await;
+
+    let res = client.transact(VSWITCH_DB, &hold_ops(unheld())).await.unwrap();
+    assert_eq!(res[1].count, Some(1));
+    let port = select_port(&client, PORT).await;
+    assert_eq!((port.tag, port.vlan_mode.as_deref()), (Some(4095), Some("trunk")));
+    assert_eq!(port.trunks, vec![4095]);
+    assert_eq!(
+        server.vsctl(&["get", "Port", PORT, "tag", "vlan_mode", "trunks"]),
+        "4095\ntrunk\n[4095]"
+    );
+
+    // Someone (the OVS agent) assigns the real tag; our stale precondition must now fail.
+    server.vsctl(&["set", "Port", PORT, "tag=5", "vlan_mode=[]", "trunks=[]"]);
+    let err = client.transact(VSWITCH_DB, &hold_ops(unheld())).await.unwrap_err();
+    match &err {
+        OvsdbError::OpFailed { index: 0, op, error, .. } => {
+            assert_eq!((op.as_str(), error.as_str()), ("wait", "timed out"));
+        }
+        other => panic!("expected a failed wait, got {other}"),
+    }
+    assert!(!err.is_transient());
+    assert_eq!(select_port(&client, PORT).await.tag, Some(5), "nothing applied");
+
+    let seen =
+        row([("tag", 5u16.into()), ("vlan_mode", Value::empty()), ("trunks", Value::empty())]);
+    client.transact(VSWITCH_DB, &hold_ops(seen)).await.unwrap();
+    assert_eq!(select_port(&client, PORT).await.tag, Some(4095));
+}
+
+#[tokio::test]
+async fn constraint_and_schema_errors_are_typed() {
+    let server = Server::unix();
+    let client = server.client().await;
+    create_port(&client, PORT).await;
+
+    let bad_tag = [
+        Op::Comment("first".into()),
+        Op::Update {
+            table: "Port".into(),
+            conditions: by_name(PORT),
+            row: row([("tag", 5000u16.into())]),
+        },
+    ];
+    let err = client.transact(VSWITCH_DB, &bad_tag).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, OvsdbError::OpFailed { index: 1, .. }), "{msg}");
+    assert!(msg.contains("op #1 (update)") && msg.contains("constraint violation"), "{msg}");
+    assert!(msg.contains("5000"), "details name the value: {msg}");
+    assert!(!err.is_transient());
+
+    let bad_column = [Op::Update {
+        table: "Port".into(),
+        conditions: by_name(PORT),
+        row: row([("no_such_column", 1i64.into())]),
+    }];
+    let msg = client.transact(VSWITCH_DB, &bad_column).await.unwrap_err().to_string();
+    assert!(msg.contains("op #0 (update)") && msg.contains("no_such_column"), "{msg}");
+
+    let err = client.transact("No_Such_DB", &[Op::Comment("x".into())]).await.unwrap_err();
+    assert!(matches!(err, OvsdbError::Rpc { .. }) && !err.is_transient(), "{err}");
+}
+
+#[tokio::test]
+async fn monitor_sees_external_vsctl_change() {
+    let server = Server::unix();
+    let client = server.client().await;
+    create_port(&client, PORT).await;
+
+    let (initial, mut stream) = client.monitor(VSWITCH_DB, "ports", &port_monitor()).await.unwrap();
+    assert_eq!(port_from_event(&initial).name, PORT);
+
+    server.vsctl(&["set", "Port", PORT, "tag=5"]);
+    let MonitorEvent::Update(updates) = next_event(&mut stream).await else {
+        panic!("expected an update")
+    };
+    assert_eq!(port_from_event(&updates).tag, Some(5));
+    let old = updates["Port"].values().next().unwrap().old.as_ref().unwrap();
+    assert_eq!(old["tag"], serde_json::json!(["set", []]), "old holds the previous value");
+}
+
+#[tokio::test]
+async fn reconnect_after_server_restart_resyncs_monitor() {
+    let mut server = Server::unix();
+    let client = server.client().await;
+    create_port(&client, PORT).await;
+    let (_, mut stream) = client.monitor(VSWITCH_DB, "ports", &port_monitor()).await.unwrap();
+
+    server.stop();
+    assert_eq!(next_event(&mut stream).await, MonitorEvent::Disconnected);
+    let err = client.echo().await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+
+    server.restart();
+    let MonitorEvent::Resync(full) = next_event(&mut stream).await else {
+        panic!("expected a resync")
+    };
+    assert_eq!(port_from_event(&full).name, PORT);
+
+    server.vsctl(&["set", "Port", PORT, "tag=7"]);
+    let MonitorEvent::Update(updates) = next_event(&mut stream).await else {
+        panic!("expected an update")
+    };
+    assert_eq!(port_from_event(&updates).tag, Some(7));
+    client.transact(VSWITCH_DB, &hold_ops(row([("tag", 7u16.into())]))).await.unwrap();
+    assert_eq!(select_port(&client, PORT).await.tag, Some(4095));
+}
+
+#[tokio::test]
+async fn tcp_endpoint() {
+    let server = Server::tcp();
+    let client = OvsdbClient::connect(&server.endpoint.to_string()).await.unwrap();
+    client.echo().await.unwrap();
+    create_port(&client, PORT).await;
+    assert_eq!(select_port(&client, PORT).await.name, PORT);
+}
+
+#[tokio::test]
+async fn connect_to_missing_server_is_transient() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("unix:{}", Path::new(dir.path()).join("absent.sock").display());
+    let err = OvsdbClient::connect(&endpoint).await.unwrap_err();
+    assert!(err.is_transient() && err.to_string().contains("absent.sock"), "{err}");
+}
