@@ -1,0 +1,152 @@
+//! Concrete scenarios for the planner: the orders that matter.
+
+mod common;
+
+use common::*;
+use hagw_core::action::Action;
+use hagw_core::model::{L2BackendSpec, Role, Strategy};
+use hagw_core::observed::{Ipv6Sysctl, L2Hold};
+use hagw_core::planner::{Wait, plan};
+
+fn kinds(actions: &[Action]) -> Vec<&'static str> {
+    actions.iter().map(Action::kind).collect()
+}
+
+#[test]
+fn standby_boot_race_holds_before_touching_anything() {
+    let spec = spec(Strategy::L2Hold, ovs());
+    let p = plan(&spec, Role::Standby, &observed(noisy_port(L2Hold::Released), 0, false));
+    assert_eq!(
+        kinds(&p.actions),
+        ["hold-l2", "set-sysctl", "set-sysctl", "set-sysctl", "delete-address"]
+    );
+    assert_eq!(
+        p.actions[1],
+        Action::SetSysctl { sysctl: Ipv6Sysctl::AddrGenMode, value: 1 },
+        "address generation must be off before anything else"
+    );
+    assert_eq!(p.wait, None);
+}
+
+#[test]
+fn unknown_role_is_handled_as_standby() {
+    let spec = spec(Strategy::L2Hold, ovs());
+    let obs = observed(noisy_port(L2Hold::Released), 0, false);
+    assert_eq!(plan(&spec, Role::Unknown, &obs), plan(&spec, Role::Standby, &obs));
+}
+
+#[test]
+fn link_down_strategy_takes_the_link_down_first() {
+    let spec = spec(Strategy::LinkDown, L2BackendSpec::Generic);
+    let p = plan(&spec, Role::Standby, &observed(noisy_port(L2Hold::Unsupported), 0, false));
+    assert_eq!(p.actions[0], Action::SetLinkDown);
+    assert!(!p.actions.contains(&Action::SetLinkUp));
+}
+
+#[test]
+fn silence_only_on_generic_guards_with_link_down_then_waits_to_settle() {
+    let spec = spec(Strategy::SilenceOnly, L2BackendSpec::Generic);
+    let p = plan(&spec, Role::Standby, &observed(noisy_port(L2Hold::Unsupported), 0, false));
+    assert_eq!(p.actions[0], Action::SetLinkDown);
+    assert!(matches!(p.wait, Some(Wait::SilenceSettling { .. })));
+
+    // Silent and down, but not long enough: nothing to do yet.
+    let mut port = noisy_port(L2Hold::Unsupported);
+    for a in &p.actions {
+        a.apply_to(&mut port);
+    }
+    let early = plan(&spec, Role::Standby, &observed(port.clone(), 1000, false));
+    assert!(early.actions.is_empty());
+    assert_eq!(
+        early.wait,
+        Some(Wait::SilenceSettling { remaining: std::time::Duration::from_secs(2) })
+    );
+
+    // Settled: the link comes back up, silent.
+    let late = plan(&spec, Role::Standby, &observed(port, 3000, false));
+    assert_eq!(late.actions, [Action::SetLinkUp]);
+}
+
+#[test]
+fn silence_only_releases_a_hold_only_after_settling() {
+    let spec = spec(Strategy::SilenceOnly, ovs());
+    let early = plan(&spec, Role::Standby, &observed(quiet_held_port(), 2999, false));
+    assert!(early.actions.is_empty());
+    assert!(matches!(early.wait, Some(Wait::SilenceSettling { .. })));
+    let late = plan(&spec, Role::Standby, &observed(quiet_held_port(), 3000, false));
+    assert_eq!(late.actions, [Action::ReleaseL2]);
+}
+
+#[test]
+fn quiet_held_standby_is_converged() {
+    let spec = spec(Strategy::L2Hold, ovs());
+    let p = plan(&spec, Role::Standby, &observed(quiet_held_port(), 0, false));
+    assert!(p.is_converged() && p.wait.is_none(), "{p:?}");
+}
+
+#[test]
+fn takeover_configures_then_releases_then_announces() {
+    let spec = spec(Strategy::L2Hold, ovs());
+    let p = plan(&spec, Role::Primary, &observed(quiet_held_port(), 60_000, true));
+    assert_eq!(
+        kinds(&p.actions),
+        [
+            "set-sysctl",
+            "add-address",
+            "add-address",
+            "add-address",
+            "add-route",
+            "release-l2",
+            "announce"
+        ]
+    );
+    assert_eq!(p.actions[0], Action::SetSysctl { sysctl: Ipv6Sysctl::Forwarding, value: 1 });
+    let Action::Announce { addresses } = p.actions.last().unwrap() else { unreachable!() };
+    assert_eq!(addresses.len(), 3);
+}
+
+#[test]
+fn takeover_with_link_down_raises_link_before_routes() {
+    let spec = spec(Strategy::LinkDown, L2BackendSpec::Generic);
+    let mut port = quiet_held_port();
+    port.l2.hold = L2Hold::Unsupported;
+    port.link.as_mut().unwrap().admin_up = false;
+    let p = plan(&spec, Role::Primary, &observed(port, 0, true));
+    let up = p.actions.iter().position(|a| *a == Action::SetLinkUp).unwrap();
+    let route = p.actions.iter().position(|a| a.kind() == "add-route").unwrap();
+    assert!(up < route);
+    assert_eq!(p.actions.last().unwrap().kind(), "announce");
+}
+
+#[test]
+fn primary_keeps_the_hold_until_the_l2_agent_wired_the_port() {
+    let spec = spec(Strategy::L2Hold, ovs());
+    let mut port = quiet_held_port();
+    port.l2.wired = false;
+    let p = plan(&spec, Role::Primary, &observed(port, 0, true));
+    assert!(!p.actions.contains(&Action::ReleaseL2));
+    assert!(!p.actions.iter().any(|a| a.kind() == "announce"), "announce only once exposed");
+    assert_eq!(p.wait, Some(Wait::L2NotWired));
+}
+
+#[test]
+fn primary_does_not_remove_addresses_it_does_not_know() {
+    let spec = spec(Strategy::L2Hold, ovs());
+    let mut port = noisy_port(L2Hold::Released);
+    port.link.as_mut().unwrap().addresses.push("198.51.100.7/32".parse().unwrap());
+    let p = plan(&spec, Role::Primary, &observed(port, 0, false));
+    assert!(!p.actions.iter().any(|a| a.kind() == "delete-address"));
+}
+
+#[test]
+fn missing_device_waits_but_still_holds_a_standby() {
+    let spec = spec(Strategy::L2Hold, ovs());
+    let mut port = noisy_port(L2Hold::Released);
+    port.link = None;
+    let p = plan(&spec, Role::Standby, &observed(port.clone(), 0, false));
+    assert_eq!(p.actions, [Action::HoldL2]);
+    assert_eq!(p.wait, Some(Wait::DeviceMissing));
+    let p = plan(&spec, Role::Primary, &observed(port, 0, false));
+    assert!(p.actions.is_empty());
+    assert_eq!(p.wait, Some(Wait::DeviceMissing));
+}

@@ -1,0 +1,221 @@
+//! Property tests of the planner's safety invariant and convergence, over generated specs and
+//! observed states, stepping through each plan with the action model.
+//!
+//! Case count: `PROPTEST_CASES` (default 10,000).
+
+mod common;
+
+use std::time::Duration;
+
+use hagw_core::action::Action;
+use hagw_core::model::{L2BackendSpec, Role, RouteSpec, RouterSpec, Strategy as PortStrategy};
+use hagw_core::observed::{
+    Ipv6Conf, L2Hold, L2State, LinkCounters, LinkState, Observed, PortState,
+};
+use hagw_core::planner::{Wait, plan};
+use ipnet::IpNet;
+use proptest::prelude::*;
+
+const ADDRESSES: [&str; 5] =
+    ["203.0.113.10/24", "2001:db8::10/64", "fe80::f816:3eff:fe00:1/64", "fe80::1/64", "10.9.9.9/8"];
+
+fn arb_spec() -> impl proptest::strategy::Strategy<Value = RouterSpec> {
+    (
+        prop_oneof![
+            Just(PortStrategy::L2Hold),
+            Just(PortStrategy::LinkDown),
+            Just(PortStrategy::SilenceOnly)
+        ],
+        prop_oneof![
+            Just(L2BackendSpec::Generic),
+            Just(L2BackendSpec::Ovs { port: None }),
+            Just(L2BackendSpec::Linuxbridge { port: "tap1".into(), bridge: "brq1".into() }),
+        ],
+        proptest::sample::subsequence(ADDRESSES[..3].to_vec(), 0..=3),
+        any::<bool>(),
+    )
+        .prop_filter("l2-hold needs a holding backend", |(s, b, _, _)| {
+            *s != PortStrategy::L2Hold || b.can_hold()
+        })
+        .prop_map(|(strategy, backend, addresses, with_route)| {
+            let mut spec = common::spec(strategy, backend);
+            spec.gateway_addresses = addresses.iter().map(|a| a.parse().unwrap()).collect();
+            spec.routes = if with_route {
+                vec![RouteSpec {
+                    destination: "0.0.0.0/0".parse().unwrap(),
+                    via: Some("203.0.113.1".parse().unwrap()),
+                }]
+            } else {
+                vec![]
+            };
+            spec
+        })
+}
+
+fn arb_link() -> impl proptest::strategy::Strategy<Value = LinkState> {
+    (
+        any::<(bool, bool)>(),
+        proptest::sample::subsequence(ADDRESSES.to_vec(), 0..=5),
+        (0u32..=3, 0u32..=2, 0u32..=1, 0u32..=1),
+        any::<bool>(),
+    )
+        .prop_map(|((admin_up, oper_up), addresses, (agm, ra, fwd, dis), with_route)| {
+            LinkState {
+                admin_up,
+                oper_up,
+                addresses: addresses.iter().map(|a| a.parse::<IpNet>().unwrap()).collect(),
+                ipv6: Ipv6Conf {
+                    addr_gen_mode: agm,
+                    accept_ra: ra,
+                    forwarding: fwd,
+                    disable_ipv6: dis,
+                },
+                routes: if with_route {
+                    common::spec(PortStrategy::L2Hold, L2BackendSpec::Generic).routes
+                } else {
+                    vec![]
+                },
+                counters: LinkCounters::default(),
+            }
+        })
+}
+
+/// An observed state consistent with the spec's backend (a generic backend reports
+/// `Unsupported`, the others any hold state).
+fn arb_case(
+    roles: Vec<Role>,
+) -> impl proptest::strategy::Strategy<Value = (RouterSpec, Role, Observed)> {
+    (
+        arb_spec(),
+        proptest::sample::select(roles),
+        proptest::option::weighted(0.9, arb_link()),
+        prop_oneof![Just(L2Hold::Held), Just(L2Hold::Released), Just(L2Hold::Unknown)],
+        any::<bool>(),
+        prop_oneof![Just(0u64), 0u64..6000, Just(60_000)],
+        any::<bool>(),
+    )
+        .prop_map(|(spec, role, link, hold, wired, silent_ms, pending)| {
+            let hold = if spec.backend.can_hold() { hold } else { L2Hold::Unsupported };
+            let wired = wired || !spec.backend.can_hold();
+            let port = PortState { link, l2: L2State { hold, wired } };
+            let silent_for =
+                if port.is_silent() { Duration::from_millis(silent_ms) } else { Duration::ZERO };
+            (spec, role, Observed { port, silent_for, announce_pending: pending })
+        })
+}
+
+/// Applies a plan to the model the way the reconcile loop would, returning every
+/// intermediate port state and the next observation (silence keeps counting only if the
+/// port never stopped being silent).
+fn step(observed: &Observed, actions: &[Action]) -> (Vec<PortState>, Observed) {
+    let mut port = observed.port.clone();
+    let mut stayed_silent = port.is_silent();
+    let mut pending = observed.announce_pending;
+    let mut states = Vec::new();
+    for action in actions {
+        action.apply_to(&mut port);
+        stayed_silent &= port.is_silent();
+        if matches!(action, Action::Announce { .. }) {
+            pending = false;
+        }
+        states.push(port.clone());
+    }
+    let silent_for = if stayed_silent { observed.silent_for } else { Duration::ZERO };
+    let next = Observed { port, silent_for, announce_pending: pending };
+    (states, next)
+}
+
+fn is_guard(action: &Action) -> bool {
+    matches!(action, Action::HoldL2 | Action::SetLinkDown)
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// A standby port is never exposed unless silent, at any step of any plan, and a guard is
+    /// never lifted before silence has settled.
+    #[test]
+    fn standby_is_never_exposed_unless_silent(
+        (spec, role, observed) in arb_case(vec![Role::Standby, Role::Unknown])
+    ) {
+        let settled = observed.port.is_silent() && observed.silent_for >= spec.silence_settle();
+        let p = plan(&spec, role, &observed);
+        let (states, _) = step(&observed, &p.actions);
+        if observed.port.is_exposed() && !settled {
+            prop_assert!(p.actions.first().is_some_and(is_guard), "first step must close exposure: {:?}", p.actions);
+        }
+        let mut before = observed.port.clone();
+        for (action, state) in p.actions.iter().zip(&states) {
+            prop_assert!(!state.is_exposed() || state.is_silent(),
+                "exposed and not silent after {action}: {state:?}\nplan {:?}", p.actions);
+            if state.is_exposed() && !before.is_exposed() {
+                prop_assert!(settled, "guard lifted by {action} before silence settled");
+            }
+            before = state.clone();
+        }
+    }
+
+    /// Planning again right after applying a plan yields no actions; after silence has had
+    /// time to settle, one more plan at most reaches the resting state for the role.
+    #[test]
+    fn plans_converge(
+        (spec, role, observed) in arb_case(vec![Role::Primary, Role::Standby, Role::Unknown])
+    ) {
+        let first = plan(&spec, role, &observed);
+        let (_, after) = step(&observed, &first.actions);
+        let again = plan(&spec, role, &after);
+        prop_assert!(again.is_converged(), "not converged: {:?} then {:?}", first.actions, again.actions);
+
+        let settled = Observed { silent_for: after.silent_for + spec.silence_settle(), ..after };
+        let lift = plan(&spec, role, &settled);
+        let (_, rest) = step(&settled, &lift.actions);
+        let last = plan(&spec, role, &rest);
+        prop_assert!(last.is_converged(), "{:?} then {:?}", lift.actions, last.actions);
+        let settling = matches!(last.wait, Some(Wait::SilenceSettling { .. }));
+        prop_assert!(!settling);
+        check_resting_state(&spec, role, &rest, last.wait)?;
+    }
+}
+
+fn check_resting_state(
+    spec: &RouterSpec,
+    role: Role,
+    rest: &Observed,
+    wait: Option<Wait>,
+) -> Result<(), TestCaseError> {
+    let Some(link) = &rest.port.link else {
+        prop_assert_eq!(wait, Some(Wait::DeviceMissing));
+        return Ok(());
+    };
+    let hold = rest.port.l2.hold;
+    if role.is_standby() {
+        prop_assert!(link.is_silent());
+        match spec.strategy {
+            PortStrategy::L2Hold => prop_assert_eq!(hold, L2Hold::Held),
+            PortStrategy::LinkDown => prop_assert!(!link.admin_up),
+            PortStrategy::SilenceOnly => prop_assert!(link.admin_up),
+        }
+        if spec.strategy != PortStrategy::L2Hold && rest.port.l2.wired {
+            prop_assert_ne!(hold, L2Hold::Held);
+        }
+    } else {
+        prop_assert!(link.admin_up);
+        for a in &spec.gateway_addresses {
+            prop_assert!(link.addresses.contains(a));
+        }
+        for r in &spec.routes {
+            prop_assert!(link.routes.contains(r));
+        }
+        if hold == L2Hold::Held {
+            prop_assert!(!rest.port.l2.wired);
+            prop_assert_eq!(wait, Some(Wait::L2NotWired));
+        } else {
+            prop_assert!(!rest.announce_pending || link.addresses.is_empty());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! The reconcile loop driven through a model dataplane: retries, fail-safe, verification.
+
+mod common;
+
+use std::sync::Mutex;
+
+use common::*;
+use hagw_core::action::Action;
+use hagw_core::error::{Error, ErrorKind};
+use hagw_core::model::{Role, RouterSpec, Strategy};
+use hagw_core::observed::{L2Hold, PortState};
+use hagw_core::reconcile::{
+    Dataplane, ReconcileError, RetryPolicy, RouterMemory, reconcile_router,
+};
+
+/// A port that behaves like the action model, with scripted failures.
+struct ModelDataplane {
+    port: Mutex<PortState>,
+    /// (action kind, kind of error, how many times to fail; u32::MAX = always)
+    failures: Mutex<Vec<(&'static str, ErrorKind, u32)>>,
+    /// Actions the "kernel" silently ignores, to provoke verification failures.
+    ignored: &'static [&'static str],
+    attempts: Mutex<Vec<&'static str>>,
+}
+
+impl ModelDataplane {
+    fn new(port: PortState) -> Self {
+        ModelDataplane {
+            port: Mutex::new(port),
+            failures: Mutex::new(vec![]),
+            ignored: &[],
+            attempts: Mutex::new(vec![]),
+        }
+    }
+
+    fn failing(self, kind: &'static str, error: ErrorKind, times: u32) -> Self {
+        self.failures.lock().unwrap().push((kind, error, times));
+        self
+    }
+
+    fn port(&self) -> PortState {
+        self.port.lock().unwrap().clone()
+    }
+}
+
+impl Dataplane for ModelDataplane {
+    async fn observe(&self, _spec: &RouterSpec) -> Result<PortState, Error> {
+        Ok(self.port())
+    }
+
+    async fn apply(&self, _spec: &RouterSpec, action: &Action) -> Result<(), Error> {
+        self.attempts.lock().unwrap().push(action.kind());
+        for (kind, error, times) in self.failures.lock().unwrap().iter_mut() {
+            if *kind == action.kind() && *times > 0 {
+                *times = times.saturating_sub(1);
+                return Err(Error::new(*error, action, "model", "scripted failure"));
+            }
+        }
+        if !self.ignored.contains(&action.kind()) {
+            action.apply_to(&mut self.port.lock().unwrap());
+        }
+        Ok(())
+    }
+}
+
+fn attempts_of(dp: &ModelDataplane, kind: &str) -> usize {
+    dp.attempts.lock().unwrap().iter().filter(|k| **k == kind).count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn standby_pass_holds_silences_and_verifies() {
+    let dp = ModelDataplane::new(noisy_port(L2Hold::Released));
+    let spec = spec(Strategy::L2Hold, ovs());
+    let mut memory = RouterMemory::default();
+    let report = reconcile_router(&dp, &spec, Role::Standby, &mut memory, &RetryPolicy::default())
+        .await
+        .unwrap();
+    assert_eq!(report.applied[0], Action::HoldL2);
+    assert!(dp.port().is_silent() && !dp.port().is_exposed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_are_retried_within_the_bound() {
+    let dp = ModelDataplane::new(noisy_port(L2Hold::Released)).failing(
+        "hold-l2",
+        ErrorKind::Transient,
+        2,
+    );
+    let spec = spec(Strategy::L2Hold, ovs());
+    let policy = RetryPolicy { attempts: 3, ..RetryPolicy::default() };
+    reconcile_router(&dp, &spec, Role::Standby, &mut RouterMemory::default(), &policy)
+        .await
+        .unwrap();
+    assert_eq!(attempts_of(&dp, "hold-l2"), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failures_are_not_retried() {
+    let dp = ModelDataplane::new(quiet_held_port()).failing(
+        "release-l2",
+        ErrorKind::Permanent,
+        u32::MAX,
+    );
+    let spec = spec(Strategy::L2Hold, ovs());
+    let err = reconcile_router(
+        &dp,
+        &spec,
+        Role::Primary,
+        &mut RouterMemory::default(),
+        &RetryPolicy::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        ReconcileError::Apply { action: Action::ReleaseL2, fail_safe: None, .. }
+    ));
+    assert!(!err.is_transient());
+    assert_eq!(attempts_of(&dp, "release-l2"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_hold_on_an_exposed_standby_falls_back_to_link_down() {
+    let dp = ModelDataplane::new(noisy_port(L2Hold::Unknown)).failing(
+        "hold-l2",
+        ErrorKind::Transient,
+        u32::MAX,
+    );
+    let spec = spec(Strategy::L2Hold, ovs());
+    let err = reconcile_router(
+        &dp,
+        &spec,
+        Role::Standby,
+        &mut RouterMemory::default(),
+        &RetryPolicy::default(),
+    )
+    .await
+    .unwrap_err();
+    let ReconcileError::Apply { fail_safe, .. } = &err else { panic!("{err}") };
+    assert_eq!(fail_safe.as_ref(), Some(&Action::SetLinkDown));
+    assert!(!dp.port().is_exposed(), "a failed hold must not leave the standby exposed");
+    assert!(err.to_string().contains("fail-safe applied: set link down"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_that_does_not_stick_fails_verification() {
+    let mut dp = ModelDataplane::new(quiet_held_port());
+    dp.ignored = &["add-route"];
+    let spec = spec(Strategy::L2Hold, ovs());
+    let err = reconcile_router(
+        &dp,
+        &spec,
+        Role::Primary,
+        &mut RouterMemory::default(),
+        &RetryPolicy::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, ReconcileError::Verify { remaining } if remaining[0].kind() == "add-route"),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn takeover_announces_once() {
+    let dp = ModelDataplane::new(quiet_held_port());
+    let spec = spec(Strategy::L2Hold, ovs());
+    let mut memory = RouterMemory::default();
+    let policy = RetryPolicy::default();
+    reconcile_router(&dp, &spec, Role::Standby, &mut memory, &policy).await.unwrap();
+    let first = reconcile_router(&dp, &spec, Role::Primary, &mut memory, &policy).await.unwrap();
+    assert_eq!(first.applied.last().unwrap().kind(), "announce");
+    let second = reconcile_router(&dp, &spec, Role::Primary, &mut memory, &policy).await.unwrap();
+    assert!(second.applied.is_empty());
+}
