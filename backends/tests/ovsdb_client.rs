@@ -45,7 +45,7 @@ impl Fake {
 
     async fn accept(&self) -> ServerConn {
         let (stream, _) = timeout(WAIT, self.listener.accept()).await.unwrap().unwrap();
-        Framed::new(stream, JsonRpcCodec)
+        Framed::new(stream, JsonRpcCodec::default())
     }
 }
 

@@ -204,7 +204,7 @@ impl Actor {
                     None => return,
                 },
             };
-            match self.serve(Framed::new(conn, JsonRpcCodec), resync).await {
+            match self.serve(Framed::new(conn, JsonRpcCodec::default()), resync).await {
                 End::Shutdown => return,
                 End::Lost { reason, healthy } => {
                     warn!(endpoint = %self.endpoint, %reason, "OVSDB connection lost");

@@ -3,7 +3,8 @@
 //! OVSDB has no length prefix or delimiter: messages are JSON objects written back to back. One
 //! socket read may hold several messages (monitor updates arrive in bursts) or part of one (large
 //! initial replies). The decoder lets serde_json's `StreamDeserializer` find where the first value
-//! ends (`byte_offset`) and consumes exactly that much, leaving the rest for the next call.
+//! ends (`byte_offset`) and consumes exactly that much, leaving the rest for the next call. A
+//! cheap incremental bracket scan decides when it is worth parsing at all.
 
 use bytes::{Buf, BufMut, BytesMut};
 use serde_json::Value as Json;
@@ -16,16 +17,57 @@ use super::error::OvsdbError;
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Encodes and decodes JSON-RPC messages (always JSON objects) on an OVSDB stream.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct JsonRpcCodec;
+#[derive(Debug, Default)]
+pub struct JsonRpcCodec {
+    scan: Scan,
+}
 
-impl JsonRpcCodec {
-    fn garbage(buf: &[u8], reason: impl Into<String>) -> OvsdbError {
-        let end = buf.len().min(64);
-        OvsdbError::Decode {
-            snippet: String::from_utf8_lossy(&buf[..end]).into_owned(),
-            reason: reason.into(),
+/// Bracket-depth scan of the message at the front of the buffer, resumed where the previous read
+/// stopped. It only tells when the closing brace has arrived, so a multi-megabyte initial monitor
+/// reply arriving in many reads is parsed once instead of once per read.
+#[derive(Debug, Default, Clone, Copy)]
+struct Scan {
+    pos: usize,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Scan {
+    /// True once `buf` holds the end of the first top-level object (strings and escapes aware).
+    fn complete(&mut self, buf: &[u8]) -> bool {
+        while let Some(&b) = buf.get(self.pos) {
+            self.pos += 1;
+            if self.in_string {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return true;
+                    }
+                }
+                _ => {}
+            }
         }
+        false
+    }
+}
+
+fn garbage(buf: &[u8], reason: impl Into<String>) -> OvsdbError {
+    let end = buf.len().min(64);
+    OvsdbError::Decode {
+        snippet: String::from_utf8_lossy(&buf[..end]).into_owned(),
+        reason: reason.into(),
     }
 }
 
@@ -42,8 +84,15 @@ impl Decoder for JsonRpcCodec {
         // Only objects are valid messages. Checking the first byte also matters for framing: a bare
         // number split across reads ("12" then "3") would otherwise parse as a complete value.
         if buf[0] != b'{' {
-            return Err(Self::garbage(buf, "a JSON-RPC message must be a JSON object"));
+            return Err(garbage(buf, "a JSON-RPC message must be a JSON object"));
         }
+        if !self.scan.complete(buf) {
+            if buf.len() > MAX_MESSAGE_BYTES {
+                return Err(garbage(buf, format!("message exceeds {MAX_MESSAGE_BYTES} bytes")));
+            }
+            return Ok(None);
+        }
+        self.scan = Scan::default();
         let mut stream = serde_json::Deserializer::from_slice(buf).into_iter::<Json>();
         match stream.next() {
             Some(Ok(value)) => {
@@ -51,17 +100,8 @@ impl Decoder for JsonRpcCodec {
                 buf.advance(consumed);
                 Ok(Some(value))
             }
-            Some(Err(e)) if e.is_eof() => {
-                if buf.len() > MAX_MESSAGE_BYTES {
-                    return Err(Self::garbage(
-                        buf,
-                        format!("message exceeds {MAX_MESSAGE_BYTES} bytes"),
-                    ));
-                }
-                Ok(None)
-            }
-            Some(Err(e)) => Err(Self::garbage(buf, e.to_string())),
-            None => Ok(None),
+            Some(Err(e)) => Err(garbage(buf, e.to_string())),
+            None => Err(garbage(buf, "no JSON value where one was expected")),
         }
     }
 
@@ -69,7 +109,7 @@ impl Decoder for JsonRpcCodec {
         match self.decode(buf)? {
             Some(value) => Ok(Some(value)),
             None if buf.is_empty() => Ok(None),
-            None => Err(Self::garbage(buf, "connection closed in the middle of a message")),
+            None => Err(garbage(buf, "connection closed in the middle of a message")),
         }
     }
 }
@@ -102,7 +142,8 @@ mod tests {
         vec![
             json!({"id": 1, "result": [{"rows": [{"name": "qg-1", "tag": 4095}]}], "error": null}),
             json!({"id": null, "method": "update", "params": ["m", {"Port": {}}]}),
-            json!({"id": "echo", "method": "echo", "params": ["a \"}{\" b", "ü"]}),
+            json!({"id": "echo", "method": "echo", "params": ["a \"}{\" b", "ü", "[["]}),
+            json!({"id": 2, "result": "ends in a backslash\\", "error": {"details": [[], {}]}}),
         ]
     }
 
@@ -110,7 +151,7 @@ mod tests {
     fn several_messages_in_one_buffer() {
         let text: String = sample().iter().map(|v| format!("{v}\n  ")).collect();
         let mut buf = BytesMut::from(text.as_bytes());
-        assert_eq!(decode_all(&mut JsonRpcCodec, &mut buf), sample());
+        assert_eq!(decode_all(&mut JsonRpcCodec::default(), &mut buf), sample());
         assert!(buf.is_empty());
     }
 
@@ -118,7 +159,7 @@ mod tests {
     fn back_to_back_without_whitespace() {
         let text: String = sample().iter().map(Json::to_string).collect();
         let mut buf = BytesMut::from(text.as_bytes());
-        assert_eq!(decode_all(&mut JsonRpcCodec, &mut buf), sample());
+        assert_eq!(decode_all(&mut JsonRpcCodec::default(), &mut buf), sample());
     }
 
     #[test]
@@ -126,7 +167,7 @@ mod tests {
         let text: String = sample().iter().map(Json::to_string).collect();
         let bytes = text.as_bytes();
         for split in 0..=bytes.len() {
-            let mut codec = JsonRpcCodec;
+            let mut codec = JsonRpcCodec::default();
             let mut buf = BytesMut::from(&bytes[..split]);
             let mut got = decode_all(&mut codec, &mut buf);
             buf.extend_from_slice(&bytes[split..]);
@@ -139,7 +180,7 @@ mod tests {
     #[test]
     fn garbage_is_a_clear_error() {
         let mut buf = BytesMut::from(&b"{\"id\":1}HTTP/1.1 400 Bad Request\r\n"[..]);
-        let mut codec = JsonRpcCodec;
+        let mut codec = JsonRpcCodec::default();
         assert_eq!(codec.decode(&mut buf).unwrap(), Some(json!({"id": 1})));
         let err = codec.decode(&mut buf).unwrap_err();
         assert!(!err.is_transient());
@@ -153,9 +194,30 @@ mod tests {
     }
 
     #[test]
+    fn mismatched_brackets_are_garbage() {
+        let mut buf = BytesMut::from(&b"{\"id\": [1}]"[..]);
+        let msg = JsonRpcCodec::default().decode(&mut buf).unwrap_err().to_string();
+        assert!(msg.contains("malformed JSON"), "{msg}");
+    }
+
+    #[test]
+    fn large_message_in_small_reads() {
+        let big = json!({"id": 1, "result": {"Port": (0..2000).map(|i| format!("qg-{i}")).collect::<Vec<_>>()}});
+        let text = big.to_string();
+        let mut codec = JsonRpcCodec::default();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for piece in text.as_bytes().chunks(100) {
+            buf.extend_from_slice(piece);
+            got.extend(decode_all(&mut codec, &mut buf));
+        }
+        assert_eq!(got, vec![big]);
+    }
+
+    #[test]
     fn eof_mid_message_is_an_error() {
         let mut buf = BytesMut::from(&b"{\"id\": 1, \"res"[..]);
-        let mut codec = JsonRpcCodec;
+        let mut codec = JsonRpcCodec::default();
         assert!(codec.decode(&mut buf).unwrap().is_none());
         let msg = codec.decode_eof(&mut buf).unwrap_err().to_string();
         assert!(msg.contains("closed in the middle"), "{msg}");
@@ -165,7 +227,7 @@ mod tests {
     fn encode_is_plain_json_rpc_1() {
         let mut buf = BytesMut::new();
         let msg = json!({"id": 7, "method": "echo", "params": []});
-        JsonRpcCodec.encode(msg.clone(), &mut buf).unwrap();
+        JsonRpcCodec::default().encode(msg.clone(), &mut buf).unwrap();
         let round: Json = serde_json::from_slice(&buf).unwrap();
         assert_eq!(round, msg);
         assert!(!String::from_utf8_lossy(&buf).contains("jsonrpc"));
@@ -177,7 +239,7 @@ mod tests {
         #[test]
         fn decoder_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512),
                                 chunk in 1usize..64) {
-            let mut codec = JsonRpcCodec;
+            let mut codec = JsonRpcCodec::default();
             let mut buf = BytesMut::new();
             'feed: for piece in data.chunks(chunk) {
                 buf.extend_from_slice(piece);
@@ -200,7 +262,7 @@ mod tests {
                 .map(|(i, k)| json!({"id": i, "result": {k.clone(): [k, i]}, "error": null}))
                 .collect();
             let text: String = msgs.iter().map(Json::to_string).collect();
-            let mut codec = JsonRpcCodec;
+            let mut codec = JsonRpcCodec::default();
             let mut buf = BytesMut::new();
             let mut got = Vec::new();
             for piece in text.as_bytes().chunks(chunk) {
