@@ -3,3 +3,7 @@
 
 pub mod netns;
 pub mod ovsdb;
+pub mod linux;
+pub mod l2;
+pub mod dataplane;
+pub mod announce;

@@ -1,0 +1,76 @@
+//! The host dataplane: the real kernel and switch behind the reconcile loop's
+//! [`Dataplane`] boundary.
+//!
+//! Observation combines the Linux view of the gateway device with the L2 backend's view of
+//! its switch port; each planned [`Action`] maps to exactly one kernel, switch or announce
+//! operation, so the loop's per-action retry and fail-safe logic applies to each.
+
+use hagw_core::Action;
+use hagw_core::Error;
+use hagw_core::model::RouterSpec;
+use hagw_core::observed::PortState;
+use hagw_core::reconcile::Dataplane;
+use tracing::{debug, instrument};
+
+use crate::l2::L2Backends;
+use crate::linux::LinuxNet;
+use crate::netns::Netns;
+
+/// Applies plans to the host's namespaces and switch. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct HostDataplane {
+    linux: LinuxNet,
+    l2: L2Backends,
+}
+
+impl HostDataplane {
+    pub fn new(linux: LinuxNet, l2: L2Backends) -> Self {
+        HostDataplane { linux, l2 }
+    }
+
+    pub fn linux(&self) -> &LinuxNet {
+        &self.linux
+    }
+
+    pub fn l2(&self) -> &L2Backends {
+        &self.l2
+    }
+}
+
+impl Dataplane for HostDataplane {
+    #[instrument(level = "debug", skip_all, fields(netns = %spec.namespace, device = %spec.gateway_device))]
+    async fn observe(&self, spec: &RouterSpec) -> Result<PortState, Error> {
+        let backend = self.l2.for_router(spec)?;
+        let netns = Netns::named(&spec.namespace);
+        let link = self.linux.observe_link(&netns, &spec.gateway_device).await?;
+        let l2 = backend.observe(spec).await?;
+        Ok(PortState { link, l2 })
+    }
+
+    #[instrument(level = "debug", skip_all, fields(netns = %spec.namespace, device = %spec.gateway_device, action = action.kind()))]
+    async fn apply(&self, spec: &RouterSpec, action: &Action) -> Result<(), Error> {
+        let netns = Netns::named(&spec.namespace);
+        let device = spec.gateway_device.as_str();
+        match action {
+            Action::HoldL2 => self.l2.for_router(spec)?.hold(spec).await,
+            Action::ReleaseL2 => self.l2.for_router(spec)?.release(spec).await,
+            Action::SetLinkDown => self.linux.set_link_down(&netns, device).await,
+            Action::SetLinkUp => self.linux.set_link_up(&netns, device).await,
+            Action::SetSysctl { sysctl, value } => {
+                let written = self.linux.write_ipv6_sysctl(&netns, device, *sysctl, *value).await?;
+                debug!(written, "sysctl applied");
+                Ok(())
+            }
+            Action::DeleteAddress { address } => {
+                self.linux.delete_address(&netns, device, *address).await
+            }
+            Action::AddAddress { address } => {
+                self.linux.add_address(&netns, device, *address).await
+            }
+            Action::AddRoute { route } => self.linux.add_route(&netns, device, route).await,
+            Action::Announce { addresses } => {
+                crate::announce::announce(&netns, device, addresses, spec.announce).await
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Layer-2 backends: how the switch side of a gateway port is observed, held and released.
+//!
+//! [`L2Backend`] is a closed enum dispatched by `match` rather than a trait object: async
+//! methods are not object-safe, and the set of backends is small and known (generic now;
+//! Open vSwitch and Linux bridge to come). Adding one means a variant, a module with its
+//! `observe`/`hold`/`release`, one arm per method here, and its construction in
+//! [`L2Backends::for_router`].
+
+pub mod generic;
+
+use hagw_core::Error;
+use hagw_core::model::{L2BackendSpec, RouterSpec};
+use hagw_core::observed::L2State;
+
+pub use generic::GenericL2;
+
+/// The L2 backend for one router, built from its spec by [`L2Backends::for_router`].
+#[derive(Debug, Clone)]
+pub enum L2Backend {
+    /// Nothing is known about the switch side; holding is impossible.
+    Generic(GenericL2),
+}
+
+impl L2Backend {
+    /// Short name of the backend, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            L2Backend::Generic(_) => "generic",
+        }
+    }
+
+    /// Reads whether the port is held and whether the L2 agent has wired it.
+    pub async fn observe(&self, spec: &RouterSpec) -> Result<L2State, Error> {
+        match self {
+            L2Backend::Generic(b) => b.observe(spec).await,
+        }
+    }
+
+    /// Stops the switch from forwarding anything the port sends.
+    pub async fn hold(&self, spec: &RouterSpec) -> Result<(), Error> {
+        match self {
+            L2Backend::Generic(b) => b.hold(spec).await,
+        }
+    }
+
+    /// Restores the L2 agent's wiring so the port forwards again.
+    pub async fn release(&self, spec: &RouterSpec) -> Result<(), Error> {
+        match self {
+            L2Backend::Generic(b) => b.release(spec).await,
+        }
+    }
+}
+
+/// Builds per-router [`L2Backend`]s and owns what they share across routers (an OVSDB
+/// connection, for the OVS backend). Held by the dataplane for the life of the agent.
+#[derive(Debug, Clone, Default)]
+pub struct L2Backends {}
+
+impl L2Backends {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The backend `spec.backend` asks for. A backend this build cannot drive is a
+    /// permanent error: retrying will not make it appear.
+    pub fn for_router(&self, spec: &RouterSpec) -> Result<L2Backend, Error> {
+        match &spec.backend {
+            L2BackendSpec::Generic => Ok(L2Backend::Generic(GenericL2)),
+            other => Err(Error::permanent(
+                "select l2 backend",
+                target(spec),
+                format!("the {} backend is not available", other.kind()),
+            )),
+        }
+    }
+}
+
+/// `netns X dev Y` of a router's gateway port, the target L2 errors name.
+pub(crate) fn target(spec: &RouterSpec) -> String {
+    format!("netns {} dev {}", spec.namespace, spec.gateway_device)
+}

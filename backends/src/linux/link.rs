@@ -1,0 +1,188 @@
+//! Gateway device lookup and administrative state.
+//!
+//! Devices are always looked up by name, never by a remembered index: the L3 agent may
+//! unplug and re-plug a port, and the new device gets a new index under the same name.
+
+use futures::TryStreamExt;
+use hagw_core::Error;
+use hagw_core::observed::LinkCounters;
+use nix::errno::Errno;
+use rtnetlink::LinkUnspec;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage, State};
+use tracing::{debug, instrument};
+
+use super::LinuxNet;
+use super::error::{Target, netlink_errno, no_device};
+use crate::netns::Netns;
+
+/// What hagw reads from a link message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    /// IFF_UP: the device is administratively up and may transmit.
+    pub admin_up: bool,
+    /// Operationally up: carrier present and the device is usable.
+    pub oper_up: bool,
+    /// The device's hardware address (empty if it has none).
+    pub mac: Vec<u8>,
+    pub counters: LinkCounters,
+}
+
+impl LinkInfo {
+    /// Extracts the fields hagw uses from a kernel link message.
+    pub fn from_message(msg: &LinkMessage) -> Self {
+        let flags = msg.header.flags;
+        let mut info = LinkInfo {
+            index: msg.header.index,
+            admin_up: flags.contains(LinkFlags::Up),
+            oper_up: false,
+            mac: Vec::new(),
+            counters: LinkCounters::default(),
+        };
+        let mut oper_state = None;
+        let mut stats32 = None;
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::OperState(state) => oper_state = Some(*state),
+                LinkAttribute::Address(mac) => info.mac = mac.clone(),
+                LinkAttribute::Stats64(s) => {
+                    info.counters =
+                        LinkCounters { tx_packets: s.tx_packets, rx_packets: s.rx_packets }
+                }
+                LinkAttribute::Stats(s) => stats32 = Some(*s),
+                _ => {}
+            }
+        }
+        // Old kernels and some drivers only report 32-bit stats.
+        if info.counters == LinkCounters::default()
+            && let Some(s) = stats32
+        {
+            info.counters = LinkCounters {
+                tx_packets: u64::from(s.tx_packets),
+                rx_packets: u64::from(s.rx_packets),
+            };
+        }
+        info.oper_up = is_oper_up(flags, oper_state);
+        info
+    }
+}
+
+/// RFC 2863 operational state, with the kernel's escape hatch: drivers that do not track
+/// it report UNKNOWN, and then the lower-layer (carrier) flag is what counts.
+fn is_oper_up(flags: LinkFlags, oper_state: Option<State>) -> bool {
+    match oper_state {
+        Some(State::Up) => true,
+        Some(State::Unknown) | None => {
+            flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp)
+        }
+        Some(_) => false,
+    }
+}
+
+impl LinuxNet {
+    /// Looks up `device` in `netns`; `None` if it does not exist there.
+    #[instrument(level = "debug", skip(self, netns), fields(netns = netns.name()))]
+    pub async fn link(&self, netns: &Netns, device: &str) -> Result<Option<LinkInfo>, Error> {
+        const OP: &str = "get link";
+        let target = Target::dev(netns.name(), device);
+        let handle = self.cache.handle(netns).await?;
+        let mut links = handle.link().get().match_name(device).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(LinkInfo::from_message(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if netlink_errno(&e) == Some(Errno::ENODEV) => Ok(None),
+            Err(e) => Err(self.cache.request_failed(netns, OP, target, &e)),
+        }
+    }
+
+    /// The index of `device`, or a transient error if it does not exist (yet).
+    pub(crate) async fn index(&self, netns: &Netns, device: &str, op: &str) -> Result<u32, Error> {
+        match self.link(netns, device).await? {
+            Some(link) => Ok(link.index),
+            None => Err(no_device(op, Target::dev(netns.name(), device))),
+        }
+    }
+
+    /// Sets IFF_UP. Setting an up link up again is a no-op in the kernel.
+    #[instrument(level = "debug", skip(self, netns), fields(netns = netns.name()))]
+    pub async fn set_link_up(&self, netns: &Netns, device: &str) -> Result<(), Error> {
+        self.set_admin(netns, device, true).await
+    }
+
+    /// Clears IFF_UP, which stops all transmission from the device.
+    #[instrument(level = "debug", skip(self, netns), fields(netns = netns.name()))]
+    pub async fn set_link_down(&self, netns: &Netns, device: &str) -> Result<(), Error> {
+        self.set_admin(netns, device, false).await
+    }
+
+    async fn set_admin(&self, netns: &Netns, device: &str, up: bool) -> Result<(), Error> {
+        let op = if up { "set link up" } else { "set link down" };
+        let target = Target::dev(netns.name(), device);
+        let index = self.index(netns, device, op).await?;
+        let builder = LinkUnspec::new_with_index(index);
+        let msg = if up { builder.up() } else { builder.down() }.build();
+        let handle = self.cache.handle(netns).await?;
+        handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| self.cache.request_failed(netns, op, target, &e))?;
+        debug!(index, up, "link state set");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rtnetlink::packet_route::link::Stats64;
+
+    use super::*;
+
+    fn message(flags: LinkFlags, attributes: Vec<LinkAttribute>) -> LinkMessage {
+        let mut msg = LinkMessage::default();
+        msg.header.index = 7;
+        msg.header.flags = flags;
+        msg.attributes = attributes;
+        msg
+    }
+
+    #[test]
+    fn reads_state_mac_and_counters() {
+        let mut stats = Stats64::default();
+        stats.tx_packets = 3;
+        stats.rx_packets = 5;
+        let msg = message(
+            LinkFlags::Up | LinkFlags::LowerUp,
+            vec![
+                LinkAttribute::OperState(State::Up),
+                LinkAttribute::Address(vec![0xfa, 0x16, 0x3e, 0, 0, 1]),
+                LinkAttribute::Stats64(stats),
+            ],
+        );
+        let info = LinkInfo::from_message(&msg);
+        assert_eq!(info.index, 7);
+        assert!(info.admin_up && info.oper_up);
+        assert_eq!(info.mac, vec![0xfa, 0x16, 0x3e, 0, 0, 1]);
+        assert_eq!(info.counters, LinkCounters { tx_packets: 3, rx_packets: 5 });
+    }
+
+    #[test]
+    fn admin_up_without_carrier_is_not_oper_up() {
+        let msg = message(LinkFlags::Up, vec![LinkAttribute::OperState(State::LowerLayerDown)]);
+        let info = LinkInfo::from_message(&msg);
+        assert!(info.admin_up);
+        assert!(!info.oper_up);
+    }
+
+    #[test]
+    fn unknown_oper_state_falls_back_to_lower_up() {
+        let up = message(
+            LinkFlags::Up | LinkFlags::LowerUp,
+            vec![LinkAttribute::OperState(State::Unknown)],
+        );
+        assert!(LinkInfo::from_message(&up).oper_up);
+        let down = message(LinkFlags::LowerUp, vec![LinkAttribute::OperState(State::Unknown)]);
+        assert!(!LinkInfo::from_message(&down).oper_up);
+    }
+}

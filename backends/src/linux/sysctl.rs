@@ -1,0 +1,198 @@
+//! Per-device IPv6 sysctls under `/proc/sys/net/ipv6/conf/<device>/`.
+//!
+//! `/proc/sys/net` follows the network namespace of the *thread* reading it, so the files
+//! are read and written on a thread that joined the router namespace ([`Netns::run`]).
+//! (`/proc/self/net` and `/sys/class/net` do not follow it and must not be used there.)
+//! Writes happen only when the value differs: some writes have side effects even when the
+//! value is unchanged (`addr_gen_mode` re-runs address configuration on an up device), and
+//! a sysctl that is already right is the common case on every reconcile pass.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use hagw_core::observed::{Ipv6Conf, Ipv6Sysctl};
+use hagw_core::{Error, ErrorKind};
+use tracing::{info, instrument};
+
+use super::LinuxNet;
+use super::error::{Target, from_io, io_kind};
+use crate::netns::Netns;
+
+/// Longest device name the kernel accepts (IFNAMSIZ - 1).
+const MAX_DEVICE_NAME: usize = 15;
+
+/// The sysctl file for `key` of `device`. The name is checked so that it cannot walk out
+/// of the `conf` directory: device names come from configuration.
+pub fn ipv6_conf_path(device: &str, key: &str) -> Result<PathBuf, String> {
+    let valid = !device.is_empty()
+        && device.len() <= MAX_DEVICE_NAME
+        && device != "."
+        && device != ".."
+        && !device.contains(['/', '\0'])
+        && !device.chars().any(char::is_whitespace);
+    if !valid {
+        return Err(format!("invalid device name {device:?}"));
+    }
+    Ok(Path::new("/proc/sys/net/ipv6/conf").join(device).join(key))
+}
+
+/// A failure inside the namespace thread, classified there while the errno is at hand.
+#[derive(Debug)]
+struct ProcError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl ProcError {
+    fn io(path: &Path, err: &io::Error) -> Self {
+        // The conf directory exists exactly while the device does.
+        let message = match err.kind() {
+            io::ErrorKind::NotFound => format!("{}: no such device", path.display()),
+            _ => format!("{}: {err}", path.display()),
+        };
+        ProcError { kind: io_kind(err), message }
+    }
+}
+
+fn read_value(path: &Path) -> Result<u32, ProcError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ProcError::io(path, &e))?;
+    text.trim().parse().map_err(|e| ProcError {
+        kind: ErrorKind::Permanent,
+        message: format!("{}: unexpected value {:?}: {e}", path.display(), text.trim()),
+    })
+}
+
+/// Reads, compares and writes if different; returns whether it wrote.
+fn write_if_different(path: &Path, value: u32) -> Result<bool, ProcError> {
+    if read_value(path)? == value {
+        return Ok(false);
+    }
+    std::fs::write(path, format!("{value}\n")).map_err(|e| ProcError::io(path, &e))?;
+    Ok(true)
+}
+
+fn path_error(op: impl fmt::Display, target: Target<'_>, message: String) -> Error {
+    Error::permanent(op, target, message)
+}
+
+impl LinuxNet {
+    /// Runs `work` on a thread inside `netns` and turns both namespace-level failures (the
+    /// namespace is missing: transient) and `work`'s own failures into [`Error`]s.
+    async fn in_netns<T, F>(
+        &self,
+        netns: &Netns,
+        op: &str,
+        target: Target<'_>,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, ProcError> + Send + 'static,
+    {
+        match netns.run(move || Ok(work())).await {
+            Ok((Ok(value), _)) => Ok(value),
+            Ok((Err(e), _)) => Err(Error::new(e.kind, op, target, e.message)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(Error::transient(op, target, "namespace does not exist"))
+            }
+            Err(e) => Err(from_io(op, target, &e)),
+        }
+    }
+
+    /// All IPv6 sysctls hagw manages for `device`, read in one pass.
+    #[instrument(level = "debug", skip(self, netns), fields(netns = netns.name()))]
+    pub async fn ipv6_conf(&self, netns: &Netns, device: &str) -> Result<Ipv6Conf, Error> {
+        const OP: &str = "read ipv6 sysctls";
+        let target = Target::dev(netns.name(), device);
+        let paths = Ipv6Sysctl::ALL
+            .into_iter()
+            .map(|s| ipv6_conf_path(device, s.key()).map(|p| (s, p)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| path_error(OP, target, e))?;
+        self.in_netns(netns, OP, target, move || {
+            let mut conf =
+                Ipv6Conf { addr_gen_mode: 0, accept_ra: 0, forwarding: 0, disable_ipv6: 0 };
+            for (sysctl, path) in paths {
+                conf.set(sysctl, read_value(&path)?);
+            }
+            Ok(conf)
+        })
+        .await
+    }
+
+    /// The current value of one IPv6 sysctl of `device`.
+    #[instrument(level = "debug", skip(self, netns), fields(netns = netns.name()))]
+    pub async fn read_ipv6_sysctl(
+        &self,
+        netns: &Netns,
+        device: &str,
+        sysctl: Ipv6Sysctl,
+    ) -> Result<u32, Error> {
+        let op = format!("read ipv6 {}", sysctl.key());
+        let target = Target::dev(netns.name(), device);
+        let path = ipv6_conf_path(device, sysctl.key()).map_err(|e| path_error(&op, target, e))?;
+        self.in_netns(netns, &op, target, move || read_value(&path)).await
+    }
+
+    /// Sets one IPv6 sysctl of `device` to `value` if it differs; returns whether it wrote.
+    #[instrument(level = "debug", skip(self, netns), fields(netns = netns.name()))]
+    pub async fn write_ipv6_sysctl(
+        &self,
+        netns: &Netns,
+        device: &str,
+        sysctl: Ipv6Sysctl,
+        value: u32,
+    ) -> Result<bool, Error> {
+        let op = format!("set ipv6 {} = {value}", sysctl.key());
+        let target = Target::dev(netns.name(), device);
+        let path = ipv6_conf_path(device, sysctl.key()).map_err(|e| path_error(&op, target, e))?;
+        let written =
+            self.in_netns(netns, &op, target, move || write_if_different(&path, value)).await?;
+        if written {
+            info!(sysctl = sysctl.key(), value, "ipv6 sysctl written");
+        }
+        Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_is_under_conf() {
+        assert_eq!(
+            ipv6_conf_path("qg-1234abcd-56", "accept_ra").unwrap(),
+            PathBuf::from("/proc/sys/net/ipv6/conf/qg-1234abcd-56/accept_ra")
+        );
+    }
+
+    #[test]
+    fn hostile_or_impossible_names_are_rejected() {
+        for name in ["", ".", "..", "../all", "a/b", "qg-1234567890123", "a b"] {
+            assert!(ipv6_conf_path(name, "accept_ra").is_err(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn write_only_if_different() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accept_ra");
+        std::fs::write(&path, "1\n").unwrap();
+        assert!(!write_if_different(&path, 1).unwrap());
+        assert!(write_if_different(&path, 0).unwrap());
+        assert_eq!(read_value(&path).unwrap(), 0);
+        assert!(!write_if_different(&path, 0).unwrap());
+    }
+
+    #[test]
+    fn missing_file_is_transient_garbage_is_permanent() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = read_value(&dir.path().join("nope")).unwrap_err();
+        assert_eq!(missing.kind, ErrorKind::Transient);
+        let path = dir.path().join("garbage");
+        std::fs::write(&path, "yes\n").unwrap();
+        assert_eq!(read_value(&path).unwrap_err().kind, ErrorKind::Permanent);
+    }
+}
