@@ -1,0 +1,56 @@
+//! Root-only: the per-namespace connection cache follows namespace re-creation.
+
+mod linux_support;
+
+use hagw_backends::linux::LinuxNet;
+use linux_support::{DEVICE, TempNetns, can_run, ip};
+
+#[tokio::test]
+async fn reconnects_after_namespace_is_recreated() {
+    if !can_run() {
+        return;
+    }
+    let linux = LinuxNet::new();
+    let ns = TempNetns::new("");
+    let netns = ns.netns();
+    ns.ip(&["link", "add", DEVICE, "type", "veth", "peer", "name", "old-peer"]);
+    assert!(linux.link(&netns, DEVICE).await.unwrap().is_some());
+    let first = linux.connections().cached_id(&netns).expect("connection cached");
+    // Reused while the namespace is the same.
+    linux.link(&netns, DEVICE).await.unwrap();
+    assert_eq!(linux.connections().cached_id(&netns), Some(first));
+
+    // Deleted: observing yields None and drops the connection (which would otherwise keep
+    // the dead namespace alive).
+    ip(&["netns", "del", &ns.name]);
+    assert_eq!(linux.observe_link(&netns, DEVICE).await.unwrap(), None);
+    assert_eq!(linux.connections().cached_id(&netns), None);
+    assert!(linux.link(&netns, DEVICE).await.unwrap_err().is_transient());
+
+    // Re-created under the same name, with a differently named peer to tell them apart.
+    ip(&["netns", "add", &ns.name]);
+    ns.ip(&["link", "add", DEVICE, "type", "veth", "peer", "name", "new-peer"]);
+    assert!(linux.link(&netns, DEVICE).await.unwrap().is_some());
+    assert!(linux.link(&netns, "new-peer").await.unwrap().is_some());
+    assert!(linux.link(&netns, "old-peer").await.unwrap().is_none());
+    assert_ne!(linux.connections().cached_id(&netns), Some(first));
+}
+
+#[tokio::test]
+async fn recreation_without_observing_in_between_is_detected() {
+    if !can_run() {
+        return;
+    }
+    let linux = LinuxNet::new();
+    let ns = TempNetns::new("");
+    let netns = ns.netns();
+    ns.ip(&["link", "add", "first0", "type", "veth", "peer", "name", "first1"]);
+    assert!(linux.link(&netns, "first0").await.unwrap().is_some());
+
+    // The cached connection still points at the old instance when the name comes back.
+    ip(&["netns", "del", &ns.name]);
+    ip(&["netns", "add", &ns.name]);
+    ns.ip(&["link", "add", "second0", "type", "veth", "peer", "name", "second1"]);
+    assert!(linux.link(&netns, "first0").await.unwrap().is_none());
+    assert!(linux.link(&netns, "second0").await.unwrap().is_some());
+}
