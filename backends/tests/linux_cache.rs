@@ -54,3 +54,25 @@ async fn recreation_without_observing_in_between_is_detected() {
     assert!(linux.link(&netns, "first0").await.unwrap().is_none());
     assert!(linux.link(&netns, "second0").await.unwrap().is_some());
 }
+
+/// A connection whose task died (here: its runtime shut down) is replaced on next use
+/// rather than failing every request.
+#[test]
+fn reconnects_after_connection_task_died() {
+    if !can_run() {
+        return;
+    }
+    let linux = LinuxNet::new();
+    let ns = TempNetns::new("");
+    let netns = ns.netns();
+    ns.ip(&["link", "add", DEVICE, "type", "veth", "peer", "name", "peer0"]);
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    let first = runtime();
+    assert!(first.block_on(linux.link(&netns, DEVICE)).unwrap().is_some());
+    drop(first);
+
+    let second = runtime();
+    let link = second.block_on(linux.link(&netns, DEVICE)).expect("reconnected");
+    assert!(link.is_some());
+}

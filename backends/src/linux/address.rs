@@ -46,13 +46,24 @@ fn address_message(index: u32, address: IpNet) -> AddressMessage {
     }
 }
 
+const DUMP_OP: &str = "dump addresses";
+
 impl LinuxNet {
     /// Every address on `device`, IPv6 link-local included.
     #[instrument(level = "debug", skip(self, netns), fields(netns = netns.name()))]
     pub async fn addresses(&self, netns: &Netns, device: &str) -> Result<Vec<IpNet>, Error> {
-        const OP: &str = "dump addresses";
+        let index = self.index(netns, device, DUMP_OP).await?;
+        self.addresses_of_index(netns, device, index).await
+    }
+
+    /// [`addresses`](Self::addresses) for a device whose index is already known.
+    pub(crate) async fn addresses_of_index(
+        &self,
+        netns: &Netns,
+        device: &str,
+        index: u32,
+    ) -> Result<Vec<IpNet>, Error> {
         let target = Target::dev(netns.name(), device);
-        let index = self.index(netns, device, OP).await?;
         let handle = self.cache.handle(netns).await?;
         let mut request = handle.address().get().set_link_index_filter(index);
         // Lets a strict-checking kernel filter too; the request also filters in userspace.
@@ -61,7 +72,7 @@ impl LinuxNet {
             .execute()
             .try_collect()
             .await
-            .map_err(|e| self.cache.request_failed(netns, OP, target, &e))?;
+            .map_err(|e| self.cache.request_failed(netns, DUMP_OP, target, &e))?;
         let mut addresses: Vec<IpNet> = messages.iter().filter_map(address_of).collect();
         addresses.dedup();
         Ok(addresses)

@@ -37,9 +37,9 @@ impl LinuxNet {
             debug!("device does not exist");
             return Ok(None);
         };
-        let addresses = self.addresses(netns, device).await?;
+        let addresses = self.addresses_of_index(netns, device, link.index).await?;
         let ipv6 = self.ipv6_conf(netns, device).await?;
-        let routes = self.routes(netns, device).await?;
+        let routes = self.routes_of_index(netns, device, link.index).await?;
         Ok(Some(LinkState {
             admin_up: link.admin_up,
             oper_up: link.oper_up,

@@ -110,13 +110,24 @@ pub fn route_message(route: &RouteSpec, index: u32) -> Result<RouteMessage, Stri
     Ok(builder.build())
 }
 
+const DUMP_OP: &str = "dump routes";
+
 impl LinuxNet {
     /// Main-table routes out of `device` that hagw manages (see [`normalize_route`]).
     #[instrument(level = "debug", skip(self, netns), fields(netns = netns.name()))]
     pub async fn routes(&self, netns: &Netns, device: &str) -> Result<Vec<RouteSpec>, Error> {
-        const OP: &str = "dump routes";
+        let index = self.index(netns, device, DUMP_OP).await?;
+        self.routes_of_index(netns, device, index).await
+    }
+
+    /// [`routes`](Self::routes) for a device whose index is already known.
+    pub(crate) async fn routes_of_index(
+        &self,
+        netns: &Netns,
+        device: &str,
+        index: u32,
+    ) -> Result<Vec<RouteSpec>, Error> {
         let target = Target::dev(netns.name(), device);
-        let index = self.index(netns, device, OP).await?;
         let handle = self.cache.handle(netns).await?;
         let mut routes = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
@@ -128,7 +139,7 @@ impl LinuxNet {
                 .execute()
                 .try_collect()
                 .await
-                .map_err(|e| self.cache.request_failed(netns, OP, target, &e))?;
+                .map_err(|e| self.cache.request_failed(netns, DUMP_OP, target, &e))?;
             routes.extend(messages.iter().filter_map(|m| normalize_route(m, index)));
         }
         routes.sort();
