@@ -76,3 +76,27 @@ fn reconnects_after_connection_task_died() {
     let link = second.block_on(linux.link(&netns, DEVICE)).expect("reconnected");
     assert!(link.is_some());
 }
+
+/// Many routers in one namespace observed at once share one connection and all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_use_shares_a_connection() {
+    if !can_run() {
+        return;
+    }
+    let linux = LinuxNet::new();
+    let ns = TempNetns::new("");
+    let netns = ns.netns();
+    ns.ip(&["link", "add", DEVICE, "type", "veth", "peer", "name", "peer0"]);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (linux, netns) = (linux.clone(), netns.clone());
+            tokio::spawn(async move { linux.observe_link(&netns, DEVICE).await })
+        })
+        .collect();
+    for task in tasks {
+        assert!(task.await.unwrap().unwrap().is_some());
+    }
+    let id = linux.connections().cached_id(&netns).expect("one connection cached");
+    assert!(linux.link(&netns, DEVICE).await.unwrap().is_some());
+    assert_eq!(linux.connections().cached_id(&netns), Some(id));
+}

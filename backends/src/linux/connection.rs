@@ -90,10 +90,19 @@ impl ConnectionCache {
                 _ => from_io(OP, target, &e),
             })?;
         let (connection, handle) = result;
+        let mut entries = self.lock();
+        // Another task may have opened one for the same instance meanwhile: use that one and
+        // let ours close (replacing it would kill the connection its users hold).
+        if let Some(existing) = entries.get(netns)
+            && existing.id == id
+            && !existing.task.is_finished()
+        {
+            return Ok(existing.handle.clone());
+        }
         let span = info_span!("netlink", netns = netns.name());
         let task = tokio::spawn(connection.instrument(span));
         debug!(netns = netns.name(), "opened netlink connection");
-        self.lock().insert(netns.clone(), Entry { id, handle: handle.clone(), task });
+        entries.insert(netns.clone(), Entry { id, handle: handle.clone(), task });
         Ok(handle)
     }
 
