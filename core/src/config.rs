@@ -77,19 +77,29 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
 
 fn syntax_error(file: &Path, text: &str, error: &serde_saphyr::Error) -> ConfigError {
     let position = error.location().map(|l| (l.line(), l.column()));
-    // The parser's message names the field for unknown or missing fields; add the router
-    // index so the message is useful in a long file.
-    let field = position.and_then(|(line, _)| router_at_line(text, line));
-    ConfigError {
-        file: file.to_owned(),
-        position,
-        field: field.map(|i| format!("routers[{i}]")),
-        message: first_line(&error.to_string()),
-    }
+    let message = parser_message(&error.to_string());
+    // Name the router (by index) and, for unknown fields, the field itself, so the message
+    // is useful in a long file.
+    let router = position.and_then(|(line, _)| router_at_line(text, line));
+    let unknown = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next());
+    let field = match (router, unknown) {
+        (Some(i), Some(name)) => Some(format!("routers[{i}].{name}")),
+        (Some(i), None) => Some(format!("routers[{i}]")),
+        (None, Some(name)) => Some(name.to_string()),
+        (None, None) => None,
+    };
+    ConfigError { file: file.to_owned(), position, field, message }
 }
 
-fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or_default().trim().to_string()
+/// The parser's first line without its own `error: line N column M:` prefix, which the
+/// `file:line:column` of [`ConfigError`] already says.
+fn parser_message(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default().trim();
+    let without_error = first.strip_prefix("error: ").unwrap_or(first);
+    match without_error.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+        Some((position, rest)) if position.contains("column") => rest.to_string(),
+        _ => without_error.to_string(),
+    }
 }
 
 /// A lightweight second reading of the file that keeps the position of every router field,
@@ -153,8 +163,8 @@ pub fn validate_router(router: &RouterSpec) -> Result<(), (&'static str, String)
         L2BackendSpec::Generic if router.strategy == Strategy::L2Hold => {
             return Err((
                 "strategy",
-                "`l2-hold` needs an `ovs` or `linuxbridge` backend; the generic backend can \
-                 only do `link-down` or `silence-only`"
+                "`l2-hold` (the default strategy) needs an `ovs` or `linuxbridge` backend; \
+                 with the generic backend use `link-down` or `silence-only`"
                     .into(),
             ));
         }

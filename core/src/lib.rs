@@ -13,6 +13,7 @@ pub mod model;
 pub mod observed;
 pub mod planner;
 pub mod reconcile;
+pub mod role;
 
 pub use action::Action;
 pub use error::{Error, ErrorKind};

@@ -54,7 +54,8 @@ fn unknown_field_names_file_line_column_and_field() {
     let shown = e.to_string();
     assert!(shown.starts_with("routers.yaml:19:"), "{shown}");
     assert!(shown.contains("stratgy"), "{shown}");
-    assert!(shown.contains("routers[1]"), "{shown}");
+    assert_eq!(e.field.as_deref(), Some("routers[1].stratgy"), "{shown}");
+    assert!(!shown.contains("error: line"), "position said twice: {shown}");
 }
 
 #[test]

@@ -1,1 +1,11 @@
-//! Test harness for end-to-end tests in network namespaces.
+//! Harness for end-to-end tests: network namespaces, veth pairs and bridges built with
+//! iproute2, processes started inside them, and captures at the simulated top-of-rack
+//! switch. Everything a test creates is removed when its [`Lab`] is dropped, also when the
+//! test panics; names are unique per test so tests run in parallel.
+
+pub mod capture;
+pub mod gateway;
+pub mod lab;
+
+pub use capture::Capture;
+pub use lab::{Lab, hagw_bin, sh};

@@ -1,0 +1,92 @@
+//! Command-line interface: argument definitions and dispatch.
+
+mod plan;
+mod reconcile;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hagw_core::config::{self, Config};
+
+use crate::logging::LogArgs;
+
+/// Exit code for invalid input (configuration errors).
+pub const EXIT_INVALID_INPUT: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hagw",
+    version,
+    about = "Keeps the gateway ports of HA routers silent on standby nodes and loud on the primary",
+    long_about = "hagw compares the desired state of each HA router's gateway port (role, \
+                  strategy) with what it observes (link, addresses, IPv6 sysctls, layer-2 \
+                  hold), plans the ordered steps between them, applies them and verifies."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a configuration file and exit: 0 if valid, 2 if not.
+    #[command(after_help = "Example:\n  hagw validate -c /etc/hagw/routers.yaml")]
+    Validate(ConfigArg),
+    /// Observe this host and print the ordered actions per router, changing nothing.
+    #[command(after_help = "Examples:\n  hagw plan -c /etc/hagw/routers.yaml\n  \
+                            hagw plan -c routers.yaml --output json")]
+    Plan(plan::PlanArgs),
+    /// Apply the plans, then re-observe and verify. Exit 1 if any router fails.
+    #[command(after_help = "Examples:\n  hagw reconcile -c /etc/hagw/routers.yaml --once\n  \
+                            hagw reconcile -c routers.yaml --interval 10")]
+    Reconcile(reconcile::ReconcileArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Router configuration file (YAML).
+    #[arg(short, long, env = "HAGW_CONFIG", default_value = "/etc/hagw/routers.yaml")]
+    pub config: PathBuf,
+}
+
+impl ConfigArg {
+    /// Loads the file, printing the error and returning the exit code if it is invalid.
+    fn load(&self) -> Result<Config, ExitCode> {
+        config::load(&self.config).map_err(|e| {
+            eprintln!("hagw: invalid configuration: {e}");
+            ExitCode::from(EXIT_INVALID_INPUT)
+        })
+    }
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Validate(args) => match args.load() {
+            Ok(config) => {
+                println!("{}: ok, {} router(s)", args.config.display(), config.routers.len());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Plan(args) => plan::run(args).await,
+        Command::Reconcile(args) => reconcile::run(args).await,
+    }
+}
+
+/// The dataplane for this host, shared by all routers of a configuration.
+fn dataplane(_config: &Config) -> hagw_backends::dataplane::HostDataplane {
+    hagw_backends::dataplane::HostDataplane::default()
+}
+
+fn describe_wait(wait: &hagw_core::Wait) -> String {
+    match wait {
+        hagw_core::Wait::DeviceMissing => "the gateway device does not exist yet".into(),
+        hagw_core::Wait::SilenceSettling { remaining } => {
+            format!("silence to settle ({} ms) before lifting a hold", remaining.as_millis())
+        }
+        hagw_core::Wait::L2NotWired => "the L2 agent to wire the port before release".into(),
+    }
+}

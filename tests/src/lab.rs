@@ -1,0 +1,122 @@
+//! Namespaces, links and processes of one test, torn down on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result, bail};
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a shell command, failing with its stderr if it exits non-zero.
+pub fn sh(cmd: &str) -> Result<String> {
+    let out = Command::new("bash").arg("-c").arg(cmd).output().context("spawning bash")?;
+    if !out.status.success() {
+        bail!("`{cmd}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `hagw` binary under test: `HAGW_BIN`, or the workspace's debug build.
+pub fn hagw_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("HAGW_BIN") {
+        return bin.into();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+    let bin = target.join("debug").join("hagw");
+    assert!(bin.exists(), "{} missing: run `cargo build -p hagw` first", bin.display());
+    bin
+}
+
+/// One test's world. `id` is short (device names are limited to 15 bytes) and unique across
+/// the processes and labs running at the same time.
+pub struct Lab {
+    pub id: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new() -> Result<Lab> {
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:x}{n:x}", std::process::id() & 0xfffff);
+        let dir = tempfile::Builder::new().prefix(&format!("hagw-lab-{id}-")).tempdir()?;
+        Ok(Lab { id, namespaces: Vec::new(), children: Vec::new(), dir })
+    }
+
+    /// Creates a namespace named `<role>-<id>` with loopback up, and returns its name.
+    pub fn netns(&mut self, role: &str) -> Result<String> {
+        let name = format!("{role}-{}", self.id);
+        sh(&format!("ip netns add {name} && ip -n {name} link set lo up"))?;
+        self.namespaces.push(name.clone());
+        Ok(name)
+    }
+
+    /// Runs a shell command inside a namespace.
+    pub fn exec(&self, ns: &str, cmd: &str) -> Result<String> {
+        sh(&format!("ip netns exec {ns} bash -c {}", shell_quote(cmd)))
+    }
+
+    /// Creates a veth pair with one end in each namespace (both ends down).
+    pub fn veth(&self, (ns_a, a): (&str, &str), (ns_b, b): (&str, &str)) -> Result<()> {
+        sh(&format!("ip link add {a} netns {ns_a} type veth peer name {b} netns {ns_b}"))?;
+        Ok(())
+    }
+
+    /// Creates a bridge with STP off in a namespace, up.
+    pub fn bridge(&self, ns: &str, name: &str) -> Result<()> {
+        sh(&format!(
+            "ip -n {ns} link add {name} type bridge stp_state 0 forward_delay 0 && \
+             ip -n {ns} link set {name} up"
+        ))?;
+        Ok(())
+    }
+
+    /// Puts `port` (in `ns`) into `bridge` and brings it up.
+    pub fn attach(&self, ns: &str, port: &str, bridge: &str) -> Result<()> {
+        sh(&format!(
+            "ip -n {ns} link set {port} master {bridge} && ip -n {ns} link set {port} up"
+        ))?;
+        Ok(())
+    }
+
+    /// Starts a long-running process inside a namespace; it is killed when the lab drops.
+    pub fn spawn(&mut self, ns: &str, program: &str, args: &[&str]) -> Result<&mut Child> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {program} in {ns}"))?;
+        self.children.push(child);
+        Ok(self.children.last_mut().expect("just pushed"))
+    }
+
+    /// Writes a file into the lab's directory and returns its path.
+    pub fn file(&self, name: &str, contents: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents)?;
+        Ok(path)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = sh(&format!("ip netns pids {ns} | xargs -r kill -9; ip netns del {ns}"));
+        }
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
