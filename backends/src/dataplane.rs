@@ -7,6 +7,7 @@
 
 use hagw_core::Action;
 use hagw_core::Error;
+use hagw_core::config::Config;
 use hagw_core::model::RouterSpec;
 use hagw_core::observed::PortState;
 use hagw_core::reconcile::Dataplane;
@@ -26,6 +27,12 @@ pub struct HostDataplane {
 impl HostDataplane {
     pub fn new(linux: LinuxNet, l2: L2Backends) -> Self {
         HostDataplane { linux, l2 }
+    }
+
+    /// The dataplane for a configuration file. The OVS backend on `config.ovsdb` is always
+    /// enabled: it connects only when a router with the `ovs` backend first needs it.
+    pub fn for_config(config: &Config) -> Self {
+        HostDataplane::new(LinuxNet::default(), L2Backends::with_ovsdb(config.ovsdb.clone()))
     }
 
     pub fn linux(&self) -> &LinuxNet {

@@ -7,18 +7,22 @@
 //! [`L2Backends::for_router`].
 
 pub mod generic;
+pub mod ovs;
 
 use hagw_core::Error;
 use hagw_core::model::{L2BackendSpec, RouterSpec};
 use hagw_core::observed::L2State;
 
 pub use generic::GenericL2;
+pub use ovs::OvsBackend;
 
 /// The L2 backend for one router, built from its spec by [`L2Backends::for_router`].
 #[derive(Debug, Clone)]
 pub enum L2Backend {
     /// Nothing is known about the switch side; holding is impossible.
     Generic(GenericL2),
+    /// An Open vSwitch port, held in Neutron's dead VLAN through OVSDB.
+    Ovs(OvsBackend),
 }
 
 impl L2Backend {
@@ -26,6 +30,7 @@ impl L2Backend {
     pub fn kind(&self) -> &'static str {
         match self {
             L2Backend::Generic(_) => "generic",
+            L2Backend::Ovs(_) => "ovs",
         }
     }
 
@@ -33,6 +38,7 @@ impl L2Backend {
     pub async fn observe(&self, spec: &RouterSpec) -> Result<L2State, Error> {
         match self {
             L2Backend::Generic(b) => b.observe(spec).await,
+            L2Backend::Ovs(b) => b.observe(spec).await,
         }
     }
 
@@ -40,6 +46,7 @@ impl L2Backend {
     pub async fn hold(&self, spec: &RouterSpec) -> Result<(), Error> {
         match self {
             L2Backend::Generic(b) => b.hold(spec).await,
+            L2Backend::Ovs(b) => b.hold(spec).await,
         }
     }
 
@@ -47,6 +54,7 @@ impl L2Backend {
     pub async fn release(&self, spec: &RouterSpec) -> Result<(), Error> {
         match self {
             L2Backend::Generic(b) => b.release(spec).await,
+            L2Backend::Ovs(b) => b.release(spec).await,
         }
     }
 }
@@ -54,16 +62,32 @@ impl L2Backend {
 /// Builds per-router [`L2Backend`]s and owns what they share across routers (an OVSDB
 /// connection, for the OVS backend). Held by the dataplane for the life of the agent.
 #[derive(Debug, Clone, Default)]
-pub struct L2Backends {}
+pub struct L2Backends {
+    /// The node's OVSDB endpoint, shared by every `ovs` router; `None` disables the backend.
+    ovs: Option<OvsBackend>,
+}
 
 impl L2Backends {
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Enables the OVS backend on `endpoint` (`Config::ovsdb`); it connects on first use.
+    pub fn with_ovsdb(endpoint: impl Into<String>) -> Self {
+        Self { ovs: Some(OvsBackend::new(endpoint)) }
+    }
+
+    /// The shared OVS backend, e.g. to watch its port changes.
+    pub fn ovs(&self) -> Option<&OvsBackend> {
+        self.ovs.as_ref()
+    }
+
     /// The backend `spec.backend` asks for. A backend this build cannot drive is a
     /// permanent error: retrying will not make it appear.
     pub fn for_router(&self, spec: &RouterSpec) -> Result<L2Backend, Error> {
+        if let (L2BackendSpec::Ovs { .. }, Some(ovs)) = (&spec.backend, &self.ovs) {
+            return Ok(L2Backend::Ovs(ovs.clone()));
+        }
         match &spec.backend {
             L2BackendSpec::Generic => Ok(L2Backend::Generic(GenericL2)),
             other => Err(Error::permanent(

@@ -1,0 +1,219 @@
+//! Change notification for OVS ports, and the re-hold it drives.
+//!
+//! The OVS agent retags every port when it restarts, which lifts a standby's hold; the L3
+//! agent may bring the link up in the same second. Polling would leave a window of one poll
+//! interval, so hagw watches the `Port` table through an OVSDB monitor and reacts to the
+//! update itself. After a reconnect the monitor's view is stale and anything may have changed
+//! during the outage, so a [`PortChange::Resync`] asks for every port to be checked again.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use hagw_core::Error;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{OvsBackend, target};
+use crate::ovsdb::{
+    MonitorEvent, MonitorRequest, MonitorRequests, MonitorStream, OvsdbClient, PortRow, VSWITCH_DB,
+};
+
+/// Columns whose change can lift or restore a hold, or tell which VLAN to restore.
+const WATCHED: [&str; 6] = ["name", "tag", "vlan_mode", "trunks", "other_config", "external_ids"];
+
+/// How long to wait before re-issuing a monitor the client gave up on.
+const REMONITOR_DELAY: Duration = Duration::from_secs(1);
+
+/// Attempts per re-hold: a lost `wait` race is retried at once on a fresh read.
+const REHOLD_ATTEMPTS: u32 = 3;
+
+/// Monitor ids must be unique per client; several watches may share one.
+static NEXT_MONITOR: AtomicU64 = AtomicU64::new(0);
+
+/// Something about OVS ports changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortChange {
+    /// The watched columns of this port changed, or it was added or deleted.
+    Port(String),
+    /// Any port may have changed (first event of a stream, and after every reconnect).
+    Resync,
+}
+
+/// The events a monitor update or resync means for ports.
+fn port_changes(event: MonitorEvent) -> Vec<PortChange> {
+    match event {
+        MonitorEvent::Update(tables) => tables
+            .get(PortRow::TABLE)
+            .into_iter()
+            .flat_map(|rows| rows.values())
+            .filter_map(|update| {
+                let row = update.new.as_ref().or(update.old.as_ref())?;
+                Some(PortChange::Port(row.get("name")?.as_str()?.to_owned()))
+            })
+            .collect(),
+        MonitorEvent::Disconnected => Vec::new(),
+        MonitorEvent::Resync(_) => vec![PortChange::Resync],
+    }
+}
+
+/// A stream of [`PortChange`]s, starting with a `Resync`. Dropping it stops its monitor.
+#[derive(Debug)]
+pub struct PortChanges {
+    events: mpsc::Receiver<PortChange>,
+    task: JoinHandle<()>,
+}
+
+impl Stream for PortChanges {
+    type Item = PortChange;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PortChange>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+impl Drop for PortChanges {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn requests() -> MonitorRequests {
+    MonitorRequests::from([(PortRow::TABLE.to_owned(), MonitorRequest::columns(&WATCHED))])
+}
+
+async fn monitor(client: &OvsdbClient) -> Result<MonitorStream, crate::ovsdb::OvsdbError> {
+    let id = format!("hagw-ports-{}", NEXT_MONITOR.fetch_add(1, Ordering::Relaxed));
+    let (_initial, stream) = client.monitor(VSWITCH_DB, &id, &requests()).await?;
+    Ok(stream)
+}
+
+/// Forwards a monitor's events as port changes for as long as anyone listens, re-issuing the
+/// monitor if the client gives up on it.
+async fn forward(client: OvsdbClient, mut stream: MonitorStream, tx: mpsc::Sender<PortChange>) {
+    loop {
+        if tx.send(PortChange::Resync).await.is_err() {
+            return;
+        }
+        while let Some(event) = stream.next().await {
+            if event == MonitorEvent::Disconnected {
+                warn!("OVSDB monitor disconnected; ports are re-checked after the reconnect");
+            }
+            for change in port_changes(event) {
+                if tx.send(change).await.is_err() {
+                    return;
+                }
+            }
+        }
+        stream = loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(REMONITOR_DELAY) => {}
+            }
+            match monitor(&client).await {
+                Ok(stream) => break stream,
+                Err(e) => debug!(error = %e, "re-establishing the OVSDB Port monitor failed"),
+            }
+        };
+        info!("OVSDB Port monitor re-established");
+    }
+}
+
+impl OvsBackend {
+    /// Starts watching the Port table. When this returns the monitor is in place, so any later
+    /// change is reported. Fails (transiently) only if OVSDB cannot be reached now; once
+    /// started, the stream survives ovsdb-server restarts.
+    pub async fn changes(&self) -> Result<PortChanges, Error> {
+        let client = self.client().await?.clone();
+        let stream = monitor(&client).await.map_err(|e| {
+            Error::transient("monitor", format!("ovsdb {} Port table", self.endpoint), e)
+        })?;
+        let (tx, events) = mpsc::channel(256);
+        let span = info_span!("ovs_watch", endpoint = %self.endpoint);
+        let task = tokio::spawn(forward(client, stream, tx).instrument(span));
+        Ok(PortChanges { events, task })
+    }
+}
+
+/// Holds `port` again, retrying at once on a transient failure (typically a lost `wait` race
+/// against the writer whose change woke us).
+async fn rehold(backend: &OvsBackend, port: &str) {
+    for attempt in 1..=REHOLD_ATTEMPTS {
+        match backend.hold_port(port).await {
+            Ok(()) => return,
+            Err(e) if e.is_transient() && attempt < REHOLD_ATTEMPTS => {
+                debug!(port, attempt, error = %e, "re-hold raced, retrying");
+            }
+            // A later change (the port appearing, the reconnect's resync) triggers it again.
+            Err(e) => warn!(port, error = %e, "re-hold failed"),
+        }
+    }
+}
+
+/// Keeps every port in `ports` held: on any change to one of them, on every resync and when a
+/// port joins the set, it is held again at once with the same code as a planned hold. Runs
+/// until `ports`' sender is dropped or the change stream ends. A port leaves the set before
+/// it is released, or this task will hold it again.
+pub async fn keep_held(
+    backend: &OvsBackend,
+    mut ports: watch::Receiver<BTreeSet<String>>,
+) -> Result<(), Error> {
+    let mut changes = backend.changes().await?;
+    loop {
+        let due: Vec<String> = tokio::select! {
+            change = changes.next() => match change {
+                None => return Ok(()),
+                Some(PortChange::Port(name)) => {
+                    ports.borrow().contains(&name).then_some(name).into_iter().collect()
+                }
+                Some(PortChange::Resync) => ports.borrow().iter().cloned().collect(),
+            },
+            changed = ports.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                ports.borrow_and_update().iter().cloned().collect()
+            }
+        };
+        for port in due {
+            rehold(backend, &port).instrument(info_span!("rehold", target = %target(&port))).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::ovsdb::monitor::parse_table_updates;
+
+    const U: &str = "36a9f2c1-0b4e-4c7d-9f0e-1a2b3c4d5e6f";
+    const V: &str = "00000000-0000-4000-8000-000000000001";
+
+    #[test]
+    fn updates_name_the_ports_they_touch() {
+        let updates = parse_table_updates(&json!({
+            "Port": {
+                U: {"old": {"tag": 4095}, "new": {"name": "qg-1", "tag": 5}},
+                V: {"old": {"name": "qg-2", "tag": 4095}},
+            },
+            "Interface": {U: {"new": {"name": "qg-9"}}},
+        }))
+        .unwrap();
+        let mut changes = port_changes(MonitorEvent::Update(updates));
+        changes.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(changes, vec![PortChange::Port("qg-1".into()), PortChange::Port("qg-2".into())]);
+    }
+
+    #[test]
+    fn reconnect_means_resync() {
+        assert_eq!(port_changes(MonitorEvent::Disconnected), vec![]);
+        let all = parse_table_updates(&json!({})).unwrap();
+        assert_eq!(port_changes(MonitorEvent::Resync(all)), vec![PortChange::Resync]);
+    }
+}

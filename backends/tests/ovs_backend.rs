@@ -1,0 +1,259 @@
+//! The OVS backend against a real, throw-away `ovsdb-server` (no ovs-vswitchd: only the
+//! database matters here). The OVS agent is emulated with `ovs-vsctl`, as it would retag.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hagw_backends::l2::ovs::{OvsBackend, PortChange, keep_held, port::SAVED_TAG_KEY};
+use hagw_backends::ovsdb::ClientConfig;
+use hagw_core::observed::{L2Hold, L2State};
+use tempfile::TempDir;
+use tokio::sync::watch;
+
+const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+const PORT: &str = "qg-ovs1";
+const HELD: L2State = L2State { hold: L2Hold::Held, wired: true };
+
+/// One ovsdb-server on a unix socket in a temp dir, killed on drop.
+struct Server {
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("conf.db");
+        let ok = Command::new("ovsdb-tool").arg("create").arg(&db).arg(SCHEMA).status().unwrap();
+        assert!(ok.success());
+        let mut server = Server { dir, child: None };
+        server.spawn();
+        server.vsctl(&["init"]);
+        server.vsctl(&[
+            "add-br",
+            "br-int",
+            "--",
+            "set",
+            "bridge",
+            "br-int",
+            "datapath_type=netdev",
+        ]);
+        server
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix:{}", self.path("db.sock").display())
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("ovsdb-server")
+            .arg(self.path("conf.db"))
+            .arg(format!("--remote=punix:{}", self.path("db.sock").display()))
+            .arg(format!("--unixctl={}", self.path("ctl").display()))
+            .arg(format!("--log-file={}", self.path("log").display()))
+            .arg("-vconsole:off")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ovsdb-server not installed (apt-get install openvswitch-switch)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(self.path("db.sock")).is_err() {
+            assert!(Instant::now() < deadline, "ovsdb-server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn vsctl(&self, args: &[&str]) -> String {
+        let out = Command::new("ovs-vsctl")
+            .arg(format!("--db={}", self.endpoint()))
+            .args(["--no-wait", "--timeout=10"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ovs-vsctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn get(&self, column: &str) -> String {
+        self.vsctl(&["get", "port", PORT, column])
+    }
+
+    /// What the L3 agent does: plug the gateway into br-int in the dead VLAN (tag only).
+    fn plug(&self) {
+        self.vsctl(&["add-port", "br-int", PORT, "tag=4095"]);
+    }
+
+    /// What the OVS agent does when it (re)wires a port: local VLAN in other_config and on
+    /// the port, vlan_mode/trunks cleared, one transaction.
+    fn agent_wire(&self, vlan: u16) {
+        self.vsctl(&[
+            "set",
+            "port",
+            PORT,
+            &format!("other_config:tag={vlan}"),
+            &format!("tag={vlan}"),
+            "--",
+            "clear",
+            "port",
+            PORT,
+            "vlan_mode",
+            "trunks",
+        ]);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn backend(server: &Server) -> OvsBackend {
+    let config = ClientConfig {
+        echo_interval: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(5),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+    };
+    OvsBackend::with_config(server.endpoint(), config)
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn hold_and_release_follow_neutron_and_survive_a_hagw_restart() {
+    let server = Server::start();
+    let ovs = backend(&server);
+    assert_eq!(ovs.observe_port(PORT).await.unwrap().hold, L2Hold::Unknown);
+    assert!(ovs.hold_port(PORT).await.unwrap_err().is_transient(), "missing port");
+
+    server.plug();
+    let plugged = ovs.observe_port(PORT).await.unwrap();
+    assert_eq!(plugged, L2State { hold: L2Hold::Released, wired: false }, "tag alone is no hold");
+    ovs.hold_port(PORT).await.unwrap();
+    assert_eq!(ovs.observe_port(PORT).await.unwrap(), L2State { hold: L2Hold::Held, wired: false });
+    let not_wired = ovs.release_port(PORT).await.unwrap_err();
+    assert!(not_wired.is_transient() && not_wired.message.contains("not wired"), "{not_wired}");
+
+    // The agent wires the port (lifting the hold); hagw holds again and remembers VLAN 7.
+    server.agent_wire(7);
+    assert_eq!(ovs.observe_port(PORT).await.unwrap().hold, L2Hold::Released);
+    ovs.hold_port(PORT).await.unwrap();
+    assert_eq!(ovs.observe_port(PORT).await.unwrap(), HELD);
+    assert_eq!(server.get("trunks"), "[4095]");
+    assert_eq!(server.get(&format!("external_ids:{SAVED_TAG_KEY}")), "\"7\"");
+    ovs.hold_port(PORT).await.unwrap();
+
+    // hagw restarts and the agent's other_config is gone: the saved tag still releases.
+    drop(ovs);
+    server.vsctl(&["remove", "port", PORT, "other_config", "tag"]);
+    let ovs = backend(&server);
+    assert_eq!(ovs.observe_port(PORT).await.unwrap(), HELD);
+    ovs.release_port(PORT).await.unwrap();
+    assert_eq!(server.get("tag"), "7");
+    assert_eq!(server.get("vlan_mode"), "[]");
+    assert_eq!(server.get("trunks"), "[]");
+    assert_eq!(server.get("external_ids"), "{}");
+    assert_eq!(
+        ovs.observe_port(PORT).await.unwrap(),
+        L2State { hold: L2Hold::Released, wired: true }
+    );
+    ovs.release_port(PORT).await.unwrap();
+}
+
+#[tokio::test]
+async fn release_prefers_the_agents_current_vlan() {
+    let server = Server::start();
+    server.plug();
+    server.agent_wire(7);
+    let ovs = backend(&server);
+    ovs.hold_port(PORT).await.unwrap();
+    // The agent restarted while held and now has VLAN 9 for this network.
+    server.vsctl(&["set", "port", PORT, "other_config:tag=9"]);
+    ovs.release_port(PORT).await.unwrap();
+    assert_eq!(server.get("tag"), "9");
+}
+
+#[tokio::test]
+async fn monitor_reports_changes_and_keep_held_undoes_a_retag_at_once() {
+    let server = Server::start();
+    server.plug();
+    server.agent_wire(5);
+    let ovs = backend(&server);
+    let mut changes = ovs.changes().await.unwrap();
+    assert_eq!(changes.next().await, Some(PortChange::Resync));
+    server.vsctl(&["set", "port", PORT, "other_config:x=1"]);
+    assert_eq!(changes.next().await, Some(PortChange::Port(PORT.into())));
+    drop(changes);
+
+    let (ports, watched) = watch::channel(BTreeSet::from([PORT.to_owned()]));
+    let task = {
+        let ovs = backend(&server);
+        tokio::spawn(async move { keep_held(&ovs, watched).await })
+    };
+    eventually("initial hold", || server.get("trunks") == "[4095]").await;
+    for round in 0..5 {
+        server.agent_wire(5 + round);
+        let took = eventually("re-hold", || server.get("trunks") == "[4095]").await;
+        assert_eq!(server.get("tag"), "4095");
+        eprintln!("re-held after retag {round} within {took:?}");
+    }
+    drop(ports);
+    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_retag_during_an_ovsdb_outage_is_undone_after_the_reconnect() {
+    let mut server = Server::start();
+    server.plug();
+    server.agent_wire(5);
+    let (_ports, watched) = watch::channel(BTreeSet::from([PORT.to_owned()]));
+    let task = {
+        let ovs = backend(&server);
+        tokio::spawn(async move { keep_held(&ovs, watched).await })
+    };
+    eventually("initial hold", || server.get("trunks") == "[4095]").await;
+
+    server.stop();
+    // Retag the database file while no server runs: hagw cannot see it happen.
+    let retag = format!(
+        r#"["Open_vSwitch", {{"op": "update", "table": "Port", "where": [["name", "==", "{PORT}"]],
+            "row": {{"tag": 6, "vlan_mode": ["set", []], "trunks": ["set", []]}}}}]"#
+    );
+    let db = server.path("conf.db");
+    let out = Command::new("ovsdb-tool").arg("transact").arg(&db).arg(&retag).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.spawn();
+    let took = eventually("re-hold after reconnect", || server.get("trunks") == "[4095]").await;
+    eprintln!("re-held {took:?} after ovsdb-server came back");
+    assert_eq!(server.get(&format!("external_ids:{SAVED_TAG_KEY}")), "\"6\"");
+    assert!(!task.is_finished());
+    task.abort();
+}
