@@ -65,6 +65,7 @@ impl LinuxNet {
     ) -> Result<Vec<IpNet>, Error> {
         let target = Target::dev(netns.name(), device);
         let handle = self.cache.handle(netns).await?;
+        let _dump = handle.lock_dump().await;
         let mut request = handle.address().get().set_link_index_filter(index);
         // Lets a strict-checking kernel filter too; the request also filters in userspace.
         request.message_mut().header.index = index;

@@ -7,10 +7,17 @@
 //! namespace behind the name is a different instance (deleted and re-created: the old
 //! socket would keep talking to — and keeping alive — the dead namespace) or when its
 //! connection task has ended.
+//!
+//! The kernel runs at most one dump per netlink socket (a second gets EBUSY, and parallel
+//! dumps can overflow the receive buffer: ENOBUFS), while the reconcile loop observes
+//! routers concurrently. Dumps on a connection are therefore serialized with
+//! [`Conn::lock_dump`]; plain requests are answered synchronously by the kernel and need no
+//! lock.
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::Mutex;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
 
 use hagw_core::Error;
 use rtnetlink::Handle;
@@ -20,10 +27,33 @@ use tracing::{Instrument, debug, info, info_span};
 use super::error::{Target, from_io, from_netlink, is_connection_lost};
 use crate::netns::{Netns, NetnsId};
 
+/// A connection into one namespace: an rtnetlink [`Handle`] (through `Deref`) plus the
+/// lock that keeps its dumps one at a time.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    handle: Handle,
+    dumps: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Conn {
+    /// Hold the returned guard until a dump's stream has ended.
+    pub async fn lock_dump(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.dumps.lock().await
+    }
+}
+
+impl Deref for Conn {
+    type Target = Handle;
+
+    fn deref(&self) -> &Handle {
+        &self.handle
+    }
+}
+
 /// A live connection into one namespace instance.
 struct Entry {
     id: NetnsId,
-    handle: Handle,
+    conn: Conn,
     task: JoinHandle<()>,
 }
 
@@ -61,7 +91,7 @@ impl ConnectionCache {
     /// A handle talking to the current instance of `netns`, opening a connection if there is
     /// none or the cached one is stale. A missing namespace is a transient error: the L3
     /// agent creates namespaces on its own schedule.
-    pub async fn handle(&self, netns: &Netns) -> Result<Handle, Error> {
+    pub async fn handle(&self, netns: &Netns) -> Result<Conn, Error> {
         const OP: &str = "open netlink connection";
         let target = Target::netns(netns.name());
         let current = match netns.id() {
@@ -77,8 +107,8 @@ impl ConnectionCache {
                 });
             }
         };
-        if let Some(handle) = self.cached(netns, current) {
-            return Ok(handle);
+        if let Some(conn) = self.cached(netns, current) {
+            return Ok(conn);
         }
 
         let (result, id) = netns
@@ -97,22 +127,23 @@ impl ConnectionCache {
             && existing.id == id
             && !existing.task.is_finished()
         {
-            return Ok(existing.handle.clone());
+            return Ok(existing.conn.clone());
         }
         let span = info_span!("netlink", netns = netns.name());
         let task = tokio::spawn(connection.instrument(span));
         debug!(netns = netns.name(), "opened netlink connection");
-        entries.insert(netns.clone(), Entry { id, handle: handle.clone(), task });
-        Ok(handle)
+        let conn = Conn { handle, dumps: Arc::default() };
+        entries.insert(netns.clone(), Entry { id, conn: conn.clone(), task });
+        Ok(conn)
     }
 
     /// The cached handle if it still belongs to namespace instance `current` and its
     /// connection is alive; otherwise the stale entry is dropped.
-    fn cached(&self, netns: &Netns, current: NetnsId) -> Option<Handle> {
+    fn cached(&self, netns: &Netns, current: NetnsId) -> Option<Conn> {
         let mut entries = self.lock();
         let entry = entries.get(netns)?;
         if entry.id == current && !entry.task.is_finished() {
-            return Some(entry.handle.clone());
+            return Some(entry.conn.clone());
         }
         let reason =
             if entry.id != current { "namespace was re-created" } else { "connection ended" };

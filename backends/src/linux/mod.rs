@@ -18,7 +18,7 @@ pub mod sysctl;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-pub use connection::ConnectionCache;
+pub use connection::{Conn, ConnectionCache};
 pub use link::LinkInfo;
 
 /// Kernel operations on devices inside named network namespaces. Cheap to clone: clones

@@ -129,6 +129,7 @@ impl LinuxNet {
     ) -> Result<Vec<RouteSpec>, Error> {
         let target = Target::dev(netns.name(), device);
         let handle = self.cache.handle(netns).await?;
+        let _dump = handle.lock_dump().await;
         let mut routes = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut query = RouteMessage::default();
