@@ -20,6 +20,7 @@ fn spec(fx: &Fixture) -> RouterSpec {
         namespace: fx.router.name.clone(),
         gateway_device: DEVICE.into(),
         ha_device: None,
+        primary_vip: None,
         gateway_addresses: vec![
             "192.0.2.10/24".parse().unwrap(),
             "2001:db8::10/64".parse().unwrap(),

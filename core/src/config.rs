@@ -159,6 +159,9 @@ pub fn validate_router(router: &RouterSpec) -> Result<(), (&'static str, String)
     if let Some(ha) = &router.ha_device {
         check_device(ha).map_err(|m| ("haDevice", m))?;
     }
+    if router.primary_vip.is_some() && router.ha_device.is_none() {
+        return Err(("primaryVip", "needs `haDevice`, the device keepalived puts it on".into()));
+    }
     match &router.backend {
         L2BackendSpec::Generic if router.strategy == Strategy::L2Hold => {
             return Err((

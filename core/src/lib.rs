@@ -14,6 +14,7 @@ pub mod observed;
 pub mod planner;
 pub mod reconcile;
 pub mod role;
+pub mod supervisor;
 
 pub use action::Action;
 pub use error::{Error, ErrorKind};

@@ -28,6 +28,12 @@ pub struct RouterSpec {
     /// HA (VRRP) device inside `namespace`, e.g. `ha-1234abcd-56`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha_device: Option<String>,
+    /// keepalived's primary VIP on `haDevice` (Neutron: `169.254.0.<vrid>/24`). When set, the
+    /// agent treats the router as primary exactly while this address is on the HA device —
+    /// the earliest signal of a transition — and never releases a hold while it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub primary_vip: Option<IpNet>,
     /// Addresses the gateway port carries on the primary only (gateway IPs, floating IPs,
     /// the IPv6 link-local VIP), in CIDR notation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

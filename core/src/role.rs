@@ -22,9 +22,52 @@ pub fn current_role(source: &RoleSource) -> Role {
     }
 }
 
+/// What the agent's role sources currently say about one router.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoleInputs {
+    /// The role from the spec's `role` source (fixed, or the state file's last reading).
+    pub configured: Option<Role>,
+    /// Whether keepalived's primary VIP is on the HA device; `None` when the spec names no
+    /// VIP or the HA device cannot be observed.
+    pub vip_present: Option<bool>,
+}
+
+impl RoleInputs {
+    /// The role to act on. A fixed role wins (the operator said so). Otherwise the primary
+    /// VIP decides when it can be observed: keepalived adds it before anything else on a
+    /// transition and Neutron's state file follows it, so it is both earlier and
+    /// authoritative; in particular a hold is never released while the VIP is absent, even
+    /// if a stale state file says primary. Without a VIP reading, the state file decides.
+    pub fn resolve(&self, source: &RoleSource) -> Role {
+        if let RoleSource::Fixed(role) = source {
+            return *role;
+        }
+        match self.vip_present {
+            Some(true) => Role::Primary,
+            Some(false) => Role::Standby,
+            None => self.configured.unwrap_or(Role::Unknown),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vip_overrules_the_state_file_and_a_fixed_role_overrules_both() {
+        let file = RoleSource::StateFile("/nonexistent".into());
+        let stale_primary =
+            RoleInputs { configured: Some(Role::Primary), vip_present: Some(false) };
+        assert_eq!(stale_primary.resolve(&file), Role::Standby);
+        let early = RoleInputs { configured: Some(Role::Standby), vip_present: Some(true) };
+        assert_eq!(early.resolve(&file), Role::Primary);
+        let no_vip = RoleInputs { configured: Some(Role::Primary), vip_present: None };
+        assert_eq!(no_vip.resolve(&file), Role::Primary);
+        assert_eq!(RoleInputs::default().resolve(&file), Role::Unknown);
+        let fixed = RoleSource::Fixed(Role::Standby);
+        assert_eq!(early.resolve(&fixed), Role::Standby);
+    }
 
     #[test]
     fn state_file_words_as_neutron_writes_them() {

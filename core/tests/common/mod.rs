@@ -14,6 +14,7 @@ pub fn spec(strategy: Strategy, backend: L2BackendSpec) -> RouterSpec {
         namespace: "qrouter-r1".into(),
         gateway_device: "qg-r1".into(),
         ha_device: Some("ha-r1".into()),
+        primary_vip: None,
         gateway_addresses: vec![
             "203.0.113.10/24".parse().unwrap(),
             "2001:db8::10/64".parse().unwrap(),

@@ -1,0 +1,186 @@
+//! Keeps every router converged: one worker task per router, woken by role changes, by
+//! events that touch its port (netlink, OVSDB), by a pending silence deadline, by a retry
+//! after a failure, or by the periodic resync. A slow or broken router never blocks another.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
+use tracing::{Instrument, info_span, warn};
+
+use crate::action::Action;
+use crate::model::{Role, RouterSpec};
+use crate::planner::Wait;
+use crate::reconcile::{Dataplane, RetryPolicy, RouterMemory, reconcile_router};
+
+/// Timing of a worker.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    /// Full re-observation even without events: the safety net for anything missed.
+    pub resync: Duration,
+    pub retry: RetryPolicy,
+    /// Delay before re-trying a failed pass; doubles up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            resync: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What one pass of one router did, for status, metrics and events.
+#[derive(Debug, Clone)]
+pub struct RouterEvent {
+    pub router: String,
+    pub role: Role,
+    /// The previous role, if this pass was the first after a change.
+    pub transition_from: Option<Role>,
+    pub started: SystemTime,
+    pub duration: Duration,
+    pub outcome: PassOutcome,
+    /// Whether the port is held at layer 2 (or down) after the pass.
+    pub held: bool,
+    /// Transmit counter of the gateway device after the pass, for the leak alarm.
+    pub tx_packets: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PassOutcome {
+    Converged { applied: Vec<Action>, wait: Option<Wait> },
+    Failed { error: String, transient: bool, applied_fail_safe: Option<Action> },
+}
+
+/// The handle a source uses to reach a router's worker.
+#[derive(Debug, Clone)]
+pub struct RouterHandle {
+    kick: Arc<Notify>,
+    role: Arc<watch::Sender<Role>>,
+}
+
+impl RouterHandle {
+    /// Something about the port may have changed: reconcile soon.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Sets the router's role; a change wakes the worker at once.
+    pub fn set_role(&self, role: Role) {
+        self.role.send_if_modified(|current| std::mem::replace(current, role) != role);
+    }
+
+    pub fn role(&self) -> Role {
+        *self.role.borrow()
+    }
+}
+
+/// Starts the worker of one router. It runs until the returned task is aborted.
+pub fn spawn_router<D>(
+    dataplane: Arc<D>,
+    spec: RouterSpec,
+    initial_role: Role,
+    config: WorkerConfig,
+    events: mpsc::UnboundedSender<RouterEvent>,
+) -> (RouterHandle, JoinHandle<()>)
+where
+    D: Dataplane + Send + Sync + 'static,
+{
+    let (role_tx, role_rx) = watch::channel(initial_role);
+    let handle = RouterHandle { kick: Arc::new(Notify::new()), role: Arc::new(role_tx) };
+    let span = info_span!("router", router = %spec.id, netns = %spec.namespace, port = %spec.gateway_device);
+    let worker =
+        Worker { dataplane, spec, config, events, kick: handle.kick.clone(), roles: role_rx };
+    (handle, tokio::spawn(worker.run().instrument(span)))
+}
+
+struct Worker<D> {
+    dataplane: Arc<D>,
+    spec: RouterSpec,
+    config: WorkerConfig,
+    events: mpsc::UnboundedSender<RouterEvent>,
+    kick: Arc<Notify>,
+    roles: watch::Receiver<Role>,
+}
+
+impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
+    async fn run(mut self) {
+        let mut memory = RouterMemory::default();
+        let mut last_role: Option<Role> = None;
+        let mut backoff = self.config.backoff;
+        loop {
+            let role = *self.roles.borrow_and_update();
+            let transition_from = last_role.filter(|r| *r != role);
+            last_role = Some(role);
+            let started = SystemTime::now();
+            let t0 = Instant::now();
+            let result = reconcile_router(
+                &*self.dataplane,
+                &self.spec,
+                role,
+                &mut memory,
+                &self.config.retry,
+            )
+            .await;
+            let duration = t0.elapsed();
+            let (outcome, next, held, tx_packets) = match result {
+                Ok(report) => {
+                    backoff = self.config.backoff;
+                    let next = match report.wait {
+                        Some(Wait::SilenceSettling { remaining }) => remaining,
+                        _ => self.config.resync,
+                    };
+                    let port = &report.observed.port;
+                    let held = !port.is_exposed();
+                    let tx = port.link.as_ref().map(|l| l.counters.tx_packets);
+                    let outcome =
+                        PassOutcome::Converged { applied: report.applied, wait: report.wait };
+                    (outcome, next, held, tx)
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "reconcile failed");
+                    let next = backoff;
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    let applied_fail_safe = match &e {
+                        crate::reconcile::ReconcileError::Apply { fail_safe, .. } => {
+                            fail_safe.clone()
+                        }
+                        _ => None,
+                    };
+                    let outcome = PassOutcome::Failed {
+                        error: e.to_string(),
+                        transient: e.is_transient(),
+                        applied_fail_safe,
+                    };
+                    (outcome, next, false, None)
+                }
+            };
+            let event = RouterEvent {
+                router: self.spec.id.clone(),
+                role,
+                transition_from,
+                started,
+                duration,
+                outcome,
+                held,
+                tx_packets,
+            };
+            if self.events.send(event).is_err() {
+                return;
+            }
+            let deadline = Instant::now() + next;
+            tokio::select! {
+                changed = self.roles.changed() => if changed.is_err() { return },
+                _ = self.kick.notified() => {}
+                _ = sleep_until(deadline) => {}
+            }
+        }
+    }
+}
