@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod gateway;
 pub mod lab;
+pub mod ovs;
 
 pub use capture::Capture;
 pub use lab::{Lab, hagw_bin, sh};
