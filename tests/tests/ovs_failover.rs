@@ -1,0 +1,131 @@
+//! Two OVS nodes behind one ToR: the primary serves the gateway after its hold is released,
+//! the standby stays held through an OVS agent restart and an ovsdb-server restart (with a
+//! retag during the outage), and the ToR never learns the gateway MAC on the standby.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use hagw_backends::dataplane::HostDataplane;
+use hagw_backends::l2::ovs::keep_held;
+use hagw_backends::l2::{L2Backends, OvsBackend};
+use hagw_backends::linux::LinuxNet;
+use hagw_core::Action;
+use hagw_core::model::{AnnounceSchedule, L2BackendSpec, Role, RoleSource, RouteSpec, RouterSpec};
+use hagw_core::reconcile::{ReconcileError, RetryPolicy, RouterMemory, reconcile_router};
+use hagw_e2e::gateway::{EXTERNAL_IP, GATEWAY_CIDR, GATEWAY_IP, GATEWAY_MAC};
+use hagw_e2e::ovs::{LOCAL_VLAN, OvsLab, OvsNode, fdb_has_gateway_on};
+use hagw_e2e::{Capture, sh};
+use tokio::sync::watch;
+
+const HELD: &str = "4095 trunk [4095]";
+
+fn spec(node: &OvsNode) -> RouterSpec {
+    RouterSpec {
+        id: format!("r-{}", node.qrouter),
+        namespace: node.qrouter.clone(),
+        gateway_device: node.qg.clone(),
+        ha_device: None,
+        primary_vip: None,
+        gateway_addresses: vec![GATEWAY_CIDR.parse().unwrap()],
+        routes: vec![RouteSpec {
+            destination: "0.0.0.0/0".parse().unwrap(),
+            via: Some(EXTERNAL_IP.parse().unwrap()),
+        }],
+        backend: L2BackendSpec::Ovs { port: Some(node.port.clone()) },
+        strategy: Default::default(),
+        announce: AnnounceSchedule { repeats: 0, interval_ms: 1000 },
+        role: RoleSource::Fixed(Role::Standby),
+        silence_settle_ms: 500,
+    }
+}
+
+/// Reconcile passes until one converges (the loop's verification may need a few).
+async fn converge(dp: &HostDataplane, spec: &RouterSpec, role: Role) -> Result<()> {
+    let mut memory = RouterMemory::default();
+    let policy = RetryPolicy::default();
+    let mut last = None;
+    for _ in 0..20 {
+        match reconcile_router(dp, spec, role, &mut memory, &policy).await {
+            Ok(report) if report.wait.is_none() => return Ok(()),
+            Ok(report) => last = Some(format!("waiting: {:?}", report.wait)),
+            // Announcing is not this test's subject (and its backend is still in progress);
+            // everything before it in the plan has been applied.
+            Err(ReconcileError::Apply { action: Action::Announce { .. }, .. }) => return Ok(()),
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("{} did not converge as {role:?}: {last:?}", spec.id)
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<Duration> {
+    let start = Instant::now();
+    while !check()? {
+        ensure!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_serves_standby_stays_held_through_agent_and_ovsdb_restarts() -> Result<()> {
+    let mut lab = OvsLab::build(2)?;
+    for node in &lab.nodes {
+        node.plug(&lab.lab)?;
+        node.agent_wire()?;
+    }
+    let dps: Vec<HostDataplane> = lab
+        .nodes
+        .iter()
+        .map(|n| HostDataplane::new(LinuxNet::default(), L2Backends::with_ovsdb(n.ovs.endpoint())))
+        .collect();
+    let (primary, standby) = (&lab.nodes[0], &lab.nodes[1]);
+    let capture = Capture::start(&lab.tor, &standby.tor_port, lab.lab.dir.path().join("s.pcap"))?;
+
+    // Both start as standby (as after a reboot of both), then node 1 becomes primary.
+    converge(&dps[1], &spec(standby), Role::Standby).await?;
+    converge(&dps[0], &spec(primary), Role::Standby).await?;
+    ensure!(standby.port_vlan()? == HELD && primary.port_vlan()? == HELD);
+    converge(&dps[0], &spec(primary), Role::Primary).await?;
+    ensure!(primary.port_vlan()? == format!("{LOCAL_VLAN} [] []"), "{}", primary.port_vlan()?);
+    lab.lab.exec(&lab.external, &format!("ping -c 3 -i 0.2 -W 2 {GATEWAY_IP}"))?;
+    ensure!(fdb_has_gateway_on(&lab.tor, &primary.tor_port)?, "ToR must learn the primary");
+
+    // The standby's re-hold task, as the agent runs it.
+    let ovs: OvsBackend = dps[1].l2().ovs().expect("ovs").clone();
+    let (_ports, watched) = watch::channel(BTreeSet::from([standby.port.clone()]));
+    let task = tokio::spawn(async move { keep_held(&ovs, watched).await });
+
+    // The OVS agent restarts and re-wires every port.
+    for node in &lab.nodes {
+        node.agent_wire()?;
+    }
+    let took =
+        eventually("re-hold after agent restart", || Ok(standby.port_vlan()? == HELD)).await?;
+    eprintln!("standby re-held {took:?} after the agent's retag");
+
+    // ovsdb-server restarts on the standby; the agent retags during the outage.
+    lab.nodes[1].ovs.stop_ovsdb();
+    let retag = format!(
+        r#"["Open_vSwitch", {{"op": "update", "table": "Port", "where": [["name", "==", "{}"]],
+            "row": {{"tag": {LOCAL_VLAN}, "vlan_mode": ["set", []], "trunks": ["set", []]}}}}]"#,
+        lab.nodes[1].port
+    );
+    sh(&format!("ovsdb-tool transact {} '{retag}'", lab.nodes[1].ovs.db().display()))?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lab.nodes[1].ovs.start_ovsdb()?;
+    let standby = &lab.nodes[1];
+    let took = eventually("re-hold after reconnect", || Ok(standby.port_vlan()? == HELD)).await?;
+    eprintln!("standby re-held {took:?} after ovsdb-server came back");
+    ensure!(!task.is_finished(), "the re-hold task must survive the restart");
+
+    // Traffic still reaches the primary, and the standby never transmitted.
+    lab.lab.exec(&lab.external, &format!("ping -c 3 -i 0.2 -W 2 {GATEWAY_IP}"))?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let frames = capture.stop_and_frames_from(GATEWAY_MAC)?;
+    ensure!(frames.is_empty(), "standby leaked:\n{}", frames.join("\n"));
+    ensure!(!fdb_has_gateway_on(&lab.tor, &standby.tor_port)?, "ToR learnt the standby");
+    task.abort();
+    Ok(())
+}
