@@ -10,6 +10,7 @@ pub mod action;
 pub mod config;
 pub mod error;
 pub mod model;
+pub mod neutron;
 pub mod observed;
 pub mod planner;
 pub mod reconcile;
