@@ -1,25 +1,170 @@
-//! PLACEHOLDER (written by the linux/dataplane developer so the dataplane compiles): the
-//! real gratuitous ARP / unsolicited NA sender replaces this file. It announces nothing.
+//! Announcing the gateway addresses after a takeover: gratuitous ARP for IPv4, unsolicited
+//! neighbour advertisements for IPv6, so switches and neighbours move the addresses to this
+//! node's MAC at once instead of after their caches expire.
+//!
+//! Frames are built by hand and sent on an `AF_PACKET` socket opened inside the router's
+//! namespace. That avoids the IP stack entirely: an address that is still tentative or
+//! optimistic right after the takeover cannot be a source address for a normal IPv6 socket,
+//! but it is exactly the address that has to be announced.
+//!
+//! The first round is sent before [`announce`] returns so the caller knows it reached the
+//! wire (and sees why not); the repeats, which only cover frames lost in a busy network,
+//! run on a background task and are logged.
+
+mod frame;
+mod socket;
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use hagw_core::model::AnnounceSchedule;
+use hagw_core::{Error, ErrorKind};
+use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::linux::error::{Target, errno_kind, from_io};
 use crate::netns::Netns;
+use frame::{ETH_P_ARP, ETH_P_IPV6, Mac};
+use socket::{MacError, OpenedSocket, PacketSocket};
 
-/// Announces `addresses` on `device` in `netns` on `schedule`. Placeholder: does nothing.
+/// Announces `addresses` on `device` inside `netns`: one round now, then `schedule.repeats`
+/// more rounds `schedule.interval_ms` apart on a background task.
+///
+/// Returns once the first round has been handed to the device. Its errors are returned (a
+/// missing namespace or device is transient, missing privileges permanent) and no repeats
+/// are scheduled then: the caller's retry starts a full schedule of its own. Errors of later
+/// rounds are only logged. IPv4 addresses get a gratuitous ARP request, IPv6 addresses
+/// (global and link-local) an unsolicited neighbour advertisement with the router and
+/// override flags; addresses that cannot be owned by a host (unspecified, multicast,
+/// loopback, broadcast) are skipped.
 pub async fn announce(
     netns: &Netns,
     device: &str,
     addresses: &[IpAddr],
     schedule: AnnounceSchedule,
-) -> Result<(), hagw_core::Error> {
-    tracing::warn!(
-        netns = netns.name(),
-        device,
-        count = addresses.len(),
-        repeats = schedule.repeats,
-        "announce is a placeholder: nothing sent"
-    );
-    Ok(())
+) -> Result<(), Error> {
+    let span = info_span!("announce", netns = netns.name(), device, addresses = addresses.len());
+    async move {
+        let addresses = announceable(addresses);
+        if addresses.is_empty() {
+            debug!("nothing to announce");
+            return Ok(());
+        }
+        let target = Target::dev(netns.name(), device);
+        let owned_device = device.to_owned();
+        let (opened, _) = netns
+            .run(move || OpenedSocket::open(&owned_device))
+            .await
+            .map_err(|err| from_io("open packet socket", target, &err))?;
+        let socket = PacketSocket::register(opened)
+            .map_err(|err| from_io("register packet socket", target, &err))?;
+        let announcer = Announcer {
+            socket,
+            addresses,
+            netns: netns.name().to_owned(),
+            device: device.to_owned(),
+        };
+        let frames = announcer.round().await?;
+        info!(round = 1, frames, repeats = schedule.repeats, "addresses announced");
+        if schedule.repeats > 0 {
+            tokio::spawn(announcer.repeat(schedule).in_current_span());
+        }
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// The addresses worth announcing, in order and without duplicates. Anything a neighbour
+/// could never have cached as a unicast neighbour is dropped with a warning rather than
+/// sent, since an ARP or NA for it would be invalid on the wire.
+fn announceable(addresses: &[IpAddr]) -> Vec<IpAddr> {
+    let mut kept: Vec<IpAddr> = Vec::with_capacity(addresses.len());
+    for &address in addresses {
+        let unicast = match address {
+            IpAddr::V4(v4) => {
+                !(v4.is_unspecified() || v4.is_multicast() || v4.is_loopback() || v4.is_broadcast())
+            }
+            IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast() || v6.is_loopback()),
+        };
+        if !unicast {
+            warn!(%address, "not a unicast address: not announced");
+        } else if !kept.contains(&address) {
+            kept.push(address);
+        }
+    }
+    kept
+}
+
+/// One announcement schedule's state, moved into the background task after round 1.
+struct Announcer {
+    socket: PacketSocket,
+    addresses: Vec<IpAddr>,
+    netns: String,
+    device: String,
+}
+
+impl Announcer {
+    fn target(&self) -> Target<'_> {
+        Target::dev(&self.netns, &self.device)
+    }
+
+    /// Sends one frame per address and returns how many went out. A failing address does
+    /// not keep the others from being announced; the first failure is returned.
+    async fn round(&self) -> Result<usize, Error> {
+        let mac = self.socket.mac().map_err(|err| self.mac_error(err))?;
+        let mut sent = 0;
+        let mut first_error = None;
+        for &address in &self.addresses {
+            match self.send(mac, address).await {
+                Ok(()) => sent += 1,
+                Err(err) => {
+                    debug!(%address, error = %err, "announcement not sent");
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(sent),
+        }
+    }
+
+    async fn send(&self, mac: Mac, address: IpAddr) -> Result<(), Error> {
+        let (frame, ethertype, dst, what) = match address {
+            IpAddr::V4(v4) => (frame::gratuitous_arp(mac, v4), ETH_P_ARP, [0xff; 6], "ARP"),
+            IpAddr::V6(v6) => (
+                frame::unsolicited_na(mac, v6),
+                ETH_P_IPV6,
+                [0x33, 0x33, 0, 0, 0, 1],
+                "unsolicited NA",
+            ),
+        };
+        self.socket.send(&frame, ethertype, dst).await.map_err(|err| {
+            from_io(format_args!("send gratuitous {what} for {address}"), self.target(), &err)
+        })
+    }
+
+    fn mac_error(&self, err: MacError) -> Error {
+        let kind = match err {
+            MacError::Io(errno) => errno_kind(errno),
+            MacError::NotEthernet { .. } => ErrorKind::Permanent,
+        };
+        Error::new(kind, "read hardware address", self.target(), err)
+    }
+
+    /// Rounds 2 ..= repeats + 1, each `interval_ms` after the previous one was due (so a
+    /// slow round does not shift the rest of the schedule).
+    async fn repeat(self, schedule: AnnounceSchedule) {
+        let interval = Duration::from_millis(schedule.interval_ms);
+        let mut due = tokio::time::Instant::now();
+        for round in 2..=u64::from(schedule.repeats) + 1 {
+            due += interval;
+            tokio::time::sleep_until(due).await;
+            match self.round().await {
+                Ok(frames) => debug!(round, frames, "addresses announced"),
+                Err(err) => warn!(round, error = %err, "announcement round failed"),
+            }
+        }
+        debug!("announce schedule finished");
+    }
 }
