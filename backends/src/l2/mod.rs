@@ -7,6 +7,7 @@
 //! [`L2Backends::for_router`].
 
 pub mod generic;
+pub mod linuxbridge;
 pub mod ovs;
 
 use hagw_core::Error;
@@ -14,6 +15,7 @@ use hagw_core::model::{L2BackendSpec, RouterSpec};
 use hagw_core::observed::L2State;
 
 pub use generic::GenericL2;
+pub use linuxbridge::LinuxbridgeBackend;
 pub use ovs::OvsBackend;
 
 /// The L2 backend for one router, built from its spec by [`L2Backends::for_router`].
@@ -23,6 +25,8 @@ pub enum L2Backend {
     Generic(GenericL2),
     /// An Open vSwitch port, held in Neutron's dead VLAN through OVSDB.
     Ovs(OvsBackend),
+    /// A Linux bridge port, held by name in an nftables bridge table.
+    Linuxbridge(LinuxbridgeBackend),
 }
 
 impl L2Backend {
@@ -31,6 +35,7 @@ impl L2Backend {
         match self {
             L2Backend::Generic(_) => "generic",
             L2Backend::Ovs(_) => "ovs",
+            L2Backend::Linuxbridge(_) => "linuxbridge",
         }
     }
 
@@ -39,6 +44,7 @@ impl L2Backend {
         match self {
             L2Backend::Generic(b) => b.observe(spec).await,
             L2Backend::Ovs(b) => b.observe(spec).await,
+            L2Backend::Linuxbridge(b) => b.observe(spec).await,
         }
     }
 
@@ -47,6 +53,7 @@ impl L2Backend {
         match self {
             L2Backend::Generic(b) => b.hold(spec).await,
             L2Backend::Ovs(b) => b.hold(spec).await,
+            L2Backend::Linuxbridge(b) => b.hold(spec).await,
         }
     }
 
@@ -55,6 +62,7 @@ impl L2Backend {
         match self {
             L2Backend::Generic(b) => b.release(spec).await,
             L2Backend::Ovs(b) => b.release(spec).await,
+            L2Backend::Linuxbridge(b) => b.release(spec).await,
         }
     }
 }
@@ -65,6 +73,8 @@ impl L2Backend {
 pub struct L2Backends {
     /// The node's OVSDB endpoint, shared by every `ovs` router; `None` disables the backend.
     ovs: Option<OvsBackend>,
+    /// Shared by every `linuxbridge` router (one netlink connection); needs no setup.
+    linuxbridge: LinuxbridgeBackend,
 }
 
 impl L2Backends {
@@ -74,7 +84,7 @@ impl L2Backends {
 
     /// Enables the OVS backend on `endpoint` (`Config::ovsdb`); it connects on first use.
     pub fn with_ovsdb(endpoint: impl Into<String>) -> Self {
-        Self { ovs: Some(OvsBackend::new(endpoint)) }
+        Self { ovs: Some(OvsBackend::new(endpoint)), ..Self::default() }
     }
 
     /// The shared OVS backend, e.g. to watch its port changes.
@@ -90,6 +100,9 @@ impl L2Backends {
         }
         match &spec.backend {
             L2BackendSpec::Generic => Ok(L2Backend::Generic(GenericL2)),
+            L2BackendSpec::Linuxbridge { .. } => {
+                Ok(L2Backend::Linuxbridge(self.linuxbridge.clone()))
+            }
             other => Err(Error::permanent(
                 "select l2 backend",
                 target(spec),
