@@ -1,0 +1,236 @@
+//! Root-only kernel tests of the Linux bridge backend against real nftables and bridges.
+//!
+//! The backend acts on the process's own network namespace, so each test runs on a thread
+//! that has unshared into a fresh namespace, with a current-thread runtime: the `nft` and
+//! `ip` children it spawns and the netlink socket it opens all live in that namespace, and
+//! the host's ruleset is never touched.
+
+use std::process::Command;
+
+use hagw_backends::l2::LinuxbridgeBackend;
+use hagw_backends::l2::linuxbridge::Nft;
+use hagw_core::observed::{L2Hold, L2State};
+use nix::sched::{CloneFlags, unshare};
+
+const TAP: &str = "tap1234abcd-56";
+const QG: &str = "qg-1234abcd-56";
+const BRQ: &str = "brq1234abcd-56";
+
+fn root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // The effective uid is the second field of `Uid:`.
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0");
+    if !root {
+        eprintln!("skipped: needs root");
+    }
+    root
+}
+
+/// Runs `test` in a fresh network namespace on its own thread and runtime.
+fn in_fresh_netns<F, Fut>(test: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    if !root() {
+        return;
+    }
+    let worker = std::thread::spawn(move || {
+        unshare(CloneFlags::CLONE_NEWNET).expect("unshare netns");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(test());
+    });
+    if let Err(panic) = worker.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Runs a shell command (in the calling thread's namespace) and returns its stdout.
+fn sh(cmd: &str) -> String {
+    let out = Command::new("bash").arg("-c").arg(cmd).output().expect("run bash");
+    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn bridge() {
+    sh(&format!(
+        "ip link add {BRQ} type bridge stp_state 0 forward_delay 0 && ip link set {BRQ} up"
+    ));
+}
+
+/// What the interface driver and the Linuxbridge agent do: the veth pair, the tap plugged.
+fn plug() {
+    sh(&format!("ip link add {TAP} type veth peer name {QG} && ip link set {QG} up"));
+    sh(&format!("ip link set {TAP} master {BRQ} && ip link set {TAP} up"));
+}
+
+fn rules_in_hold_chain() -> usize {
+    sh("nft list chain bridge hagw hold").lines().filter(|l| l.contains("drop")).count()
+}
+
+async fn state(lb: &LinuxbridgeBackend) -> L2State {
+    lb.observe_port(TAP, BRQ).await.expect("observe")
+}
+
+#[test]
+fn a_port_held_before_its_tap_exists_stays_held_when_plugged_and_is_released() {
+    in_fresh_netns(|| async {
+        let lb = LinuxbridgeBackend::new();
+        bridge();
+        assert_eq!(state(&lb).await, L2State { hold: L2Hold::Released, wired: false });
+
+        lb.hold_port(TAP).await.expect("hold without a tap");
+        assert_eq!(state(&lb).await, L2State { hold: L2Hold::Held, wired: false });
+
+        plug();
+        assert_eq!(state(&lb).await, L2State { hold: L2Hold::Held, wired: true });
+
+        lb.release_port(TAP).await.expect("release");
+        assert_eq!(state(&lb).await, L2State { hold: L2Hold::Released, wired: true });
+        lb.release_port(TAP).await.expect("releasing twice is a no-op");
+    })
+}
+
+#[test]
+fn the_hold_survives_carrier_replug_and_recreation_of_tap_and_bridge() {
+    in_fresh_netns(|| async {
+        let lb = LinuxbridgeBackend::new();
+        bridge();
+        plug();
+        lb.hold_port(TAP).await.unwrap();
+        let steps = [
+            ("carrier down", format!("ip link set {QG} down")),
+            ("carrier up", format!("ip link set {QG} up")),
+            ("unplugged", format!("ip link set {TAP} nomaster")),
+            ("replugged", format!("ip link set {TAP} master {BRQ}")),
+            ("veth deleted", format!("ip link del {TAP}")),
+            ("bridge re-created", format!("ip link del {BRQ}")),
+        ];
+        for (what, cmd) in steps {
+            sh(&cmd);
+            assert_eq!(state(&lb).await.hold, L2Hold::Held, "after {what}");
+        }
+        bridge();
+        plug();
+        assert_eq!(state(&lb).await, L2State { hold: L2Hold::Held, wired: true });
+    })
+}
+
+#[test]
+fn unplugged_down_or_foreign_bridge_ports_are_not_wired() {
+    in_fresh_netns(|| async {
+        let lb = LinuxbridgeBackend::new();
+        bridge();
+        plug();
+        assert!(state(&lb).await.wired);
+        sh(&format!("ip link set {QG} down"));
+        assert!(!state(&lb).await.wired, "no carrier");
+        sh(&format!("ip link set {QG} up"));
+        sh(&format!("ip link set {TAP} nomaster"));
+        assert!(!state(&lb).await.wired, "unplugged");
+        sh(&format!("ip link add brq-other type bridge && ip link set {TAP} master brq-other"));
+        assert!(!state(&lb).await.wired, "in another bridge");
+    })
+}
+
+#[test]
+fn a_flushed_ruleset_reads_as_released_and_hold_rebuilds_it() {
+    in_fresh_netns(|| async {
+        let lb = LinuxbridgeBackend::new();
+        lb.hold_port(TAP).await.unwrap();
+        sh("nft flush ruleset");
+        assert_eq!(state(&lb).await.hold, L2Hold::Released);
+        lb.release_port(TAP).await.expect("release without a table is a no-op");
+        lb.hold_port(TAP).await.unwrap();
+        assert_eq!(state(&lb).await.hold, L2Hold::Held);
+    })
+}
+
+#[test]
+fn a_tampered_chain_is_not_a_hold_and_hold_repairs_it() {
+    in_fresh_netns(|| async {
+        let lb = LinuxbridgeBackend::new();
+        lb.hold_port(TAP).await.unwrap();
+        // An accept before our drop would let the port through.
+        sh("nft insert rule bridge hagw hold accept");
+        assert_eq!(state(&lb).await.hold, L2Hold::Unknown);
+        lb.hold_port(TAP).await.unwrap();
+        assert_eq!(state(&lb).await.hold, L2Hold::Held);
+        assert_eq!(sh("nft list chain bridge hagw hold").matches("accept;").count(), 1);
+        assert!(!sh("nft list chain bridge hagw hold").contains("\t\taccept"));
+
+        sh("nft flush chain bridge hagw hold");
+        assert_eq!(state(&lb).await.hold, L2Hold::Unknown, "element without a rule");
+        lb.hold_port(TAP).await.unwrap();
+        assert_eq!(state(&lb).await.hold, L2Hold::Held);
+    })
+}
+
+#[test]
+fn concurrent_holds_keep_one_rule_and_every_port() {
+    in_fresh_netns(|| async {
+        let lb = LinuxbridgeBackend::new();
+        let ports: Vec<String> = (0..8).map(|i| format!("tap{i}")).collect();
+        let holds = ports.iter().map(|p| lb.hold_port(p));
+        for result in futures::future::join_all(holds).await {
+            result.expect("hold");
+        }
+        lb.hold_port("tap0").await.expect("holding again is a no-op");
+        assert_eq!(rules_in_hold_chain(), 1);
+        let table = lb.table().await.unwrap();
+        assert!(table.is_complete());
+        for p in &ports {
+            assert!(table.holds(p), "{p} held");
+        }
+        lb.release_port("tap3").await.unwrap();
+        let table = lb.table().await.unwrap();
+        assert!(!table.holds("tap3") && table.holds("tap4"));
+    })
+}
+
+#[test]
+fn a_missing_nft_binary_is_permanent_and_says_what_to_install() {
+    in_fresh_netns(|| async {
+        let lb = LinuxbridgeBackend::with_nft(Nft::at("/nonexistent/nft"));
+        for err in
+            [lb.hold_port(TAP).await.unwrap_err(), lb.observe_port(TAP, BRQ).await.unwrap_err()]
+        {
+            assert!(!err.is_transient(), "{err}");
+            assert!(err.message.contains("install nftables"), "{err}");
+            assert!(err.target.contains("hagw"), "{err}");
+        }
+    })
+}
+
+/// The hold acts on frames: a held tap's frames never reach the bridge's other ports, and
+/// they flow again once released. Checked with the bridge's FDB, which learns a source MAC
+/// only from frames that passed prerouting.
+#[test]
+fn held_frames_never_reach_the_bridge() {
+    in_fresh_netns(|| async {
+        let lb = LinuxbridgeBackend::new();
+        bridge();
+        lb.hold_port(TAP).await.unwrap();
+        plug();
+        let mac = "fa:16:3e:11:22:33";
+        sh(&format!("ip link set {QG} address {mac}"));
+        // IPv6 on the up qg sends DAD and MLD; IPv4 ARP gives a steady stream.
+        sh(&format!("ip addr add 192.0.2.10/24 dev {QG}"));
+        let _ = Command::new("arping")
+            .args(["-c", "3", "-w", "2", "-U", "-I", QG, "192.0.2.10"])
+            .output();
+        let fdb = sh(&format!("bridge fdb show br {BRQ}"));
+        assert!(!fdb.contains(mac), "held MAC learned:\n{fdb}");
+        let counted = sh("nft list set bridge hagw held_ports");
+        assert!(!counted.contains("packets 0 "), "the element counts dropped frames:\n{counted}");
+
+        lb.release_port(TAP).await.unwrap();
+        let _ = Command::new("arping").args(["-c", "1", "-U", "-I", QG, "192.0.2.10"]).output();
+        let fdb = sh(&format!("bridge fdb show br {BRQ}"));
+        assert!(fdb.contains(mac), "released MAC not learned:\n{fdb}");
+    })
+}
