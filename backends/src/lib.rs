@@ -6,4 +6,5 @@ pub mod ovsdb;
 pub mod linux;
 pub mod l2;
 pub mod dataplane;
+pub mod events;
 pub mod announce;

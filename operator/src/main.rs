@@ -1,6 +1,7 @@
 //! `hagw`: keeps the gateway ports of HA routers silent on standby nodes and loud on the
 //! primary. See `hagw --help`.
 
+mod agent;
 mod cli;
 mod logging;
 

@@ -1,7 +1,9 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod notify;
 mod plan;
 mod reconcile;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +45,15 @@ pub enum Command {
     #[command(after_help = "Examples:\n  hagw reconcile -c /etc/hagw/routers.yaml --once\n  \
                             hagw reconcile -c routers.yaml --interval 10")]
     Reconcile(reconcile::ReconcileArgs),
+    /// Run the event-driven agent: keep every router converged, react to failovers at once.
+    #[command(after_help = "Examples:\n  hagw run -c /etc/hagw/routers.yaml\n  \
+                            hagw run -c routers.yaml --resync 30 --log-level info")]
+    Run(run::RunArgs),
+    /// One pass for one router with the role keepalived announces (a notify script).
+    #[command(after_help = "Example (keepalived.conf, vrrp_instance):\n  \
+                            notify_master \"/usr/bin/hagw notify -c /etc/hagw/routers.yaml r1 MASTER\"\n  \
+                            notify_backup \"/usr/bin/hagw notify -c /etc/hagw/routers.yaml r1 BACKUP\"")]
+    Notify(notify::NotifyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +84,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         },
         Command::Plan(args) => plan::run(args).await,
         Command::Reconcile(args) => reconcile::run(args).await,
+        Command::Run(args) => run::run(args).await,
+        Command::Notify(args) => notify::run(args).await,
     }
 }
 

@@ -1,0 +1,224 @@
+//! `hagw run`: the event-driven agent. It keeps one supervisor worker per router and wakes
+//! it on whatever can change the router's port or role:
+//! - netlink events inside the router namespace (link, address, route, IPv6 netconf) — the
+//!   primary VIP appearing on the HA device is the earliest sign of a takeover;
+//! - Neutron's state file being rewritten (inotify on its directory);
+//! - the router namespace appearing or disappearing under `/run/netns`;
+//! - the worker's own timers (silence settling, retry backoff, periodic resync).
+
+mod roles;
+mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use hagw_backends::dataplane::HostDataplane;
+use hagw_backends::events::{NetnsMonitor, monitor_netns};
+use hagw_backends::netns::{NETNS_RUN_DIR, Netns};
+use hagw_core::model::{RoleSource, RouterSpec};
+use hagw_core::supervisor::{PassOutcome, RouterEvent, RouterHandle, WorkerConfig, spawn_router};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use self::roles::RoleReader;
+use self::watch::{DirEvent, DirWatcher};
+
+/// One router the agent manages.
+struct Managed {
+    spec: RouterSpec,
+    handle: RouterHandle,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The agent's state: workers, namespace subscriptions and file watches.
+pub struct Agent {
+    dataplane: Arc<HostDataplane>,
+    config: WorkerConfig,
+    roles: RoleReader,
+    routers: BTreeMap<String, Managed>,
+    monitors: HashMap<String, NetnsMonitor>,
+    watcher: DirWatcher,
+    netns_changes: mpsc::UnboundedSender<String>,
+    events: mpsc::UnboundedSender<RouterEvent>,
+}
+
+/// What the agent's main loop waits on.
+pub struct AgentInputs {
+    pub dir_events: mpsc::UnboundedReceiver<DirEvent>,
+    pub netns_changes: mpsc::UnboundedReceiver<String>,
+    pub router_events: mpsc::UnboundedReceiver<RouterEvent>,
+}
+
+impl Agent {
+    pub fn new(dataplane: HostDataplane, config: WorkerConfig) -> Result<(Agent, AgentInputs)> {
+        let (mut watcher, dir_events) = DirWatcher::start().context("starting inotify")?;
+        std::fs::create_dir_all(NETNS_RUN_DIR)
+            .with_context(|| format!("creating {NETNS_RUN_DIR}"))?;
+        watcher.watch(Path::new(NETNS_RUN_DIR)).context("watching /run/netns")?;
+        let (netns_tx, netns_changes) = mpsc::unbounded_channel();
+        let (events, router_events) = mpsc::unbounded_channel();
+        let dataplane = Arc::new(dataplane);
+        let agent = Agent {
+            roles: RoleReader::new(dataplane.linux().clone()),
+            dataplane,
+            config,
+            routers: BTreeMap::new(),
+            monitors: HashMap::new(),
+            watcher,
+            netns_changes: netns_tx,
+            events,
+        };
+        Ok((agent, AgentInputs { dir_events, netns_changes, router_events }))
+    }
+
+    /// Makes the managed set equal to `specs`: new routers get a worker, removed ones lose
+    /// theirs, changed specs restart theirs.
+    pub async fn set_routers(&mut self, specs: Vec<RouterSpec>) {
+        let wanted: BTreeMap<String, RouterSpec> =
+            specs.into_iter().map(|s| (s.id.clone(), s)).collect();
+        self.routers.retain(|id, m| {
+            let keep = wanted.get(id) == Some(&m.spec);
+            if !keep {
+                info!(router = %id, "router removed or changed");
+            }
+            keep
+        });
+        for (id, spec) in wanted {
+            if self.routers.contains_key(&id) {
+                continue;
+            }
+            if let RoleSource::StateFile(path) = &spec.role
+                && let Some(dir) = path.parent()
+                && let Err(e) = self.watcher.watch(dir)
+            {
+                warn!(router = %id, dir = %dir.display(), error = %e, "cannot watch state file; relying on resync");
+            }
+            self.ensure_monitor(&spec.namespace).await;
+            let role = self.roles.resolve(&spec).await;
+            let (handle, task) = spawn_router(
+                Arc::clone(&self.dataplane),
+                spec.clone(),
+                role,
+                self.config,
+                self.events.clone(),
+            );
+            info!(router = %id, role = role.as_str(), "managing router");
+            self.routers.insert(id, Managed { spec, handle, task });
+        }
+    }
+
+    /// Subscribes to a namespace's netlink events if it exists and is not yet subscribed
+    /// (or was re-created since).
+    async fn ensure_monitor(&mut self, namespace: &str) {
+        let netns = Netns::named(namespace);
+        let Ok(id) = netns.id() else {
+            self.monitors.remove(namespace);
+            return;
+        };
+        if self.monitors.get(namespace).is_some_and(|m| m.id == id) {
+            return;
+        }
+        match monitor_netns(&netns, self.netns_changes.clone()).await {
+            Ok(monitor) => {
+                self.monitors.insert(namespace.to_string(), monitor);
+            }
+            Err(e) => warn!(netns = namespace, error = %e, "cannot subscribe to netlink events"),
+        }
+    }
+
+    /// Something happened in a namespace: re-read the roles of its routers and wake them.
+    pub async fn namespace_changed(&mut self, namespace: &str) {
+        let ids: Vec<String> = self
+            .routers
+            .values()
+            .filter(|m| m.spec.namespace == namespace)
+            .map(|m| m.spec.id.clone())
+            .collect();
+        for id in ids {
+            self.refresh_role(&id).await;
+            if let Some(m) = self.routers.get(&id) {
+                m.handle.kick();
+            }
+        }
+    }
+
+    async fn refresh_role(&mut self, id: &str) {
+        let Some(m) = self.routers.get(id) else { return };
+        let role = self.roles.resolve(&m.spec).await;
+        let before = m.handle.role();
+        if before != role {
+            info!(router = %id, from = before.as_str(), to = role.as_str(), "role change");
+        }
+        m.handle.set_role(role);
+    }
+
+    /// A watched directory changed: a namespace came or went, or a state file was rewritten.
+    pub async fn dir_changed(&mut self, event: &DirEvent) {
+        if event.dir == Path::new(NETNS_RUN_DIR) {
+            let Some(name) = event.name.as_ref().and_then(|n| n.to_str()) else { return };
+            if event.removed {
+                self.monitors.remove(name);
+            } else if self.routers.values().any(|m| m.spec.namespace == name) {
+                self.ensure_monitor(name).await;
+            }
+            self.namespace_changed(name).await;
+            return;
+        }
+        let ids: Vec<String> = self
+            .routers
+            .values()
+            .filter(|m| matches!(&m.spec.role, RoleSource::StateFile(p) if state_file_in(p, event)))
+            .map(|m| m.spec.id.clone())
+            .collect();
+        for id in ids {
+            self.refresh_role(&id).await;
+        }
+    }
+
+    /// Logs a worker's pass (status and metrics hook in here).
+    pub fn router_event(&self, event: &RouterEvent) {
+        if let Some(from) = event.transition_from {
+            info!(router = %event.router, from = from.as_str(), to = event.role.as_str(), "transition reconciled");
+        }
+        match &event.outcome {
+            PassOutcome::Converged { applied, .. } if !applied.is_empty() => {
+                info!(router = %event.router, steps = applied.len(), ms = event.duration.as_millis() as u64, "converged");
+            }
+            PassOutcome::Converged { .. } => {}
+            PassOutcome::Failed { error, .. } => {
+                warn!(router = %event.router, %error, "pass failed")
+            }
+        }
+    }
+
+    /// Runs until interrupted.
+    pub async fn run(mut self, mut inputs: AgentInputs) -> Result<()> {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                Some(ns) = inputs.netns_changes.recv() => self.namespace_changed(&ns).await,
+                Some(event) = inputs.dir_events.recv() => self.dir_changed(&event).await,
+                Some(event) = inputs.router_events.recv() => self.router_event(&event),
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+            }
+        }
+        info!("stopping; ports stay as last reconciled");
+        Ok(())
+    }
+}
+
+fn state_file_in(path: &Path, event: &DirEvent) -> bool {
+    path.parent() == Some(event.dir.as_path())
+        && event.name.as_deref().is_none_or(|n| path.file_name() == Some(n))
+}

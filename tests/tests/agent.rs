@@ -1,0 +1,109 @@
+//! `hagw run` reacting to events on a real gateway port: the emulated L3 agent raising a
+//! standby's link, the state file flipping, and keepalived's primary VIP appearing.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use hagw_e2e::gateway::{GATEWAY_IP, GATEWAY_MAC, GatewayLab};
+use hagw_e2e::{Capture, hagw_bin};
+
+/// `hagw run` in the background, killed on drop.
+struct Agent(Child);
+
+impl Agent {
+    fn start(config: &Path) -> Result<Agent> {
+        let child = Command::new(hagw_bin())
+            .args(["run", "-c", config.to_str().unwrap(), "--log-level", "info"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        Ok(Agent(child))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `check` until it holds or `within` passes.
+fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+fn link_up(gw: &GatewayLab) -> Result<bool> {
+    Ok(gw.gateway("link")?.contains(",UP"))
+}
+
+#[test]
+fn run_keeps_a_standby_down_and_takes_over_on_the_state_file() -> Result<()> {
+    let gw = GatewayLab::build()?;
+    let state = gw.lab.file("state", "backup")?;
+    let config = gw.lab.file("routers.yaml", &gw.config("link-down", &state))?;
+    gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
+    let _agent = Agent::start(&config)?;
+    eventually(Duration::from_secs(5), "standby link down", || Ok(!link_up(&gw)?))?;
+    eventually(Duration::from_secs(5), "standby silenced", || {
+        Ok(gw.sysctl("addr_gen_mode")? == "1")
+    })?;
+
+    // The L3 agent raises the link again: hagw puts it back down on the netlink event; the
+    // silence it set means nothing leaks in between.
+    let capture = Capture::start(&gw.tor, &gw.tor_port, gw.lab.dir.path().join("tor.pcap"))?;
+    gw.l3_agent_plug()?;
+    eventually(Duration::from_secs(2), "link down again", || Ok(!link_up(&gw)?))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let frames = capture.stop_and_frames_from(GATEWAY_MAC)?;
+    assert!(frames.is_empty(), "standby leaked:\n{}", frames.join("\n"));
+
+    std::fs::write(&state, "primary")?;
+    eventually(Duration::from_secs(3), "takeover", || {
+        Ok(link_up(&gw)? && gw.gateway("addr")?.contains(GATEWAY_IP))
+    })?;
+    gw.lab.exec(&gw.external, &format!("ping -c 1 -W 2 {GATEWAY_IP}"))?;
+
+    std::fs::write(&state, "backup")?;
+    eventually(Duration::from_secs(3), "back to standby", || Ok(!link_up(&gw)?))?;
+    Ok(())
+}
+
+#[test]
+fn the_primary_vip_decides_before_the_state_file() -> Result<()> {
+    let gw = GatewayLab::build()?;
+    let ha = format!("ha-{}", gw.lab.id);
+    gw.lab.exec(
+        &gw.qrouter,
+        &format!("ip link add {ha} type veth peer name hp-{} && ip link set {ha} up", gw.lab.id),
+    )?;
+    // A stale state file says primary; the VIP is absent, so the router must stay held.
+    let state = gw.lab.file("state", "primary")?;
+    let config = gw.config("link-down", &state).replace(
+        "    strategy:",
+        &format!("    haDevice: {ha}\n    primaryVip: 169.254.0.1/24\n    strategy:"),
+    );
+    let config = gw.lab.file("routers.yaml", &config)?;
+    gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
+    let _agent = Agent::start(&config)?;
+    eventually(Duration::from_secs(5), "held despite the stale state file", || Ok(!link_up(&gw)?))?;
+
+    // keepalived adds the VIP: that netlink event alone makes the takeover.
+    gw.lab.exec(&gw.qrouter, &format!("ip addr add 169.254.0.1/24 dev {ha}"))?;
+    eventually(Duration::from_secs(3), "takeover on the VIP", || {
+        Ok(link_up(&gw)? && gw.gateway("addr")?.contains(GATEWAY_IP))
+    })?;
+    gw.lab.exec(&gw.qrouter, &format!("ip addr del 169.254.0.1/24 dev {ha}"))?;
+    eventually(Duration::from_secs(3), "standby when the VIP leaves", || Ok(!link_up(&gw)?))?;
+    Ok(())
+}
