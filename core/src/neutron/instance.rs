@@ -108,30 +108,27 @@ impl VrrpInstance {
             line: statement.line,
             message: format!("expected `{keyword}` in `vrrp_instance {name}`"),
         };
-        let mut interface = None;
-        let mut vrid = None;
-        let mut instance = VrrpInstance {
-            line: statement.line,
-            name: name.clone(),
-            interface: String::new(),
-            vrid: 0,
-            vips: Vec::new(),
-            excluded: Vec::new(),
-            routes: Vec::new(),
-        };
+        let (mut interface, mut vrid) = (None, None);
+        let (mut vips, mut excluded, mut routes) = (Vec::new(), Vec::new(), Vec::new());
         for item in body {
             match item.keyword() {
                 "interface" => interface = Some(single_arg(item)?.to_string()),
                 "virtual_router_id" => vrid = Some(parse_vrid(item)?),
-                "virtual_ipaddress" => instance.vips = entries(item, parse_vip)?,
-                "virtual_ipaddress_excluded" => instance.excluded = entries(item, parse_vip)?,
-                "virtual_routes" => instance.routes = entries(item, parse_route)?,
+                "virtual_ipaddress" => vips = entries(item, parse_vip)?,
+                "virtual_ipaddress_excluded" => excluded = entries(item, parse_vip)?,
+                "virtual_routes" => routes = entries(item, parse_route)?,
                 _ => {}
             }
         }
-        instance.interface = interface.ok_or_else(|| missing("interface"))?;
-        instance.vrid = vrid.ok_or_else(|| missing("virtual_router_id"))?;
-        Ok(instance)
+        Ok(VrrpInstance {
+            line: statement.line,
+            interface: interface.ok_or_else(|| missing("interface"))?,
+            vrid: vrid.ok_or_else(|| missing("virtual_router_id"))?,
+            name,
+            vips,
+            excluded,
+            routes,
+        })
     }
 }
 

@@ -14,8 +14,6 @@
 //! - `"…"` quotes a word that may contain whitespace, braces or comment characters; quotes
 //!   cannot span lines.
 
-use std::fmt;
-
 /// An error in a keepalived configuration (syntax here, meaning in [`super::instance`]), with
 /// the 1-based line it was found on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,30 +58,19 @@ struct Token {
     line: usize,
 }
 
-impl fmt::Display for TokenKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TokenKind::Word(w) => write!(f, "word `{w}`"),
-            TokenKind::Open => f.write_str("`{`"),
-            TokenKind::Close => f.write_str("`}`"),
-            TokenKind::EndOfLine => f.write_str("end of line"),
-        }
-    }
-}
-
 /// Splits text into words, braces and line ends, dropping comments.
 fn tokenize(text: &str) -> Result<Vec<Token>, ConfError> {
     let mut tokens = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
-        let mut chars = raw.char_indices().peekable();
+        let mut chars = raw.chars();
         let mut word = String::new();
         let flush = |word: &mut String, tokens: &mut Vec<Token>| {
             if !word.is_empty() {
                 tokens.push(Token { kind: TokenKind::Word(std::mem::take(word)), line });
             }
         };
-        while let Some((_, c)) = chars.next() {
+        while let Some(c) = chars.next() {
             match c {
                 '#' | '!' if word.is_empty() => break,
                 '{' | '}' => {
@@ -95,8 +82,8 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ConfError> {
                     let mut quoted = String::new();
                     loop {
                         match chars.next() {
-                            Some((_, '"')) => break,
-                            Some((_, q)) => quoted.push(q),
+                            Some('"') => break,
+                            Some(q) => quoted.push(q),
                             None => {
                                 return Err(ConfError {
                                     line,
@@ -121,67 +108,125 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ConfError> {
 
 /// Parses a whole configuration file into its top-level statements.
 pub fn parse(text: &str) -> Result<Vec<Statement>, ConfError> {
-    let tokens = tokenize(text)?;
-    let mut tokens = tokens.into_iter();
-    parse_block(&mut tokens, None)
+    let mut parser = Parser {
+        tokens: tokenize(text)?.into_iter(),
+        indents: text.lines().map(|l| &l[..l.len() - l.trim_start().len()]).collect(),
+        at_line_start: true,
+        misaligned: None,
+    };
+    parser.block(None)
 }
 
-/// Where the block being parsed was opened: its keyword and line, for error messages.
-struct Opener<'a> {
-    keyword: &'a str,
+/// A block being parsed: its keyword and the line of its `{`.
+#[derive(Debug, Clone)]
+struct Opened {
+    keyword: String,
     line: usize,
 }
 
-fn parse_block(
-    tokens: &mut impl Iterator<Item = Token>,
-    opener: Option<Opener<'_>>,
-) -> Result<Vec<Statement>, ConfError> {
-    let mut statements = Vec::new();
-    let mut current: Option<Statement> = None;
-    loop {
-        let Some(token) = tokens.next() else {
-            statements.extend(current.take());
-            return match opener {
-                None => Ok(statements),
-                Some(o) => Err(ConfError {
-                    line: o.line,
-                    message: format!(
-                        "expected `}}` to close the `{}` block opened here, found end of file",
-                        o.keyword
-                    ),
-                }),
-            };
-        };
-        match token.kind {
-            TokenKind::Word(word) => match &mut current {
-                Some(statement) => statement.words.push(word),
-                None => {
-                    current = Some(Statement { line: token.line, words: vec![word], block: None })
-                }
+struct Parser<'t> {
+    tokens: std::vec::IntoIter<Token>,
+    /// Leading whitespace of each line (index = line - 1).
+    indents: Vec<&'t str>,
+    at_line_start: bool,
+    /// The first block closed by a line-leading `}` indented unlike the block's own line,
+    /// with that `}`'s line. Brace errors surface only at the end of the file or at a stray
+    /// `}`, far from the mistake; this is where a brace is most likely missing or extra.
+    misaligned: Option<(Opened, usize)>,
+}
+
+impl Parser<'_> {
+    fn indent(&self, line: usize) -> &str {
+        self.indents.get(line - 1).copied().unwrap_or_default()
+    }
+
+    /// The error for a file that ends inside `open`. Points at the misaligned block, if
+    /// any, since the missing `}` most likely belongs there.
+    fn unclosed(&self, open: Opened) -> ConfError {
+        match &self.misaligned {
+            Some((block, close)) => ConfError {
+                line: block.line,
+                message: format!(
+                    "expected `}}` to close the `{}` block opened here: the `}}` on line {close} \
+                     is indented like an enclosing block, and the file ends with `{}` (line {}) \
+                     still open",
+                    block.keyword, open.keyword, open.line
+                ),
             },
-            TokenKind::EndOfLine => statements.extend(current.take()),
-            TokenKind::Open => {
-                let Some(mut statement) = current.take() else {
-                    return Err(ConfError {
-                        line: token.line,
-                        message: "expected a keyword before `{` (it must be on the keyword's line)"
-                            .into(),
-                    });
-                };
-                let inner = Opener { keyword: statement.keyword(), line: token.line };
-                let block = parse_block(tokens, Some(inner))?;
-                statement.block = Some(block);
-                statements.push(statement);
-            }
-            TokenKind::Close => {
+            None => ConfError {
+                line: open.line,
+                message: format!(
+                    "expected `}}` to close the `{}` block opened here, found end of file",
+                    open.keyword
+                ),
+            },
+        }
+    }
+
+    /// The error for a `}` at `line` with no open block. Points at the misaligned `}`, if
+    /// any, since that is most likely the extra one.
+    fn stray(&self, line: usize) -> ConfError {
+        match &self.misaligned {
+            Some((block, close)) => ConfError {
+                line: *close,
+                message: format!(
+                    "extra `}}`? it closes the `{}` block of line {} but is indented differently, \
+                     which leaves the `}}` on line {line} with no block to close",
+                    block.keyword, block.line
+                ),
+            },
+            None => ConfError { line, message: "unexpected `}`: no block is open".into() },
+        }
+    }
+
+    fn block(&mut self, opened: Option<Opened>) -> Result<Vec<Statement>, ConfError> {
+        let mut statements = Vec::new();
+        let mut current: Option<Statement> = None;
+        loop {
+            let Some(token) = self.tokens.next() else {
                 statements.extend(current.take());
-                if opener.is_none() {
-                    return Err(ConfError {
-                        line: token.line,
-                        message: format!("unexpected {}: no block is open", token.kind),
-                    });
+                return match opened {
+                    None => Ok(statements),
+                    Some(open) => Err(self.unclosed(open)),
+                };
+            };
+            let line_start = std::mem::replace(&mut self.at_line_start, false);
+            match token.kind {
+                TokenKind::Word(word) => match &mut current {
+                    Some(statement) => statement.words.push(word),
+                    None => {
+                        current =
+                            Some(Statement { line: token.line, words: vec![word], block: None })
+                    }
+                },
+                TokenKind::EndOfLine => {
+                    self.at_line_start = true;
+                    statements.extend(current.take());
                 }
-                return Ok(statements);
+                TokenKind::Open => {
+                    let Some(mut statement) = current.take() else {
+                        return Err(ConfError {
+                            line: token.line,
+                            message: "expected a keyword before `{` (on the same line)".into(),
+                        });
+                    };
+                    let inner = Opened { keyword: statement.keyword().into(), line: token.line };
+                    statement.block = Some(self.block(Some(inner))?);
+                    statements.push(statement);
+                }
+                TokenKind::Close => {
+                    statements.extend(current.take());
+                    let Some(opened) = opened else {
+                        return Err(self.stray(token.line));
+                    };
+                    if line_start
+                        && self.misaligned.is_none()
+                        && self.indent(token.line) != self.indent(opened.line)
+                    {
+                        self.misaligned = Some((opened, token.line));
+                    }
+                    return Ok(statements);
+                }
             }
         }
     }
@@ -267,8 +312,50 @@ mod tests {
     #[test]
     fn parser_reports_unclosed_block_at_its_opening_line() {
         let err = parse("a {\n b\n c {\n  d\n}\n").unwrap_err();
+        // The `}` of line 5 closes `c` at `a`'s indent: `c` is the block missing its `}`.
+        assert_eq!(err.line, 3);
+        assert!(err.message.contains("close the `c` block opened here"), "{err}");
+        assert!(err.message.contains("ends with `a` (line 1) still open"), "{err}");
+        let err = parse("a {\n  b\n").unwrap_err();
         assert_eq!(err.line, 1);
-        assert!(err.message.contains("`a` block"), "{err}");
+        assert!(err.message.contains("`a` block opened here, found end of file"), "{err}");
+    }
+
+    #[test]
+    fn parser_points_at_an_extra_brace() {
+        let err = parse(
+            "a {
+  b {
+  }
+  }
+}
+",
+        )
+        .unwrap_err();
+        assert_eq!(err.line, 4);
+        assert!(err.message.contains("closes the `a` block of line 1"), "{err}");
+        assert!(err.message.contains("the `}` on line 5 with no block"), "{err}");
+    }
+
+    #[test]
+    fn parser_ignores_alignment_of_braces_after_words() {
+        let tree = parse(
+            "a {
+  b { c
+  d }
+}
+",
+        )
+        .unwrap();
+        assert_eq!(tree[0].block.as_ref().unwrap()[0].block.as_ref().unwrap().len(), 2);
+        let err = parse(
+            "a {
+  b { c
+  d }
+",
+        )
+        .unwrap_err();
+        assert!(!err.message.contains("indented"), "{err}");
     }
 
     #[test]
