@@ -168,3 +168,31 @@ impl Announcer {
         debug!("announce schedule finished");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unicast_addresses_are_announced_once_each() {
+        let input: Vec<IpAddr> = [
+            "192.0.2.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "127.0.0.1",
+            "2001:db8::1",
+            "fe80::1",
+            "::",
+            "::1",
+            "ff02::1",
+            "192.0.2.1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let expected: Vec<IpAddr> =
+            ["192.0.2.1", "2001:db8::1", "fe80::1"].iter().map(|a| a.parse().unwrap()).collect();
+        assert_eq!(announceable(&input), expected);
+    }
+}

@@ -14,8 +14,7 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::net::if_::if_nametoindex;
 use nix::sys::socket::{
-    AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, SockaddrLike, bind, getsockname, sendto,
-    socket,
+    AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, SockaddrLike, bind, sendto, socket,
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -78,11 +77,28 @@ impl PacketSocket {
     /// The device's current MAC, read on every round so a MAC changed after a takeover is
     /// announced, not the old one.
     pub fn mac(&self) -> Result<Mac, MacError> {
-        let addr: LinkAddr = getsockname(self.fd.get_ref().as_raw_fd())?;
-        match addr.addr() {
-            Some(mac) if addr.hatype() == ARPHRD_ETHER && addr.halen() == mac.len() => Ok(mac),
-            _ => Err(MacError::NotEthernet { hatype: addr.hatype(), halen: addr.halen() }),
+        // Called directly rather than through nix's `getsockname`: the kernel reports a
+        // packet socket's name with the length trimmed to the hardware address, which nix's
+        // `LinkAddr` rejects as not being a full `sockaddr_ll`.
+        let mut sll = sockaddr_ll(0, 0, [0; 6]);
+        let mut len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `sll` is a writable sockaddr_ll and `len` its size, so the kernel writes
+        // at most that many bytes into it.
+        let ret = unsafe {
+            libc::getsockname(
+                self.fd.get_ref().as_raw_fd(),
+                (&mut sll as *mut libc::sockaddr_ll).cast(),
+                &mut len,
+            )
+        };
+        Errno::result(ret)?;
+        let halen = usize::from(sll.sll_halen);
+        if sll.sll_hatype != ARPHRD_ETHER || halen != 6 {
+            return Err(MacError::NotEthernet { hatype: sll.sll_hatype, halen });
         }
+        let mut mac = [0; 6];
+        mac.copy_from_slice(&sll.sll_addr[..6]);
+        Ok(mac)
     }
 
     /// Sends one complete Ethernet frame. Returns once the kernel has handed it to the
@@ -104,10 +120,10 @@ impl PacketSocket {
 
 /// A `sockaddr_ll` for `ifindex`. `ethertype` (host order) decides which protocol the kernel
 /// tags the frame with; `dst` only matters for `SOCK_DGRAM` but is filled for clarity.
-fn link_addr(ifindex: i32, ethertype: u16, dst: Mac) -> LinkAddr {
+fn sockaddr_ll(ifindex: i32, ethertype: u16, dst: Mac) -> libc::sockaddr_ll {
     let mut sll_addr = [0u8; 8];
     sll_addr[..6].copy_from_slice(&dst);
-    let sll = libc::sockaddr_ll {
+    libc::sockaddr_ll {
         sll_family: libc::AF_PACKET as u16,
         sll_protocol: ethertype.to_be(),
         sll_ifindex: ifindex,
@@ -115,7 +131,12 @@ fn link_addr(ifindex: i32, ethertype: u16, dst: Mac) -> LinkAddr {
         sll_pkttype: 0,
         sll_halen: 6,
         sll_addr,
-    };
+    }
+}
+
+/// [`sockaddr_ll`] as the nix address type `bind` and `sendto` take.
+fn link_addr(ifindex: i32, ethertype: u16, dst: Mac) -> LinkAddr {
+    let sll = sockaddr_ll(ifindex, ethertype, dst);
     // SAFETY: `sll` is a fully initialised sockaddr_ll and the length passed is its size;
     // from_raw copies it and checks the family.
     unsafe {

@@ -1,0 +1,403 @@
+//! Kernel tests for the announcer (root only; they pass vacuously otherwise): a router
+//! namespace and a peer namespace joined by a veth pair, a packet capture in the peer, and
+//! the peer kernel's neighbour table as the judge of whether the frames are valid.
+//!
+//! Namespaces are named `hagwa-<pid>-<n>` and deleted on drop, also when a test panics, so
+//! the tests run in parallel with each other and with other test binaries.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hagw_backends::announce::announce;
+use hagw_backends::netns::Netns;
+use hagw_core::model::AnnounceSchedule;
+use nix::errno::Errno;
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, socket};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+const ROUTER_DEVICE: &str = "qg-ann";
+const PEER_DEVICE: &str = "peer0";
+const ROUTER_MAC: [u8; 6] = [0x02, 0x5a, 0x00, 0xaa, 0xbb, 0x01];
+const ROUTER_MAC_TEXT: &str = "02:5a:00:aa:bb:01";
+/// A MAC the peer's neighbour entries start with, so an update to the router's MAC proves
+/// the kernel accepted the announcement (including its checksum and override flag).
+const STALE_MAC_TEXT: &str = "02:00:00:00:00:99";
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned));
+    let root = euid.as_deref() == Some("0");
+    if !root {
+        eprintln!("skipped: needs root");
+    }
+    root
+}
+
+/// Runs a command and panics with its stderr if it fails.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().expect("spawn command");
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A throw-away named namespace, deleted on drop.
+struct TempNetns {
+    name: String,
+}
+
+impl TempNetns {
+    fn new() -> Self {
+        let name = format!("hagwa-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        run("ip", &["netns", "add", &name]);
+        TempNetns { name }
+    }
+
+    fn netns(&self) -> Netns {
+        Netns::named(&self.name)
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    fn sysctl(&self, setting: &str) {
+        run("ip", &["netns", "exec", &self.name, "sysctl", "-q", "-w", setting]);
+    }
+}
+
+impl Drop for TempNetns {
+    fn drop(&mut self) {
+        // Best effort: a failure here must not turn a passing test into a double panic.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// A router namespace whose gateway device is wired to a peer namespace.
+struct Pair {
+    router: TempNetns,
+    peer: TempNetns,
+}
+
+impl Pair {
+    /// Router: 192.0.2.1/24, 2001:db8::1/64 and fe80::a/64 (no DAD, so nothing is tentative
+    /// and the kernel sends no NAs of its own). Peer: 192.0.2.2/24, `arp_accept=1` so a
+    /// gratuitous ARP creates a neighbour entry, and stale IPv6 neighbour entries pointing
+    /// elsewhere, which only a valid override NA can move to the router's MAC.
+    fn new() -> Self {
+        let pair = Pair { router: TempNetns::new(), peer: TempNetns::new() };
+        pair.router.ip(&[
+            "link",
+            "add",
+            ROUTER_DEVICE,
+            "address",
+            ROUTER_MAC_TEXT,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            PEER_DEVICE,
+            "netns",
+            &pair.peer.name,
+        ]);
+        pair.peer.sysctl(&format!("net.ipv4.conf.{PEER_DEVICE}.arp_accept=1"));
+        pair.router.ip(&["addr", "add", "192.0.2.1/24", "dev", ROUTER_DEVICE]);
+        for v6 in ["2001:db8::1/64", "fe80::a/64"] {
+            pair.router.ip(&["addr", "add", v6, "dev", ROUTER_DEVICE, "nodad"]);
+        }
+        pair.peer.ip(&["addr", "add", "192.0.2.2/24", "dev", PEER_DEVICE]);
+        pair.peer.ip(&["link", "set", PEER_DEVICE, "up"]);
+        pair.router.ip(&["link", "set", ROUTER_DEVICE, "up"]);
+        for v6 in ["2001:db8::1", "fe80::a"] {
+            pair.peer.ip(&[
+                "neigh",
+                "replace",
+                v6,
+                "lladdr",
+                STALE_MAC_TEXT,
+                "dev",
+                PEER_DEVICE,
+                "nud",
+                "stale",
+            ]);
+        }
+        pair
+    }
+
+    fn peer_neighbour(&self, address: &str) -> String {
+        self.peer.ip(&["neigh", "show", address, "dev", PEER_DEVICE])
+    }
+}
+
+/// A frame seen by the capture, with when it arrived.
+struct Captured {
+    at: Instant,
+    frame: Vec<u8>,
+}
+
+/// Captures every frame in `netns` for `window` (including its own: the matchers below only
+/// accept frames from the router's MAC). The socket is opened inside the
+/// namespace (and so sees only its devices) before this returns; the capture itself runs
+/// on a task.
+async fn capture(netns: &Netns, window: Duration) -> tokio::task::JoinHandle<Vec<Captured>> {
+    let (fd, _): (OwnedFd, _) = netns
+        .run(|| {
+            socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                SockProtocol::EthAll,
+            )
+            .map_err(Into::into)
+        })
+        .await
+        .expect("open capture socket");
+    // SAFETY: the OwnedFd is valid and stays open for as long as the AsyncFd owns it.
+    let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+        .expect("register capture socket");
+    let deadline = tokio::time::Instant::now() + window;
+    tokio::spawn(async move {
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let read = tokio::time::timeout_at(
+                deadline,
+                fd.async_io(Interest::READABLE, |fd| {
+                    recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(Into::into)
+                }),
+            )
+            .await;
+            match read {
+                Err(_elapsed) => break frames,
+                Ok(Ok(len)) => {
+                    frames.push(Captured { at: Instant::now(), frame: buf[..len].to_vec() })
+                }
+                Ok(Err(err)) => panic!("capture failed: {err}"),
+            }
+        }
+    })
+}
+
+/// Gratuitous ARP requests announcing `address` from the router's MAC.
+fn garps(frames: &[Captured], address: Ipv4Addr) -> Vec<Instant> {
+    frames
+        .iter()
+        .filter(|c| {
+            let f = &c.frame;
+            f.len() >= 42
+                && f[12..14] == [0x08, 0x06]
+                && f[0..6] == [0xff; 6]
+                && f[6..12] == ROUTER_MAC
+                && f[14..22] == [0, 1, 8, 0, 6, 4, 0, 1]
+                && f[22..28] == ROUTER_MAC
+                && f[28..32] == address.octets()
+                && f[38..42] == address.octets()
+        })
+        .map(|c| c.at)
+        .collect()
+}
+
+/// Neighbour advertisements for `target` from the router's MAC; panics on one that is not
+/// the announcement the router must send (flags, addresses, hop limit, option, checksum).
+fn neighbour_advertisements(frames: &[Captured], target: Ipv6Addr) -> Vec<Instant> {
+    let mut seen = Vec::new();
+    for c in frames {
+        let f = &c.frame;
+        let is_na_for_target = f.len() >= 78
+            && f[12..14] == [0x86, 0xdd]
+            && f[20] == 58
+            && f[54] == 136
+            && f[62..78] == target.octets();
+        if !is_na_for_target {
+            continue;
+        }
+        assert_eq!(f.len(), 86, "NA for {target}: one TLLA option expected");
+        assert_eq!(f[0..6], [0x33, 0x33, 0, 0, 0, 1], "NA for {target}: destination MAC");
+        assert_eq!(f[6..12], ROUTER_MAC, "NA for {target}: source MAC");
+        assert_eq!(f[21], 255, "NA for {target}: hop limit");
+        assert_eq!(f[22..38], target.octets(), "NA for {target}: source address");
+        assert_eq!(f[38..54], "ff02::1".parse::<Ipv6Addr>().unwrap().octets());
+        let flags = f[58];
+        assert_eq!(flags & 0x20, 0x20, "NA for {target}: override flag");
+        assert_eq!(flags & 0x40, 0, "NA for {target}: solicited flag");
+        assert_eq!(flags & 0x80, 0x80, "NA for {target}: router flag");
+        assert_eq!(f[78..80], [2, 1], "NA for {target}: target link-layer address option");
+        assert_eq!(f[80..86], ROUTER_MAC, "NA for {target}: option MAC");
+        assert!(icmpv6_checksum_ok(f), "NA for {target}: bad checksum");
+        seen.push(c.at);
+    }
+    seen
+}
+
+/// Receiver-side check: the one's complement sum of the pseudo-header and the ICMPv6
+/// message (checksum included) is all ones.
+fn icmpv6_checksum_ok(frame: &[u8]) -> bool {
+    let payload_len = u16::from_be_bytes([frame[18], frame[19]]) as usize;
+    let message = &frame[54..54 + payload_len];
+    let mut data = Vec::new();
+    data.extend_from_slice(&frame[22..54]); // source and destination
+    data.extend_from_slice(&(payload_len as u32).to_be_bytes());
+    data.extend_from_slice(&[0, 0, 0, 58]);
+    data.extend_from_slice(message);
+    if data.len() % 2 == 1 {
+        data.push(0);
+    }
+    let mut sum: u64 = data.chunks(2).map(|w| u64::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+/// Asserts three announcements, the repeats one interval apart (with slack for scheduling).
+fn assert_schedule(what: &str, times: &[Instant], interval: Duration) {
+    assert_eq!(times.len(), 3, "{what}: expected 3 rounds, saw {}", times.len());
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= interval * 3 / 4 && gap <= interval * 3,
+            "{what}: rounds {gap:?} apart, expected about {interval:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announces_every_address_on_schedule_and_neighbours_learn_the_mac() {
+    if !is_root() {
+        return;
+    }
+    let pair = Pair::new();
+    let interval = Duration::from_millis(200);
+    let schedule = AnnounceSchedule { repeats: 2, interval_ms: 200 };
+    let v4 = Ipv4Addr::new(192, 0, 2, 1);
+    let global: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let link_local: Ipv6Addr = "fe80::a".parse().unwrap();
+    let addresses = [IpAddr::V4(v4), IpAddr::V6(global), IpAddr::V6(link_local)];
+
+    let capturing = capture(&pair.peer.netns(), Duration::from_millis(1200)).await;
+    let started = Instant::now();
+    announce(&pair.router.netns(), ROUTER_DEVICE, &addresses, schedule)
+        .await
+        .expect("first round sent");
+    let returned = started.elapsed();
+    assert!(returned < interval, "announce waited for the repeats: {returned:?}");
+    let frames = capturing.await.expect("capture task");
+
+    let arp = garps(&frames, v4);
+    assert_schedule("gratuitous ARP for 192.0.2.1", &arp, interval);
+    assert!(arp[0] - started < interval, "first round not sent at once");
+    assert_schedule("NA for 2001:db8::1", &neighbour_advertisements(&frames, global), interval);
+    assert_schedule("NA for fe80::a", &neighbour_advertisements(&frames, link_local), interval);
+
+    let v4_entry = pair.peer_neighbour("192.0.2.1");
+    assert!(v4_entry.contains(ROUTER_MAC_TEXT), "peer did not learn the IPv4 MAC: {v4_entry:?}");
+    for v6 in ["2001:db8::1", "fe80::a"] {
+        let entry = pair.peer_neighbour(v6);
+        assert!(entry.contains(ROUTER_MAC_TEXT), "peer did not accept the NA for {v6}: {entry:?}");
+    }
+}
+
+#[tokio::test]
+async fn no_repeats_sends_one_round() {
+    if !is_root() {
+        return;
+    }
+    let pair = Pair::new();
+    let v4 = Ipv4Addr::new(192, 0, 2, 1);
+    let capturing = capture(&pair.peer.netns(), Duration::from_millis(400)).await;
+    let schedule = AnnounceSchedule { repeats: 0, interval_ms: 100 };
+    announce(&pair.router.netns(), ROUTER_DEVICE, &[IpAddr::V4(v4)], schedule)
+        .await
+        .expect("round sent");
+    let frames = capturing.await.expect("capture task");
+    assert_eq!(garps(&frames, v4).len(), 1);
+}
+
+#[tokio::test]
+async fn missing_device_is_transient() {
+    if !is_root() {
+        return;
+    }
+    let ns = TempNetns::new();
+    let err = announce(
+        &ns.netns(),
+        "nodev0",
+        &["192.0.2.1".parse().unwrap()],
+        AnnounceSchedule::default(),
+    )
+    .await
+    .expect_err("no such device");
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(err.target, format!("netns {} dev nodev0", ns.name));
+    assert!(err.message.contains(Errno::ENODEV.desc()), "{err}");
+}
+
+#[tokio::test]
+async fn missing_namespace_is_transient() {
+    if !is_root() {
+        return;
+    }
+    let name = format!("hagwa-{}-gone", std::process::id());
+    let err = announce(
+        &Netns::named(&name),
+        ROUTER_DEVICE,
+        &["2001:db8::1".parse().unwrap()],
+        AnnounceSchedule::default(),
+    )
+    .await
+    .expect_err("no such namespace");
+    assert!(err.is_transient(), "{err}");
+}
+
+#[tokio::test]
+async fn device_down_is_transient() {
+    if !is_root() {
+        return;
+    }
+    let pair = Pair::new();
+    pair.router.ip(&["link", "set", ROUTER_DEVICE, "down"]);
+    let err = announce(
+        &pair.router.netns(),
+        ROUTER_DEVICE,
+        &["192.0.2.1".parse().unwrap()],
+        AnnounceSchedule::default(),
+    )
+    .await
+    .expect_err("device is down");
+    assert!(err.is_transient(), "{err}");
+    assert!(err.operation.contains("192.0.2.1"), "{err}");
+}
+
+#[tokio::test]
+async fn non_ethernet_device_is_permanent() {
+    if !is_root() {
+        return;
+    }
+    let ns = TempNetns::new();
+    let err =
+        announce(&ns.netns(), "lo", &["127.0.0.2".parse().unwrap()], AnnounceSchedule::default())
+            .await;
+    // 127.0.0.2 is loopback and skipped: nothing to announce, so nothing can fail.
+    assert!(err.is_ok(), "{err:?}");
+    let err =
+        announce(&ns.netns(), "lo", &["192.0.2.1".parse().unwrap()], AnnounceSchedule::default())
+            .await
+            .expect_err("lo is not Ethernet");
+    assert!(!err.is_transient(), "{err}");
+    assert_eq!(err.operation, "read hardware address");
+}
