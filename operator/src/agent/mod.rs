@@ -10,7 +10,7 @@ mod roles;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -18,6 +18,7 @@ use hagw_backends::dataplane::HostDataplane;
 use hagw_backends::events::{NetnsMonitor, monitor_netns};
 use hagw_backends::netns::{NETNS_RUN_DIR, Netns};
 use hagw_core::model::{RoleSource, RouterSpec};
+use hagw_core::neutron::{DiscoveryError, NeutronDefaults, discover};
 use hagw_core::supervisor::{PassOutcome, RouterEvent, RouterHandle, WorkerConfig, spawn_router};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -39,6 +40,31 @@ impl Drop for Managed {
     }
 }
 
+/// Routers discovered from a Neutron node's `ha_confs`, re-read when that tree changes.
+#[derive(Debug, Clone)]
+pub struct NeutronSource {
+    pub state_path: PathBuf,
+    pub defaults: NeutronDefaults,
+}
+
+impl NeutronSource {
+    fn ha_confs(&self) -> PathBuf {
+        self.state_path.join("ha_confs")
+    }
+
+    /// Discovers the routers; a broken router is reported and skipped, never fatal.
+    fn discover(&self) -> Vec<RouterSpec> {
+        let found = discover(&self.state_path, &self.defaults);
+        for error in &found.errors {
+            match error {
+                DiscoveryError::NotReady { .. } => info!(%error, "router not ready yet"),
+                _ => warn!(%error, "router skipped"),
+            }
+        }
+        found.routers.into_iter().map(|r| r.spec).collect()
+    }
+}
+
 /// The agent's state: workers, namespace subscriptions and file watches.
 pub struct Agent {
     dataplane: Arc<HostDataplane>,
@@ -49,6 +75,7 @@ pub struct Agent {
     watcher: DirWatcher,
     netns_changes: mpsc::UnboundedSender<String>,
     events: mpsc::UnboundedSender<RouterEvent>,
+    neutron: Option<NeutronSource>,
 }
 
 /// What the agent's main loop waits on.
@@ -76,6 +103,7 @@ impl Agent {
             watcher,
             netns_changes: netns_tx,
             events,
+            neutron: None,
         };
         Ok((agent, AgentInputs { dir_events, netns_changes, router_events }))
     }
@@ -114,6 +142,37 @@ impl Agent {
             info!(router = %id, role = role.as_str(), "managing router");
             self.routers.insert(id, Managed { spec, handle, task });
         }
+    }
+
+    /// Manages the routers of a Neutron node, following `ha_confs` as routers are added,
+    /// removed or reconfigured.
+    pub async fn follow_neutron(&mut self, source: NeutronSource) -> Result<()> {
+        let ha_confs = source.ha_confs();
+        self.watcher
+            .watch(&ha_confs)
+            .with_context(|| format!("watching {}", ha_confs.display()))?;
+        let specs = source.discover();
+        self.neutron = Some(source);
+        self.watch_router_dirs(&ha_confs);
+        self.set_routers(specs).await;
+        Ok(())
+    }
+
+    /// Watches each router directory, so a keepalived.conf written later is seen.
+    fn watch_router_dirs(&mut self, ha_confs: &Path) {
+        let Ok(entries) = std::fs::read_dir(ha_confs) else { return };
+        for dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+            if let Err(e) = self.watcher.watch(&dir) {
+                warn!(dir = %dir.display(), error = %e, "cannot watch router directory");
+            }
+        }
+    }
+
+    async fn rediscover(&mut self) {
+        let Some(source) = self.neutron.clone() else { return };
+        let ha_confs = source.ha_confs();
+        self.watch_router_dirs(&ha_confs);
+        self.set_routers(source.discover()).await;
     }
 
     /// Subscribes to a namespace's netlink events if it exists and is not yet subscribed
@@ -173,6 +232,9 @@ impl Agent {
             self.namespace_changed(name).await;
             return;
         }
+        if self.is_neutron_conf_event(event) {
+            self.rediscover().await;
+        }
         let ids: Vec<String> = self
             .routers
             .values()
@@ -182,6 +244,15 @@ impl Agent {
         for id in ids {
             self.refresh_role(&id).await;
         }
+    }
+
+    /// A router directory appeared or went, or a keepalived.conf was (re)written.
+    fn is_neutron_conf_event(&self, event: &DirEvent) -> bool {
+        let Some(source) = &self.neutron else { return false };
+        let ha_confs = source.ha_confs();
+        event.dir == ha_confs
+            || (event.dir.parent() == Some(ha_confs.as_path())
+                && event.name.as_deref().is_some_and(|n| n == "keepalived.conf"))
     }
 
     /// Logs a worker's pass (status and metrics hook in here).

@@ -1,33 +1,105 @@
-//! `hagw run`: the long-running, event-driven agent.
+//! `hagw run`: the long-running, event-driven agent, fed by a configuration file or by
+//! discovering the HA routers of a Neutron network node.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::ValueEnum;
+use hagw_core::config::{self, Config, DEFAULT_OVSDB};
+use hagw_core::model::Strategy;
+use hagw_core::neutron::{BackendDefault, BridgeLookup, NeutronDefaults};
 use hagw_core::supervisor::WorkerConfig;
 
-use super::ConfigArg;
-use crate::agent::Agent;
+use super::EXIT_INVALID_INPUT;
+use crate::agent::{Agent, NeutronSource};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BackendKind {
+    Ovs,
+    Linuxbridge,
+    Generic,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StrategyArg {
+    L2Hold,
+    LinkDown,
+    SilenceOnly,
+}
 
 #[derive(Debug, clap::Args)]
+#[group(id = "source", required = true, multiple = false, args = ["config", "neutron"])]
 pub struct RunArgs {
-    #[command(flatten)]
-    pub config: ConfigArg,
+    /// Router configuration file (YAML).
+    #[arg(short, long, env = "HAGW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Discover routers from this Neutron state path (`<path>/ha_confs/*/keepalived.conf`).
+    #[arg(long, value_name = "STATE_PATH")]
+    pub neutron: Option<PathBuf>,
+    /// With --neutron: the L2 backend of the discovered routers.
+    #[arg(long, value_enum, default_value = "ovs")]
+    pub backend: BackendKind,
+    /// With --neutron: the standby strategy of the discovered routers.
+    #[arg(long, value_enum, default_value = "l2-hold")]
+    pub strategy: StrategyArg,
+    /// With --neutron --backend linuxbridge: the bridge of every gateway tap (default: read
+    /// each tap's bridge from /sys/class/net).
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// With --neutron: the OVSDB endpoint.
+    #[arg(long, default_value = DEFAULT_OVSDB)]
+    pub ovsdb: String,
     /// Seconds between full re-observations of every router, even without events.
     #[arg(long, default_value_t = 60)]
     pub resync: u64,
 }
 
+impl RunArgs {
+    fn neutron_defaults(&self) -> NeutronDefaults {
+        let backend = match self.backend {
+            BackendKind::Ovs => BackendDefault::Ovs,
+            BackendKind::Generic => BackendDefault::Generic,
+            BackendKind::Linuxbridge => BackendDefault::Linuxbridge(match &self.bridge {
+                Some(bridge) => BridgeLookup::Fixed(bridge.clone()),
+                None => BridgeLookup::Sysfs("/sys/class/net".into()),
+            }),
+        };
+        let strategy = match self.strategy {
+            StrategyArg::L2Hold => Strategy::L2Hold,
+            StrategyArg::LinkDown => Strategy::LinkDown,
+            StrategyArg::SilenceOnly => Strategy::SilenceOnly,
+        };
+        NeutronDefaults { backend, strategy, ..NeutronDefaults::default() }
+    }
+}
+
 pub async fn run(args: RunArgs) -> ExitCode {
-    let config = match args.config.load() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let dataplane = super::dataplane(&config);
     let worker =
         WorkerConfig { resync: Duration::from_secs(args.resync.max(1)), ..WorkerConfig::default() };
+    let (config, neutron) = match (&args.config, &args.neutron) {
+        (Some(path), _) => match config::load(path) {
+            Ok(c) => (c, None),
+            Err(e) => {
+                eprintln!("hagw: invalid configuration: {e}");
+                return ExitCode::from(EXIT_INVALID_INPUT);
+            }
+        },
+        (None, Some(state_path)) => {
+            let config = Config { ovsdb: args.ovsdb.clone(), routers: Vec::new() };
+            let source =
+                NeutronSource { state_path: state_path.clone(), defaults: args.neutron_defaults() };
+            (config, Some(source))
+        }
+        (None, None) => unreachable!("clap requires one source"),
+    };
+    let dataplane = super::dataplane(&config);
     let result = async {
         let (mut agent, inputs) = Agent::new(dataplane, worker)?;
-        agent.set_routers(config.routers).await;
+        match neutron {
+            Some(source) => agent.follow_neutron(source).await?,
+            None => agent.set_routers(config.routers).await,
+        }
         agent.run(inputs).await
     }
     .await;
