@@ -17,15 +17,15 @@ pub fn sh(cmd: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The `hagw` binary under test: `HAGW_BIN`, or the workspace's debug build.
+/// The `hagw` binary under test: `HAGW_BIN`, or the one cargo built next to this test
+/// (test executables live in `target/<profile>/deps/`).
 pub fn hagw_bin() -> PathBuf {
     if let Ok(bin) = std::env::var("HAGW_BIN") {
         return bin.into();
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
-    let bin = target.join("debug").join("hagw");
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let bin = profile_dir.join("hagw");
     assert!(bin.exists(), "{} missing: run `cargo build -p hagw` first", bin.display());
     bin
 }

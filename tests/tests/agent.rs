@@ -107,3 +107,52 @@ fn the_primary_vip_decides_before_the_state_file() -> Result<()> {
     eventually(Duration::from_secs(3), "standby when the VIP leaves", || Ok(!link_up(&gw)?))?;
     Ok(())
 }
+
+/// Zero configuration on a Neutron node: the router is discovered from `ha_confs` (written
+/// after the agent started, as the L3 agent does), held, and taken over on the VIP.
+#[test]
+fn run_discovers_neutron_routers_and_follows_keepalived() -> Result<()> {
+    let gw = GatewayLab::build()?;
+    let id = gw.lab.id.clone();
+    let ha = format!("ha-{id}");
+    gw.lab.exec(
+        &gw.qrouter,
+        &format!("ip link add {ha} type veth peer name hp-{id} && ip link set {ha} up"),
+    )?;
+    gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
+    let state_path = gw.lab.dir.path().join("neutron");
+    std::fs::create_dir_all(state_path.join("ha_confs"))?;
+    let child = Command::new(hagw_bin())
+        .args(["run", "--neutron", state_path.to_str().unwrap()])
+        .args(["--backend", "generic", "--strategy", "link-down", "--log-level", "info"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let _agent = Agent(child);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let router_dir = state_path.join("ha_confs").join(&id);
+    std::fs::create_dir_all(&router_dir)?;
+    std::fs::write(router_dir.join("state"), "backup")?;
+    let qg = &gw.qg;
+    std::fs::write(
+        router_dir.join("keepalived.conf"),
+        format!(
+            "global_defs {{\n    notification_email_from neutron@openstack.local\n    router_id neutron\n}}\n\
+             vrrp_instance VR_1 {{\n    state BACKUP\n    interface {ha}\n    virtual_router_id 1\n    \
+             priority 50\n    garp_master_delay 60\n    nopreempt\n    advert_int 2\n    \
+             track_interface {{\n        {ha}\n    }}\n    virtual_ipaddress {{\n        169.254.0.1/24 dev {ha}\n    }}\n    \
+             virtual_ipaddress_excluded {{\n        {GATEWAY_IP}/24 dev {qg} no_track\n    }}\n    \
+             virtual_routes {{\n        0.0.0.0/0 via 203.0.113.1 dev {qg} no_track protocol static\n    }}\n}}\n"
+        ),
+    )?;
+    eventually(Duration::from_secs(5), "discovered standby held", || Ok(!link_up(&gw)?))?;
+    gw.lab.exec(&gw.qrouter, &format!("ip addr add 169.254.0.1/24 dev {ha}"))?;
+    eventually(Duration::from_secs(3), "takeover on the VIP", || {
+        Ok(link_up(&gw)? && gw.gateway("addr")?.contains(GATEWAY_IP))
+    })?;
+    let routes = gw.lab.exec(&gw.qrouter, "ip route show default")?;
+    assert!(routes.contains("via 203.0.113.1"), "default route missing: {routes}");
+    Ok(())
+}
