@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod gateway;
 pub mod lab;
+pub mod linuxbridge;
 pub mod ovs;
 
 pub use capture::Capture;
