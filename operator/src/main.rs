@@ -3,6 +3,7 @@
 
 mod agent;
 mod cli;
+mod k8s;
 mod logging;
 
 use std::process::ExitCode;

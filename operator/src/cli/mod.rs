@@ -1,5 +1,7 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod agent;
+mod crd;
 mod notify;
 mod plan;
 mod reconcile;
@@ -55,6 +57,12 @@ pub enum Command {
                             notify_master \"/usr/bin/hagw notify -c /etc/hagw/routers.yaml r1 MASTER\"\n  \
                             notify_backup \"/usr/bin/hagw notify -c /etc/hagw/routers.yaml r1 BACKUP\"")]
     Notify(notify::NotifyArgs),
+    /// Run as the per-node agent of the Kubernetes operator (DaemonSet mode).
+    #[command(after_help = "Example:\n  NODE_NAME=net-1 hagw agent --kubernetes")]
+    Agent(agent::AgentArgs),
+    /// Print the HARouter CustomResourceDefinition (YAML).
+    #[command(after_help = "Example:\n  hagw crd | kubectl apply -f -")]
+    Crd,
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +95,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Reconcile(args) => reconcile::run(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Notify(args) => notify::run(args).await,
+        Command::Agent(args) => agent::run(args).await,
+        Command::Crd => crd::run(),
     }
 }
 

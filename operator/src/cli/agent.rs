@@ -1,0 +1,65 @@
+//! `hagw agent --kubernetes`: the per-node agent of the Kubernetes operator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hagw_core::config::DEFAULT_OVSDB;
+use hagw_core::supervisor::WorkerConfig;
+
+use super::EXIT_INVALID_INPUT;
+use crate::k8s::{self, agent::Options};
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Take the routers from HARouter resources (required: for a routers file, use `hagw run`).
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// This node's name as listed in `HARouter.spec.nodes` (downward API `spec.nodeName`).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Directory for the local copy of this node's specs (enforced at start-up before the API
+    /// server answers, and used to hand back routers deleted while the agent was down).
+    #[arg(long, env = "HAGW_STATE_DIR", default_value = "/var/lib/hagw")]
+    pub state_dir: PathBuf,
+    /// Address serving /healthz and /readyz.
+    #[arg(long, env = "HAGW_LISTEN", default_value = "0.0.0.0:9464")]
+    pub listen: SocketAddr,
+    /// OVSDB endpoint for routers with the `ovs` backend.
+    #[arg(long, env = "HAGW_OVSDB", default_value = DEFAULT_OVSDB)]
+    pub ovsdb: String,
+    /// Seconds between full re-observations of every router, even without events.
+    #[arg(long, default_value_t = 60)]
+    pub resync: u64,
+}
+
+pub async fn run(args: AgentArgs) -> ExitCode {
+    if !args.kubernetes {
+        eprintln!("hagw agent: only --kubernetes mode exists; for a routers file use `hagw run`");
+        return ExitCode::from(EXIT_INVALID_INPUT);
+    }
+    let options = match args.node_name.filter(|n| !n.is_empty()) {
+        Some(node) => Options {
+            node,
+            state_dir: args.state_dir,
+            listen: args.listen,
+            ovsdb: args.ovsdb,
+            worker: WorkerConfig {
+                resync: Duration::from_secs(args.resync.max(1)),
+                ..WorkerConfig::default()
+            },
+        },
+        None => {
+            eprintln!("hagw agent: {}", k8s::Error::NoNodeName);
+            return ExitCode::from(EXIT_INVALID_INPUT);
+        }
+    };
+    match k8s::agent::run(options).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hagw agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

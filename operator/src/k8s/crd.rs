@@ -1,0 +1,139 @@
+//! The `HARouter` custom resource: the standalone [`RouterSpec`] plus the nodes hosting the
+//! router, and a status with one entry per node.
+//!
+//! The spec embeds the very type `routers.yaml` holds, so both modes validate and reconcile
+//! identically. The status is a map-list keyed by `node`: every agent server-side-applies
+//! only its own entry under its own field manager, so agents never overwrite each other and
+//! no single writer (no leader election) is needed.
+
+use hagw_core::RouterSpec;
+use kube::CustomResource;
+use kube::core::CustomResourceExt;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// An HA router whose gateway port hagw keeps silent on its standby nodes.
+// Each `printcolumn(...)` repeats `type_`/`priority`, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "hagw.dev",
+    version = "v1alpha1",
+    kind = "HARouter",
+    doc = "An HA router whose gateway port hagw keeps silent on its standby nodes.",
+    plural = "harouters",
+    shortname = "har",
+    category = "hagw",
+    namespaced,
+    status = "HARouterStatus",
+    printcolumn(
+        name = "Primary",
+        type_ = "string",
+        json_path = r#".status.nodes[?(@.role=="primary")].node"#,
+        description = "Nodes reporting the primary role"
+    ),
+    printcolumn(
+        name = "Held",
+        type_ = "string",
+        json_path = ".status.nodes[?(@.held==true)].node",
+        description = "Nodes whose gateway port is held silent"
+    ),
+    printcolumn(
+        name = "Strategy",
+        type_ = "string",
+        json_path = ".spec.router.strategy",
+        priority = 1
+    ),
+    printcolumn(name = "Nodes", type_ = "string", json_path = ".spec.nodes", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HARouterSpec {
+    /// Names of the Kubernetes nodes that host this router (the L3 agents keepalived runs
+    /// it on). Each node's hagw agent manages the router only if its node is listed.
+    #[schemars(length(min = 1))]
+    pub nodes: Vec<String>,
+    /// The router, exactly as in the standalone `routers.yaml`.
+    #[schemars(schema_with = "router_schema")]
+    pub router: RouterSpec,
+}
+
+/// [`RouterSpec`]'s own schema, made structural for the API server. Only `backend` needs
+/// help: `generic` is a plain string while `ovs`/`linuxbridge` are objects, and a structural
+/// schema (and kube's rewriter) allows one type per field. The API server therefore keeps
+/// `backend` as given, and the agent validates it (a bad value is reported in the node's
+/// status entry as a spec error).
+fn router_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = RouterSpec::json_schema(generator);
+    if let Some(backend) = schema.get_mut("properties").and_then(|p| p.get_mut("backend")) {
+        *backend = json!({
+            "description": "How the port is attached at layer 2: `generic` (default), \
+                {\"ovs\": {\"port\": NAME}} or {\"linuxbridge\": {\"port\": TAP, \"bridge\": BRQ}}. \
+                Validated by the agent.",
+            "x-kubernetes-preserve-unknown-fields": true,
+        });
+    }
+    schema
+}
+
+/// What each hosting node's agent last reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HARouterStatus {
+    /// One entry per node; each is written only by that node's agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node's view of the router.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The node this entry belongs to (the list key).
+    pub node: String,
+    /// The role the node acted on: `primary`, `standby` or `unknown`.
+    pub role: String,
+    /// Whether the gateway port is kept from transmitting (held at layer 2 or link down).
+    pub held: bool,
+    /// When `role` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// The last reconcile error; absent once a pass succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The spec generation this entry reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (converged) and `Degraded` (last pass failed), per Kubernetes conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A condition with the fields of `meta/v1 Condition`; our own type so its schema comes from
+/// schemars like the rest (k8s-openapi's types carry no `JsonSchema` without extra features).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready` or `Degraded`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// CamelCase reason for the last transition.
+    pub reason: String,
+    /// Human-readable details.
+    #[serde(default)]
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The CRD manifest as YAML, as `hagw crd` prints it and the chart ships it.
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string(&HARouter::crd())
+}

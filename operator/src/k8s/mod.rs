@@ -1,0 +1,41 @@
+//! hagw as a Kubernetes operator: the `HARouter` resource, the per-node agent that feeds
+//! the standalone agent's supervisor from it, and the status and Events it writes back. The
+//! operator is a thin adapter: what is reconciled, and how, is exactly the standalone mode's.
+
+pub mod agent;
+mod cache;
+pub mod crd;
+mod handback;
+pub mod health;
+mod source;
+mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Why the Kubernetes agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no node name: set NODE_NAME (the DaemonSet sets it from spec.nodeName) or --node-name"
+    )]
+    NoNodeName,
+    #[error("cannot build a Kubernetes client (in-cluster config or KUBECONFIG): {0}")]
+    Client(#[source] kube::Error),
+    #[error("starting the agent: {0}")]
+    Agent(String),
+    #[error("health endpoint on {addr}: {source}")]
+    Health {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("spec cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+}
