@@ -52,8 +52,7 @@ impl DirWatcher {
                 };
                 let removed = event.mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM);
                 debug!(dir = %dir.display(), name = ?event.name, ?event.mask, "directory event");
-                if tx.send(DirEvent { dir, name: event.name.map(OsString::from), removed }).is_err()
-                {
+                if tx.send(DirEvent { dir, name: event.name, removed }).is_err() {
                     break;
                 }
             }
