@@ -101,8 +101,8 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 /// The dataplane for this host, shared by all routers of a configuration.
-fn dataplane(_config: &Config) -> hagw_backends::dataplane::HostDataplane {
-    hagw_backends::dataplane::HostDataplane::default()
+fn dataplane(config: &Config) -> hagw_backends::dataplane::HostDataplane {
+    hagw_backends::dataplane::HostDataplane::for_config(config)
 }
 
 fn describe_wait(wait: &hagw_core::Wait) -> String {

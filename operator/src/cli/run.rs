@@ -31,7 +31,13 @@ pub enum StrategyArg {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Router configuration file (YAML).
-    #[arg(short, long, env = "HAGW_CONFIG", required_unless_present = "neutron", conflicts_with = "neutron")]
+    #[arg(
+        short,
+        long,
+        env = "HAGW_CONFIG",
+        required_unless_present = "neutron",
+        conflicts_with = "neutron"
+    )]
     pub config: Option<PathBuf>,
     /// Discover routers from this Neutron state path (`<path>/ha_confs/*/keepalived.conf`).
     #[arg(long, value_name = "STATE_PATH")]
