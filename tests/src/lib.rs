@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod gateway;
+pub mod k8s;
 pub mod lab;
 pub mod linuxbridge;
 pub mod ovs;

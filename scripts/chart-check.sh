@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# chart-check.sh - renders and lints charts/hagw and validates the rendered manifests
+# against the Kubernetes schemas, offline:
+#   - helm-python-sdk (Helm v4 SDK in a wheel; no helm binary exists for this machine) for
+#     `helm lint --strict` and `helm template` (with and without the ServiceMonitor),
+#   - kubernetes-validate --strict for every rendered object (unknown fields are errors).
+# Both live in a venv under /var/cache/hagw/venv (HAGW_VENV), created idempotently.
+#
+# Usage: scripts/chart-check.sh [--render-to FILE]
+#   --render-to FILE   also write the default rendering (CRD first, as `helm install` applies
+#                      it) to FILE, for applying to a test API server.
+# Environment: HAGW_VENV (venv dir), HAGW_K8S_VALIDATE_VERSION (schema version, default 1.33.0).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${HAGW_VENV:-/var/cache/hagw/venv}
+K8S_VERSION=${HAGW_K8S_VALIDATE_VERSION:-1.33.0}
+RENDER_TO=
+while (($#)); do
+  case $1 in
+    --render-to) RENDER_TO=${2:?--render-to needs a file}; shift 2 ;;
+    *) echo "usage: $0 [--render-to FILE]" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '[chart-check.sh] %s\n' "$*" >&2; }
+
+# One installer at a time (parallel test binaries share the venv).
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock -w 600 9
+if ! "$VENV/bin/python" -c 'import helm_python, kubernetes_validate' 2>/dev/null; then
+  say "creating $VENV with helm-python-sdk and kubernetes-validate"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0'
+fi
+flock -u 9
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+"$VENV/bin/python" - "$work" <<'PY'
+import json, sys
+import helm_python as helm
+
+work = sys.argv[1]
+chart_dir = "charts/hagw"
+failed = False
+for name, values in [("default", None), ("servicemonitor", {"serviceMonitor": {"enabled": True}})]:
+    report = helm.lint(chart_dir, values, strict=True, namespace="hagw-system")
+    for m in report.get("messages", []):
+        print(f"lint ({name}): {m}", file=sys.stderr)
+        failed |= m.get("severity", 0) >= 2
+    if report.get("errors"):
+        print(f"lint ({name}) errors: {report['errors']}", file=sys.stderr)
+        failed = True
+    chart = helm.Chart.load(chart_dir)
+    manifests = chart.render(values, name="hagw", namespace="hagw-system", is_install=True)
+    docs = [m for _, m in sorted(manifests.items()) if m.strip() and not _.endswith("NOTES.txt")]
+    with open(f"{work}/{name}.yaml", "w") as f:
+        f.write("\n---\n".join(docs) + "\n")
+if failed:
+    sys.exit("helm lint --strict failed")
+PY
+
+for f in "$work"/*.yaml charts/hagw/crds/*.yaml; do
+  "$VENV/bin/kubernetes-validate" -k "$K8S_VERSION" --strict "$f" >&2 \
+    || { say "kubernetes-validate --strict failed for $f"; cat "$f" >&2; exit 1; }
+done
+say "lint, render and schema validation passed"
+
+if [[ -n $RENDER_TO ]]; then
+  { cat charts/hagw/crds/*.yaml; echo "---"; cat "$work/default.yaml"; } > "$RENDER_TO"
+fi

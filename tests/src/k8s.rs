@@ -1,0 +1,329 @@
+//! A real kube-apiserver + etcd for the Kubernetes tests (`scripts/kube-apiserver.sh`), and
+//! hagw agents emulating separate nodes on one machine.
+//!
+//! Each test binary starts its own control plane on free ports. A watchdog process stops it
+//! when the test process exits, however it exits (static values are never dropped, a panic
+//! may abort), so nothing outlives the tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::lab::{Lab, hagw_bin};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn script() -> PathBuf {
+    repo().join("scripts/kube-apiserver.sh")
+}
+
+/// A running control plane. `stop`/`start` keep its data, ports and credentials.
+pub struct ApiServer {
+    state: tempfile::TempDir,
+    ports: [u16; 3],
+    pub kubeconfig: PathBuf,
+}
+
+impl ApiServer {
+    /// Starts etcd + kube-apiserver + kube-controller-manager; fails (never skips) if the
+    /// binaries are not built.
+    pub fn start() -> Result<ApiServer> {
+        let cache = std::env::var("HAGW_K8S_CACHE").unwrap_or("/var/cache/hagw/k8s".into());
+        let bin = Path::new(&cache).join("bin/kube-apiserver");
+        if !bin.exists() {
+            bail!(
+                "{} is missing: run `scripts/kube-apiserver.sh install` first (scripts/test.sh \
+                 does; it builds Kubernetes 1.20 from Debian sources into {cache}, ~5 min once)",
+                bin.display()
+            );
+        }
+        let state = tempfile::Builder::new().prefix("hagw-k8s-test-").tempdir()?;
+        let ports = free_ports()?;
+        let server = ApiServer { kubeconfig: state.path().join("kubeconfig"), state, ports };
+        server.run_script("start", false)?;
+        // Stop the control plane when this process is gone, whatever way it ends.
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {env} {script} stop",
+            pid = std::process::id(),
+            env = server.env().join(" "),
+            script = script().display(),
+        );
+        Command::new("setsid")
+            .args(["bash", "-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the apiserver watchdog")?;
+        Ok(server)
+    }
+
+    fn env(&self) -> Vec<String> {
+        let [api, etcd, peer] = self.ports;
+        vec![
+            format!("HAGW_K8S_STATE={}", self.state.path().display()),
+            format!("HAGW_K8S_API_PORT={api}"),
+            format!("HAGW_K8S_ETCD_PORT={etcd}"),
+            format!("HAGW_K8S_ETCD_PEER_PORT={peer}"),
+        ]
+    }
+
+    fn run_script(&self, action: &str, keep_data: bool) -> Result<()> {
+        let mut cmd = Command::new(script());
+        cmd.arg(action).stdin(Stdio::null());
+        for kv in self.env() {
+            let (k, v) = kv.split_once('=').expect("k=v");
+            cmd.env(k, v);
+        }
+        cmd.env("HAGW_K8S_KEEP_DATA", if keep_data { "1" } else { "0" });
+        let out = cmd.output().with_context(|| format!("running kube-apiserver.sh {action}"))?;
+        if !out.status.success() {
+            bail!("kube-apiserver.sh {action} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Stops the control plane (etcd data is kept for [`ApiServer::restart`]).
+    pub fn stop(&self) -> Result<()> {
+        self.run_script("stop", true)
+    }
+
+    /// Starts it again on the same ports with the same data.
+    pub fn restart(&self) -> Result<()> {
+        self.run_script("start", true)
+    }
+
+    /// Runs kubectl against this server; fails with its stderr.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.kubectl_stdin(args, None)
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let mut child = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running kubectl")?;
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn apply(&self, yaml: &str) -> Result<String> {
+        self.kubectl_stdin(&["apply", "-f", "-"], Some(yaml))
+    }
+
+    /// `kubectl get -o json` of one object.
+    pub fn get(&self, what: &str, name: &str, namespace: &str) -> Result<Value> {
+        let out = self.kubectl(&["get", what, name, "-n", namespace, "-o", "json"])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Installs the HARouter CRD from `hagw crd` and waits until it is served.
+    pub fn install_crd(&self) -> Result<()> {
+        let out = Command::new(hagw_bin()).arg("crd").output()?;
+        if !out.status.success() {
+            bail!("hagw crd: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        self.kubectl_stdin(
+            &["apply", "--server-side", "-f", "-"],
+            Some(&String::from_utf8(out.stdout)?),
+        )?;
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/harouters.hagw.dev",
+        ])?;
+        Ok(())
+    }
+}
+
+impl Drop for ApiServer {
+    /// Stops the control plane while its state dir (pid files) still exists; the watchdog
+    /// covers the servers that are never dropped (statics) and aborted processes.
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Three ports free right now (bound once and released).
+fn free_ports() -> Result<[u16; 3]> {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    let ports: Vec<u16> =
+        listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
+    Ok([ports[0], ports[1], ports[2]])
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error:?})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Emulated network nodes on one machine. Every node has the same router namespace and
+/// gateway device names, as with Neutron, and its own state file at the same path: each
+/// node's agent runs in a private mount namespace where `/run/netns` and the state directory
+/// are that node's own.
+pub struct Nodes {
+    pub lab: Lab,
+    /// The router namespace name every node's agent sees.
+    pub namespace: String,
+    pub device: &'static str,
+    /// The state file path in the spec (the same on every node).
+    pub state_file: PathBuf,
+    names: Vec<String>,
+}
+
+impl Nodes {
+    pub fn build(names: &[&str]) -> Result<Nodes> {
+        let mut lab = Lab::new()?;
+        let namespace = format!("qrouter-{}", lab.id);
+        let device = "qg-k8s";
+        for (i, name) in names.iter().enumerate() {
+            let qr = lab.netns(&format!("q{i}"))?;
+            let tor = lab.netns(&format!("t{i}"))?;
+            lab.veth((&qr, device), (&tor, "tor-port"))?;
+            lab.exec(&tor, "ip link set tor-port up")?;
+            // The gateway port as the L3 agent leaves it: up.
+            lab.exec(&qr, &format!("ip link set {device} up"))?;
+            let dir = lab.dir.path().join(name);
+            std::fs::create_dir_all(dir.join("netns"))?;
+            std::fs::create_dir_all(dir.join("ha"))?;
+            std::fs::write(dir.join("ha/state"), "backup")?;
+        }
+        let state_file = lab.dir.path().join("ha/state");
+        std::fs::create_dir_all(lab.dir.path().join("ha"))?;
+        Ok(Nodes {
+            lab,
+            namespace,
+            device,
+            state_file,
+            names: names.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    fn index(&self, node: &str) -> usize {
+        self.names.iter().position(|n| n == node).expect("known node")
+    }
+
+    /// The host name of `node`'s router namespace.
+    pub fn netns(&self, node: &str) -> String {
+        format!("q{}-{}", self.index(node), self.lab.id)
+    }
+
+    /// Writes `node`'s keepalived state (`primary`/`backup`).
+    pub fn set_state(&self, node: &str, state: &str) -> Result<()> {
+        std::fs::write(self.lab.dir.path().join(node).join("ha/state"), state)?;
+        Ok(())
+    }
+
+    /// `ip -o link` of the gateway device on `node`.
+    pub fn link(&self, node: &str) -> Result<String> {
+        self.lab.exec(&self.netns(node), &format!("ip -o link show {}", self.device))
+    }
+
+    pub fn addresses(&self, node: &str) -> Result<String> {
+        self.lab.exec(&self.netns(node), &format!("ip -o addr show dev {}", self.device))
+    }
+
+    /// An HARouter for these nodes (link-down, generic backend, 300 ms settle).
+    pub fn harouter(&self, name: &str, nodes: &[&str]) -> String {
+        format!(
+            "apiVersion: hagw.dev/v1alpha1\nkind: HARouter\nmetadata:\n  name: {name}\n  namespace: default\n\
+             spec:\n  nodes: [{nodes}]\n  router:\n    id: {name}\n    namespace: {ns}\n    \
+             gatewayDevice: {dev}\n    gatewayAddresses: [203.0.113.10/24]\n    strategy: link-down\n    \
+             silenceSettleMs: 300\n    announce: {{repeats: 0}}\n    role: {{stateFile: {state}}}\n",
+            nodes = nodes.join(", "),
+            ns = self.namespace,
+            dev = self.device,
+            state = self.state_file.display(),
+        )
+    }
+
+    /// Starts `node`'s agent against `server`; it is killed when the returned value drops.
+    pub fn agent(&self, server: &ApiServer, node: &str) -> Result<AgentProcess> {
+        let dir = self.lab.dir.path().join(node);
+        let netns_dir = dir.join("netns");
+        let script = format!(
+            "set -e; touch {nd}/{ns}; mount --bind /run/netns/{host} {nd}/{ns}; \
+             mount --rbind {nd} /run/netns; mount --bind {ha} {shared}; \
+             exec {hagw} --log-level info,hagw=debug agent --kubernetes --state-dir {state} --listen 127.0.0.1:0 --resync 5",
+            nd = netns_dir.display(),
+            ns = self.namespace,
+            host = self.netns(node),
+            ha = dir.join("ha").display(),
+            shared = self.state_file.parent().expect("dir").display(),
+            hagw = hagw_bin().display(),
+            state = dir.join("cache").display(),
+        );
+        let log = std::fs::File::create(dir.join("agent.log"))?;
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "bash", "-c", &script])
+            .env("KUBECONFIG", &server.kubeconfig)
+            .env("NODE_NAME", node)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the agent")?;
+        Ok(AgentProcess { child, log: dir.join("agent.log") })
+    }
+}
+
+pub struct AgentProcess {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Fails with the agent's log if it has exited.
+    pub fn assert_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("agent exited ({status}):\n{}", std::fs::read_to_string(&self.log)?);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status entry of `node` in a HARouter, if present.
+pub fn node_entry(harouter: &Value, node: &str) -> Option<Value> {
+    harouter["status"]["nodes"].as_array()?.iter().find(|e| e["node"] == node).cloned()
+}

@@ -1,0 +1,213 @@
+//! The operator against a real kube-apiserver (v1.20, see docs/kubernetes-testing.md): the
+//! CRD, HARouter lifecycle, agents on two emulated nodes writing status concurrently, role
+//! changes reaching status, the hand-back on removal, and the rendered chart.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use hagw_e2e::k8s::{ApiServer, Nodes, node_entry, wait_for};
+use serde_json::Value;
+
+/// One control plane per test binary, with the CRD installed.
+fn server() -> &'static ApiServer {
+    static SERVER: OnceLock<ApiServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let server = ApiServer::start().expect("starting kube-apiserver");
+        server.install_crd().expect("installing the HARouter CRD");
+        server
+    })
+}
+
+fn harouter(name: &str) -> Result<Value> {
+    server().get("harouter", name, "default")
+}
+
+/// Waits until `node`'s entry has `role` (and `held`), returning how long it took.
+fn wait_role(
+    name: &str,
+    node: &str,
+    role: &str,
+    held: bool,
+    timeout: Duration,
+) -> Result<Duration> {
+    let t0 = Instant::now();
+    wait_for(&format!("{name}: {node} {role} held={held}"), timeout, || {
+        let entry = node_entry(&harouter(name)?, node);
+        Ok(entry.filter(|e| e["role"] == role && e["held"] == held).map(|_| t0.elapsed()))
+    })
+}
+
+#[test]
+fn harouters_are_created_validated_updated_and_deleted() -> Result<()> {
+    let s = server();
+    let nodes = Nodes::build(&["n1"])?;
+    let yaml = nodes.harouter("crud", &["n1"]);
+    s.apply(&yaml)?;
+    let created = harouter("crud")?;
+    assert_eq!(created["metadata"]["generation"], 1);
+    // Defaults come from the same Rust types as routers.yaml.
+    assert_eq!(created["spec"]["router"]["announce"]["intervalMs"], 1000);
+
+    s.apply(&yaml.replace("silenceSettleMs: 300", "silenceSettleMs: 400"))?;
+    let updated = harouter("crud")?;
+    assert_eq!(updated["metadata"]["generation"], 2);
+    assert_eq!(updated["spec"]["router"]["silenceSettleMs"], 400);
+
+    // What the schema can express, the API server enforces.
+    let bad =
+        yaml.replace("strategy: link-down", "strategy: loud").replace("name: crud", "name: bad");
+    let err = s.apply(&bad).unwrap_err().to_string();
+    assert!(err.contains("spec.router.strategy"), "{err}");
+    let no_nodes = yaml.replace("nodes: [n1]", "nodes: []").replace("name: crud", "name: bad");
+    let err = s.apply(&no_nodes).unwrap_err().to_string();
+    assert!(err.contains("spec.nodes"), "{err}");
+
+    s.kubectl(&["delete", "harouter", "crud", "-n", "default", "--wait=true"])?;
+    let gone = s.kubectl(&["get", "harouters", "-n", "default", "-o", "name"])?;
+    assert!(!gone.contains("harouter.hagw.dev/crud"), "{gone}");
+    Ok(())
+}
+
+#[test]
+fn two_agents_write_their_own_entries_and_role_changes_show_within_a_second() -> Result<()> {
+    let s = server();
+    let nodes = Nodes::build(&["n1", "n2"])?;
+    nodes.set_state("n2", "primary")?;
+    s.apply(&nodes.harouter("pair", &["n1", "n2"]))?;
+    let mut a1 = nodes.agent(s, "n1")?;
+    let mut a2 = nodes.agent(s, "n2")?;
+    wait_role("pair", "n1", "standby", true, Duration::from_secs(20))?;
+    wait_role("pair", "n2", "primary", false, Duration::from_secs(20))?;
+    assert!(!nodes.link("n1")?.contains(",UP"), "standby port must be down");
+    assert!(nodes.addresses("n2")?.contains("203.0.113.10"), "primary must carry the address");
+
+    // Failovers back and forth: both agents write at the same moment every time, and both
+    // entries must always be there and right, each within a second.
+    for (primary, standby) in [("n1", "n2"), ("n2", "n1"), ("n1", "n2")] {
+        nodes.set_state(standby, "backup")?;
+        nodes.set_state(primary, "primary")?;
+        let took = wait_role("pair", primary, "primary", false, Duration::from_secs(1))?;
+        let took2 = wait_role("pair", standby, "standby", true, Duration::from_secs(1))?;
+        eprintln!("failover to {primary}: status after {took:?} / {took2:?}");
+    }
+    let obj: Value = serde_json::from_str(&s.kubectl(&[
+        "get",
+        "harouter",
+        "pair",
+        "-n",
+        "default",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ])?)?;
+    let entries = obj["status"]["nodes"].as_array().expect("status.nodes");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let managers: Vec<&str> = obj["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .filter(|f| f["subresource"] == "status" || f["operation"] == "Apply")
+        .filter_map(|f| f["manager"].as_str())
+        .collect();
+    assert!(
+        managers.contains(&"hagw-agent/n1") && managers.contains(&"hagw-agent/n2"),
+        "{managers:?}"
+    );
+    let ready = &node_entry(&obj, "n1").expect("n1")["conditions"];
+    assert!(ready.to_string().contains(r#""type":"Ready""#), "{ready}");
+    let events = s.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "involvedObject.name=pair",
+    ])?;
+    assert!(events.contains("RoleChanged"), "{events}");
+    a1.assert_running()?;
+    a2.assert_running()?;
+    Ok(())
+}
+
+/// Removing a node from `nodes`, or deleting the HARouter, hands the port back: the hold is
+/// lifted once the port has been silent for the settle time, addresses stay off and IPv6
+/// stays silenced on a standby, and the node's status entry goes away.
+#[test]
+fn removal_hands_the_port_back_and_drops_the_status_entry() -> Result<()> {
+    let s = server();
+    let nodes = Nodes::build(&["n1", "n2"])?;
+    let yaml = nodes.harouter("gone", &["n1", "n2"]);
+    s.apply(&yaml)?;
+    let _a1 = nodes.agent(s, "n1")?;
+    let _a2 = nodes.agent(s, "n2")?;
+    wait_role("gone", "n1", "standby", true, Duration::from_secs(20))?;
+    wait_role("gone", "n2", "standby", true, Duration::from_secs(20))?;
+    assert!(!nodes.link("n2")?.contains(",UP"));
+
+    s.apply(&yaml.replace("nodes: [n1, n2]", "nodes: [n1]"))?;
+    wait_for("n2's entry to go", Duration::from_secs(10), || {
+        Ok(node_entry(&harouter("gone")?, "n2").is_none().then_some(()))
+    })?;
+    wait_for("n2's port handed back", Duration::from_secs(5), || {
+        Ok(nodes.link("n2")?.contains(",UP").then_some(()))
+    })?;
+    assert_eq!(nodes.addresses("n2")?.trim(), "", "a handed-back standby carries no address");
+    let gen_mode = nodes.lab.exec(
+        &nodes.netns("n2"),
+        &format!("cat /proc/sys/net/ipv6/conf/{}/addr_gen_mode", nodes.device),
+    )?;
+    assert_eq!(gen_mode.trim(), "1", "IPv6 stays silenced");
+    assert!(!nodes.link("n1")?.contains(",UP"), "n1 still enforces");
+
+    s.kubectl(&["delete", "harouter", "gone", "-n", "default"])?;
+    wait_for("n1's port handed back", Duration::from_secs(5), || {
+        Ok(nodes.link("n1")?.contains(",UP").then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn the_rendered_chart_is_accepted_by_the_apiserver() -> Result<()> {
+    let s = server();
+    let dir = tempfile::tempdir()?;
+    let rendered = dir.path().join("rendered.yaml");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/chart-check.sh");
+    let out = std::process::Command::new(script)
+        .args(["--render-to", rendered.to_str().expect("utf-8")])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "chart-check.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.kubectl(&["create", "namespace", "hagw-system"])?;
+    let applied =
+        s.kubectl(&["apply", "-n", "hagw-system", "-f", rendered.to_str().expect("utf-8")])?;
+    for kind in [
+        "serviceaccount/",
+        "clusterrole.rbac.authorization.k8s.io/",
+        "clusterrolebinding.rbac.authorization.k8s.io/",
+        "daemonset.apps/",
+    ] {
+        assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
+    }
+    let ds = s.get("daemonset", "hagw", "hagw-system")?;
+    assert_eq!(ds["spec"]["template"]["spec"]["hostNetwork"], true);
+    // The ServiceAccount may do exactly what the agent needs.
+    let can = |verb: &str, what: &str| {
+        let (resource, sub) = what.split_once('/').unwrap_or((what, ""));
+        let sa = "system:serviceaccount:hagw-system:hagw";
+        let mut args = vec!["auth", "can-i", verb, resource, "--as", sa];
+        if !sub.is_empty() {
+            args.extend(["--subresource", sub]);
+        }
+        s.kubectl(&args).map(|o| o.trim() == "yes").unwrap_or(false)
+    };
+    assert!(can("watch", "harouters.hagw.dev"));
+    assert!(can("patch", "harouters.hagw.dev/status"));
+    assert!(can("create", "events.events.k8s.io"));
+    assert!(!can("patch", "harouters.hagw.dev"), "the agent must not write specs");
+    assert!(!can("list", "secrets"));
+    Ok(())
+}
