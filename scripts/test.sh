@@ -7,10 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
+# A real kube-apiserver + etcd for the operator tests (built once, cached outside the clone).
+./scripts/kube-apiserver.sh install
+
 
 export CARGO_TERM_COLOR=never
 echo "== fmt";    cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== chart";  ./scripts/chart-check.sh
 echo "== build";  cargo build --workspace --locked
 echo "== test";   cargo test --workspace --locked
 echo "== all tests passed"
