@@ -172,6 +172,8 @@ fn race_node(lb: &LbLab, node: &LbNode, profile: Profile, hagw: bool, mut rng: R
 struct Outcome {
     frames: Vec<String>,
     fdb_on_standby: bool,
+    /// `tcpdump -vv` of the leaked frames (MLD group records, DAD targets).
+    decoded: String,
 }
 
 fn trial(strategy: Option<&str>, profile: Profile, mut rng: Rng) -> Result<Outcome> {
@@ -222,6 +224,7 @@ fn trial(strategy: Option<&str>, profile: Profile, mut rng: Rng) -> Result<Outco
     }
     frames.extend(c2.stop_and_frames_from(GATEWAY_MAC)?);
     let fdb_on_standby = fdb_on_standby || lb.fdb_has_gateway_on(&lb.nodes[1].tor_port)?;
+    let mut decoded = String::new();
     if !frames.is_empty() {
         // The decoded frames (MLD group records, DAD targets) say which kernel path leaked.
         for pcap in ["t1.pcap", "t2.pcap"] {
@@ -230,10 +233,10 @@ fn trial(strategy: Option<&str>, profile: Profile, mut rng: Rng) -> Result<Outco
                 "tcpdump -r {} -vv -nn 'ether src {GATEWAY_MAC}' 2>/dev/null",
                 path.display()
             );
-            frames.push(hagw_e2e::sh(&cmd)?);
+            decoded.push_str(&hagw_e2e::sh(&cmd)?);
         }
     }
-    Ok(Outcome { frames, fdb_on_standby })
+    Ok(Outcome { frames, fdb_on_standby, decoded })
 }
 
 /// A trial that leaked: its seed, frame count and the frames.
@@ -256,9 +259,10 @@ fn run(strategy: Option<&str>, profile: Profile, trials: u64) -> Result<Vec<Leak
                             .map_err(|e| e.context(format!("trial with seed {trial_seed}")))?;
                         if !out.frames.is_empty() || out.fdb_on_standby {
                             let text = format!(
-                                "fdb on standby: {}\n{}",
+                                "fdb on standby: {}\n{}\n{}",
                                 out.fdb_on_standby,
-                                out.frames.join("\n")
+                                out.frames.join("\n"),
+                                out.decoded
                             );
                             leaks.push((trial_seed, out.frames.len(), text));
                         }
