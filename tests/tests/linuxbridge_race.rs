@@ -10,7 +10,8 @@
 //!   L3 agent creates the veth with legacy IPv6 defaults (link-local, forwarding on), sets
 //!   the link up, flushes IPv6, adds and removes the gateway addresses, re-creates the veth;
 //!   the Linuxbridge agent plugs, unplugs, flaps carrier and re-creates the veth.
-//! - `gentle` (link-down, silence-only): hagw's first pass runs once the L3 agent has
+//! - `gentle` (silence-only; `quiet` = gentle without the later link up, for link-down, whose
+//!   guard any link up lifts): hagw's first pass runs once the L3 agent has
 //!   created the qg (up, legacy IPv6) but before the Linuxbridge agent noticed the tap (it
 //!   polls). Then: plug, unplug, carrier flaps, link up, IPv6 flush. No new devices and no
 //!   addresses on the standby: a new qg comes up with kernel defaults and an address makes
