@@ -5,7 +5,7 @@
 //! gateway MAC at the standby, and after node 1's release the external host reaches the
 //! gateway.
 //!
-//! Two agent profiles, because the strategies promise different things:
+//! Three agent profiles, because the strategies promise different things:
 //! - `hostile` (l2-hold): hagw's first pass runs at boot, before anything exists. Then the
 //!   L3 agent creates the veth with legacy IPv6 defaults (link-local, forwarding on), sets
 //!   the link up, flushes IPv6, adds and removes the gateway addresses, re-creates the veth;
