@@ -87,20 +87,22 @@ impl PlanBuilder {
         let settled = observed.port.is_silent() && observed.silent_for >= settle;
         let can_hold = spec.backend.can_hold() && self.state.l2.hold != L2Hold::Unsupported;
 
-        // 1. Close exposure before anything makes the kernel talk.
-        if self.state.is_exposed() && !settled {
-            if can_hold && spec.strategy != Strategy::LinkDown {
-                self.push(Action::HoldL2);
-            } else {
-                self.push(Action::SetLinkDown);
-            }
+        // 1. Close exposure before anything makes the kernel talk. A backend that can hold
+        // holds a standby whenever it is not settled into silence, even while the device is
+        // missing (a Linux bridge tap forwards the moment it is plugged) or its link is down
+        // (the kernel queues MLD reports on a down link and sends them at the next link up).
+        // Only silence-only lets go of the hold, once settled. There is nothing to hold while
+        // neither the device nor the switch port exists.
+        let nothing_to_hold = self.state.link.is_none() && self.state.l2.hold == L2Hold::Unknown;
+        let wants_hold =
+            can_hold && !nothing_to_hold && (spec.strategy != Strategy::SilenceOnly || !settled);
+        if wants_hold && self.state.l2.hold != L2Hold::Held {
+            self.push(Action::HoldL2);
+        } else if self.state.is_exposed() && !settled {
+            self.push(Action::SetLinkDown);
         }
-        match spec.strategy {
-            Strategy::L2Hold if can_hold && self.state.l2.hold != L2Hold::Held => {
-                self.push(Action::HoldL2)
-            }
-            Strategy::LinkDown if self.admin_up() => self.push(Action::SetLinkDown),
-            _ => {}
+        if spec.strategy == Strategy::LinkDown && self.admin_up() {
+            self.push(Action::SetLinkDown);
         }
 
         // 2. Silence: sysctls first, then every address.
@@ -128,11 +130,11 @@ impl PlanBuilder {
                 self.wait(settling);
             }
         }
-        if spec.strategy != Strategy::L2Hold
+        if spec.strategy == Strategy::SilenceOnly
             && self.state.l2.hold == L2Hold::Held
             && self.state.l2.wired
         {
-            if !self.admin_up() || settled {
+            if settled {
                 self.push(Action::ReleaseL2);
             } else {
                 self.wait(settling);

@@ -150,3 +150,27 @@ fn missing_device_waits_but_still_holds_a_standby() {
     assert!(p.actions.is_empty());
     assert_eq!(p.wait, Some(Wait::DeviceMissing));
 }
+
+#[test]
+fn a_holding_backend_holds_a_standby_whose_device_does_not_exist_yet() {
+    let lb = L2BackendSpec::Linuxbridge { port: "tap1".into(), bridge: "brq1".into() };
+    for strategy in [Strategy::L2Hold, Strategy::LinkDown, Strategy::SilenceOnly] {
+        let mut port = noisy_port(L2Hold::Released);
+        port.link = None;
+        port.l2.wired = false;
+        let p = plan(&spec(strategy, lb.clone()), Role::Standby, &observed(port, 0, false));
+        assert_eq!(p.actions, [Action::HoldL2], "{strategy:?}");
+        assert_eq!(p.wait, Some(Wait::DeviceMissing));
+    }
+}
+
+#[test]
+fn link_down_keeps_the_hold_it_can_have_because_the_kernel_queues_mld_on_a_down_link() {
+    let spec = spec(Strategy::LinkDown, ovs());
+    let p = plan(&spec, Role::Standby, &observed(noisy_port(L2Hold::Released), 0, false));
+    assert_eq!(kinds(&p.actions)[..2], ["hold-l2", "link-down"]);
+    let mut rest = quiet_held_port();
+    rest.link.as_mut().unwrap().admin_up = false;
+    let p = plan(&spec, Role::Standby, &observed(rest, 60_000, false));
+    assert!(p.is_converged(), "the hold stays: {:?}", p.actions);
+}

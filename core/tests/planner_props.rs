@@ -194,13 +194,21 @@ fn check_resting_state(
     let hold = rest.port.l2.hold;
     if role.is_standby() {
         prop_assert!(link.is_silent());
+        let can_hold = spec.backend.can_hold();
         match spec.strategy {
             PortStrategy::L2Hold => prop_assert_eq!(hold, L2Hold::Held),
-            PortStrategy::LinkDown => prop_assert!(!link.admin_up),
-            PortStrategy::SilenceOnly => prop_assert!(link.admin_up),
-        }
-        if spec.strategy != PortStrategy::L2Hold && rest.port.l2.wired {
-            prop_assert_ne!(hold, L2Hold::Held);
+            PortStrategy::LinkDown => {
+                prop_assert!(!link.admin_up);
+                if can_hold {
+                    prop_assert_eq!(hold, L2Hold::Held, "link-down layers the hold where it can");
+                }
+            }
+            PortStrategy::SilenceOnly => {
+                prop_assert!(link.admin_up);
+                if rest.port.l2.wired {
+                    prop_assert_ne!(hold, L2Hold::Held);
+                }
+            }
         }
     } else {
         prop_assert!(link.admin_up);
