@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod gateway;
 pub mod k8s;
+pub mod keepalived;
 pub mod lab;
 pub mod linuxbridge;
 pub mod ovs;
