@@ -15,6 +15,7 @@ mod frame;
 mod socket;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hagw_core::model::AnnounceSchedule;
@@ -25,6 +26,16 @@ use crate::linux::error::{Target, errno_kind, from_io};
 use crate::netns::Netns;
 use frame::{ETH_P_ARP, ETH_P_IPV6, Mac};
 use socket::{MacError, OpenedSocket, PacketSocket};
+
+/// Announcement frames handed to a device by this process, over all rounds and routers.
+static FRAMES_SENT: AtomicU64 = AtomicU64::new(0);
+
+/// How many gratuitous ARP and unsolicited NA frames this process has sent so far (each
+/// frame the kernel accepted for transmission, repeats included). Monotonic; read by the
+/// agent's metrics so this crate does not depend on them.
+pub fn frames_sent() -> u64 {
+    FRAMES_SENT.load(Ordering::Relaxed)
+}
 
 /// Announces `addresses` on `device` inside `netns`: one round now, then `schedule.repeats`
 /// more rounds `schedule.interval_ms` apart on a background task.
@@ -116,7 +127,10 @@ impl Announcer {
         let mut first_error = None;
         for &address in &self.addresses {
             match self.send(mac, address).await {
-                Ok(()) => sent += 1,
+                Ok(()) => {
+                    sent += 1;
+                    FRAMES_SENT.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(err) => {
                     debug!(%address, error = %err, "announcement not sent");
                     first_error.get_or_insert(err);

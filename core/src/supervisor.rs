@@ -55,8 +55,18 @@ pub struct RouterEvent {
 
 #[derive(Debug, Clone)]
 pub enum PassOutcome {
-    Converged { applied: Vec<Action>, wait: Option<Wait> },
-    Failed { error: String, transient: bool, applied_fail_safe: Option<Action> },
+    Converged {
+        applied: Vec<Action>,
+        wait: Option<Wait>,
+    },
+    Failed {
+        error: String,
+        transient: bool,
+        /// The step that failed after retries, if the pass failed applying one (not when
+        /// observing or verifying).
+        failed_action: Option<Action>,
+        applied_fail_safe: Option<Action>,
+    },
 }
 
 /// The handle a source uses to reach a router's worker.
@@ -148,15 +158,16 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "reconcile failed");
                     let next = backoff;
                     backoff = (backoff * 2).min(self.config.max_backoff);
-                    let applied_fail_safe = match &e {
-                        crate::reconcile::ReconcileError::Apply { fail_safe, .. } => {
-                            fail_safe.clone()
+                    let (failed_action, applied_fail_safe) = match &e {
+                        crate::reconcile::ReconcileError::Apply { action, fail_safe, .. } => {
+                            (Some(action.clone()), fail_safe.clone())
                         }
-                        _ => None,
+                        _ => (None, None),
                     };
                     let outcome = PassOutcome::Failed {
                         error: e.to_string(),
                         transient: e.is_transient(),
+                        failed_action,
                         applied_fail_safe,
                     };
                     (outcome, next, false, None)

@@ -5,6 +5,7 @@ mod agent;
 mod cli;
 mod k8s;
 mod logging;
+mod observe;
 
 use std::process::ExitCode;
 

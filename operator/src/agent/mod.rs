@@ -22,10 +22,11 @@ use hagw_core::neutron::{DiscoveryError, NeutronDefaults, discover};
 use hagw_core::supervisor::{PassOutcome, RouterEvent, RouterHandle, WorkerConfig, spawn_router};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn};
 
 use self::roles::RoleReader;
 use self::watch::{DirEvent, DirWatcher};
+use crate::observe::{HEARTBEAT, Observer};
 
 /// One router the agent manages.
 struct Managed {
@@ -76,6 +77,7 @@ pub struct Agent {
     netns_changes: mpsc::UnboundedSender<String>,
     events: mpsc::UnboundedSender<RouterEvent>,
     neutron: Option<NeutronSource>,
+    observer: Observer,
 }
 
 /// What the agent's main loop waits on.
@@ -94,6 +96,7 @@ impl Agent {
         let (netns_tx, netns_changes) = mpsc::unbounded_channel();
         let (events, router_events) = mpsc::unbounded_channel();
         let dataplane = Arc::new(dataplane);
+        let observer = Observer::new(&config);
         let agent = Agent {
             roles: RoleReader::new(dataplane.linux().clone()),
             dataplane,
@@ -104,8 +107,14 @@ impl Agent {
             netns_changes: netns_tx,
             events,
             neutron: None,
+            observer,
         };
         Ok((agent, AgentInputs { dir_events, netns_changes, router_events }))
+    }
+
+    /// The metrics, health and readiness of this agent (served by `observe::server`).
+    pub fn observer(&self) -> Observer {
+        self.observer.clone()
     }
 
     /// Makes the managed set equal to `specs`: new routers get a worker, removed ones lose
@@ -113,10 +122,14 @@ impl Agent {
     pub async fn set_routers(&mut self, specs: Vec<RouterSpec>) {
         let wanted: BTreeMap<String, RouterSpec> =
             specs.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let observer = &self.observer;
         self.routers.retain(|id, m| {
             let keep = wanted.get(id) == Some(&m.spec);
             if !keep {
                 info!(router = %id, "router removed or changed");
+                if !wanted.contains_key(id) {
+                    observer.router_removed(id);
+                }
             }
             keep
         });
@@ -139,6 +152,7 @@ impl Agent {
                 self.config,
                 self.events.clone(),
             );
+            self.observer.router_started(&id);
             info!(router = %id, role = role.as_str(), "managing router");
             self.routers.insert(id, Managed { spec, handle, task });
         }
@@ -255,18 +269,26 @@ impl Agent {
                 && event.name.as_deref().is_some_and(|n| n == "keepalived.conf"))
     }
 
-    /// Logs a worker's pass (status and metrics hook in here).
+    /// Logs a worker's pass and accounts for it in the metrics (status hooks in here too).
     pub fn router_event(&self, event: &RouterEvent) {
+        let span = match self.routers.get(&event.router) {
+            Some(m) => {
+                info_span!("router", router = %m.spec.id, netns = %m.spec.namespace, port = %m.spec.gateway_device)
+            }
+            None => info_span!("router", router = %event.router),
+        };
+        let _entered = span.enter();
+        self.observer.record(event);
         if let Some(from) = event.transition_from {
-            info!(router = %event.router, from = from.as_str(), to = event.role.as_str(), "transition reconciled");
+            info!(from = from.as_str(), to = event.role.as_str(), "transition reconciled");
         }
         match &event.outcome {
             PassOutcome::Converged { applied, .. } if !applied.is_empty() => {
-                info!(router = %event.router, steps = applied.len(), ms = event.duration.as_millis() as u64, "converged");
+                info!(steps = applied.len(), ms = event.duration.as_millis() as u64, "converged");
             }
             PassOutcome::Converged { .. } => {}
             PassOutcome::Failed { error, .. } => {
-                warn!(router = %event.router, %error, "pass failed")
+                warn!(%error, "pass failed")
             }
         }
     }
@@ -275,8 +297,11 @@ impl Agent {
     pub async fn run(mut self, mut inputs: AgentInputs) -> Result<()> {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
+            self.observer.beat();
             tokio::select! {
+                _ = heartbeat.tick() => {}
                 Some(ns) = inputs.netns_changes.recv() => self.namespace_changed(&ns).await,
                 Some(event) = inputs.dir_events.recv() => self.dir_changed(&event).await,
                 Some(event) = inputs.router_events.recv() => self.router_event(&event),

@@ -23,7 +23,7 @@ pub struct AgentArgs {
     /// server answers, and used to hand back routers deleted while the agent was down).
     #[arg(long, env = "HAGW_STATE_DIR", default_value = "/var/lib/hagw")]
     pub state_dir: PathBuf,
-    /// Address serving /healthz and /readyz.
+    /// Address serving /metrics (Prometheus), /healthz, /readyz and /log-level.
     #[arg(long, env = "HAGW_LISTEN", default_value = "0.0.0.0:9464")]
     pub listen: SocketAddr,
     /// OVSDB endpoint for routers with the `ovs` backend.

@@ -1,6 +1,7 @@
 //! `hagw run`: the long-running, event-driven agent, fed by a configuration file or by
 //! discovering the HA routers of a Neutron network node.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -58,6 +59,23 @@ pub struct RunArgs {
     /// Seconds between full re-observations of every router, even without events.
     #[arg(long, default_value_t = 60)]
     pub resync: u64,
+    /// Address serving /metrics (Prometheus), /healthz, /readyz and /log-level; `none` to
+    /// serve nothing. If it cannot be bound, the agent logs an error and runs without it.
+    #[arg(long, env = "HAGW_METRICS_ADDR", default_value = "0.0.0.0:9477", value_parser = parse_listen)]
+    pub metrics_addr: Listen,
+}
+
+/// An optional listening address: `none` disables the endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen(pub Option<SocketAddr>);
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(Listen(None));
+    }
+    text.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|e| format!("{e} (expected ADDRESS:PORT or none)"))
 }
 
 impl RunArgs {
@@ -101,10 +119,24 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let dataplane = super::dataplane(&config);
     let result = async {
         let (mut agent, inputs) = Agent::new(dataplane, worker)?;
+        let observer = agent.observer();
+        if let Listen(Some(addr)) = args.metrics_addr {
+            // Enforcement matters more than its metrics: a taken port is reported, not fatal.
+            match crate::observe::server::serve(addr, observer.clone()).await {
+                Ok(bound) => {
+                    tracing::info!(metrics = %bound, "serving /metrics, /healthz, /readyz")
+                }
+                Err(e) => tracing::error!(
+                    %addr, error = %e,
+                    "cannot serve /metrics, /healthz, /readyz; running without them"
+                ),
+            }
+        }
         match neutron {
             Some(source) => agent.follow_neutron(source).await?,
             None => agent.set_routers(config.routers).await,
         }
+        observer.set_sources_ready();
         agent.run(inputs).await
     }
     .await;

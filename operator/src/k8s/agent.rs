@@ -26,11 +26,11 @@ use tracing::{debug, info, warn};
 
 use super::cache::SpecCache;
 use super::crd::HARouter;
-use super::health::{self, Readiness};
 use super::source::{Assigned, NodeView, node_view};
 use super::status::{StatusWriter, Update};
 use super::{Error, handback};
 use crate::agent::Agent;
+use crate::observe::{self, HEARTBEAT};
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -39,7 +39,7 @@ pub struct Options {
     pub node: String,
     /// Where the spec cache lives (a hostPath in the DaemonSet).
     pub state_dir: PathBuf,
-    /// Address of `/healthz` and `/readyz`.
+    /// Address of `/metrics`, `/healthz`, `/readyz` and `/log-level`.
     pub listen: SocketAddr,
     /// OVSDB endpoint for routers with the `ovs` backend.
     pub ovsdb: String,
@@ -53,8 +53,10 @@ pub async fn run(options: Options) -> Result<(), Error> {
         HostDataplane::for_config(&Config { ovsdb: options.ovsdb.clone(), routers: Vec::new() });
     let (agent, mut inputs) = Agent::new(dataplane.clone(), options.worker)
         .map_err(|e| Error::Agent(format!("{e:#}")))?;
-    let readiness = Readiness::default();
-    let addr = health::serve(options.listen, readiness.clone()).await?;
+    let observer = agent.observer();
+    let addr = observe::server::serve(options.listen, observer.clone())
+        .await
+        .map_err(|source| Error::Health { addr: options.listen, source })?;
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     tokio::spawn(StatusWriter::new(client.clone(), &options.node).run(status_rx));
     let node = options.node.clone();
@@ -73,7 +75,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     if !cached.is_empty() {
         info!(node = %node, routers = cached.len(), "enforcing cached specs until the API server answers");
         this.enforce(NodeView { assigned: cached, rejected: Vec::new() }).await;
-        readiness.set_ready();
+        observer.set_sources_ready();
     }
 
     let resource = ApiResource::erase::<HARouter>(&());
@@ -85,8 +87,11 @@ pub async fn run(options: Options) -> Result<(), Error> {
     );
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let (mut synced, mut connected) = (false, true);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
+        observer.beat();
         tokio::select! {
+            _ = heartbeat.tick() => {}
             item = watch.next() => match item {
                 Some(Ok(event)) => {
                     if !connected {
@@ -96,7 +101,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
                     let changed = match event {
                         watcher::Event::InitDone => {
                             synced = true;
-                            readiness.set_ready();
+                            observer.set_sources_ready();
                             true
                         }
                         watcher::Event::Apply(_) | watcher::Event::Delete(_) => synced,

@@ -6,7 +6,6 @@ pub mod agent;
 mod cache;
 pub mod crd;
 mod handback;
-pub mod health;
 mod source;
 mod status;
 

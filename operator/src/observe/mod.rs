@@ -1,0 +1,346 @@
+//! What operators see of a running agent: Prometheus metrics, liveness and readiness, and
+//! the log filter, served over HTTP by [`server`]. Both `hagw run` and
+//! `hagw agent --kubernetes` feed an [`Observer`] from their router events.
+//!
+//! - **Live** (`/healthz`): the agent's event loop turned within [`LIVENESS_TIMEOUT`]. The
+//!   loop ticks every second even when idle, so a stale heartbeat means it is wedged.
+//! - **Ready** (`/readyz`): the routers' source has been read once (the configuration file,
+//!   Neutron's `ha_confs`, or the first HARouter list / the local spec cache), every router
+//!   managed now has finished at least one pass since its worker started, and no router's
+//!   last pass is older than `2 × max(resync, max backoff) + 5 s` (a worker stuck that long
+//!   is not enforcing anything).
+//! - **Leak alarm**: after a pass that leaves a standby converged (silent, and held unless
+//!   the strategy is silence-only), the next pass of the same standby compares the gateway
+//!   device's tx counter; any increase is frames the kernel transmitted on a port that was
+//!   meant to be silent. See `docs/observability.md`.
+
+pub mod metrics;
+pub mod server;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hagw_core::model::Role;
+use hagw_core::supervisor::{PassOutcome, RouterEvent, WorkerConfig};
+use tracing::warn;
+
+use self::metrics::{
+    ActionLabels, ActionResult, ErrorKind, ErrorLabels, Metrics, PassLabels, PassResult, RoleLabel,
+    RoleLabels, RouterLabels, TransitionLabels,
+};
+
+/// `/healthz` fails when the event loop has not turned for this long.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the event loop ticks when nothing else happens.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Shared handle: cheap to clone, used by the agent loop and the HTTP handlers.
+#[derive(Debug, Clone)]
+pub struct Observer(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    metrics: Metrics,
+    routers: Mutex<HashMap<String, Track>>,
+    sources_ready: AtomicBool,
+    heartbeat: Mutex<Instant>,
+    /// A router whose last pass is older than this is reported as not ready.
+    stale_after: Duration,
+}
+
+/// What the observer remembers of one router between its passes.
+#[derive(Debug, Default)]
+struct Track {
+    /// End of the last pass since the worker (re)started.
+    last_pass: Option<Instant>,
+    role: Option<Role>,
+    held_standby: bool,
+    /// The tx counter after the last pass that left this router a converged standby.
+    resting_tx: Option<u64>,
+}
+
+impl Observer {
+    pub fn new(worker: &WorkerConfig) -> Observer {
+        let stale_after = 2 * worker.resync.max(worker.max_backoff) + Duration::from_secs(5);
+        Observer(Arc::new(Inner {
+            metrics: Metrics::new(),
+            routers: Mutex::new(HashMap::new()),
+            sources_ready: AtomicBool::new(false),
+            heartbeat: Mutex::new(Instant::now()),
+            stale_after,
+        }))
+    }
+
+    fn routers(&self) -> MutexGuard<'_, HashMap<String, Track>> {
+        self.0.routers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// The routers' source has been read once: readiness now depends on the routers alone.
+    pub fn set_sources_ready(&self) {
+        self.0.sources_ready.store(true, Ordering::Relaxed);
+    }
+
+    /// The event loop is turning.
+    pub fn beat(&self) {
+        *self.0.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// A worker was (re)started for `router`: it is not ready until its first pass.
+    pub fn router_started(&self, router: &str) {
+        let mut routers = self.routers();
+        let track = routers.entry(router.to_string()).or_default();
+        track.last_pass = None;
+        track.resting_tx = None;
+        let labels = RouterLabels { router: router.to_string() };
+        // Created at zero, so rate() and alerts see the series from the start.
+        let _ = self.0.metrics.standby_tx_packets.get_or_create(&labels);
+        let _ = self.0.metrics.leak_alarm.get_or_create(&labels);
+    }
+
+    /// `router` is no longer managed: its series go away and it no longer counts anywhere.
+    pub fn router_removed(&self, router: &str) {
+        let Some(track) = self.routers().remove(router) else { return };
+        let m = &self.0.metrics;
+        if let Some(role) = track.role {
+            m.routers.get_or_create(&RoleLabels { role: RoleLabel(role) }).dec();
+        }
+        if track.held_standby {
+            m.held_standby_ports.dec();
+        }
+        let labels = RouterLabels { router: router.to_string() };
+        m.standby_tx_packets.remove(&labels);
+        m.leak_alarm.remove(&labels);
+    }
+
+    /// Accounts for one pass of one router. Events of routers no longer managed (from a
+    /// worker that was just stopped) are ignored.
+    pub fn record(&self, event: &RouterEvent) {
+        let m = &self.0.metrics;
+        let mut routers = self.routers();
+        let Some(track) = routers.get_mut(&event.router) else { return };
+
+        let converged = matches!(event.outcome, PassOutcome::Converged { .. });
+        let result = if converged { PassResult::Converged } else { PassResult::Failed };
+        m.reconcile_duration
+            .get_or_create(&PassLabels { result })
+            .observe(event.duration.as_secs_f64());
+        let action = |kind, result| m.actions.get_or_create(&ActionLabels { kind, result }).inc();
+        match &event.outcome {
+            PassOutcome::Converged { applied, .. } => {
+                for a in applied {
+                    action(a.kind(), ActionResult::Ok);
+                }
+            }
+            PassOutcome::Failed { transient, failed_action, applied_fail_safe, .. } => {
+                let kind = if *transient { ErrorKind::Transient } else { ErrorKind::Permanent };
+                m.errors.get_or_create(&ErrorLabels { kind }).inc();
+                if let Some(a) = failed_action {
+                    action(a.kind(), ActionResult::Failed);
+                }
+                if let Some(a) = applied_fail_safe {
+                    action(a.kind(), ActionResult::Ok);
+                }
+            }
+        }
+        if event.transition_from.is_some() {
+            m.role_transitions.get_or_create(&TransitionLabels { to: RoleLabel(event.role) }).inc();
+        }
+
+        // The leak alarm: tx between a converged standby pass and the next standby pass.
+        let standby = event.role.is_standby();
+        let leaked = match (track.resting_tx, event.tx_packets) {
+            (Some(before), Some(after)) if standby && event.transition_from.is_none() => {
+                // A smaller counter is a re-created device, not a leak.
+                after.saturating_sub(before)
+            }
+            _ => 0,
+        };
+        let labels = RouterLabels { router: event.router.clone() };
+        if leaked > 0 {
+            m.standby_tx_packets.get_or_create(&labels).inc_by(leaked);
+            warn!(
+                router = %event.router,
+                frames = leaked,
+                held = event.held,
+                "leak alarm: the standby gateway port transmitted while it was meant to be silent"
+            );
+        }
+        m.leak_alarm.get_or_create(&labels).set(i64::from(leaked > 0));
+        track.resting_tx = if standby && converged { event.tx_packets } else { None };
+
+        if track.role != Some(event.role) {
+            if let Some(old) = track.role {
+                m.routers.get_or_create(&RoleLabels { role: RoleLabel(old) }).dec();
+            }
+            m.routers.get_or_create(&RoleLabels { role: RoleLabel(event.role) }).inc();
+            track.role = Some(event.role);
+        }
+        // A failed pass observed nothing reliable: the hold is as it was.
+        let held_standby = standby && if converged { event.held } else { track.held_standby };
+        if held_standby != track.held_standby {
+            if held_standby {
+                m.held_standby_ports.inc();
+            } else {
+                m.held_standby_ports.dec();
+            }
+            track.held_standby = held_standby;
+        }
+        track.last_pass = Some(Instant::now());
+    }
+
+    /// `Ok` if live, else why not.
+    pub fn liveness(&self) -> Result<(), String> {
+        let since = self.0.heartbeat.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+        if since > LIVENESS_TIMEOUT {
+            return Err(format!("event loop stalled for {} s", since.as_secs()));
+        }
+        Ok(())
+    }
+
+    /// `Ok` if ready, else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.0.sources_ready.load(Ordering::Relaxed) {
+            return Err("waiting for the router source to be read".into());
+        }
+        let routers = self.routers();
+        let mut waiting: Vec<&str> = Vec::new();
+        let mut stale: Vec<&str> = Vec::new();
+        for (id, track) in routers.iter() {
+            match track.last_pass {
+                None => waiting.push(id),
+                Some(at) if at.elapsed() > self.0.stale_after => stale.push(id),
+                Some(_) => {}
+            }
+        }
+        let list = |ids: &mut Vec<&str>| {
+            ids.sort_unstable();
+            let more = ids.len().saturating_sub(10);
+            let mut text = ids.iter().take(10).copied().collect::<Vec<_>>().join(", ");
+            if more > 0 {
+                text.push_str(&format!(" and {more} more"));
+            }
+            text
+        };
+        if !waiting.is_empty() {
+            return Err(format!(
+                "waiting for the first pass of {} router(s): {}",
+                waiting.len(),
+                list(&mut waiting)
+            ));
+        }
+        if !stale.is_empty() {
+            return Err(format!(
+                "no pass for more than {} s: {}",
+                self.0.stale_after.as_secs(),
+                list(&mut stale)
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use hagw_core::action::Action;
+
+    use super::*;
+
+    fn event(role: Role, held: bool, tx: u64, applied: Vec<Action>) -> RouterEvent {
+        RouterEvent {
+            router: "r1".into(),
+            role,
+            transition_from: None,
+            started: SystemTime::now(),
+            duration: Duration::from_millis(2),
+            outcome: PassOutcome::Converged { applied, wait: None },
+            held,
+            tx_packets: Some(tx),
+        }
+    }
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn a_router_counts_once_it_has_passed_and_leaks_raise_the_alarm() {
+        let o = Observer::new(&WorkerConfig::default());
+        assert!(o.readiness().is_err(), "not ready before the source is read");
+        o.set_sources_ready();
+        assert!(o.readiness().is_ok(), "no routers: ready");
+        o.router_started("r1");
+        assert!(o.readiness().unwrap_err().contains("r1"));
+
+        o.record(&event(Role::Standby, true, 10, vec![Action::SetLinkDown]));
+        assert!(o.readiness().is_ok());
+        let text = o.metrics().encode();
+        assert_eq!(value(&text, "hagw_held_standby_ports"), Some(1.0));
+        assert_eq!(value(&text, "hagw_actions_total{kind=\"link-down\",result=\"ok\"}"), Some(1.0));
+        assert_eq!(value(&text, "hagw_leak_alarm{router=\"r1\"}"), Some(0.0));
+
+        o.record(&event(Role::Standby, true, 13, vec![]));
+        let text = o.metrics().encode();
+        assert_eq!(value(&text, "hagw_standby_tx_packets_total{router=\"r1\"}"), Some(3.0));
+        assert_eq!(value(&text, "hagw_leak_alarm{router=\"r1\"}"), Some(1.0));
+
+        o.record(&event(Role::Standby, true, 13, vec![]));
+        let text = o.metrics().encode();
+        assert_eq!(value(&text, "hagw_standby_tx_packets_total{router=\"r1\"}"), Some(3.0));
+        assert_eq!(value(&text, "hagw_leak_alarm{router=\"r1\"}"), Some(0.0));
+
+        // Takeover: the primary's own traffic is no leak.
+        let mut takeover = event(Role::Primary, false, 40, vec![Action::SetLinkUp]);
+        takeover.transition_from = Some(Role::Standby);
+        o.record(&takeover);
+        o.record(&event(Role::Primary, false, 90, vec![]));
+        let text = o.metrics().encode();
+        assert_eq!(value(&text, "hagw_standby_tx_packets_total{router=\"r1\"}"), Some(3.0));
+        assert_eq!(value(&text, "hagw_role_transitions_total{to=\"primary\"}"), Some(1.0));
+        assert_eq!(value(&text, "hagw_held_standby_ports"), Some(0.0));
+        assert_eq!(value(&text, "hagw_routers{role=\"primary\"}"), Some(1.0));
+        assert_eq!(value(&text, "hagw_routers{role=\"standby\"}"), Some(0.0));
+
+        o.router_removed("r1");
+        let text = o.metrics().encode();
+        assert_eq!(value(&text, "hagw_routers{role=\"primary\"}"), Some(0.0));
+        assert!(!text.contains("router=\"r1\""), "{text}");
+        o.record(&event(Role::Standby, true, 0, vec![]));
+        assert!(!o.metrics().encode().contains("router=\"r1\""), "late event ignored");
+    }
+
+    #[test]
+    fn failed_passes_count_errors_and_the_failed_step() {
+        let o = Observer::new(&WorkerConfig::default());
+        o.router_started("r1");
+        let mut e = event(Role::Standby, false, 0, vec![]);
+        e.outcome = PassOutcome::Failed {
+            error: "boom".into(),
+            transient: false,
+            failed_action: Some(Action::HoldL2),
+            applied_fail_safe: Some(Action::SetLinkDown),
+        };
+        e.tx_packets = None;
+        o.record(&e);
+        let text = o.metrics().encode();
+        assert_eq!(value(&text, "hagw_errors_total{kind=\"permanent\"}"), Some(1.0));
+        assert_eq!(
+            value(&text, "hagw_actions_total{kind=\"hold-l2\",result=\"failed\"}"),
+            Some(1.0)
+        );
+        assert_eq!(value(&text, "hagw_actions_total{kind=\"link-down\",result=\"ok\"}"), Some(1.0));
+        assert_eq!(
+            value(&text, "hagw_reconcile_duration_seconds_count{result=\"failed\"}"),
+            Some(1.0)
+        );
+    }
+}
