@@ -5,6 +5,8 @@
 //! its switch port; each planned [`Action`] maps to exactly one kernel, switch or announce
 //! operation, so the loop's per-action retry and fail-safe logic applies to each.
 
+use std::time::Duration;
+
 use hagw_core::Action;
 use hagw_core::Error;
 use hagw_core::config::Config;
@@ -76,7 +78,31 @@ impl Dataplane for HostDataplane {
             }
             Action::AddRoute { route } => self.linux.add_route(&netns, device, route).await,
             Action::Announce { addresses } => {
+                self.await_carrier(&netns, device).await;
                 crate::announce::announce(&netns, device, addresses, spec.announce).await
+            }
+        }
+    }
+}
+
+/// How long an announcement waits for the gateway's carrier after its link was raised.
+const CARRIER_WAIT: Duration = Duration::from_millis(500);
+
+impl HostDataplane {
+    /// Waits (bounded) until the device has carrier: frames sent on a link that was raised
+    /// a moment ago but has no carrier yet are dropped, and the first, most useful round of
+    /// gratuitous ARPs would be lost. On timeout the announcement goes ahead anyway; its
+    /// later rounds still count.
+    async fn await_carrier(&self, netns: &Netns, device: &str) {
+        let deadline = tokio::time::Instant::now() + CARRIER_WAIT;
+        loop {
+            match self.linux.link(netns, device).await {
+                Ok(Some(link)) if link.oper_up => return,
+                Ok(_) | Err(_) if tokio::time::Instant::now() >= deadline => {
+                    debug!(netns = netns.name(), device, "no carrier yet; announcing anyway");
+                    return;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         }
     }
