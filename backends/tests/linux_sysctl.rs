@@ -60,3 +60,28 @@ async fn missing_device_is_transient_and_bad_name_permanent() {
         linux.write_ipv6_sysctl(&netns, "../all", Ipv6Sysctl::Forwarding, 1).await.unwrap_err();
     assert!(!err.is_transient(), "{err}");
 }
+
+/// The observer reads the sysctls from the link message's AF_INET6 devconf; it must agree
+/// with `/proc/sys` for every value hagw manages.
+#[tokio::test]
+async fn link_devconf_matches_proc_sys() {
+    if !can_run() {
+        return;
+    }
+    let fx = Fixture::new();
+    let linux = LinuxNet::new();
+    let netns = fx.netns();
+    for (sysctl, value) in [
+        (Ipv6Sysctl::AddrGenMode, 1),
+        (Ipv6Sysctl::AcceptRa, 2),
+        (Ipv6Sysctl::Forwarding, 1),
+        (Ipv6Sysctl::DisableIpv6, 1),
+    ] {
+        linux.write_ipv6_sysctl(&netns, DEVICE, sysctl, value).await.unwrap();
+        let from_proc = linux.ipv6_conf(&netns, DEVICE).await.unwrap();
+        let from_link = linux.link(&netns, DEVICE).await.unwrap().unwrap().ipv6.unwrap();
+        assert_eq!(from_link, from_proc, "after {} = {value}", sysctl.key());
+        let observed = linux.observe_link(&netns, DEVICE).await.unwrap().unwrap();
+        assert_eq!(observed.ipv6, from_proc);
+    }
+}

@@ -2,23 +2,31 @@
 //! read here; event-driven sources live in the agent.
 
 use std::io;
+use std::path::Path;
 
 use crate::model::{Role, RoleSource};
 
 /// The role a source gives right now. A missing, empty or unreadable state file gives
-/// `Unknown` (handled as standby): Neutron rewrites the file in place, so an empty read is a
-/// moment in a write, not a role.
+/// `Unknown` (handled as standby).
 pub fn current_role(source: &RoleSource) -> Role {
     match source {
         RoleSource::Fixed(role) => *role,
-        RoleSource::StateFile(path) => match std::fs::read_to_string(path) {
-            Ok(text) => Role::from_state_word(&text).unwrap_or(Role::Unknown),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Role::Unknown,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read state file");
-                Role::Unknown
-            }
-        },
+        RoleSource::StateFile(path) => read_state_file(path).unwrap_or(Role::Unknown),
+    }
+}
+
+/// Reads Neutron's state file. `None` means "no reading": the file is empty, which is a
+/// moment inside Neutron's truncate-then-write, not a role; a caller that knows the previous
+/// reading keeps it. A missing or unreadable file, or an unknown word, is `Unknown`.
+pub fn read_state_file(path: &Path) -> Option<Role> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => None,
+        Ok(text) => Some(Role::from_state_word(&text).unwrap_or(Role::Unknown)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(Role::Unknown),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read state file");
+            Some(Role::Unknown)
+        }
     }
 }
 
@@ -87,6 +95,8 @@ mod tests {
             std::fs::write(&path, word).unwrap();
             assert_eq!(current_role(&source), role, "{word:?}");
         }
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(read_state_file(&path), None, "an empty file is a write in progress");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -5,10 +5,12 @@
 
 use futures::TryStreamExt;
 use hagw_core::Error;
-use hagw_core::observed::LinkCounters;
+use hagw_core::observed::{Ipv6Conf, LinkCounters};
 use nix::errno::Errno;
 use rtnetlink::LinkUnspec;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage, State};
+use rtnetlink::packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, LinkAttribute, LinkFlags, LinkMessage, State,
+};
 use tracing::{debug, instrument};
 
 use super::LinuxNet;
@@ -26,6 +28,9 @@ pub struct LinkInfo {
     /// The device's hardware address (empty if it has none).
     pub mac: Vec<u8>,
     pub counters: LinkCounters,
+    /// The device's IPv6 sysctls as the kernel reports them in the link message
+    /// (IFLA_AF_SPEC / AF_INET6 devconf); `None` if IPv6 is not available on it.
+    pub ipv6: Option<Ipv6Conf>,
 }
 
 impl LinkInfo {
@@ -38,6 +43,7 @@ impl LinkInfo {
             oper_up: false,
             mac: Vec::new(),
             counters: LinkCounters::default(),
+            ipv6: None,
         };
         let mut oper_state = None;
         let mut stats32 = None;
@@ -50,6 +56,7 @@ impl LinkInfo {
                         LinkCounters { tx_packets: s.tx_packets, rx_packets: s.rx_packets }
                 }
                 LinkAttribute::Stats(s) => stats32 = Some(*s),
+                LinkAttribute::AfSpecUnspec(specs) => info.ipv6 = ipv6_devconf(specs),
                 _ => {}
             }
         }
@@ -65,6 +72,25 @@ impl LinkInfo {
         info.oper_up = is_oper_up(flags, oper_state);
         info
     }
+}
+
+/// The sysctls hagw manages from the AF_INET6 devconf of a link message. Reading them here
+/// rather than from `/proc/sys` saves a namespace-bound thread per observation, and a proc
+/// lookup whose cost grows with the number of namespaces on the host.
+fn ipv6_devconf(specs: &[AfSpecUnspec]) -> Option<Ipv6Conf> {
+    let as_u32 = |v: i32| u32::try_from(v).unwrap_or(0);
+    specs.iter().find_map(|spec| match spec {
+        AfSpecUnspec::Inet6(attrs) => attrs.iter().find_map(|a| match a {
+            AfSpecInet6::DevConf(conf) => Some(Ipv6Conf {
+                addr_gen_mode: as_u32(conf.addr_gen_mode),
+                accept_ra: as_u32(conf.accept_ra),
+                forwarding: as_u32(conf.forwarding),
+                disable_ipv6: as_u32(conf.disable_ipv6),
+            }),
+            _ => None,
+        }),
+        _ => None,
+    })
 }
 
 /// RFC 2863 operational state, with the kernel's escape hatch: drivers that do not track

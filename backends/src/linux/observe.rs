@@ -38,7 +38,10 @@ impl LinuxNet {
             return Ok(None);
         };
         let addresses = self.addresses_of_index(netns, device, link.index).await?;
-        let ipv6 = self.ipv6_conf(netns, device).await?;
+        let ipv6 = match link.ipv6 {
+            Some(conf) => conf,
+            None => self.ipv6_conf(netns, device).await?,
+        };
         let routes = self.routes_of_index(netns, device, link.index).await?;
         Ok(Some(LinkState {
             admin_up: link.admin_up,

@@ -1,27 +1,47 @@
 //! Reads a router's role inputs: its configured source and, when the spec names one, the
 //! presence of keepalived's primary VIP on the HA device.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
 use hagw_backends::linux::LinuxNet;
 use hagw_backends::netns::Netns;
-use hagw_core::model::{Role, RouterSpec};
-use hagw_core::role::{RoleInputs, current_role};
+use hagw_core::model::{Role, RoleSource, RouterSpec};
+use hagw_core::role::{RoleInputs, read_state_file};
 use tracing::debug;
 
 pub struct RoleReader {
     linux: LinuxNet,
+    /// The last non-empty reading of each state file: Neutron truncates the file before
+    /// writing the new word, and an inotify event can land in between. Reading that empty
+    /// moment as "unknown" would hold a primary's port for an instant.
+    last_reading: Mutex<HashMap<PathBuf, Role>>,
 }
 
 impl RoleReader {
     pub fn new(linux: LinuxNet) -> Self {
-        RoleReader { linux }
+        RoleReader { linux, last_reading: Mutex::new(HashMap::new()) }
     }
 
     pub async fn resolve(&self, spec: &RouterSpec) -> Role {
         let inputs = RoleInputs {
-            configured: Some(current_role(&spec.role)),
+            configured: Some(self.configured(&spec.role)),
             vip_present: self.vip_present(spec).await,
         };
         inputs.resolve(&spec.role)
+    }
+
+    fn configured(&self, source: &RoleSource) -> Role {
+        let path = match source {
+            RoleSource::Fixed(role) => return *role,
+            RoleSource::StateFile(path) => path,
+        };
+        let mut last = self.last_reading.lock().unwrap_or_else(|p| p.into_inner());
+        match read_state_file(path) {
+            Some(role) => *last.entry(path.clone()).insert_entry(role).get(),
+            None => last.get(path).copied().unwrap_or(Role::Unknown),
+        }
     }
 
     /// Whether the primary VIP is on the HA device; `None` if the spec names no VIP or the
