@@ -1,7 +1,9 @@
-//! Kernel change notifications from inside a router namespace: link, address, route and
-//! IPv6 netconf (sysctl) events. Any of them can undo part of a router's desired state (an
-//! agent raising the link, keepalived adding the primary VIP, a sysctl reset), so each wakes
-//! the routers of that namespace; the reconcile pass itself works out what changed.
+//! Kernel change notifications from inside a router namespace: link, address and route
+//! events. Any of them can undo part of a router's desired state (an agent raising the link,
+//! keepalived adding the primary VIP or removing a route), so each wakes the routers of that
+//! namespace; the reconcile pass itself works out what changed. IPv6 sysctl writes mostly
+//! send no event at all (only `forwarding` sends an RTM_NEWNETCONF, which rtnetlink cannot
+//! decode), so a sysctl reset is repaired by the periodic resync.
 
 use futures::StreamExt;
 use hagw_core::Error;
@@ -12,13 +14,12 @@ use tracing::debug;
 
 use crate::netns::{Netns, NetnsId};
 
-const GROUPS: [MulticastGroup; 6] = [
+const GROUPS: [MulticastGroup; 5] = [
     MulticastGroup::Link,
     MulticastGroup::Ipv4Ifaddr,
     MulticastGroup::Ipv6Ifaddr,
     MulticastGroup::Ipv4Route,
     MulticastGroup::Ipv6Route,
-    MulticastGroup::Ipv6Netconf,
 ];
 
 /// A running subscription to one namespace's events; stops when dropped. Dropping it also
