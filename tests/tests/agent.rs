@@ -156,3 +156,29 @@ fn run_discovers_neutron_routers_and_follows_keepalived() -> Result<()> {
     assert!(routes.contains("via 203.0.113.1"), "default route missing: {routes}");
     Ok(())
 }
+
+/// keepalived's notify script path: with no agent running, `hagw notify` alone completes a
+/// takeover and a demotion.
+#[test]
+fn notify_completes_a_takeover_without_the_agent() -> Result<()> {
+    let gw = GatewayLab::build()?;
+    let state = gw.lab.file("state", "backup")?;
+    let config = gw.lab.file("routers.yaml", &gw.config("link-down", &state))?;
+    let router = format!("r-{}", gw.lab.id);
+    let notify = |word: &str| -> Result<std::process::Output> {
+        Ok(Command::new(hagw_bin())
+            .args(["notify", "-c", config.to_str().unwrap(), &router, word])
+            .output()?)
+    };
+    gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
+    assert!(notify("BACKUP")?.status.success());
+    assert!(!link_up(&gw)?, "BACKUP must hold the port");
+    assert!(notify("MASTER")?.status.success());
+    assert!(link_up(&gw)? && gw.gateway("addr")?.contains(GATEWAY_IP));
+    gw.lab.exec(&gw.external, &format!("ping -c 1 -W 2 {GATEWAY_IP}"))?;
+    assert!(notify("FAULT")?.status.success());
+    assert!(!link_up(&gw)?, "FAULT is handled as standby");
+    let bad = notify("SIDEWAYS")?;
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    Ok(())
+}
