@@ -134,7 +134,8 @@ fn backend(server: &Server) -> OvsBackend {
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(200),
     };
-    OvsBackend::with_config(server.endpoint(), config)
+    // No ovs-vswitchd here, so no OpenFlow `no-receive`: the E2E tests cover that half.
+    OvsBackend::with_config(server.endpoint(), config).ovsdb_only()
 }
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Duration {

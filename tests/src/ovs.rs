@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::gateway::{EXTERNAL_IP, GATEWAY_MAC};
 use crate::lab::{Lab, sh};
@@ -176,6 +176,16 @@ impl OvsNode {
              -- clear port {p} vlan_mode trunks"
         ))?;
         Ok(())
+    }
+
+    /// Whether the gateway port has OpenFlow `no-receive` (`NO_RECV`) in br-int: the half
+    /// of hagw's hold that lives in ovs-vswitchd rather than OVSDB.
+    pub fn no_receive(&self) -> Result<bool> {
+        let desc = self.ovs.ofctl("dump-ports-desc br-int")?;
+        let mut lines = desc.lines().skip_while(|l| !l.contains(&format!("({}):", self.port)));
+        ensure!(lines.next().is_some(), "{} not in br-int:\n{desc}", self.port);
+        let config = lines.find(|l| l.trim_start().starts_with("config:")).unwrap_or_default();
+        Ok(config.split_whitespace().any(|flag| flag == "NO_RECV"))
     }
 
     /// `tag`, `vlan_mode` and `trunks` of the gateway port, for assertions and logs.

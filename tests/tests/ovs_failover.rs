@@ -1,6 +1,7 @@
 //! Two OVS nodes behind one ToR: the primary serves the gateway after its hold is released,
 //! the standby stays held through an OVS agent restart and an ovsdb-server restart (with a
-//! retag during the outage), and the ToR never learns the gateway MAC on the standby.
+//! retag during the outage), and the ToR never learns the gateway MAC on the standby. A hold
+//! is the dead-VLAN triple plus OpenFlow `no-receive`, which the retag leaves in place.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -87,8 +88,10 @@ async fn primary_serves_standby_stays_held_through_agent_and_ovsdb_restarts() ->
     converge(&dps[1], &spec(standby), Role::Standby).await?;
     converge(&dps[0], &spec(primary), Role::Standby).await?;
     ensure!(standby.port_vlan()? == HELD && primary.port_vlan()? == HELD);
+    ensure!(standby.no_receive()? && primary.no_receive()?, "a hold sets no-receive");
     converge(&dps[0], &spec(primary), Role::Primary).await?;
     ensure!(primary.port_vlan()? == format!("{LOCAL_VLAN} [] []"), "{}", primary.port_vlan()?);
+    ensure!(!primary.no_receive()?, "a release clears no-receive");
     lab.lab.exec(&lab.external, &format!("ping -c 3 -i 0.2 -W 2 {GATEWAY_IP}"))?;
     ensure!(fdb_has_gateway_on(&lab.tor, &primary.tor_port)?, "ToR must learn the primary");
 
@@ -101,6 +104,8 @@ async fn primary_serves_standby_stays_held_through_agent_and_ovsdb_restarts() ->
     for node in &lab.nodes {
         node.agent_wire()?;
     }
+    // The retag lifts the triple, never no-receive: the standby stays silent meanwhile.
+    ensure!(standby.no_receive()?, "the OVS agent's retag must not lift no-receive");
     let took =
         eventually("re-hold after agent restart", || Ok(standby.port_vlan()? == HELD)).await?;
     eprintln!("standby re-held {took:?} after the agent's retag");
@@ -119,6 +124,7 @@ async fn primary_serves_standby_stays_held_through_agent_and_ovsdb_restarts() ->
     let took = eventually("re-hold after reconnect", || Ok(standby.port_vlan()? == HELD)).await?;
     eprintln!("standby re-held {took:?} after ovsdb-server came back");
     ensure!(!task.is_finished(), "the re-hold task must survive the restart");
+    ensure!(standby.no_receive()?, "no-receive survives an ovsdb-server restart");
 
     // Traffic still reaches the primary, and the standby never transmitted.
     lab.lab.exec(&lab.external, &format!("ping -c 3 -i 0.2 -W 2 {GATEWAY_IP}"))?;

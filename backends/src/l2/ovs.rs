@@ -5,8 +5,14 @@
 //! pass rather than a startup failure; the client then reconnects by itself.
 //!
 //! - [`port`]: the pure rules (row → [`L2State`], the hold and release transactions),
+//! - [`ofport`]: the retag-proof half of the hold, OpenFlow `no-receive` via `ovs-ofctl`,
 //! - [`watch`]: the monitor that reports retagged ports at once, and the re-hold task.
+//!
+//! A hold is both the dead-VLAN triple in the Port row and `no-receive` on the OpenFlow port;
+//! either alone keeps the port's frames off the uplink, so the port counts as held while
+//! either is in place (a primary then still releases both), and every hold puts both back.
 
+pub mod ofport;
 pub mod port;
 pub mod watch;
 
@@ -19,10 +25,11 @@ use tokio::sync::OnceCell;
 use tracing::{debug, info, instrument};
 
 use crate::ovsdb::{
-    ClientConfig, Condition, Endpoint, OvsdbClient, OvsdbError, PortRow, VSWITCH_DB,
+    ClientConfig, Condition, Endpoint, Op, OvsdbClient, OvsdbError, PortRow, VSWITCH_DB, Value,
 };
+use ofport::{Ofctl, OfctlError};
 
-pub use watch::{PortChange, PortChanges, keep_held};
+pub use watch::{OvsFeed, PortChange, PortChanges, PortKeys, keep_held, keep_held_retrying};
 
 /// The OVSDB Port a router's gateway is plugged into: the spec's `port`, else the gateway
 /// device name (Neutron names the OVS port after the device).
@@ -58,6 +65,8 @@ pub struct OvsBackend {
     endpoint: String,
     config: ClientConfig,
     client: Arc<OnceCell<OvsdbClient>>,
+    /// `None`: the OVSDB triple only (see [`OvsBackend::ovsdb_only`]).
+    ofctl: Option<Ofctl>,
 }
 
 impl OvsBackend {
@@ -67,8 +76,26 @@ impl OvsBackend {
     }
 
     /// As [`OvsBackend::new`], with the client's timing knobs (tests shorten them).
+    /// `ovs-ofctl` reaches the bridges through `OVS_RUNDIR`, else the endpoint's directory
+    /// (see [`ofport::rundir_for`]).
     pub fn with_config(endpoint: impl Into<String>, config: ClientConfig) -> Self {
-        Self { endpoint: endpoint.into(), config, client: Arc::new(OnceCell::new()) }
+        let endpoint = endpoint.into();
+        let env = std::env::var("OVS_RUNDIR").ok();
+        let ofctl = Ofctl::new(ofport::rundir_for(&endpoint, env.as_deref()));
+        Self { endpoint, config, client: Arc::new(OnceCell::new()), ofctl: Some(ofctl) }
+    }
+
+    /// Holds with the OVSDB triple alone, without `no-receive`: for an ovsdb-server without
+    /// ovs-vswitchd (the backend's database tests). The OVS agent's retag then lifts the hold
+    /// until the re-hold lands.
+    pub fn ovsdb_only(mut self) -> Self {
+        self.ofctl = None;
+        self
+    }
+
+    /// The run directory whose `<bridge>.mgmt` sockets `ovs-ofctl` uses, if it is used.
+    pub fn rundir(&self) -> Option<&std::path::Path> {
+        self.ofctl.as_ref().map(Ofctl::rundir)
     }
 
     pub fn endpoint(&self) -> &str {
@@ -88,70 +115,133 @@ impl OvsBackend {
         self.client.get_or_try_init(connect).await
     }
 
-    /// Reads the Port row named `port`; `None` if there is none.
-    async fn read(&self, port: &str) -> Result<Option<PortRow>, Error> {
+    /// Reads the Port row named `port` and the bridge it is in, in one transaction; `None` if
+    /// there is no such row.
+    async fn read(&self, port: &str) -> Result<Option<Located>, Error> {
         let client = self.client().await?;
         let select = PortRow::select(vec![Condition::eq("name", port)]);
-        let results =
-            client.transact(VSWITCH_DB, &[select]).await.map_err(|e| ovs_error("read", port, e))?;
-        let rows = results.into_iter().next().and_then(|r| r.rows).unwrap_or_default();
-        match rows.as_slice() {
-            [] => Ok(None),
-            [row] => PortRow::from_row(None, row).map(Some).map_err(|e| ovs_error("read", port, e)),
-            many => Err(Error::permanent(
-                "read",
-                target(port),
-                format!("{} Port rows have this name", many.len()),
-            )),
+        let bridges = Op::Select {
+            table: "Bridge".into(),
+            conditions: vec![],
+            columns: Some(vec!["name".into(), "ports".into()]),
+        };
+        let results = client
+            .transact(VSWITCH_DB, &[select, bridges])
+            .await
+            .map_err(|e| ovs_error("read", port, e))?;
+        let mut results = results.into_iter().map(|r| r.rows.unwrap_or_default());
+        let (rows, bridges) =
+            (results.next().unwrap_or_default(), results.next().unwrap_or_default());
+        let row = match rows.as_slice() {
+            [] => return Ok(None),
+            [row] => PortRow::from_row(None, row).map_err(|e| ovs_error("read", port, e))?,
+            many => {
+                return Err(Error::permanent(
+                    "read",
+                    target(port),
+                    format!("{} Port rows have this name", many.len()),
+                ));
+            }
+        };
+        Ok(Some(Located { bridge: bridge_of(&bridges, &row), row }))
+    }
+
+    /// Whether the port's OpenFlow `no-receive` is set. Unreadable (ovs-vswitchd down, the port
+    /// not attached yet, no bridge) counts as not set: hagw never relies on what it cannot see.
+    async fn no_receive(&self, port: &Located) -> bool {
+        let (Some(ofctl), Some(bridge)) = (&self.ofctl, &port.bridge) else { return false };
+        match ofctl.no_receive(bridge, &port.row.name).await {
+            Ok(set) => set,
+            Err(e) => {
+                debug!(error = %e, "no-receive unreadable, taken as not set");
+                false
+            }
         }
     }
 
-    /// The port's hold state; a missing Port row is [`L2Hold::Unknown`](hagw_core::observed::L2Hold).
+    /// The port's hold state: held while the dead-VLAN triple or `no-receive` is in place
+    /// (either alone keeps its frames off the uplink); a missing Port row is
+    /// [`L2Hold::Unknown`](hagw_core::observed::L2Hold).
     #[instrument(skip(self), err)]
     pub async fn observe_port(&self, port: &str) -> Result<L2State, Error> {
-        Ok(port::l2_state(self.read(port).await?.as_ref()))
+        let Some(located) = self.read(port).await? else { return Ok(port::l2_state(None)) };
+        let no_receive = self.no_receive(&located).await;
+        Ok(port::l2_state_with(&located.row, no_receive))
     }
 
-    /// Puts the port in the dead VLAN in one guarded transaction (see [`port::hold_ops`]).
+    /// Whether both halves of the hold are in place (what [`OvsBackend::hold_port`] makes).
+    pub async fn fully_held(&self, port: &str) -> Result<bool, Error> {
+        let Some(located) = self.read(port).await? else { return Ok(false) };
+        let no_receive = self.ofctl.is_none() || self.no_receive(&located).await;
+        Ok(port::is_held(&located.row) && no_receive)
+    }
+
+    /// Holds the port: the dead-VLAN triple in one guarded transaction (see
+    /// [`port::hold_ops`]), then `no-receive` on its OpenFlow port, which the OVS agent's
+    /// retag cannot lift. Idempotent; fails (transiently) until both are in place.
     #[instrument(skip(self), err)]
     pub async fn hold_port(&self, port: &str) -> Result<(), Error> {
-        let row = self.read(port).await?.ok_or_else(|| missing("hold", port))?;
-        let Some(ops) = port::hold_ops(&row) else {
-            debug!("already held");
-            return Ok(());
-        };
-        self.commit("hold", port, &ops).await?;
-        info!(tag = ?row.tag, vlan_mode = ?row.vlan_mode, "held in dead VLAN");
+        let located = self.read(port).await?.ok_or_else(|| missing("hold", port))?;
+        self.hold_located(port, &located).await
+    }
+
+    /// [`OvsBackend::hold_port`] if the Port row exists; `Ok(false)` if it does not (the
+    /// re-hold task's case: a deleted port needs no hold, a new one is reported when it
+    /// appears).
+    pub async fn hold_if_present(&self, port: &str) -> Result<bool, Error> {
+        let Some(located) = self.read(port).await? else { return Ok(false) };
+        self.hold_located(port, &located).await.map(|()| true)
+    }
+
+    async fn hold_located(&self, port: &str, located: &Located) -> Result<(), Error> {
+        let row = &located.row;
+        if let Some(ops) = port::hold_ops(row) {
+            self.commit("hold", port, &ops).await?;
+            info!(port, tag = ?row.tag, vlan_mode = ?row.vlan_mode, "held in dead VLAN");
+        }
+        let Some(ofctl) = &self.ofctl else { return Ok(()) };
+        let bridge = located.bridge.as_deref().ok_or_else(|| {
+            Error::transient("hold", target(port), "the port is in no Bridge yet")
+        })?;
+        // Written unconditionally: `mod-port` is idempotent and as cheap as reading it first.
+        ofctl.set_no_receive(bridge, port, true).await.map_err(|e| ofctl_error("hold", port, e))?;
+        debug!(port, bridge, "no-receive set");
         Ok(())
     }
 
-    /// Restores the port's local VLAN in one guarded transaction; refuses (transiently, the
-    /// agent may still wire it) while no real local VLAN is known.
+    /// Releases the port: clears `no-receive`, then restores the local VLAN in one guarded
+    /// transaction. Refuses (transiently, the agent may still wire it) while no real local
+    /// VLAN is known; then the port stays fully held, `no-receive` included.
     #[instrument(skip(self), err)]
     pub async fn release_port(&self, port: &str) -> Result<(), Error> {
-        let row = self.read(port).await?.ok_or_else(|| missing("release", port))?;
-        let ops = port::release_ops(&row).map_err(|port::NotWired| {
+        let located = self.read(port).await?.ok_or_else(|| missing("release", port))?;
+        let row = &located.row;
+        let ops = port::release_ops(row).map_err(|port::NotWired| {
             Error::transient(
                 "release",
                 target(port),
                 "not wired: no local VLAN in other_config:tag or external_ids:hagw-saved-tag",
             )
         })?;
+        match (&self.ofctl, located.bridge.as_deref()) {
+            (Some(ofctl), Some(bridge)) => match ofctl.set_no_receive(bridge, port, false).await {
+                // Not attached: there is no OpenFlow port state to clear.
+                Ok(()) | Err(OfctlError::NoSuchPort { .. }) => {}
+                Err(e) => return Err(ofctl_error("release", port, e)),
+            },
+            (Some(_), None) => debug!("in no bridge, no no-receive to clear"),
+            (None, _) => {}
+        }
         let Some(ops) = ops else {
             debug!("already released");
             return Ok(());
         };
         self.commit("release", port, &ops).await?;
-        info!(local_vlan = ?port::local_vlan(&row), "released to local VLAN");
+        info!(local_vlan = ?port::local_vlan(row), "released to local VLAN");
         Ok(())
     }
 
-    async fn commit(
-        &self,
-        operation: &str,
-        port: &str,
-        ops: &[crate::ovsdb::Op],
-    ) -> Result<(), Error> {
+    async fn commit(&self, operation: &str, port: &str, ops: &[Op]) -> Result<(), Error> {
         let client = self.client().await?;
         client.transact(VSWITCH_DB, ops).await.map_err(|e| ovs_error(operation, port, e))?;
         Ok(())
@@ -171,6 +261,36 @@ impl OvsBackend {
     pub async fn release(&self, spec: &RouterSpec) -> Result<(), Error> {
         self.release_port(port_name(spec)).await
     }
+}
+
+/// Maps an `ovs-ofctl` failure to the loop's error kind.
+fn ofctl_error(operation: &str, port: &str, e: OfctlError) -> Error {
+    if e.is_transient() {
+        Error::transient(operation, target(port), e)
+    } else {
+        Error::permanent(operation, target(port), e)
+    }
+}
+
+/// The bridge whose `ports` hold `port_uuid`, from a select of every Bridge's `name`, `ports`.
+fn bridge_of(bridges: &[crate::ovsdb::JsonRow], port: &PortRow) -> Option<String> {
+    let atoms = |row: &crate::ovsdb::JsonRow, column: &str| {
+        Value::from_json(row.get(column)?).ok()?.into_atoms().ok()
+    };
+    bridges.iter().find_map(|row| {
+        let ports = atoms(row, "ports")?;
+        if !ports.iter().any(|atom| atom.as_uuid() == Some(&port.uuid)) {
+            return None;
+        }
+        atoms(row, "name")?.first()?.as_str().map(str::to_owned)
+    })
+}
+
+/// A Port row and the bridge it is in (`None` while no Bridge lists it yet).
+#[derive(Debug, Clone)]
+struct Located {
+    row: PortRow,
+    bridge: Option<String>,
 }
 
 /// The L3 agent has not plugged the port yet (or it was deleted): it may appear any moment.

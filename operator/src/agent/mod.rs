@@ -4,7 +4,13 @@
 //!   primary VIP appearing on the HA device is the earliest sign of a takeover;
 //! - Neutron's state file being rewritten (inotify on its directory);
 //! - the router namespace appearing or disappearing under `/run/netns`;
+//! - OVS port changes from the OVSDB monitor (a retag, the port appearing or being attached),
+//!   which wake the routers of that port's namespace, and all of them after a resync;
 //! - the worker's own timers (silence settling, retry backoff, periodic resync).
+//!
+//! For `l2-hold` and `link-down` standbys on OVS (held for good; silence-only lets go once
+//! settled) the agent also keeps their ports held itself, at once on every change of the
+//! port ([`OvsFeed`]), without waiting for the worker's pass.
 
 mod roles;
 mod watch;
@@ -16,8 +22,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use hagw_backends::dataplane::HostDataplane;
 use hagw_backends::events::{NetnsMonitor, monitor_netns};
+use hagw_backends::l2::ovs::{OvsFeed, PortKeys, port_name};
 use hagw_backends::netns::{NETNS_RUN_DIR, Netns};
-use hagw_core::model::{RoleSource, RouterSpec};
+use hagw_core::model::{L2BackendSpec, Role, RoleSource, RouterSpec, Strategy};
 use hagw_core::neutron::{DiscoveryError, NeutronDefaults, discover};
 use hagw_core::supervisor::{PassOutcome, RouterEvent, RouterHandle, WorkerConfig, spawn_router};
 use tokio::sync::mpsc;
@@ -78,6 +85,8 @@ pub struct Agent {
     events: mpsc::UnboundedSender<RouterEvent>,
     neutron: Option<NeutronSource>,
     observer: Observer,
+    /// Started when the first OVS router is managed.
+    ovs: Option<OvsFeed>,
 }
 
 /// What the agent's main loop waits on.
@@ -108,6 +117,7 @@ impl Agent {
             events,
             neutron: None,
             observer,
+            ovs: None,
         };
         Ok((agent, AgentInputs { dir_events, netns_changes, router_events }))
     }
@@ -155,6 +165,37 @@ impl Agent {
             self.observer.router_started(&id);
             info!(router = %id, role = role.as_str(), "managing router");
             self.routers.insert(id, Managed { spec, handle, task });
+        }
+        self.update_ovs(None);
+    }
+
+    /// Tells the OVS feed which ports to watch (waking their namespace) and which to keep
+    /// held: those of `l2-hold` and `link-down` standbys, with `changing`'s new role taking
+    /// effect first (a port must leave the held set before its worker releases it).
+    fn update_ovs(&mut self, changing: Option<(&str, Role)>) {
+        let mut keys = PortKeys::new();
+        let mut held = std::collections::BTreeSet::new();
+        for (id, m) in &self.routers {
+            if !matches!(m.spec.backend, L2BackendSpec::Ovs { .. }) {
+                continue;
+            }
+            let port = port_name(&m.spec).to_owned();
+            keys.entry(port.clone()).or_default().insert(m.spec.namespace.clone());
+            let role = match changing {
+                Some((changed, role)) if changed == id => role,
+                _ => m.handle.role(),
+            };
+            // The planner holds such a standby for good (only silence-only lets go once settled).
+            if m.spec.strategy != Strategy::SilenceOnly && role.is_standby() {
+                held.insert(port);
+            }
+        }
+        if self.ovs.is_none() && !keys.is_empty() {
+            let Some(backend) = self.dataplane.l2().ovs() else { return };
+            self.ovs = Some(OvsFeed::start(backend.clone(), self.netns_changes.clone()));
+        }
+        if let Some(feed) = &self.ovs {
+            feed.set(keys, held);
         }
     }
 
@@ -230,8 +271,11 @@ impl Agent {
         let before = m.handle.role();
         if before != role {
             info!(router = %id, from = before.as_str(), to = role.as_str(), "role change");
+            self.update_ovs(Some((id, role)));
         }
-        m.handle.set_role(role);
+        if let Some(m) = self.routers.get(id) {
+            m.handle.set_role(role);
+        }
     }
 
     /// A watched directory changed: a namespace came or went, or a state file was rewritten.

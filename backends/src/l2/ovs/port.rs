@@ -62,6 +62,18 @@ pub fn l2_state(row: Option<&PortRow>) -> L2State {
     }
 }
 
+/// As [`l2_state`] for an existing row, with its OpenFlow `no-receive` bit: held while the
+/// triple or `no-receive` is in place, since either alone keeps the port's frames off the
+/// uplink. A partial hold therefore still counts as held, so a primary releases it (both
+/// halves); re-completing it on a standby is the re-hold task's job.
+pub fn l2_state_with(row: &PortRow, no_receive: bool) -> L2State {
+    let mut state = l2_state(Some(row));
+    if no_receive {
+        state.hold = L2Hold::Held;
+    }
+    state
+}
+
 fn this_row(row: &PortRow) -> Vec<Condition> {
     vec![Condition::eq("_uuid", row.uuid.clone())]
 }
@@ -219,6 +231,14 @@ mod tests {
         assert_eq!(l2_state(Some(&agent_tagged)), L2State { hold: L2Hold::Released, wired: true });
         let plugged = port(Some(DEAD_VLAN), None, &[]);
         assert_eq!(l2_state(Some(&plugged)), L2State { hold: L2Hold::Released, wired: false });
+    }
+
+    #[test]
+    fn no_receive_alone_is_held() {
+        let retagged = with_agent_tag(port(Some(7), None, &[]), "7");
+        assert_eq!(l2_state_with(&retagged, true), L2State { hold: L2Hold::Held, wired: true });
+        assert_eq!(l2_state_with(&retagged, false).hold, L2Hold::Released);
+        assert_eq!(l2_state_with(&held(), false).hold, L2Hold::Held);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! update itself. After a reconnect the monitor's view is stale and anything may have changed
 //! during the outage, so a [`PortChange::Resync`] asks for every port to be checked again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -20,11 +20,21 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{OvsBackend, target};
 use crate::ovsdb::{
-    MonitorEvent, MonitorRequest, MonitorRequests, MonitorStream, OvsdbClient, PortRow, VSWITCH_DB,
+    InterfaceRow, MonitorEvent, MonitorRequest, MonitorRequests, MonitorStream, OvsdbClient,
+    PortRow, VSWITCH_DB,
 };
 
 /// Columns whose change can lift or restore a hold, or tell which VLAN to restore.
 const WATCHED: [&str; 6] = ["name", "tag", "vlan_mode", "trunks", "other_config", "external_ids"];
+
+/// Interface columns that change when ovs-vswitchd attaches the port to its OpenFlow bridge
+/// (only then can `no-receive` be set) or re-attaches it. Neutron names a port's single
+/// interface like the port, so an Interface change is reported under its name.
+const WATCHED_INTERFACE: [&str; 2] = ["name", "ofport"];
+
+/// How often [`keep_held`] re-checks its ports without any event: `no-receive` is lost when
+/// ovs-vswitchd restarts, which need not change anything in OVSDB.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long to wait before re-issuing a monitor the client gave up on.
 const REMONITOR_DELAY: Duration = Duration::from_secs(1);
@@ -36,7 +46,7 @@ const REHOLD_ATTEMPTS: u32 = 3;
 static NEXT_MONITOR: AtomicU64 = AtomicU64::new(0);
 
 /// Something about OVS ports changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PortChange {
     /// The watched columns of this port changed, or it was added or deleted.
     Port(String),
@@ -47,14 +57,16 @@ pub enum PortChange {
 /// The events a monitor update or resync means for ports.
 fn port_changes(event: MonitorEvent) -> Vec<PortChange> {
     match event {
-        MonitorEvent::Update(tables) => tables
-            .get(PortRow::TABLE)
-            .into_iter()
+        MonitorEvent::Update(tables) => [PortRow::TABLE, InterfaceRow::TABLE]
+            .iter()
+            .filter_map(|table| tables.get(*table))
             .flat_map(|rows| rows.values())
             .filter_map(|update| {
                 let row = update.new.as_ref().or(update.old.as_ref())?;
                 Some(PortChange::Port(row.get("name")?.as_str()?.to_owned()))
             })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect(),
         MonitorEvent::Disconnected => Vec::new(),
         MonitorEvent::Resync(_) => vec![PortChange::Resync],
@@ -83,7 +95,10 @@ impl Drop for PortChanges {
 }
 
 fn requests() -> MonitorRequests {
-    MonitorRequests::from([(PortRow::TABLE.to_owned(), MonitorRequest::columns(&WATCHED))])
+    MonitorRequests::from([
+        (PortRow::TABLE.to_owned(), MonitorRequest::columns(&WATCHED)),
+        (InterfaceRow::TABLE.to_owned(), MonitorRequest::columns(&WATCHED_INTERFACE)),
+    ])
 }
 
 async fn monitor(client: &OvsdbClient) -> Result<MonitorStream, crate::ovsdb::OvsdbError> {
@@ -143,8 +158,8 @@ impl OvsBackend {
 /// against the writer whose change woke us).
 async fn rehold(backend: &OvsBackend, port: &str) {
     for attempt in 1..=REHOLD_ATTEMPTS {
-        match backend.hold_port(port).await {
-            Ok(()) => return,
+        match backend.hold_if_present(port).await {
+            Ok(_) => return,
             Err(e) if e.is_transient() && attempt < REHOLD_ATTEMPTS => {
                 debug!(port, attempt, error = %e, "re-hold raced, retrying");
             }
@@ -154,8 +169,9 @@ async fn rehold(backend: &OvsBackend, port: &str) {
     }
 }
 
-/// Keeps every port in `ports` held: on any change to one of them, on every resync and when a
-/// port joins the set, it is held again at once with the same code as a planned hold. Runs
+/// Keeps every port in `ports` fully held (triple and `no-receive`): on any change to one of
+/// them, on every resync, when a port joins the set and every [`RECHECK_INTERVAL`], it is
+/// held again at once with the same code as a planned hold (a no-op if it is). Runs
 /// until `ports`' sender is dropped or the change stream ends. A port leaves the set before
 /// it is released, or this task will hold it again.
 pub async fn keep_held(
@@ -163,8 +179,12 @@ pub async fn keep_held(
     mut ports: watch::Receiver<BTreeSet<String>>,
 ) -> Result<(), Error> {
     let mut changes = backend.changes().await?;
+    let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recheck.reset();
     loop {
         let due: Vec<String> = tokio::select! {
+            _ = recheck.tick() => ports.borrow().iter().cloned().collect(),
             change = changes.next() => match change {
                 None => return Ok(()),
                 Some(PortChange::Port(name)) => {
@@ -181,6 +201,116 @@ pub async fn keep_held(
         };
         for port in due {
             rehold(backend, &port).instrument(info_span!("rehold", target = %target(&port))).await;
+        }
+    }
+}
+
+/// Keeps ports held like [`keep_held`], but waits for OVSDB instead of failing while it cannot
+/// be reached (hagw may start before ovsdb-server). Returns once `ports`' sender is dropped.
+pub async fn keep_held_retrying(
+    backend: &OvsBackend,
+    mut ports: watch::Receiver<BTreeSet<String>>,
+) {
+    loop {
+        match keep_held(backend, ports.clone()).await {
+            Ok(()) => return,
+            Err(e) => debug!(error = %e, "cannot watch OVS ports yet; retrying"),
+        }
+        tokio::select! {
+            changed = ports.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(REMONITOR_DELAY) => {}
+        }
+    }
+}
+
+/// For each watched OVS port, the keys to wake when it changes (the agent uses router
+/// namespaces, so a change wakes the routers in that namespace).
+pub type PortKeys = BTreeMap<String, BTreeSet<String>>;
+
+/// Wakes `keys`' entries on every change of their port, and all of them on every resync,
+/// until `keys`' sender or `wake`'s receiver is dropped. Waits for OVSDB while it cannot be
+/// reached.
+pub async fn wake_on_changes(
+    backend: &OvsBackend,
+    mut keys: watch::Receiver<PortKeys>,
+    wake: mpsc::UnboundedSender<String>,
+) {
+    let mut changes = loop {
+        match backend.changes().await {
+            Ok(changes) => break changes,
+            Err(e) => debug!(error = %e, "cannot watch OVS ports yet; retrying"),
+        }
+        tokio::select! {
+            changed = keys.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(REMONITOR_DELAY) => {}
+        }
+    };
+    loop {
+        let due: BTreeSet<String> = tokio::select! {
+            change = changes.next() => match change {
+                None => return,
+                Some(PortChange::Port(port)) => {
+                    keys.borrow().get(&port).cloned().unwrap_or_default()
+                }
+                Some(PortChange::Resync) => keys.borrow().values().flatten().cloned().collect(),
+            },
+            changed = keys.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                keys.borrow_and_update();
+                continue;
+            }
+        };
+        for key in due {
+            if wake.send(key).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// What an agent runs for its OVS routers: wakes them on changes of their ports
+/// ([`wake_on_changes`]) and keeps the ports of `l2-hold` standbys held ([`keep_held`]).
+/// Dropping it stops both.
+#[derive(Debug)]
+pub struct OvsFeed {
+    keys: watch::Sender<PortKeys>,
+    held: watch::Sender<BTreeSet<String>>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl OvsFeed {
+    /// Starts both tasks with nothing to watch; see [`OvsFeed::set`].
+    pub fn start(backend: OvsBackend, wake: mpsc::UnboundedSender<String>) -> Self {
+        let (keys, keys_rx) = watch::channel(PortKeys::new());
+        let (held, held_rx) = watch::channel(BTreeSet::new());
+        let span = info_span!("ovs_feed", endpoint = %backend.endpoint);
+        let waker = backend.clone();
+        let tasks = [
+            tokio::spawn(
+                async move { wake_on_changes(&waker, keys_rx, wake).await }
+                    .instrument(span.clone()),
+            ),
+            tokio::spawn(
+                async move { keep_held_retrying(&backend, held_rx).await }.instrument(span),
+            ),
+        ];
+        Self { keys, held, tasks }
+    }
+
+    /// The ports to watch (with what to wake) and the ones to keep held. Remove a port from
+    /// `held` before releasing it, or it is held again.
+    pub fn set(&self, keys: PortKeys, held: BTreeSet<String>) {
+        self.keys.send_if_modified(|current| std::mem::replace(current, keys.clone()) != keys);
+        self.held.send_if_modified(|current| std::mem::replace(current, held.clone()) != held);
+    }
+}
+
+impl Drop for OvsFeed {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
         }
     }
 }
@@ -202,12 +332,20 @@ mod tests {
                 U: {"old": {"tag": 4095}, "new": {"name": "qg-1", "tag": 5}},
                 V: {"old": {"name": "qg-2", "tag": 4095}},
             },
-            "Interface": {U: {"new": {"name": "qg-9"}}},
+            "Interface": {U: {"new": {"name": "qg-9", "ofport": 3}}, V: {"new": {"name": "qg-1"}}},
+            "Bridge": {U: {"new": {"name": "br-int"}}},
         }))
         .unwrap();
         let mut changes = port_changes(MonitorEvent::Update(updates));
         changes.sort_by_key(|c| format!("{c:?}"));
-        assert_eq!(changes, vec![PortChange::Port("qg-1".into()), PortChange::Port("qg-2".into())]);
+        assert_eq!(
+            changes,
+            vec![
+                PortChange::Port("qg-1".into()),
+                PortChange::Port("qg-2".into()),
+                PortChange::Port("qg-9".into())
+            ]
+        );
     }
 
     #[test]
