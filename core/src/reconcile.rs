@@ -162,39 +162,79 @@ pub async fn reconcile_router<D: Dataplane>(
     let span = info_span!("reconcile", router = %spec.id, netns = %spec.namespace,
         port = %spec.gateway_device, role = role.as_str());
     async {
-        let (_, plan) = dry_run(dataplane, spec, role, memory, policy).await?;
+        let (_, mut plan) = dry_run(dataplane, spec, role, memory, policy).await?;
         let mut applied = Vec::with_capacity(plan.actions.len());
-        for action in plan.actions {
-            if let Err(source) =
-                with_retry(policy, action.kind(), || dataplane.apply(spec, &action)).await
-            {
-                let fail_safe = if role.is_standby() {
-                    fail_safe(dataplane, spec, &action, policy).await
-                } else {
-                    None
-                };
-                return Err(ReconcileError::Apply { action, source, fail_safe });
+        for round in 1..=MAX_ROUNDS {
+            let round_actions = plan.actions;
+            for action in &round_actions {
+                apply_one(dataplane, spec, role, memory, policy, action).await?;
+                applied.push(action.clone());
             }
-            info!(action = %action, "applied");
-            if matches!(action, Action::Announce { .. }) {
-                memory.announced();
+            match verify(dataplane, spec, role, memory, policy, &round_actions).await? {
+                Verified::Converged { observed, wait } => {
+                    return Ok(PassReport { applied, wait, observed });
+                }
+                Verified::FollowUp(next) if round < MAX_ROUNDS => {
+                    debug!(round, next = %describe(&next.actions), "steps made more possible");
+                    plan = next;
+                }
+                Verified::FollowUp(next) => {
+                    return Err(ReconcileError::Verify { remaining: next.actions });
+                }
             }
-            applied.push(action);
         }
-        verify(dataplane, spec, role, memory, policy, applied).await
+        unreachable!("the last round returns")
     }
     .instrument(span)
     .await
 }
 
+/// Rounds one pass may take when its own steps make further steps possible: raising a
+/// primary's link gives the switch side carrier, and only then can the L2 hold be released
+/// and the addresses announced.
+const MAX_ROUNDS: usize = 3;
+
+async fn apply_one<D: Dataplane>(
+    dataplane: &D,
+    spec: &RouterSpec,
+    role: Role,
+    memory: &mut RouterMemory,
+    policy: &RetryPolicy,
+    action: &Action,
+) -> Result<(), ReconcileError> {
+    if let Err(source) = with_retry(policy, action.kind(), || dataplane.apply(spec, action)).await {
+        let fail_safe =
+            if role.is_standby() { fail_safe(dataplane, spec, action, policy).await } else { None };
+        return Err(ReconcileError::Apply { action: action.clone(), source, fail_safe });
+    }
+    info!(action = %action, "applied");
+    if matches!(action, Action::Announce { .. }) {
+        memory.announced();
+    }
+    Ok(())
+}
+
+/// What re-observing after a round showed.
+enum Verified {
+    Converged {
+        observed: Observed,
+        wait: Option<Wait>,
+    },
+    /// Steps the round did not plan are possible now: another round.
+    FollowUp(Plan),
+}
+
+/// Re-observes until the round's steps are seen to have taken effect. Steps of the round
+/// that still show up may just not be visible yet (retried after a delay); steps the round
+/// did not contain mean it made new ones possible.
 async fn verify<D: Dataplane>(
     dataplane: &D,
     spec: &RouterSpec,
     role: Role,
     memory: &mut RouterMemory,
     policy: &RetryPolicy,
-    applied: Vec<Action>,
-) -> Result<PassReport, ReconcileError> {
+    round: &[Action],
+) -> Result<Verified, ReconcileError> {
     let mut remaining = Vec::new();
     for attempt in 0..policy.verify_attempts.max(1) {
         if attempt > 0 {
@@ -202,7 +242,10 @@ async fn verify<D: Dataplane>(
         }
         let (observed, again) = dry_run(dataplane, spec, role, memory, policy).await?;
         if again.is_converged() {
-            return Ok(PassReport { applied, wait: again.wait, observed });
+            return Ok(Verified::Converged { observed, wait: again.wait });
+        }
+        if again.actions.iter().any(|a| !round.contains(a)) {
+            return Ok(Verified::FollowUp(again));
         }
         debug!(attempt, remaining = %describe(&again.actions), "not converged yet");
         remaining = again.actions;

@@ -143,9 +143,13 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
             let (outcome, next, held, tx_packets) = match result {
                 Ok(report) => {
                     backoff = self.config.backoff;
+                    // Events usually wake the worker first; these bounds are the safety net
+                    // for waits on something outside hagw that sends no event here.
                     let next = match report.wait {
                         Some(Wait::SilenceSettling { remaining }) => remaining,
-                        _ => self.config.resync,
+                        Some(Wait::L2NotWired) => self.config.resync.min(Duration::from_secs(1)),
+                        Some(Wait::DeviceMissing) => self.config.resync.min(Duration::from_secs(5)),
+                        None => self.config.resync,
                     };
                     let port = &report.observed.port;
                     let held = !port.is_exposed();

@@ -20,6 +20,9 @@ struct ModelDataplane {
     failures: Mutex<Vec<(&'static str, ErrorKind, u32)>>,
     /// Actions the "kernel" silently ignores, to provoke verification failures.
     ignored: &'static [&'static str],
+    /// The switch side gets carrier, and so becomes wired, only once the link is up (a
+    /// Linux bridge tap behind a gateway veth).
+    wired_by_link_up: bool,
     attempts: Mutex<Vec<&'static str>>,
 }
 
@@ -29,6 +32,7 @@ impl ModelDataplane {
             port: Mutex::new(port),
             failures: Mutex::new(vec![]),
             ignored: &[],
+            wired_by_link_up: false,
             attempts: Mutex::new(vec![]),
         }
     }
@@ -57,7 +61,11 @@ impl Dataplane for ModelDataplane {
             }
         }
         if !self.ignored.contains(&action.kind()) {
-            action.apply_to(&mut self.port.lock().unwrap());
+            let mut port = self.port.lock().unwrap();
+            action.apply_to(&mut port);
+            if self.wired_by_link_up && *action == Action::SetLinkUp {
+                port.l2.wired = true;
+            }
         }
         Ok(())
     }
@@ -173,4 +181,30 @@ async fn takeover_announces_once() {
     assert_eq!(first.applied.last().unwrap().kind(), "announce");
     let second = reconcile_router(&dp, &spec, Role::Primary, &mut memory, &policy).await.unwrap();
     assert!(second.applied.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_follows_up_on_what_its_own_steps_made_possible() {
+    // A link-down standby on a Linux bridge: held, link down, its tap without carrier.
+    let mut port = quiet_held_port();
+    port.link.as_mut().unwrap().admin_up = false;
+    port.l2.wired = false;
+    let mut dp = ModelDataplane::new(port);
+    dp.wired_by_link_up = true;
+    let lb =
+        hagw_core::model::L2BackendSpec::Linuxbridge { port: "tap1".into(), bridge: "brq1".into() };
+    let spec = spec(Strategy::LinkDown, lb);
+    let report = reconcile_router(
+        &dp,
+        &spec,
+        Role::Primary,
+        &mut RouterMemory::default(),
+        &RetryPolicy::default(),
+    )
+    .await
+    .unwrap();
+    let kinds: Vec<_> = report.applied.iter().map(Action::kind).collect();
+    assert!(kinds.contains(&"release-l2") && kinds.last() == Some(&"announce"), "{kinds:?}");
+    assert!(dp.port().is_exposed());
+    assert_eq!(report.wait, None);
 }
