@@ -10,7 +10,7 @@ use hagw_core::error::{Error, ErrorKind};
 use hagw_core::model::{Role, RouterSpec, Strategy};
 use hagw_core::observed::{L2Hold, PortState};
 use hagw_core::reconcile::{
-    Dataplane, ReconcileError, RetryPolicy, RouterMemory, reconcile_router,
+    Dataplane, PassReport, ReconcileError, RetryPolicy, RouterMemory, reconcile_router,
 };
 
 /// A port that behaves like the action model, with scripted failures.
@@ -71,6 +71,15 @@ impl Dataplane for ModelDataplane {
     }
 }
 
+/// One pass with no memory of earlier passes and the default retry policy.
+async fn fresh_pass(
+    dp: &ModelDataplane,
+    spec: &RouterSpec,
+    role: Role,
+) -> Result<PassReport, ReconcileError> {
+    reconcile_router(dp, spec, role, &mut RouterMemory::default(), &RetryPolicy::default()).await
+}
+
 fn attempts_of(dp: &ModelDataplane, kind: &str) -> usize {
     dp.attempts.lock().unwrap().iter().filter(|k| **k == kind).count()
 }
@@ -110,15 +119,7 @@ async fn permanent_failures_are_not_retried() {
         u32::MAX,
     );
     let spec = spec(Strategy::L2Hold, ovs());
-    let err = reconcile_router(
-        &dp,
-        &spec,
-        Role::Primary,
-        &mut RouterMemory::default(),
-        &RetryPolicy::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = fresh_pass(&dp, &spec, Role::Primary).await.unwrap_err();
     assert!(matches!(
         err,
         ReconcileError::Apply { action: Action::ReleaseL2, fail_safe: None, .. }
@@ -135,15 +136,7 @@ async fn failed_hold_on_an_exposed_standby_falls_back_to_link_down() {
         u32::MAX,
     );
     let spec = spec(Strategy::L2Hold, ovs());
-    let err = reconcile_router(
-        &dp,
-        &spec,
-        Role::Standby,
-        &mut RouterMemory::default(),
-        &RetryPolicy::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = fresh_pass(&dp, &spec, Role::Standby).await.unwrap_err();
     let ReconcileError::Apply { fail_safe, .. } = &err else { panic!("{err}") };
     assert_eq!(fail_safe.as_ref(), Some(&Action::SetLinkDown));
     assert!(!dp.port().is_exposed(), "a failed hold must not leave the standby exposed");
@@ -155,15 +148,7 @@ async fn a_change_that_does_not_stick_fails_verification() {
     let mut dp = ModelDataplane::new(quiet_held_port());
     dp.ignored = &["add-route"];
     let spec = spec(Strategy::L2Hold, ovs());
-    let err = reconcile_router(
-        &dp,
-        &spec,
-        Role::Primary,
-        &mut RouterMemory::default(),
-        &RetryPolicy::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = fresh_pass(&dp, &spec, Role::Primary).await.unwrap_err();
     assert!(
         matches!(&err, ReconcileError::Verify { remaining } if remaining[0].kind() == "add-route"),
         "{err}"
@@ -194,15 +179,7 @@ async fn a_pass_follows_up_on_what_its_own_steps_made_possible() {
     let lb =
         hagw_core::model::L2BackendSpec::Linuxbridge { port: "tap1".into(), bridge: "brq1".into() };
     let spec = spec(Strategy::LinkDown, lb);
-    let report = reconcile_router(
-        &dp,
-        &spec,
-        Role::Primary,
-        &mut RouterMemory::default(),
-        &RetryPolicy::default(),
-    )
-    .await
-    .unwrap();
+    let report = fresh_pass(&dp, &spec, Role::Primary).await.unwrap();
     let kinds: Vec<_> = report.applied.iter().map(Action::kind).collect();
     assert!(kinds.contains(&"release-l2") && kinds.last() == Some(&"announce"), "{kinds:?}");
     assert!(dp.port().is_exposed());
