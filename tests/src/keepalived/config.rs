@@ -1,0 +1,67 @@
+//! What each node is configured with: Neutron's keepalived.conf and hagw's routers.yaml.
+
+use super::{
+    ADVERT_INT, Base, FIP, GATEWAY_LLA, HA_DEV, KaLab, PRIMARY_VIP, ROUTER_ID, VRID, Wiring,
+};
+use crate::gateway::{EXTERNAL_IP, GATEWAY_CIDR};
+use crate::linuxbridge;
+
+/// Neutron's keepalived.conf for the router on one node (`advert_int` shortened).
+pub fn keepalived_conf(qg: &str) -> String {
+    format!(
+        "global_defs {{\n    notification_email_from neutron@openstack.local\n    router_id neutron\n}}\n\
+         vrrp_instance VR_{VRID} {{\n    state BACKUP\n    interface {HA_DEV}\n    virtual_router_id {VRID}\n    \
+         priority 50\n    garp_master_delay 60\n    nopreempt\n    advert_int {ADVERT_INT}\n    \
+         track_interface {{\n        {HA_DEV}\n    }}\n    virtual_ipaddress {{\n        {PRIMARY_VIP} dev {HA_DEV}\n    }}\n    \
+         virtual_ipaddress_excluded {{\n        {GATEWAY_CIDR} dev {qg} no_track\n        {FIP}/32 dev {qg} no_track\n        \
+         {GATEWAY_LLA} dev {qg} scope link no_track\n    }}\n    \
+         virtual_routes {{\n        0.0.0.0/0 via {EXTERNAL_IP} dev {qg} no_track protocol static\n    }}\n}}\n"
+    )
+}
+
+impl KaLab {
+    pub(super) fn hagw_config(
+        &self,
+        index: usize,
+        qrouter: &str,
+        qg: &str,
+        ha_confs: &std::path::Path,
+    ) -> String {
+        let (ovsdb, backend, strategy) = match (&self.base, self.wiring) {
+            (Base::Ovs(l), _) => {
+                let node = &l.nodes[index - 1];
+                (
+                    format!("ovsdb: {}\n", node.ovs.endpoint()),
+                    format!("{{ovs: {{port: {}}}}}", node.port),
+                    "l2-hold",
+                )
+            }
+            (Base::Lb(_), Wiring::Linuxbridge) => (
+                String::new(),
+                format!(
+                    "{{linuxbridge: {{port: {}, bridge: {}}}}}",
+                    linuxbridge::TAP,
+                    linuxbridge::BRQ
+                ),
+                "l2-hold",
+            ),
+            (Base::Lb(_), _) => (String::new(), "generic".to_owned(), "link-down"),
+        };
+        format!(
+            "{ovsdb}routers:\n\
+             \x20 - id: {ROUTER_ID}\n\
+             \x20   namespace: {qrouter}\n\
+             \x20   gatewayDevice: {qg}\n\
+             \x20   haDevice: {HA_DEV}\n\
+             \x20   primaryVip: {PRIMARY_VIP}\n\
+             \x20   gatewayAddresses: [{GATEWAY_CIDR}, {FIP}/32, \"{GATEWAY_LLA}\"]\n\
+             \x20   routes:\n\
+             \x20     - destination: 0.0.0.0/0\n\
+             \x20       via: {EXTERNAL_IP}\n\
+             \x20   backend: {backend}\n\
+             \x20   strategy: {strategy}\n\
+             \x20   role: {{stateFile: {state}}}\n",
+            state = ha_confs.join(ROUTER_ID).join("state").display(),
+        )
+    }
+}
