@@ -3,6 +3,7 @@
 //! switch. Everything a test creates is removed when its [`Lab`] is dropped, also when the
 //! test panics; names are unique per test so tests run in parallel.
 
+pub mod bench;
 pub mod capture;
 pub mod gateway;
 pub mod k8s;
