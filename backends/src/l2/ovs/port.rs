@@ -78,6 +78,19 @@ fn this_row(row: &PortRow) -> Vec<Condition> {
     vec![Condition::eq("_uuid", row.uuid.clone())]
 }
 
+/// Writes the three columns that make or unmake a hold, together.
+fn set_vlan(row: &PortRow, tag: Value, vlan_mode: Value, trunks: Value) -> Op {
+    Op::Update {
+        table: PortRow::TABLE.into(),
+        conditions: this_row(row),
+        row: RowValues::from([
+            ("tag".into(), tag),
+            ("vlan_mode".into(), vlan_mode),
+            ("trunks".into(), trunks),
+        ]),
+    }
+}
+
 /// Fails the transaction at once unless the hold columns are still what `row` says: the row
 /// was read in an earlier round trip, and anything may have changed it since.
 fn unchanged(row: &PortRow) -> Op {
@@ -118,15 +131,7 @@ pub fn hold_ops(row: &PortRow) -> Option<Vec<Op>> {
     let mut ops = vec![
         Op::Comment(format!("hagw: hold {} in dead VLAN {DEAD_VLAN}", row.name)),
         unchanged(row),
-        Op::Update {
-            table: PortRow::TABLE.into(),
-            conditions: this_row(row),
-            row: RowValues::from([
-                ("tag".into(), Value::from(DEAD_VLAN)),
-                ("vlan_mode".into(), Value::from("trunk")),
-                ("trunks".into(), Value::set([DEAD_VLAN])),
-            ]),
-        },
+        set_vlan(row, Value::from(DEAD_VLAN), Value::from("trunk"), Value::set([DEAD_VLAN])),
     ];
     if let Some(tag) = row.tag.filter(|t| is_real_vlan(*t)) {
         ops.push(drop_saved_tag(row));
@@ -160,15 +165,7 @@ pub fn release_ops(row: &PortRow) -> Result<Option<Vec<Op>>, NotWired> {
     Ok(Some(vec![
         Op::Comment(format!("hagw: release {} to local VLAN {vlan}", row.name)),
         unchanged(row),
-        Op::Update {
-            table: PortRow::TABLE.into(),
-            conditions: this_row(row),
-            row: RowValues::from([
-                ("tag".into(), Value::from(vlan)),
-                ("vlan_mode".into(), Value::empty()),
-                ("trunks".into(), Value::empty()),
-            ]),
-        },
+        set_vlan(row, Value::from(vlan), Value::empty(), Value::empty()),
         drop_saved_tag(row),
     ]))
 }
