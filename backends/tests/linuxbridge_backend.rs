@@ -5,30 +5,19 @@
 //! `ip` children it spawns and the netlink socket it opens all live in that namespace, and
 //! the host's ruleset is never touched.
 
+mod linux_support;
+
 use std::process::Command;
 
 use hagw_backends::l2::LinuxbridgeBackend;
 use hagw_backends::l2::linuxbridge::Nft;
 use hagw_core::observed::{L2Hold, L2State};
+use linux_support::can_run;
 use nix::sched::{CloneFlags, unshare};
 
 const TAP: &str = "tap1234abcd-56";
 const QG: &str = "qg-1234abcd-56";
 const BRQ: &str = "brq1234abcd-56";
-
-fn root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    // The effective uid is the second field of `Uid:`.
-    let root = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0");
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
-}
 
 /// Runs `test` in a fresh network namespace on its own thread and runtime.
 fn in_fresh_netns<F, Fut>(test: F)
@@ -36,7 +25,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
-    if !root() {
+    if !can_run() {
         return;
     }
     let worker = std::thread::spawn(move || {
