@@ -63,7 +63,7 @@ async fn standby_then_primary_with_link_down_strategy() {
     assert!(port.is_exposed() && !port.is_silent());
     assert_eq!(port.l2.hold, L2Hold::Unsupported);
 
-    let report = reconcile_router(&dataplane, &spec, Role::Standby, &mut memory, &policy)
+    let report = reconcile_router(&dataplane, &spec, Role::Standby, &mut memory, &policy, None)
         .await
         .expect("standby pass converges");
     // Exposure is closed before anything makes the kernel talk.
@@ -88,12 +88,13 @@ async fn standby_then_primary_with_link_down_strategy() {
     assert_eq!(before, after);
 
     // A second pass has nothing to do.
-    let again =
-        reconcile_router(&dataplane, &spec, Role::Standby, &mut memory, &policy).await.unwrap();
+    let again = reconcile_router(&dataplane, &spec, Role::Standby, &mut memory, &policy, None)
+        .await
+        .unwrap();
     assert!(again.applied.is_empty(), "{:?}", again.applied);
 
     // Takeover.
-    let report = reconcile_router(&dataplane, &spec, Role::Primary, &mut memory, &policy)
+    let report = reconcile_router(&dataplane, &spec, Role::Primary, &mut memory, &policy, None)
         .await
         .expect("primary pass converges");
     assert!(report.applied.iter().any(|a| a.kind() == "announce"), "{:?}", report.applied);
@@ -140,6 +141,7 @@ async fn missing_device_is_observed_as_absent() {
         Role::Standby,
         &mut RouterMemory::default(),
         &RetryPolicy::default(),
+        None,
     )
     .await
     .unwrap();

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::{Instant, sleep};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -132,7 +133,18 @@ pub async fn observe<D: Dataplane>(
     memory: &mut RouterMemory,
     policy: &RetryPolicy,
 ) -> Result<Observed, ReconcileError> {
-    let port = with_retry(policy, "observe", || dataplane.observe(spec))
+    observe_woken(dataplane, spec, role, memory, policy, None).await
+}
+
+async fn observe_woken<D: Dataplane>(
+    dataplane: &D,
+    spec: &RouterSpec,
+    role: Role,
+    memory: &mut RouterMemory,
+    policy: &RetryPolicy,
+    wake: Option<&Notify>,
+) -> Result<Observed, ReconcileError> {
+    let port = with_retry(policy, wake, "observe", || dataplane.observe(spec))
         .await
         .map_err(ReconcileError::Observe)?;
     Ok(memory.observed(role, port, Instant::now()))
@@ -146,31 +158,48 @@ pub async fn dry_run<D: Dataplane>(
     memory: &mut RouterMemory,
     policy: &RetryPolicy,
 ) -> Result<(Observed, Plan), ReconcileError> {
-    let observed = observe(dataplane, spec, role, memory, policy).await?;
+    dry_run_woken(dataplane, spec, role, memory, policy, None).await
+}
+
+async fn dry_run_woken<D: Dataplane>(
+    dataplane: &D,
+    spec: &RouterSpec,
+    role: Role,
+    memory: &mut RouterMemory,
+    policy: &RetryPolicy,
+    wake: Option<&Notify>,
+) -> Result<(Observed, Plan), ReconcileError> {
+    let observed = observe_woken(dataplane, spec, role, memory, policy, wake).await?;
     let plan = plan(spec, role, &observed);
     Ok((observed, plan))
 }
 
 /// One full pass: observe, plan, apply, verify.
+///
+/// `wake` is notified when something about the port changed outside the pass (the worker's
+/// events): it cuts the pass's waits short, so a step that failed because its object was not
+/// there yet (an OVS port not yet plugged) is retried as soon as it appears, and a change that
+/// undid a step is answered by applying it again rather than by waiting for it to show.
 pub async fn reconcile_router<D: Dataplane>(
     dataplane: &D,
     spec: &RouterSpec,
     role: Role,
     memory: &mut RouterMemory,
     policy: &RetryPolicy,
+    wake: Option<&Notify>,
 ) -> Result<PassReport, ReconcileError> {
     let span = info_span!("reconcile", router = %spec.id, netns = %spec.namespace,
         port = %spec.gateway_device, role = role.as_str());
     async {
-        let (_, mut plan) = dry_run(dataplane, spec, role, memory, policy).await?;
+        let (_, mut plan) = dry_run_woken(dataplane, spec, role, memory, policy, wake).await?;
         let mut applied = Vec::with_capacity(plan.actions.len());
         for round in 1..=MAX_ROUNDS {
             let round_actions = plan.actions;
             for action in &round_actions {
-                apply_one(dataplane, spec, role, memory, policy, action).await?;
+                apply_one(dataplane, spec, role, memory, policy, wake, action).await?;
                 applied.push(action.clone());
             }
-            match verify(dataplane, spec, role, memory, policy, &round_actions).await? {
+            match verify(dataplane, spec, role, memory, policy, wake, &round_actions).await? {
                 Verified::Converged { observed, wait } => {
                     return Ok(PassReport { applied, wait, observed });
                 }
@@ -200,11 +229,16 @@ async fn apply_one<D: Dataplane>(
     role: Role,
     memory: &mut RouterMemory,
     policy: &RetryPolicy,
+    wake: Option<&Notify>,
     action: &Action,
 ) -> Result<(), ReconcileError> {
-    if let Err(source) = with_retry(policy, action.kind(), || dataplane.apply(spec, action)).await {
-        let fail_safe =
-            if role.is_standby() { fail_safe(dataplane, spec, action, policy).await } else { None };
+    let applied = with_retry(policy, wake, action.kind(), || dataplane.apply(spec, action)).await;
+    if let Err(source) = applied {
+        let fail_safe = if role.is_standby() {
+            fail_safe(dataplane, spec, action, policy, wake).await
+        } else {
+            None
+        };
         return Err(ReconcileError::Apply { action: action.clone(), source, fail_safe });
     }
     info!(action = %action, "applied");
@@ -225,26 +259,26 @@ enum Verified {
 }
 
 /// Re-observes until the round's steps are seen to have taken effect. Steps of the round
-/// that still show up may just not be visible yet (retried after a delay); steps the round
-/// did not contain mean it made new ones possible.
+/// that still show up may just not be visible yet (re-checked after a delay), unless a change
+/// came in meanwhile: then someone may have undone them, and they are applied again. Steps
+/// the round did not contain mean it made new ones possible.
 async fn verify<D: Dataplane>(
     dataplane: &D,
     spec: &RouterSpec,
     role: Role,
     memory: &mut RouterMemory,
     policy: &RetryPolicy,
+    wake: Option<&Notify>,
     round: &[Action],
 ) -> Result<Verified, ReconcileError> {
     let mut remaining = Vec::new();
     for attempt in 0..policy.verify_attempts.max(1) {
-        if attempt > 0 {
-            sleep(policy.verify_delay).await;
-        }
-        let (observed, again) = dry_run(dataplane, spec, role, memory, policy).await?;
+        let woken = attempt > 0 && pause(policy.verify_delay, wake).await;
+        let (observed, again) = dry_run_woken(dataplane, spec, role, memory, policy, wake).await?;
         if again.is_converged() {
             return Ok(Verified::Converged { observed, wait: again.wait });
         }
-        if again.actions.iter().any(|a| !round.contains(a)) {
+        if woken || again.actions.iter().any(|a| !round.contains(a)) {
             return Ok(Verified::FollowUp(again));
         }
         debug!(attempt, remaining = %describe(&again.actions), "not converged yet");
@@ -260,6 +294,7 @@ async fn fail_safe<D: Dataplane>(
     spec: &RouterSpec,
     failed: &Action,
     policy: &RetryPolicy,
+    wake: Option<&Notify>,
 ) -> Option<Action> {
     let port = match dataplane.observe(spec).await {
         Ok(port) if !port.is_exposed() || port.is_silent() => return None,
@@ -272,7 +307,7 @@ async fn fail_safe<D: Dataplane>(
     }
     guards.push(Action::SetLinkDown);
     for guard in guards.into_iter().filter(|g| g != failed) {
-        match with_retry(policy, guard.kind(), || dataplane.apply(spec, &guard)).await {
+        match with_retry(policy, wake, guard.kind(), || dataplane.apply(spec, &guard)).await {
             Ok(()) => {
                 warn!(guard = %guard, exposed = port.is_some(), "fail-safe guard applied");
                 return Some(guard);
@@ -283,7 +318,26 @@ async fn fail_safe<D: Dataplane>(
     None
 }
 
-async fn with_retry<T, F, Fut>(policy: &RetryPolicy, what: &str, mut op: F) -> Result<T, Error>
+/// Sleeps for `delay`, or until `wake` is notified; returns whether it was woken.
+async fn pause(delay: Duration, wake: Option<&Notify>) -> bool {
+    let Some(wake) = wake else {
+        sleep(delay).await;
+        return false;
+    };
+    tokio::select! {
+        () = wake.notified() => true,
+        () = sleep(delay) => false,
+    }
+}
+
+/// Runs `op` until it succeeds, fails permanently or has had `policy.attempts`; a retry comes
+/// after the backoff or as soon as `wake` reports a change, which may be what it waits for.
+async fn with_retry<T, F, Fut>(
+    policy: &RetryPolicy,
+    wake: Option<&Notify>,
+    what: &str,
+    mut op: F,
+) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Error>>,
@@ -295,7 +349,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) if e.is_transient() && attempt < policy.attempts => {
                 debug!(what, attempt, error = %e, "retrying");
-                sleep(delay).await;
+                pause(delay, wake).await;
                 delay *= 2;
                 attempt += 1;
             }

@@ -137,6 +137,7 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
                 role,
                 &mut memory,
                 &self.config.retry,
+                Some(&self.kick),
             )
             .await;
             let duration = t0.elapsed();

@@ -3,6 +3,7 @@
 mod common;
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use common::*;
 use hagw_core::action::Action;
@@ -12,6 +13,8 @@ use hagw_core::observed::{L2Hold, PortState};
 use hagw_core::reconcile::{
     Dataplane, PassReport, ReconcileError, RetryPolicy, RouterMemory, reconcile_router,
 };
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// A port that behaves like the action model, with scripted failures.
 struct ModelDataplane {
@@ -20,6 +23,8 @@ struct ModelDataplane {
     failures: Mutex<Vec<(&'static str, ErrorKind, u32)>>,
     /// Actions the "kernel" silently ignores, to provoke verification failures.
     ignored: &'static [&'static str],
+    /// Actions undone right after they are applied, once: someone else changed the port back.
+    undone_once: Mutex<Vec<&'static str>>,
     /// The switch side gets carrier, and so becomes wired, only once the link is up (a
     /// Linux bridge tap behind a gateway veth).
     wired_by_link_up: bool,
@@ -32,6 +37,7 @@ impl ModelDataplane {
             port: Mutex::new(port),
             failures: Mutex::new(vec![]),
             ignored: &[],
+            undone_once: Mutex::new(vec![]),
             wired_by_link_up: false,
             attempts: Mutex::new(vec![]),
         }
@@ -60,6 +66,11 @@ impl Dataplane for ModelDataplane {
                 return Err(Error::new(*error, action, "model", "scripted failure"));
             }
         }
+        let mut undone = self.undone_once.lock().unwrap();
+        if let Some(i) = undone.iter().position(|k| *k == action.kind()) {
+            undone.remove(i);
+            return Ok(());
+        }
         if !self.ignored.contains(&action.kind()) {
             let mut port = self.port.lock().unwrap();
             action.apply_to(&mut port);
@@ -77,7 +88,8 @@ async fn fresh_pass(
     spec: &RouterSpec,
     role: Role,
 ) -> Result<PassReport, ReconcileError> {
-    reconcile_router(dp, spec, role, &mut RouterMemory::default(), &RetryPolicy::default()).await
+    reconcile_router(dp, spec, role, &mut RouterMemory::default(), &RetryPolicy::default(), None)
+        .await
 }
 
 fn attempts_of(dp: &ModelDataplane, kind: &str) -> usize {
@@ -89,9 +101,10 @@ async fn standby_pass_holds_silences_and_verifies() {
     let dp = ModelDataplane::new(noisy_port(L2Hold::Released));
     let spec = spec(Strategy::L2Hold, ovs());
     let mut memory = RouterMemory::default();
-    let report = reconcile_router(&dp, &spec, Role::Standby, &mut memory, &RetryPolicy::default())
-        .await
-        .unwrap();
+    let report =
+        reconcile_router(&dp, &spec, Role::Standby, &mut memory, &RetryPolicy::default(), None)
+            .await
+            .unwrap();
     assert_eq!(report.applied[0], Action::HoldL2);
     assert!(dp.port().is_silent() && !dp.port().is_exposed());
 }
@@ -105,7 +118,7 @@ async fn transient_failures_are_retried_within_the_bound() {
     );
     let spec = spec(Strategy::L2Hold, ovs());
     let policy = RetryPolicy { attempts: 3, ..RetryPolicy::default() };
-    reconcile_router(&dp, &spec, Role::Standby, &mut RouterMemory::default(), &policy)
+    reconcile_router(&dp, &spec, Role::Standby, &mut RouterMemory::default(), &policy, None)
         .await
         .unwrap();
     assert_eq!(attempts_of(&dp, "hold-l2"), 3);
@@ -161,10 +174,12 @@ async fn takeover_announces_once() {
     let spec = spec(Strategy::L2Hold, ovs());
     let mut memory = RouterMemory::default();
     let policy = RetryPolicy::default();
-    reconcile_router(&dp, &spec, Role::Standby, &mut memory, &policy).await.unwrap();
-    let first = reconcile_router(&dp, &spec, Role::Primary, &mut memory, &policy).await.unwrap();
+    reconcile_router(&dp, &spec, Role::Standby, &mut memory, &policy, None).await.unwrap();
+    let first =
+        reconcile_router(&dp, &spec, Role::Primary, &mut memory, &policy, None).await.unwrap();
     assert_eq!(first.applied.last().unwrap().kind(), "announce");
-    let second = reconcile_router(&dp, &spec, Role::Primary, &mut memory, &policy).await.unwrap();
+    let second =
+        reconcile_router(&dp, &spec, Role::Primary, &mut memory, &policy, None).await.unwrap();
     assert!(second.applied.is_empty());
 }
 
@@ -184,4 +199,54 @@ async fn a_pass_follows_up_on_what_its_own_steps_made_possible() {
     assert!(kinds.contains(&"release-l2") && kinds.last() == Some(&"announce"), "{kinds:?}");
     assert!(dp.port().is_exposed());
     assert_eq!(report.wait, None);
+}
+
+/// A reported change (the worker's kick: say the OVS port the hold waits for appeared) ends
+/// the retry backoff at once; without one the retry waits the backoff out. Virtual time.
+#[tokio::test(start_paused = true)]
+async fn a_retry_comes_when_a_change_is_reported_not_after_the_backoff() {
+    let spec = spec(Strategy::L2Hold, ovs());
+    let policy = RetryPolicy { backoff: Duration::from_secs(10), ..RetryPolicy::default() };
+    for woken in [false, true] {
+        let dp = ModelDataplane::new(noisy_port(L2Hold::Unknown)).failing(
+            "hold-l2",
+            ErrorKind::Transient,
+            1,
+        );
+        let wake = Notify::new();
+        wake.notify_one();
+        let started = Instant::now();
+        let mut memory = RouterMemory::default();
+        let wake = woken.then_some(&wake);
+        reconcile_router(&dp, &spec, Role::Standby, &mut memory, &policy, wake).await.unwrap();
+        assert_eq!(attempts_of(&dp, "hold-l2"), 2);
+        assert_eq!(started.elapsed() >= policy.backoff, !woken, "woken: {woken}");
+    }
+}
+
+/// A step undone by someone else while the pass verifies it (the L3 agent raising a standby's
+/// link again) is applied again when the change is reported, instead of being waited for
+/// until verification gives up.
+#[tokio::test(start_paused = true)]
+async fn a_step_undone_during_verification_is_applied_again_when_reported() {
+    let spec = spec(Strategy::LinkDown, ovs());
+    for woken in [false, true] {
+        let dp = ModelDataplane::new(noisy_port(L2Hold::Released));
+        dp.undone_once.lock().unwrap().push("link-down");
+        let wake = Notify::new();
+        wake.notify_one();
+        let mut memory = RouterMemory::default();
+        let policy = RetryPolicy::default();
+        let wake = woken.then_some(&wake);
+        let result = reconcile_router(&dp, &spec, Role::Standby, &mut memory, &policy, wake).await;
+        if woken {
+            let report = result.unwrap();
+            let downs = report.applied.iter().filter(|a| **a == Action::SetLinkDown).count();
+            assert_eq!(downs, 2);
+            assert!(!dp.port().link.unwrap().admin_up);
+        } else {
+            let err = result.unwrap_err();
+            assert!(matches!(&err, ReconcileError::Verify { .. }), "{err}");
+        }
+    }
 }

@@ -166,6 +166,14 @@ impl OvsNode {
         Ok(())
     }
 
+    /// Whether ovs-vswitchd has attached the gateway port (its Interface has an OpenFlow port
+    /// number). Neutron's OVS agent skips ports without one ("not yet ready"), so it never
+    /// wires a port before this holds.
+    pub fn attached(&self) -> bool {
+        let ofport = self.ovs.vsctl(&format!("--if-exists get interface {} ofport", self.port));
+        ofport.ok().and_then(|o| o.trim().parse::<i64>().ok()).is_some_and(|n| n > 0)
+    }
+
     /// What the OVS agent does when it wires (or, after a restart, re-wires) the port: the
     /// local VLAN in `other_config` and on the port, `vlan_mode`/`trunks` cleared, one
     /// transaction. On a held port this lifts the hold.

@@ -47,7 +47,7 @@ async fn converge(dp: &HostDataplane, spec: &RouterSpec, role: Role) -> Result<(
     let policy = RetryPolicy::default();
     let mut last = None;
     for _ in 0..20 {
-        match reconcile_router(dp, spec, role, &mut memory, &policy).await {
+        match reconcile_router(dp, spec, role, &mut memory, &policy, None).await {
             Ok(report) if report.wait.is_none() => return Ok(()),
             Ok(report) => last = Some(format!("waiting: {:?}", report.wait)),
             // Announcing is not this test's subject (and its backend is still in progress);

@@ -205,7 +205,8 @@ fn trial(
         let ovs_agent = s.spawn(|| -> Result<()> {
             thread::sleep(l3 + agent[0]);
             let deadline = Instant::now() + Duration::from_secs(5);
-            while node.agent_wire().is_err() {
+            // Like Neutron's agent, only a port ovs-vswitchd has attached is wired.
+            while !node.attached() || node.agent_wire().is_err() {
                 ensure!(Instant::now() < deadline, "port never appeared");
                 thread::sleep(agent[1].max(Duration::from_millis(10)));
             }

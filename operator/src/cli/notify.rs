@@ -46,7 +46,8 @@ pub async fn run(args: NotifyArgs) -> ExitCode {
     };
     let dataplane = super::dataplane(&config);
     let mut memory = RouterMemory::default();
-    match reconcile_router(&dataplane, spec, role, &mut memory, &RetryPolicy::default()).await {
+    match reconcile_router(&dataplane, spec, role, &mut memory, &RetryPolicy::default(), None).await
+    {
         Ok(report) => {
             println!(
                 "router {} ({}): {} step(s) applied",

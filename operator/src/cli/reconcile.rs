@@ -76,7 +76,7 @@ async fn converge(
     let role = current_role(&spec.role);
     let mut reports = Vec::new();
     for _ in 0..SETTLE_PASSES {
-        match reconcile_router(dataplane, spec, role, memory, &policy).await {
+        match reconcile_router(dataplane, spec, role, memory, &policy, None).await {
             Ok(report) => {
                 let settle = match report.wait {
                     Some(Wait::SilenceSettling { remaining }) => Some(remaining),

@@ -34,7 +34,7 @@ async fn hand_back(dataplane: HostDataplane, mut spec: RouterSpec) {
     let policy = RetryPolicy::default();
     for _ in 0..MAX_PASSES {
         let role = current_role(&spec.role);
-        match reconcile_router(&dataplane, &spec, role, &mut memory, &policy).await {
+        match reconcile_router(&dataplane, &spec, role, &mut memory, &policy, None).await {
             Ok(report) => match report.wait {
                 Some(Wait::SilenceSettling { remaining }) => tokio::time::sleep(remaining).await,
                 _ => {
