@@ -40,8 +40,13 @@ impl Ovs {
         let mut ovs = Ovs { ns: ns.to_owned(), dir, ovsdb: None, vswitchd: None };
         ovs.start_ovsdb()?;
         ovs.vsctl("--no-wait init")?;
-        let d = ovs.dir.display().to_string();
-        ovs.vswitchd = Some(ovs.daemon(&[
+        ovs.start_vswitchd()?;
+        Ok(ovs)
+    }
+
+    fn start_vswitchd(&mut self) -> Result<()> {
+        let d = self.dir.display().to_string();
+        self.vswitchd = Some(self.daemon(&[
             "ovs-vswitchd",
             &format!("unix:{d}/db.sock"),
             &format!("--pidfile={d}/vswitchd.pid"),
@@ -49,7 +54,17 @@ impl Ovs {
             &format!("--log-file={d}/vswitchd.log"),
             "-vconsole:off",
         ])?);
-        Ok(ovs)
+        Ok(())
+    }
+
+    /// Kills ovs-vswitchd and starts it again; returns once it has reconfigured from OVSDB.
+    /// Its OpenFlow state (flows, port config such as `no-receive`) is gone.
+    pub fn restart_vswitchd(&mut self) -> Result<()> {
+        kill(&mut self.vswitchd);
+        self.start_vswitchd()?;
+        // `ovs-vsctl` without --no-wait returns once vswitchd has applied the database.
+        self.vsctl("set open_vswitch . external_ids:hagw-test-restart=1")?;
+        Ok(())
     }
 
     /// Runs a daemon in the node namespace with this instance's run dir.
@@ -166,6 +181,14 @@ impl OvsNode {
         Ok(())
     }
 
+    /// ovs-vswitchd restarts (its OpenFlow state is lost), then the OVS agent notices and
+    /// installs its flows again. Re-wiring the ports, which the agent does next, is left to
+    /// the caller ([`OvsNode::agent_wire`]).
+    pub fn restart_vswitchd(&mut self) -> Result<()> {
+        self.ovs.restart_vswitchd()?;
+        install_neutron_flows(&self.ovs)
+    }
+
     /// Whether ovs-vswitchd has attached the gateway port (its Interface has an OpenFlow port
     /// number). Neutron's OVS agent skips ports without one ("not yet ready"), so it never
     /// wires a port before this holds.
@@ -265,9 +288,16 @@ fn build_node(lab: &mut Lab, tor: &str, i: usize) -> Result<OvsNode> {
     lab.attach(tor, &tor_port, "br-tor")?;
     lab.exec(&ns, "ip link set uplink up")?;
     ovs.vsctl("add-port br-ex uplink")?;
+    install_neutron_flows(&ovs)?;
+    Ok(OvsNode { ovs, ns, qrouter, qg: format!("qg-{id}"), port: format!("tg{i}-{id}"), tor_port })
+}
+
+/// The flows Neutron's OVS agent keeps on both bridges (it installs them again when it
+/// notices that ovs-vswitchd restarted).
+fn install_neutron_flows(ovs: &Ovs) -> Result<()> {
     let v = LOCAL_VLAN;
     install_flows(
-        &ovs,
+        ovs,
         "br-int",
         &[
             // Neutron's dead-VLAN drop: frames that arrive tagged 4095.
@@ -280,7 +310,7 @@ fn build_node(lab: &mut Lab, tor: &str, i: usize) -> Result<OvsNode> {
         ],
     )?;
     install_flows(
-        &ovs,
+        ovs,
         "br-ex",
         &[
             // Only the real local VLAN leaves toward the provider network.
@@ -288,8 +318,7 @@ fn build_node(lab: &mut Lab, tor: &str, i: usize) -> Result<OvsNode> {
             "priority=2,in_port=phy-br-ex,actions=drop".into(),
             "priority=0,actions=NORMAL".into(),
         ],
-    )?;
-    Ok(OvsNode { ovs, ns, qrouter, qg: format!("qg-{id}"), port: format!("tg{i}-{id}"), tor_port })
+    )
 }
 
 fn install_flows(ovs: &Ovs, bridge: &str, flows: &[String]) -> Result<()> {

@@ -1,14 +1,15 @@
 //! Two OVS nodes behind one ToR: the primary serves the gateway after its hold is released,
-//! the standby stays held through an OVS agent restart and an ovsdb-server restart (with a
-//! retag during the outage), and the ToR never learns the gateway MAC on the standby. A hold
-//! is the dead-VLAN triple plus OpenFlow `no-receive`, which the retag leaves in place.
+//! the standby stays held through an OVS agent restart, an ovsdb-server restart (with a
+//! retag during the outage) and an ovs-vswitchd restart (which drops `no-receive`), and the
+//! ToR never learns the gateway MAC on the standby. A hold is the dead-VLAN triple plus
+//! OpenFlow `no-receive`, which the retag leaves in place.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use hagw_backends::dataplane::HostDataplane;
-use hagw_backends::l2::ovs::keep_held;
+use hagw_backends::l2::ovs::keep_held_every;
 use hagw_backends::l2::{L2Backends, OvsBackend};
 use hagw_backends::linux::LinuxNet;
 use hagw_core::Action;
@@ -98,7 +99,8 @@ async fn primary_serves_standby_stays_held_through_agent_and_ovsdb_restarts() ->
     // The standby's re-hold task, as the agent runs it.
     let ovs: OvsBackend = dps[1].l2().ovs().expect("ovs").clone();
     let (_ports, watched) = watch::channel(BTreeSet::from([standby.port.clone()]));
-    let task = tokio::spawn(async move { keep_held(&ovs, watched).await });
+    let hour = Duration::from_secs(3600);
+    let task = tokio::spawn(async move { keep_held_every(&ovs, watched, hour).await });
 
     // The OVS agent restarts and re-wires every port.
     for node in &lab.nodes {
@@ -125,6 +127,21 @@ async fn primary_serves_standby_stays_held_through_agent_and_ovsdb_restarts() ->
     eprintln!("standby re-held {took:?} after ovsdb-server came back");
     ensure!(!task.is_finished(), "the re-hold task must survive the restart");
     ensure!(standby.no_receive()?, "no-receive survives an ovsdb-server restart");
+
+    // ovs-vswitchd restarts on the standby: no-receive goes with it, and nothing changes in
+    // OVSDB. The re-hold task sees the bridge's management socket come back and sets it again
+    // (its periodic re-check is an hour here, so only that can have done it); then the OVS
+    // agent, having noticed the restart, re-wires the port, and no-receive holds through it.
+    lab.nodes[1].restart_vswitchd()?;
+    let standby = &lab.nodes[1];
+    let took = eventually("no-receive after an ovs-vswitchd restart", || {
+        Ok(standby.no_receive().unwrap_or(false))
+    })
+    .await?;
+    eprintln!("no-receive back {took:?} after ovs-vswitchd restarted");
+    standby.agent_wire()?;
+    ensure!(standby.no_receive()?, "the re-wire after a vswitchd restart must not lift no-receive");
+    eventually("re-hold after the re-wire", || Ok(standby.port_vlan()? == HELD)).await?;
 
     // Traffic still reaches the primary, and the standby never transmitted.
     lab.lab.exec(&lab.external, &format!("ping -c 3 -i 0.2 -W 2 {GATEWAY_IP}"))?;

@@ -1,5 +1,6 @@
 //! The boot race on real OVS: an emulated L3 agent (plug, link up, IPv6 flush, address add)
-//! and an emulated OVS agent (wire, and re-wire as after a restart) race hagw on a standby
+//! and an emulated OVS agent (wire once ovs-vswitchd has attached the port, and re-wire as
+//! after a restart) race hagw on a standby
 //! with randomized timing. hagw is the `hagw run` binary as production runs it (see
 //! [`HagwRun`]), reacting to netlink and OVSDB events. Judged at the ToR: no frame with the
 //! gateway MAC received from the standby, and the FDB never points the gateway MAC at the
@@ -313,28 +314,24 @@ fn control_without_hagw_leaks() -> Result<()> {
     Ok(())
 }
 
-/// Zero leaks in 2 × 200 trials (docs/backends.md): the hold's OpenFlow `no-receive` closes
+/// Zero leaks in 3 × 200 trials (docs/backends.md): the hold's OpenFlow `no-receive` closes
 /// the window the OVS agent's retag used to open.
 #[test]
 fn race_l2_hold() -> Result<()> {
     race(Strategy::L2Hold)
 }
 
-/// Held for good by the agent's re-hold task like `l2-hold`, with the link down on top. Not
-/// yet leak-free: 0 and 1 leaking trials in two runs of 200 (docs/backends.md: the hold came
-/// ~30 ms after the plug, after the OVS agent's wire and the L3 agent's link up), so a short
-/// CI run could fail at random; run with `--ignored` to measure it.
+/// Held for good by the agent's re-hold task like `l2-hold`, with the link down on top. Zero
+/// leaks in 3 × 200 trials since a reported change cuts the worker's waits short.
 #[test]
-#[ignore = "1 leak in 400 trials (plug-time race), see docs/backends.md"]
 fn race_link_down() -> Result<()> {
     race(Strategy::LinkDown)
 }
 
-/// Known leak, ignored in CI: 26 of 200 trials show one MLDv2 report from `::` (see
-/// docs/backends.md): the port is held by the worker's pass alone, which can come after the
-/// L3 agent's link up. Run with `--ignored` to measure it.
+/// Held by the worker's pass until the port has been silent for the settle time, then
+/// released: the release must not leak either. Zero leaks in 2 × 200 trials since a failed
+/// hold is retried the moment the port appears (it was 26 of 200, then 1 of 200).
 #[test]
-#[ignore = "known leak under silence-only on OVS, see docs/backends.md"]
 fn race_silence_only() -> Result<()> {
     race(Strategy::SilenceOnly)
 }

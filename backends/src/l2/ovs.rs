@@ -6,7 +6,8 @@
 //!
 //! - [`port`]: the pure rules (row → [`L2State`], the hold and release transactions),
 //! - [`ofport`]: the retag-proof half of the hold, OpenFlow `no-receive` via `ovs-ofctl`,
-//! - [`watch`]: the monitor that reports retagged ports at once, and the re-hold task.
+//! - [`watch`]: the monitor that reports retagged ports at once, and the re-hold task,
+//! - [`restarts`]: ovs-vswitchd (re)starting, which drops `no-receive` behind OVSDB's back.
 //!
 //! A hold is both the dead-VLAN triple in the Port row and `no-receive` on the OpenFlow port;
 //! either alone keeps the port's frames off the uplink, so the port counts as held while
@@ -14,6 +15,7 @@
 
 pub mod ofport;
 pub mod port;
+pub mod restarts;
 pub mod watch;
 
 use std::sync::Arc;
@@ -29,7 +31,10 @@ use crate::ovsdb::{
 };
 use ofport::{Ofctl, OfctlError};
 
-pub use watch::{OvsFeed, PortChange, PortChanges, PortKeys, keep_held, keep_held_retrying};
+pub use watch::{
+    OvsFeed, PortChange, PortChanges, PortKeys, RECHECK_INTERVAL, keep_held, keep_held_every,
+    keep_held_retrying,
+};
 
 /// The OVSDB Port a router's gateway is plugged into: the spec's `port`, else the gateway
 /// device name (Neutron names the OVS port after the device).

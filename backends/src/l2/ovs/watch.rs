@@ -16,8 +16,10 @@ use futures::{Stream, StreamExt};
 use hagw_core::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::restarts::BridgeStarts;
 use super::{OvsBackend, target};
 use crate::ovsdb::{
     InterfaceRow, MonitorEvent, MonitorRequest, MonitorRequests, MonitorStream, OvsdbClient,
@@ -32,9 +34,15 @@ const WATCHED: [&str; 6] = ["name", "tag", "vlan_mode", "trunks", "other_config"
 /// interface like the port, so an Interface change is reported under its name.
 const WATCHED_INTERFACE: [&str; 2] = ["name", "ofport"];
 
-/// How often [`keep_held`] re-checks its ports without any event: `no-receive` is lost when
-/// ovs-vswitchd restarts, which need not change anything in OVSDB.
-const RECHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// How often [`keep_held`] re-checks its ports without any event: the safety net for what
+/// no event reports (`no-receive` lifted by another OpenFlow client, an ovs-vswitchd restart
+/// when its run directory cannot be watched).
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// After ovs-vswitchd (re)created a bridge, when to check its ports again: they are attached
+/// (and can take `no-receive`) shortly after the bridge itself.
+const AFTER_RESTART: [Duration; 3] =
+    [Duration::from_millis(100), Duration::from_millis(500), Duration::from_secs(2)];
 
 /// How long to wait before re-issuing a monitor the client gave up on.
 const REMONITOR_DELAY: Duration = Duration::from_secs(1);
@@ -170,21 +178,57 @@ async fn rehold(backend: &OvsBackend, port: &str) {
 }
 
 /// Keeps every port in `ports` fully held (triple and `no-receive`): on any change to one of
-/// them, on every resync, when a port joins the set and every [`RECHECK_INTERVAL`], it is
-/// held again at once with the same code as a planned hold (a no-op if it is). Runs
+/// them, on every resync, when a port joins the set, when ovs-vswitchd (re)creates a bridge
+/// (a restart drops `no-receive`; see [`BridgeStarts`]) and every [`RECHECK_INTERVAL`], it
+/// is held again at once with the same code as a planned hold (a no-op if it is). Runs
 /// until `ports`' sender is dropped or the change stream ends. A port leaves the set before
 /// it is released, or this task will hold it again.
 pub async fn keep_held(
     backend: &OvsBackend,
+    ports: watch::Receiver<BTreeSet<String>>,
+) -> Result<(), Error> {
+    keep_held_every(backend, ports, RECHECK_INTERVAL).await
+}
+
+/// [`keep_held`] with its periodic re-check every `recheck` (tests lengthen it to show that
+/// an event, not the period, did the work).
+pub async fn keep_held_every(
+    backend: &OvsBackend,
     mut ports: watch::Receiver<BTreeSet<String>>,
+    recheck: Duration,
 ) -> Result<(), Error> {
     let mut changes = backend.changes().await?;
-    let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
-    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    recheck.reset();
+    let mut bridge_starts = backend.rundir().and_then(|dir| {
+        BridgeStarts::watch(dir)
+            .inspect_err(|e| {
+                warn!(rundir = %dir.display(), error = %e,
+                    "cannot watch for ovs-vswitchd restarts; no-receive is re-checked periodically");
+            })
+            .ok()
+    });
+    let mut periodic = tokio::time::interval(recheck);
+    periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    periodic.reset();
+    let mut soon: Vec<Instant> = Vec::new();
     loop {
+        let next_soon = soon.iter().min().copied();
         let due: Vec<String> = tokio::select! {
-            _ = recheck.tick() => ports.borrow().iter().cloned().collect(),
+            _ = periodic.tick() => ports.borrow().iter().cloned().collect(),
+            () = sleep_until(next_soon.unwrap_or_else(Instant::now)), if next_soon.is_some() => {
+                let now = Instant::now();
+                soon.retain(|at| *at > now);
+                ports.borrow().iter().cloned().collect()
+            }
+            bridge = next_bridge_start(&mut bridge_starts) => {
+                let Some(bridge) = bridge else {
+                    bridge_starts = None;
+                    continue;
+                };
+                info!(bridge, "ovs-vswitchd (re)created a bridge; re-holding");
+                let now = Instant::now();
+                soon.extend(AFTER_RESTART.iter().map(|after| now + *after));
+                ports.borrow().iter().cloned().collect()
+            }
             change = changes.next() => match change {
                 None => return Ok(()),
                 Some(PortChange::Port(name)) => {
@@ -202,6 +246,14 @@ pub async fn keep_held(
         for port in due {
             rehold(backend, &port).instrument(info_span!("rehold", target = %target(&port))).await;
         }
+    }
+}
+
+/// The next bridge (re)start, or never if restarts cannot be watched.
+async fn next_bridge_start(starts: &mut Option<BridgeStarts>) -> Option<String> {
+    match starts {
+        Some(starts) => starts.next().await,
+        None => std::future::pending().await,
     }
 }
 
