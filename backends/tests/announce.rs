@@ -328,6 +328,29 @@ async fn no_repeats_sends_one_round() {
     assert_eq!(garps(&frames, v4).len(), 1);
 }
 
+/// The announcement's packet socket is closed once its rounds are done (on tokio's blocking
+/// pool, since the kernel makes a packet socket's close wait for an RCU grace period).
+#[tokio::test]
+async fn the_packet_socket_is_closed_after_the_last_round() {
+    if !is_root() {
+        return;
+    }
+    let pair = Pair::new();
+    let packet_sockets = || {
+        let table = run("ip", &["netns", "exec", &pair.router.name, "cat", "/proc/net/packet"]);
+        table.lines().skip(1).count()
+    };
+    let schedule = AnnounceSchedule { repeats: 1, interval_ms: 50 };
+    let v4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    announce(&pair.router.netns(), ROUTER_DEVICE, &[v4], schedule).await.expect("round sent");
+    assert_eq!(packet_sockets(), 1, "open while a repeat is pending");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while packet_sockets() > 0 {
+        assert!(Instant::now() < deadline, "the packet socket was never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn missing_device_is_transient() {
     if !is_root() {

@@ -36,7 +36,8 @@ pub enum MacError {
 /// A send-only packet socket bound to one device.
 #[derive(Debug)]
 pub struct PacketSocket {
-    fd: AsyncFd<OwnedFd>,
+    /// `Some` until dropped (see the `Drop` impl).
+    fd: Option<AsyncFd<OwnedFd>>,
     ifindex: i32,
 }
 
@@ -71,7 +72,11 @@ impl PacketSocket {
         // SAFETY: an `OwnedFd` is a valid open descriptor that stays open, and keeps
         // returning the same number, until the `AsyncFd` owning it is dropped.
         let fd = unsafe { AsyncFd::register_with_interest(opened.fd, Interest::WRITABLE) }?;
-        Ok(PacketSocket { fd, ifindex: opened.ifindex })
+        Ok(PacketSocket { fd: Some(fd), ifindex: opened.ifindex })
+    }
+
+    fn fd(&self) -> &AsyncFd<OwnedFd> {
+        self.fd.as_ref().expect("the socket is open until dropped")
     }
 
     /// The device's current MAC, read on every round so a MAC changed after a takeover is
@@ -86,7 +91,7 @@ impl PacketSocket {
         // at most that many bytes into it.
         let ret = unsafe {
             libc::getsockname(
-                self.fd.get_ref().as_raw_fd(),
+                self.fd().get_ref().as_raw_fd(),
                 (&mut sll as *mut libc::sockaddr_ll).cast(),
                 &mut len,
             )
@@ -106,7 +111,7 @@ impl PacketSocket {
     pub async fn send(&self, frame: &[u8], ethertype: u16, dst: Mac) -> io::Result<()> {
         let to = link_addr(self.ifindex, ethertype, dst);
         let sent = self
-            .fd
+            .fd()
             .async_io(Interest::WRITABLE, |fd| {
                 sendto(fd.as_raw_fd(), frame, &to, MsgFlags::empty()).map_err(io::Error::from)
             })
@@ -115,6 +120,22 @@ impl PacketSocket {
             return Err(io::Error::other(format!("short send: {sent} of {} bytes", frame.len())));
         }
         Ok(())
+    }
+}
+
+impl Drop for PacketSocket {
+    /// Closing a packet socket waits for an RCU grace period (the kernel's `packet_release`
+    /// calls `synchronize_net`; ~16 ms measured here). On a runtime thread that stalls every
+    /// task scheduled there: with 1,000 routers announcing at once, the closes alone
+    /// serialised the failover into seconds. So the descriptor is closed on tokio's blocking
+    /// pool, where concurrent closes wait out the same grace period side by side.
+    fn drop(&mut self) {
+        let Some(fd) = self.fd.take() else { return };
+        let fd = fd.into_inner();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(fd))),
+            Err(_) => drop(fd),
+        }
     }
 }
 
