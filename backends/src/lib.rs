@@ -8,3 +8,4 @@ pub mod l2;
 pub mod linux;
 pub mod netns;
 pub mod ovsdb;
+pub mod process;

@@ -21,6 +21,7 @@ fn spec(fx: &Fixture) -> RouterSpec {
         gateway_device: DEVICE.into(),
         ha_device: None,
         primary_vip: None,
+        keepalived_pid_file: None,
         gateway_addresses: vec![
             "192.0.2.10/24".parse().unwrap(),
             "2001:db8::10/64".parse().unwrap(),

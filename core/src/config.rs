@@ -162,6 +162,9 @@ pub fn validate_router(router: &RouterSpec) -> Result<(), (&'static str, String)
     if router.primary_vip.is_some() && router.ha_device.is_none() {
         return Err(("primaryVip", "needs `haDevice`, the device keepalived puts it on".into()));
     }
+    if router.keepalived_pid_file.as_ref().is_some_and(|p| !p.is_absolute()) {
+        return Err(("keepalivedPidFile", "must be an absolute path".into()));
+    }
     match &router.backend {
         L2BackendSpec::Generic if router.strategy == Strategy::L2Hold => {
             return Err((

@@ -34,6 +34,13 @@ pub struct RouterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub primary_vip: Option<IpNet>,
+    /// Pid file of keepalived's VRRP process for this router (Neutron:
+    /// `<state_path>/ha_confs/<id>.pid.keepalived-vrrp`). When set, the router is primary only
+    /// while that process runs: a VIP or state file left behind by a keepalived that died is
+    /// stale, and the port is held until keepalived runs again. hagw must see keepalived's
+    /// processes (the same pid namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalived_pid_file: Option<PathBuf>,
     /// Addresses the gateway port carries on the primary only (gateway IPs, floating IPs,
     /// the IPv6 link-local VIP), in CIDR notation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

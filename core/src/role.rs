@@ -30,6 +30,24 @@ pub fn read_state_file(path: &Path) -> Option<Role> {
     }
 }
 
+/// The pid a keepalived pid file names, if that process is running and is keepalived (a
+/// pid file left behind by a crash may name a pid since reused by another program). A missing
+/// or unreadable pid file means not running: keepalived writes it when it starts.
+pub fn keepalived_running(pid_file: &Path) -> Option<u32> {
+    running_pid(pid_file, "keepalived")
+}
+
+fn running_pid(pid_file: &Path, program: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    // `pid (comm) state …`: comm may itself contain parentheses, so split at the last one.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1;
+    // A zombie has exited; only its parent has not collected it yet.
+    let state = rest.trim_start().chars().next()?;
+    (comm == program && !matches!(state, 'Z' | 'X' | 'x')).then_some(pid)
+}
+
 /// What the agent's role sources currently say about one router.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RoleInputs {
@@ -38,17 +56,25 @@ pub struct RoleInputs {
     /// Whether keepalived's primary VIP is on the HA device; `None` when the spec names no
     /// VIP or the HA device cannot be observed.
     pub vip_present: Option<bool>,
+    /// Whether the router's keepalived runs; `None` when the spec names no pid file.
+    pub keepalived_running: Option<bool>,
 }
 
 impl RoleInputs {
-    /// The role to act on. A fixed role wins (the operator said so). Otherwise the primary
-    /// VIP decides when it can be observed: keepalived adds it before anything else on a
-    /// transition and Neutron's state file follows it, so it is both earlier and
-    /// authoritative; in particular a hold is never released while the VIP is absent, even
-    /// if a stale state file says primary. Without a VIP reading, the state file decides.
+    /// The role to act on. A fixed role wins (the operator said so). A router whose
+    /// keepalived is not running is standby whatever else says primary: the VIP and the
+    /// state file a crashed keepalived leaves behind are stale, and the other node takes over
+    /// within a few VRRP intervals. Otherwise the primary VIP decides when it can be
+    /// observed: keepalived adds it before anything else on a transition and Neutron's state
+    /// file follows it, so it is both earlier and authoritative; in particular a hold is never
+    /// released while the VIP is absent, even if a stale state file says primary. Without a
+    /// VIP reading, the state file decides.
     pub fn resolve(&self, source: &RoleSource) -> Role {
         if let RoleSource::Fixed(role) = source {
             return *role;
+        }
+        if self.keepalived_running == Some(false) {
+            return Role::Standby;
         }
         match self.vip_present {
             Some(true) => Role::Primary,
@@ -65,16 +91,60 @@ mod tests {
     #[test]
     fn the_vip_overrules_the_state_file_and_a_fixed_role_overrules_both() {
         let file = RoleSource::StateFile("/nonexistent".into());
-        let stale_primary =
-            RoleInputs { configured: Some(Role::Primary), vip_present: Some(false) };
+        let stale_primary = RoleInputs {
+            configured: Some(Role::Primary),
+            vip_present: Some(false),
+            ..RoleInputs::default()
+        };
         assert_eq!(stale_primary.resolve(&file), Role::Standby);
-        let early = RoleInputs { configured: Some(Role::Standby), vip_present: Some(true) };
+        let early = RoleInputs {
+            configured: Some(Role::Standby),
+            vip_present: Some(true),
+            ..RoleInputs::default()
+        };
         assert_eq!(early.resolve(&file), Role::Primary);
-        let no_vip = RoleInputs { configured: Some(Role::Primary), vip_present: None };
+        let no_vip = RoleInputs { configured: Some(Role::Primary), ..RoleInputs::default() };
         assert_eq!(no_vip.resolve(&file), Role::Primary);
         assert_eq!(RoleInputs::default().resolve(&file), Role::Unknown);
         let fixed = RoleSource::Fixed(Role::Standby);
         assert_eq!(early.resolve(&fixed), Role::Standby);
+    }
+
+    #[test]
+    fn a_dead_keepalived_makes_a_standby_whatever_its_leftovers_say() {
+        let file = RoleSource::StateFile("/nonexistent".into());
+        let leftovers = RoleInputs {
+            configured: Some(Role::Primary),
+            vip_present: Some(true),
+            keepalived_running: Some(false),
+        };
+        assert_eq!(leftovers.resolve(&file), Role::Standby);
+        let running = RoleInputs { keepalived_running: Some(true), ..leftovers };
+        assert_eq!(running.resolve(&file), Role::Primary);
+        let fixed = RoleSource::Fixed(Role::Primary);
+        assert_eq!(leftovers.resolve(&fixed), Role::Primary, "the operator's word wins");
+    }
+
+    #[test]
+    fn a_pid_file_counts_while_its_process_runs_that_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("r.pid");
+        assert_eq!(running_pid(&pid_file, "sleep"), None, "no pid file");
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
+        assert_eq!(running_pid(&pid_file, "sleep"), Some(child.id()));
+        assert_eq!(running_pid(&pid_file, "keepalived"), None, "another program");
+        assert_eq!(keepalived_running(&pid_file), None);
+        child.kill().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while running_pid(&pid_file, "sleep").is_some() {
+            assert!(std::time::Instant::now() < deadline, "a killed, unreaped child still counts");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
+        assert_eq!(running_pid(&pid_file, "sleep"), None, "exited");
+        std::fs::write(&pid_file, "not a pid").unwrap();
+        assert_eq!(running_pid(&pid_file, "sleep"), None);
     }
 
     #[test]

@@ -106,3 +106,16 @@ fn not_yaml_at_all() {
     let e = error("routers: [\n");
     assert!(e.position.is_some(), "{e}");
 }
+
+#[test]
+fn keepalived_pid_file_is_read_and_must_be_absolute() {
+    let line = "    role: {stateFile: /var/lib/neutron/ha_confs/r1/state}\n";
+    let with = |path: &str| GOOD.replace(line, &format!("{line}    keepalivedPidFile: {path}\n"));
+    let pid_file = "/var/lib/neutron/ha_confs/r1.pid.keepalived-vrrp";
+    let config = parse(Path::new("routers.yaml"), &with(pid_file)).unwrap();
+    assert_eq!(config.routers[0].keepalived_pid_file.as_deref(), Some(Path::new(pid_file)));
+    assert_eq!(config.routers[1].keepalived_pid_file, None);
+    let e = error(&with("r1.pid"));
+    assert_eq!(e.field.as_deref(), Some("routers[0].keepalivedPidFile"), "{e}");
+    assert!(e.message.contains("absolute"), "{e}");
+}

@@ -101,6 +101,10 @@ fn ipv4_router_with_floating_ips_and_default_route() {
             gateway_device: "qg-5b2f0c1e-7a".into(),
             ha_device: Some("ha-8e3f1a2b-4c".into()),
             primary_vip: Some(net("169.254.0.1/24")),
+            // Neutron's pid file of the keepalived VRRP process, next to the router's dir.
+            keepalived_pid_file: Some(
+                state_path.join("ha_confs").join(format!("{IPV4}.pid.keepalived-vrrp"))
+            ),
             // The qr- address of the same instance is not the gateway's.
             gateway_addresses: nets(&["198.51.100.10/24", "198.51.100.23/32", "198.51.100.24/32"]),
             routes: vec![route("0.0.0.0/0", "198.51.100.1")],

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 use hagw_e2e::gateway::{GATEWAY_IP, GATEWAY_MAC, GatewayLab};
 use hagw_e2e::{Capture, hagw_bin};
 
@@ -76,6 +76,46 @@ fn run_keeps_a_standby_down_and_takes_over_on_the_state_file() -> Result<()> {
 
     std::fs::write(&state, "backup")?;
     eventually(Duration::from_secs(3), "back to standby", || Ok(!link_up(&gw)?))?;
+    Ok(())
+}
+
+/// keepalived dies on the primary and leaves its pid file and state file ("primary") behind:
+/// nothing in the file system or netlink changes, hagw notices the exit itself (a pidfd) and
+/// takes the port down as a standby's; a new keepalived (pid file rewritten) makes the state
+/// file count again. The stand-in keepalived is `sleep` under the name `keepalived`.
+#[test]
+fn a_dead_keepalived_makes_its_router_standby() -> Result<()> {
+    let gw = GatewayLab::build()?;
+    let state = gw.lab.file("state", "primary")?;
+    let pid_file = gw.lab.dir.path().join("r.pid.keepalived-vrrp");
+    let stand_in = gw.lab.dir.path().join("keepalived");
+    std::fs::copy("/bin/sleep", &stand_in)?;
+    let start_keepalived = || -> Result<Child> {
+        let child = Command::new(&stand_in).arg("3600").spawn()?;
+        std::fs::write(&pid_file, format!("{}\n", child.id()))?;
+        Ok(child)
+    };
+    let mut keepalived = start_keepalived()?;
+    let config = gw.config("link-down", &state)
+        + &format!("    keepalivedPidFile: {}\n", pid_file.display());
+    let config = gw.lab.file("routers.yaml", &config)?;
+    let _agent = Agent::start(&config)?;
+    let serving = || Ok(link_up(&gw)? && gw.gateway("addr")?.contains(GATEWAY_IP));
+    eventually(Duration::from_secs(5), "primary while keepalived runs", serving)?;
+    // Let the takeover's own aftermath (IPv6 DAD finishing, ~1 s) pass: its netlink events
+    // would re-read the role too, and this test is about the exit alone waking hagw.
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Killed and not yet reaped (a zombie), as after a crash; both files stay.
+    keepalived.kill()?;
+    eventually(Duration::from_secs(1), "standby once keepalived died", || Ok(!link_up(&gw)?))?;
+    keepalived.wait()?;
+    ensure!(std::fs::read_to_string(&state)? == "primary", "the state file stays stale");
+
+    let mut keepalived = start_keepalived()?;
+    eventually(Duration::from_secs(3), "primary again with keepalived back", serving)?;
+    keepalived.kill()?;
+    keepalived.wait()?;
     Ok(())
 }
 

@@ -29,6 +29,7 @@ fn spec(node: &OvsNode) -> RouterSpec {
         gateway_device: node.qg.clone(),
         ha_device: None,
         primary_vip: None,
+        keepalived_pid_file: None,
         gateway_addresses: vec![GATEWAY_CIDR.parse().unwrap()],
         routes: vec![RouteSpec {
             destination: "0.0.0.0/0".parse().unwrap(),

@@ -18,6 +18,8 @@ use crate::model::{L2BackendSpec, RoleSource, RouteSpec, RouterSpec};
 
 /// Neutron's device prefixes: gateway, and the SNAT-side internal ports of DVR routers.
 const GATEWAY_PREFIX: &str = "qg-";
+/// Neutron's pid file of a router's keepalived VRRP process: `ha_confs/<id>` + this.
+const PID_SUFFIX: &str = ".pid.keepalived-vrrp";
 const SNAT_INTERNAL_PREFIX: &str = "sg-";
 
 pub(super) fn load(
@@ -73,6 +75,9 @@ pub(super) fn load(
         gateway_device: gateway.to_string(),
         ha_device: Some(instance.interface.clone()),
         primary_vip: primary_vip(instance),
+        keepalived_pid_file: dir
+            .parent()
+            .map(|ha_confs| ha_confs.join(format!("{id}{PID_SUFFIX}"))),
         gateway_addresses: gateway_addresses(instance, gateway),
         routes: routes(instance, gateway),
         backend,

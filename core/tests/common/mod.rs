@@ -15,6 +15,7 @@ pub fn spec(strategy: Strategy, backend: L2BackendSpec) -> RouterSpec {
         gateway_device: "qg-r1".into(),
         ha_device: Some("ha-r1".into()),
         primary_vip: None,
+        keepalived_pid_file: None,
         gateway_addresses: vec![
             "203.0.113.10/24".parse().unwrap(),
             "2001:db8::10/64".parse().unwrap(),

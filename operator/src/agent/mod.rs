@@ -4,6 +4,8 @@
 //!   primary VIP appearing on the HA device is the earliest sign of a takeover;
 //! - Neutron's state file being rewritten (inotify on its directory);
 //! - the router namespace appearing or disappearing under `/run/netns`;
+//! - keepalived exiting (a pidfd per running keepalived) or its pid file being rewritten,
+//!   when the spec names `keepalivedPidFile`: a dead keepalived's VIP and state are stale;
 //! - OVS port changes from the OVSDB monitor (a retag, the port appearing or being attached),
 //!   which wake the routers of that port's namespace, and all of them after a resync;
 //! - the worker's own timers (silence settling, retry backoff, periodic resync).
@@ -12,6 +14,7 @@
 //! settled) the agent also keeps their ports held itself, at once on every change of the
 //! port ([`OvsFeed`]), without waiting for the worker's pass.
 
+mod exits;
 mod roles;
 mod watch;
 
@@ -31,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, info_span, warn};
 
+use self::exits::ExitWatches;
 use self::roles::RoleReader;
 use self::watch::{DirEvent, DirWatcher};
 use crate::observe::{HEARTBEAT, Observer};
@@ -87,6 +91,7 @@ pub struct Agent {
     observer: Observer,
     /// Started when the first OVS router is managed.
     ovs: Option<OvsFeed>,
+    keepalived_exits: ExitWatches,
 }
 
 /// What the agent's main loop waits on.
@@ -113,11 +118,12 @@ impl Agent {
             routers: BTreeMap::new(),
             monitors: HashMap::new(),
             watcher,
-            netns_changes: netns_tx,
+            netns_changes: netns_tx.clone(),
             events,
             neutron: None,
             observer,
             ovs: None,
+            keepalived_exits: ExitWatches::new(netns_tx.clone()),
         };
         Ok((agent, AgentInputs { dir_events, netns_changes, router_events }))
     }
@@ -132,11 +138,12 @@ impl Agent {
     pub async fn set_routers(&mut self, specs: Vec<RouterSpec>) {
         let wanted: BTreeMap<String, RouterSpec> =
             specs.into_iter().map(|s| (s.id.clone(), s)).collect();
-        let observer = &self.observer;
+        let (observer, exits) = (&self.observer, &mut self.keepalived_exits);
         self.routers.retain(|id, m| {
             let keep = wanted.get(id) == Some(&m.spec);
             if !keep {
                 info!(router = %id, "router removed or changed");
+                exits.remove(id);
                 if !wanted.contains_key(id) {
                     observer.router_removed(id);
                 }
@@ -147,14 +154,20 @@ impl Agent {
             if self.routers.contains_key(&id) {
                 continue;
             }
-            if let RoleSource::StateFile(path) = &spec.role
-                && let Some(dir) = path.parent()
-                && let Err(e) = self.watcher.watch(dir)
-            {
-                warn!(router = %id, dir = %dir.display(), error = %e, "cannot watch state file; relying on resync");
+            let state_file = match &spec.role {
+                RoleSource::StateFile(path) => Some(path),
+                RoleSource::Fixed(_) => None,
+            };
+            for file in state_file.into_iter().chain(&spec.keepalived_pid_file) {
+                if let Some(dir) = file.parent()
+                    && let Err(e) = self.watcher.watch(dir)
+                {
+                    warn!(router = %id, dir = %dir.display(), error = %e, "cannot watch a role input's directory; relying on resync");
+                }
             }
             self.ensure_monitor(&spec.namespace).await;
-            let role = self.roles.resolve(&spec).await;
+            let (role, keepalived) = self.roles.resolve(&spec).await;
+            self.keepalived_exits.set(&id, &spec.namespace, keepalived);
             let (handle, task) = spawn_router(
                 Arc::clone(&self.dataplane),
                 spec.clone(),
@@ -267,7 +280,8 @@ impl Agent {
 
     async fn refresh_role(&mut self, id: &str) {
         let Some(m) = self.routers.get(id) else { return };
-        let role = self.roles.resolve(&m.spec).await;
+        let (role, keepalived) = self.roles.resolve(&m.spec).await;
+        self.keepalived_exits.set(id, &m.spec.namespace, keepalived);
         let before = m.handle.role();
         if before != role {
             info!(router = %id, from = before.as_str(), to = role.as_str(), "role change");
@@ -296,7 +310,10 @@ impl Agent {
         let ids: Vec<String> = self
             .routers
             .values()
-            .filter(|m| matches!(&m.spec.role, RoleSource::StateFile(p) if state_file_in(p, event)))
+            .filter(|m| {
+                matches!(&m.spec.role, RoleSource::StateFile(p) if file_in(p, event))
+                    || m.spec.keepalived_pid_file.as_ref().is_some_and(|p| file_in(p, event))
+            })
             .map(|m| m.spec.id.clone())
             .collect();
         for id in ids {
@@ -358,7 +375,8 @@ impl Agent {
     }
 }
 
-fn state_file_in(path: &Path, event: &DirEvent) -> bool {
+/// Whether `event` (in a watched directory) may concern the file at `path`.
+fn file_in(path: &Path, event: &DirEvent) -> bool {
     path.parent() == Some(event.dir.as_path())
         && event.name.as_deref().is_none_or(|n| path.file_name() == Some(n))
 }

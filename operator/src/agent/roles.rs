@@ -1,5 +1,5 @@
-//! Reads a router's role inputs: its configured source and, when the spec names one, the
-//! presence of keepalived's primary VIP on the HA device.
+//! Reads a router's role inputs: its configured source and, when the spec names them, the
+//! presence of keepalived's primary VIP on the HA device and whether keepalived runs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use hagw_backends::linux::LinuxNet;
 use hagw_backends::netns::Netns;
 use hagw_core::model::{Role, RoleSource, RouterSpec};
-use hagw_core::role::{RoleInputs, read_state_file};
+use hagw_core::role::{RoleInputs, keepalived_running, read_state_file};
 use tracing::debug;
 
 pub struct RoleReader {
@@ -24,12 +24,16 @@ impl RoleReader {
         RoleReader { linux, last_reading: Mutex::new(HashMap::new()) }
     }
 
-    pub async fn resolve(&self, spec: &RouterSpec) -> Role {
+    /// The router's role now, and the pid of its keepalived if the spec names a pid file
+    /// and that keepalived runs (the agent watches it for exiting).
+    pub async fn resolve(&self, spec: &RouterSpec) -> (Role, Option<u32>) {
+        let keepalived = spec.keepalived_pid_file.as_deref().map(keepalived_running);
         let inputs = RoleInputs {
             configured: Some(self.configured(&spec.role)),
             vip_present: self.vip_present(spec).await,
+            keepalived_running: keepalived.map(|pid| pid.is_some()),
         };
-        inputs.resolve(&spec.role)
+        (inputs.resolve(&spec.role), keepalived.flatten())
     }
 
     fn configured(&self, source: &RoleSource) -> Role {

@@ -60,8 +60,10 @@ impl KaLab {
              \x20       via: {EXTERNAL_IP}\n\
              \x20   backend: {backend}\n\
              \x20   strategy: {strategy}\n\
-             \x20   role: {{stateFile: {state}}}\n",
+             \x20   role: {{stateFile: {state}}}\n\
+             \x20   keepalivedPidFile: {pid_file}\n",
             state = ha_confs.join(ROUTER_ID).join("state").display(),
+            pid_file = ha_confs.join(format!("{ROUTER_ID}.pid.keepalived-vrrp")).display(),
         )
     }
 }
