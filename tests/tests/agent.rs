@@ -31,6 +31,35 @@ impl Drop for Agent {
     }
 }
 
+/// A stand-in for a router's keepalived: `sleep` under the name `keepalived` (what hagw checks
+/// in `/proc/<pid>/stat`), its pid written to `pid_file` as keepalived does. Killed on drop.
+struct StandInKeepalived(Child);
+
+impl StandInKeepalived {
+    fn start(dir: &Path, pid_file: &Path) -> Result<StandInKeepalived> {
+        let program = dir.join("keepalived");
+        if !program.exists() {
+            std::fs::copy("/bin/sleep", &program)?;
+        }
+        let child = Command::new(&program).arg("3600").spawn()?;
+        std::fs::write(pid_file, format!("{}\n", child.id()))?;
+        Ok(StandInKeepalived(child))
+    }
+
+    /// Kills it without reaping it (a zombie until dropped), as after a crash; the pid file
+    /// stays.
+    fn crash(&mut self) -> Result<()> {
+        Ok(self.0.kill()?)
+    }
+}
+
+impl Drop for StandInKeepalived {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Polls `check` until it holds or `within` passes.
 fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + within;
@@ -82,20 +111,13 @@ fn run_keeps_a_standby_down_and_takes_over_on_the_state_file() -> Result<()> {
 /// keepalived dies on the primary and leaves its pid file and state file ("primary") behind:
 /// nothing in the file system or netlink changes, hagw notices the exit itself (a pidfd) and
 /// takes the port down as a standby's; a new keepalived (pid file rewritten) makes the state
-/// file count again. The stand-in keepalived is `sleep` under the name `keepalived`.
+/// file count again.
 #[test]
 fn a_dead_keepalived_makes_its_router_standby() -> Result<()> {
     let gw = GatewayLab::build()?;
     let state = gw.lab.file("state", "primary")?;
     let pid_file = gw.lab.dir.path().join("r.pid.keepalived-vrrp");
-    let stand_in = gw.lab.dir.path().join("keepalived");
-    std::fs::copy("/bin/sleep", &stand_in)?;
-    let start_keepalived = || -> Result<Child> {
-        let child = Command::new(&stand_in).arg("3600").spawn()?;
-        std::fs::write(&pid_file, format!("{}\n", child.id()))?;
-        Ok(child)
-    };
-    let mut keepalived = start_keepalived()?;
+    let keepalived = StandInKeepalived::start(gw.lab.dir.path(), &pid_file)?;
     let config = gw.config("link-down", &state)
         + &format!("    keepalivedPidFile: {}\n", pid_file.display());
     let config = gw.lab.file("routers.yaml", &config)?;
@@ -107,15 +129,14 @@ fn a_dead_keepalived_makes_its_router_standby() -> Result<()> {
     std::thread::sleep(Duration::from_secs(3));
 
     // Killed and not yet reaped (a zombie), as after a crash; both files stay.
-    keepalived.kill()?;
+    let mut keepalived = keepalived;
+    keepalived.crash()?;
     eventually(Duration::from_secs(1), "standby once keepalived died", || Ok(!link_up(&gw)?))?;
-    keepalived.wait()?;
+    drop(keepalived);
     ensure!(std::fs::read_to_string(&state)? == "primary", "the state file stays stale");
 
-    let mut keepalived = start_keepalived()?;
+    let _keepalived = StandInKeepalived::start(gw.lab.dir.path(), &pid_file)?;
     eventually(Duration::from_secs(3), "primary again with keepalived back", serving)?;
-    keepalived.kill()?;
-    keepalived.wait()?;
     Ok(())
 }
 
@@ -188,12 +209,18 @@ fn run_discovers_neutron_routers_and_follows_keepalived() -> Result<()> {
         ),
     )?;
     eventually(Duration::from_secs(5), "discovered standby held", || Ok(!link_up(&gw)?))?;
+    // keepalived runs, with its VRRP pid file where Neutron keeps it; then it takes over.
+    let pid_file = state_path.join("ha_confs").join(format!("{id}.pid.keepalived-vrrp"));
+    let mut keepalived = StandInKeepalived::start(gw.lab.dir.path(), &pid_file)?;
     gw.lab.exec(&gw.qrouter, &format!("ip addr add 169.254.0.1/24 dev {ha}"))?;
     eventually(Duration::from_secs(3), "takeover on the VIP", || {
         Ok(link_up(&gw)? && gw.gateway("addr")?.contains(GATEWAY_IP))
     })?;
     let routes = gw.lab.exec(&gw.qrouter, "ip route show default")?;
     assert!(routes.contains("via 203.0.113.1"), "default route missing: {routes}");
+    // keepalived crashes and leaves the VIP behind: the discovered pid file tells.
+    keepalived.crash()?;
+    eventually(Duration::from_secs(3), "standby once keepalived died", || Ok(!link_up(&gw)?))?;
     Ok(())
 }
 
