@@ -111,6 +111,7 @@ impl Agent {
         let (events, router_events) = mpsc::unbounded_channel();
         let dataplane = Arc::new(dataplane);
         let observer = Observer::new(&config);
+        let keepalived_exits = ExitWatches::new(netns_tx.clone());
         let agent = Agent {
             roles: RoleReader::new(dataplane.linux().clone()),
             dataplane,
@@ -118,12 +119,12 @@ impl Agent {
             routers: BTreeMap::new(),
             monitors: HashMap::new(),
             watcher,
-            netns_changes: netns_tx.clone(),
+            netns_changes: netns_tx,
             events,
             neutron: None,
             observer,
             ovs: None,
-            keepalived_exits: ExitWatches::new(netns_tx.clone()),
+            keepalived_exits,
         };
         Ok((agent, AgentInputs { dir_events, netns_changes, router_events }))
     }
@@ -284,7 +285,10 @@ impl Agent {
         self.keepalived_exits.set(id, &m.spec.namespace, keepalived);
         let before = m.handle.role();
         if before != role {
-            info!(router = %id, from = before.as_str(), to = role.as_str(), "role change");
+            // Says why a router with leftovers of a primary is standby: its keepalived is gone.
+            let keepalived_running =
+                m.spec.keepalived_pid_file.as_ref().map(|_| keepalived.is_some());
+            info!(router = %id, from = before.as_str(), to = role.as_str(), ?keepalived_running, "role change");
             self.update_ovs(Some((id, role)));
         }
         if let Some(m) = self.routers.get(id) {
