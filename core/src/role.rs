@@ -4,15 +4,24 @@
 use std::io;
 use std::path::Path;
 
-use crate::model::{Role, RoleSource};
+use crate::model::{Role, RoleSource, RouterSpec};
 
-/// The role a source gives right now. A missing, empty or unreadable state file gives
+/// The role a router's files give right now, for one-shot commands (the agent also watches
+/// the primary VIP): its fixed role, else standby while a named keepalived pid file names no
+/// running keepalived, else the state file. A missing, empty or unreadable state file gives
 /// `Unknown` (handled as standby).
-pub fn current_role(source: &RoleSource) -> Role {
-    match source {
+pub fn current_role(spec: &RouterSpec) -> Role {
+    let keepalived = spec.keepalived_pid_file.as_deref().map(|p| keepalived_running(p).is_some());
+    let configured = match &spec.role {
         RoleSource::Fixed(role) => *role,
         RoleSource::StateFile(path) => read_state_file(path).unwrap_or(Role::Unknown),
-    }
+    };
+    let inputs = RoleInputs {
+        configured: Some(configured),
+        vip_present: None,
+        keepalived_running: keepalived,
+    };
+    inputs.resolve(&spec.role)
 }
 
 /// Reads Neutron's state file. `None` means "no reading": the file is empty, which is a
@@ -147,13 +156,31 @@ mod tests {
         assert_eq!(running_pid(&pid_file, "sleep"), None);
     }
 
+    /// A router spec with `role` and, optionally, a keepalived pid file.
+    fn spec(role: RoleSource, keepalived_pid_file: Option<&Path>) -> RouterSpec {
+        RouterSpec {
+            id: "r1".into(),
+            namespace: "qrouter-r1".into(),
+            gateway_device: "qg-r1".into(),
+            ha_device: None,
+            primary_vip: None,
+            keepalived_pid_file: keepalived_pid_file.map(Path::to_path_buf),
+            gateway_addresses: vec![],
+            routes: vec![],
+            backend: Default::default(),
+            strategy: Default::default(),
+            announce: Default::default(),
+            role,
+            silence_settle_ms: crate::model::DEFAULT_SILENCE_SETTLE_MS,
+        }
+    }
+
     #[test]
     fn state_file_words_as_neutron_writes_them() {
-        let dir = std::env::temp_dir().join(format!("hagw-role-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("state");
-        let source = RoleSource::StateFile(path.clone());
-        assert_eq!(current_role(&source), Role::Unknown, "missing file");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let router = spec(RoleSource::StateFile(path.clone()), None);
+        assert_eq!(current_role(&router), Role::Unknown, "missing file");
         for (word, role) in [
             ("primary", Role::Primary),
             ("master", Role::Primary),
@@ -163,10 +190,22 @@ mod tests {
             ("primary\n", Role::Primary),
         ] {
             std::fs::write(&path, word).unwrap();
-            assert_eq!(current_role(&source), role, "{word:?}");
+            assert_eq!(current_role(&router), role, "{word:?}");
         }
         std::fs::write(&path, "").unwrap();
         assert_eq!(read_state_file(&path), None, "an empty file is a write in progress");
-        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn one_shot_commands_see_a_dead_keepalived_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::write(&state, "primary").unwrap();
+        let pid_file = dir.path().join("r1.pid.keepalived-vrrp");
+        let router = spec(RoleSource::StateFile(state), Some(&pid_file));
+        assert_eq!(current_role(&router), Role::Standby, "no keepalived running");
+        assert_eq!(current_role(&spec(router.role.clone(), None)), Role::Primary);
+        let fixed = spec(RoleSource::Fixed(Role::Primary), Some(&pid_file));
+        assert_eq!(current_role(&fixed), Role::Primary);
     }
 }

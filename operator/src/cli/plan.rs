@@ -47,7 +47,7 @@ pub async fn run(args: PlanArgs) -> ExitCode {
     let plans = futures::future::join_all(config.routers.iter().map(|spec| {
         let dataplane = &dataplane;
         async move {
-            let role = current_role(&spec.role);
+            let role = current_role(spec);
             let result =
                 dry_run(dataplane, spec, role, &mut RouterMemory::default(), &policy).await;
             (spec, role, result)

@@ -73,7 +73,7 @@ async fn converge(
     memory: &mut RouterMemory,
 ) -> (Role, Result<Vec<PassReport>, ReconcileError>) {
     let policy = RetryPolicy::default();
-    let role = current_role(&spec.role);
+    let role = current_role(spec);
     let mut reports = Vec::new();
     for _ in 0..SETTLE_PASSES {
         match reconcile_router(dataplane, spec, role, memory, &policy, None).await {

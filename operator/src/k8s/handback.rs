@@ -33,7 +33,7 @@ async fn hand_back(dataplane: HostDataplane, mut spec: RouterSpec) {
     let mut memory = RouterMemory::default();
     let policy = RetryPolicy::default();
     for _ in 0..MAX_PASSES {
-        let role = current_role(&spec.role);
+        let role = current_role(&spec);
         match reconcile_router(&dataplane, &spec, role, &mut memory, &policy, None).await {
             Ok(report) => match report.wait {
                 Some(Wait::SilenceSettling { remaining }) => tokio::time::sleep(remaining).await,
