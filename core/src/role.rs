@@ -3,15 +3,19 @@
 
 use std::io;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::model::{Role, RoleSource, RouterSpec};
 
 /// The role a router's files give right now, for one-shot commands (the agent also watches
 /// the primary VIP): its fixed role, else standby while a named keepalived pid file names no
-/// running keepalived, else the state file. A missing, empty or unreadable state file gives
-/// `Unknown` (handled as standby).
+/// keepalived past its start-up, else the state file. A missing, empty or unreadable state
+/// file gives `Unknown` (handled as standby).
 pub fn current_role(spec: &RouterSpec) -> Role {
-    let keepalived = spec.keepalived_pid_file.as_deref().map(|p| keepalived_running(p).is_some());
+    let keepalived = spec
+        .keepalived_pid_file
+        .as_deref()
+        .map(|p| keepalived_running(p).is_some_and(|k| k.past_startup()));
     let configured = match &spec.role {
         RoleSource::Fixed(role) => *role,
         RoleSource::StateFile(path) => read_state_file(path).unwrap_or(Role::Unknown),
@@ -39,22 +43,61 @@ pub fn read_state_file(path: &Path) -> Option<Role> {
     }
 }
 
-/// The pid a keepalived pid file names, if that process is running and is keepalived (a
-/// pid file left behind by a crash may name a pid since reused by another program). A missing
-/// or unreadable pid file means not running: keepalived writes it when it starts.
-pub fn keepalived_running(pid_file: &Path) -> Option<u32> {
-    running_pid(pid_file, "keepalived")
+/// How long a freshly started keepalived still counts as not running. At start-up keepalived
+/// (as BACKUP) removes the VIPs a crashed predecessor left on the HA device; until it has,
+/// such a VIP is stale and must not make the router primary. keepalived cannot become master
+/// sooner than three advertisement intervals after it starts (Neutron's interval: 2 s), so
+/// holding the port for this long costs nothing.
+pub const KEEPALIVED_STARTUP: Duration = Duration::from_secs(1);
+
+/// A running process named by a pid file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunningProcess {
+    pub pid: u32,
+    /// How long it has been running.
+    pub age: Duration,
 }
 
-fn running_pid(pid_file: &Path, program: &str) -> Option<u32> {
+impl RunningProcess {
+    /// Whether a keepalived this old is past [`KEEPALIVED_STARTUP`]; if not, how much is left.
+    pub fn startup_left(&self) -> Option<Duration> {
+        KEEPALIVED_STARTUP.checked_sub(self.age).filter(|left| !left.is_zero())
+    }
+
+    pub fn past_startup(&self) -> bool {
+        self.startup_left().is_none()
+    }
+}
+
+/// The keepalived a pid file names, if that process runs and is keepalived (a pid file left
+/// behind by a crash may name a pid since reused by another program). A missing or
+/// unreadable pid file means not running: keepalived writes it when it starts.
+pub fn keepalived_running(pid_file: &Path) -> Option<RunningProcess> {
+    running_process(pid_file, "keepalived")
+}
+
+/// Clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`): 100 on every Linux architecture
+/// hagw builds for.
+const USER_HZ: f64 = 100.0;
+
+fn running_process(pid_file: &Path, program: &str) -> Option<RunningProcess> {
     let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
-    // `pid (comm) state …`: comm may itself contain parentheses, so split at the last one.
+    // `pid (comm) state … starttime …`: comm may itself contain parentheses, so split at the
+    // last one; after it come the fields from the third (state) on, starttime is the 22nd.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (head, rest) = stat.rsplit_once(')')?;
     let comm = head.split_once('(')?.1;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
     // A zombie has exited; only its parent has not collected it yet.
-    let state = rest.trim_start().chars().next()?;
-    (comm == program && !matches!(state, 'Z' | 'X' | 'x')).then_some(pid)
+    if comm != program || matches!(state, 'Z' | 'X' | 'x') {
+        return None;
+    }
+    let started_ticks: f64 = fields.nth(22 - 4)?.parse().ok()?;
+    let uptime: f64 =
+        std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    let age = Duration::from_secs_f64((uptime - started_ticks / USER_HZ).max(0.0));
+    Some(RunningProcess { pid, age })
 }
 
 /// What the agent's role sources currently say about one router.
@@ -65,7 +108,8 @@ pub struct RoleInputs {
     /// Whether keepalived's primary VIP is on the HA device; `None` when the spec names no
     /// VIP or the HA device cannot be observed.
     pub vip_present: Option<bool>,
-    /// Whether the router's keepalived runs; `None` when the spec names no pid file.
+    /// Whether the router's keepalived runs and is past its start-up
+    /// ([`KEEPALIVED_STARTUP`]); `None` when the spec names no pid file.
     pub keepalived_running: Option<bool>,
 }
 
@@ -138,22 +182,41 @@ mod tests {
     fn a_pid_file_counts_while_its_process_runs_that_program() {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("r.pid");
-        assert_eq!(running_pid(&pid_file, "sleep"), None, "no pid file");
+        let running = |program| running_process(&pid_file, program);
+        assert_eq!(running("sleep"), None, "no pid file");
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
-        assert_eq!(running_pid(&pid_file, "sleep"), Some(child.id()));
-        assert_eq!(running_pid(&pid_file, "keepalived"), None, "another program");
+        let fresh = running("sleep").expect("running");
+        assert_eq!(fresh.pid, child.id());
+        assert!(fresh.age < Duration::from_secs(10), "{fresh:?}");
+        assert!(fresh.startup_left().is_some(), "just started: {fresh:?}");
+        assert_eq!(running("keepalived"), None, "another program");
         assert_eq!(keepalived_running(&pid_file), None);
         child.kill().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while running_pid(&pid_file, "sleep").is_some() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while running("sleep").is_some() {
             assert!(std::time::Instant::now() < deadline, "a killed, unreaped child still counts");
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10));
         }
         child.wait().unwrap();
-        assert_eq!(running_pid(&pid_file, "sleep"), None, "exited");
+        assert_eq!(running("sleep"), None, "exited");
         std::fs::write(&pid_file, "not a pid").unwrap();
-        assert_eq!(running_pid(&pid_file, "sleep"), None);
+        assert_eq!(running("sleep"), None);
+    }
+
+    #[test]
+    fn the_start_up_is_measured_from_the_process_start() {
+        let old = RunningProcess { pid: 1, age: Duration::from_secs(60) };
+        assert!(old.past_startup());
+        let young = RunningProcess { pid: 1, age: Duration::from_millis(300) };
+        assert_eq!(young.startup_left(), Some(KEEPALIVED_STARTUP - Duration::from_millis(300)));
+        // pid 1 has run since boot.
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("init.pid");
+        std::fs::write(&pid_file, "1").unwrap();
+        let comm = std::fs::read_to_string("/proc/1/comm").unwrap();
+        let init = running_process(&pid_file, comm.trim_end()).expect("pid 1 runs");
+        assert!(init.past_startup(), "{init:?}");
     }
 
     /// A router spec with `role` and, optionally, a keepalived pid file.

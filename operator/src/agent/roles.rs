@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use hagw_backends::linux::LinuxNet;
 use hagw_backends::netns::Netns;
 use hagw_core::model::{Role, RoleSource, RouterSpec};
-use hagw_core::role::{RoleInputs, keepalived_running, read_state_file};
+use hagw_core::role::{RoleInputs, RunningProcess, keepalived_running, read_state_file};
 use tracing::debug;
 
 pub struct RoleReader {
@@ -24,14 +24,14 @@ impl RoleReader {
         RoleReader { linux, last_reading: Mutex::new(HashMap::new()) }
     }
 
-    /// The router's role now, and the pid of its keepalived if the spec names a pid file
-    /// and that keepalived runs (the agent watches it for exiting).
-    pub async fn resolve(&self, spec: &RouterSpec) -> (Role, Option<u32>) {
+    /// The router's role now, and its keepalived if the spec names a pid file and that
+    /// keepalived runs (the agent watches it: the end of its start-up, its exit).
+    pub async fn resolve(&self, spec: &RouterSpec) -> (Role, Option<RunningProcess>) {
         let keepalived = spec.keepalived_pid_file.as_deref().map(keepalived_running);
         let inputs = RoleInputs {
             configured: Some(self.configured(&spec.role)),
             vip_present: self.vip_present(spec).await,
-            keepalived_running: keepalived.map(|pid| pid.is_some()),
+            keepalived_running: keepalived.map(|k| k.is_some_and(|k| k.past_startup())),
         };
         (inputs.resolve(&spec.role), keepalived.flatten())
     }
