@@ -126,17 +126,7 @@ impl ReconcileError {
 }
 
 /// Observes the port and combines it with the loop's memory.
-pub async fn observe<D: Dataplane>(
-    dataplane: &D,
-    spec: &RouterSpec,
-    role: Role,
-    memory: &mut RouterMemory,
-    policy: &RetryPolicy,
-) -> Result<Observed, ReconcileError> {
-    observe_woken(dataplane, spec, role, memory, policy, None).await
-}
-
-async fn observe_woken<D: Dataplane>(
+async fn observe<D: Dataplane>(
     dataplane: &D,
     spec: &RouterSpec,
     role: Role,
@@ -150,18 +140,9 @@ async fn observe_woken<D: Dataplane>(
     Ok(memory.observed(role, port, Instant::now()))
 }
 
-/// Plans without applying: what `hagw plan` shows.
+/// Plans without applying: what `hagw plan` shows, and each step of a pass. `wake` as for
+/// [`reconcile_router`].
 pub async fn dry_run<D: Dataplane>(
-    dataplane: &D,
-    spec: &RouterSpec,
-    role: Role,
-    memory: &mut RouterMemory,
-    policy: &RetryPolicy,
-) -> Result<(Observed, Plan), ReconcileError> {
-    dry_run_woken(dataplane, spec, role, memory, policy, None).await
-}
-
-async fn dry_run_woken<D: Dataplane>(
     dataplane: &D,
     spec: &RouterSpec,
     role: Role,
@@ -169,7 +150,7 @@ async fn dry_run_woken<D: Dataplane>(
     policy: &RetryPolicy,
     wake: Option<&Notify>,
 ) -> Result<(Observed, Plan), ReconcileError> {
-    let observed = observe_woken(dataplane, spec, role, memory, policy, wake).await?;
+    let observed = observe(dataplane, spec, role, memory, policy, wake).await?;
     let plan = plan(spec, role, &observed);
     Ok((observed, plan))
 }
@@ -191,7 +172,7 @@ pub async fn reconcile_router<D: Dataplane>(
     let span = info_span!("reconcile", router = %spec.id, netns = %spec.namespace,
         port = %spec.gateway_device, role = role.as_str());
     async {
-        let (_, mut plan) = dry_run_woken(dataplane, spec, role, memory, policy, wake).await?;
+        let (_, mut plan) = dry_run(dataplane, spec, role, memory, policy, wake).await?;
         let mut applied = Vec::with_capacity(plan.actions.len());
         for round in 1..=MAX_ROUNDS {
             let round_actions = plan.actions;
@@ -274,7 +255,7 @@ async fn verify<D: Dataplane>(
     let mut remaining = Vec::new();
     for attempt in 0..policy.verify_attempts.max(1) {
         let woken = attempt > 0 && pause(policy.verify_delay, wake).await;
-        let (observed, again) = dry_run_woken(dataplane, spec, role, memory, policy, wake).await?;
+        let (observed, again) = dry_run(dataplane, spec, role, memory, policy, wake).await?;
         if again.is_converged() {
             return Ok(Verified::Converged { observed, wait: again.wait });
         }

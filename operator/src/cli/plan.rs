@@ -49,7 +49,7 @@ pub async fn run(args: PlanArgs) -> ExitCode {
         async move {
             let role = current_role(spec);
             let result =
-                dry_run(dataplane, spec, role, &mut RouterMemory::default(), &policy).await;
+                dry_run(dataplane, spec, role, &mut RouterMemory::default(), &policy, None).await;
             (spec, role, result)
         }
     }))
