@@ -12,19 +12,12 @@ use crate::model::{Role, RoleSource, RouterSpec};
 /// keepalived past its start-up, else the state file. A missing, empty or unreadable state
 /// file gives `Unknown` (handled as standby).
 pub fn current_role(spec: &RouterSpec) -> Role {
-    let keepalived = spec
-        .keepalived_pid_file
-        .as_deref()
-        .map(|p| keepalived_running(p).is_some_and(|k| k.past_startup()));
+    let keepalived = spec.keepalived_pid_file.as_deref().map(keepalived_running);
     let configured = match &spec.role {
         RoleSource::Fixed(role) => *role,
         RoleSource::StateFile(path) => read_state_file(path).unwrap_or(Role::Unknown),
     };
-    let inputs = RoleInputs {
-        configured: Some(configured),
-        vip_present: None,
-        keepalived_running: keepalived,
-    };
+    let inputs = RoleInputs { configured: Some(configured), vip_present: None, keepalived };
     inputs.resolve(&spec.role)
 }
 
@@ -108,16 +101,16 @@ pub struct RoleInputs {
     /// Whether keepalived's primary VIP is on the HA device; `None` when the spec names no
     /// VIP or the HA device cannot be observed.
     pub vip_present: Option<bool>,
-    /// Whether the router's keepalived runs and is past its start-up
-    /// ([`KEEPALIVED_STARTUP`]); `None` when the spec names no pid file.
-    pub keepalived_running: Option<bool>,
+    /// The router's keepalived as its pid file names it: `None` when the spec names no pid
+    /// file, `Some(None)` when no keepalived runs.
+    pub keepalived: Option<Option<RunningProcess>>,
 }
 
 impl RoleInputs {
     /// The role to act on. A fixed role wins (the operator said so). A router whose
-    /// keepalived is not running is standby whatever else says primary: the VIP and the
-    /// state file a crashed keepalived leaves behind are stale, and the other node takes over
-    /// within a few VRRP intervals. Otherwise the primary VIP decides when it can be
+    /// keepalived is not running, or still in its start-up ([`KEEPALIVED_STARTUP`]), is
+    /// standby whatever else says primary: the VIP and the state file a crashed keepalived
+    /// leaves behind are stale, and the other node takes over within a few VRRP intervals. Otherwise the primary VIP decides when it can be
     /// observed: keepalived adds it before anything else on a transition and Neutron's state
     /// file follows it, so it is both earlier and authoritative; in particular a hold is never
     /// released while the VIP is absent, even if a stale state file says primary. Without a
@@ -126,7 +119,7 @@ impl RoleInputs {
         if let RoleSource::Fixed(role) = source {
             return *role;
         }
-        if self.keepalived_running == Some(false) {
+        if self.keepalived.is_some_and(|k| !k.is_some_and(|k| k.past_startup())) {
             return Role::Standby;
         }
         match self.vip_present {
@@ -169,11 +162,14 @@ mod tests {
         let leftovers = RoleInputs {
             configured: Some(Role::Primary),
             vip_present: Some(true),
-            keepalived_running: Some(false),
+            keepalived: Some(None),
         };
         assert_eq!(leftovers.resolve(&file), Role::Standby);
-        let running = RoleInputs { keepalived_running: Some(true), ..leftovers };
+        let process = |age| Some(Some(RunningProcess { pid: 7, age }));
+        let running = RoleInputs { keepalived: process(Duration::from_secs(60)), ..leftovers };
         assert_eq!(running.resolve(&file), Role::Primary);
+        let starting = RoleInputs { keepalived: process(Duration::from_millis(200)), ..leftovers };
+        assert_eq!(starting.resolve(&file), Role::Standby, "still in its start-up");
         let fixed = RoleSource::Fixed(Role::Primary);
         assert_eq!(leftovers.resolve(&fixed), Role::Primary, "the operator's word wins");
     }

@@ -31,7 +31,7 @@ impl RoleReader {
         let inputs = RoleInputs {
             configured: Some(self.configured(&spec.role)),
             vip_present: self.vip_present(spec).await,
-            keepalived_running: keepalived.map(|k| k.is_some_and(|k| k.past_startup())),
+            keepalived,
         };
         (inputs.resolve(&spec.role), keepalived.flatten())
     }
