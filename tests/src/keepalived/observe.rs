@@ -2,7 +2,7 @@
 //! each node's ToR port, and `bridge monitor fdb` on the ToR.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,56 +28,58 @@ impl KaLab {
         self.started = now();
         for node in &mut self.nodes {
             node.capture = Some(Capture::start(&self.tor, &node.tor_port, node.pcap.clone())?);
-            let mut child = Command::new("ip")
-                .args(["-n", &node.qrouter, "monitor", "address"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting ip monitor")?;
-            let out = child.stdout.take().context("ip monitor stdout")?;
-            let events = self.events.clone();
             let index = node.index;
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let t = now();
-                    if line.contains(PRIMARY_VIP) {
-                        let event = if line.starts_with("Deleted") {
-                            Event::VipDown(index)
-                        } else {
-                            Event::VipUp(index)
-                        };
-                        events.lock().unwrap().push((t, event));
-                    }
+            let monitor = ["-n", &node.qrouter, "monitor", "address"];
+            node.vip_monitor = Some(follow_lines(&monitor, &self.events, move |line| {
+                if !line.contains(PRIMARY_VIP) {
+                    return None;
                 }
-            });
-            node.vip_monitor = Some(child);
+                Some(if line.starts_with("Deleted") {
+                    Event::VipDown(index)
+                } else {
+                    Event::VipUp(index)
+                })
+            })?);
         }
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.tor, "stdbuf", "-oL", "bridge", "monitor", "fdb"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting bridge monitor")?;
-        let out = child.stdout.take().context("bridge monitor stdout")?;
-        let events = self.events.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let t = now();
-                let deleted = line.starts_with("Deleted");
-                let line = line.trim_start_matches("Deleted ");
-                if !line.starts_with(GATEWAY_MAC) || !line.contains("master br-tor") {
-                    continue;
-                }
-                let port = line.split_whitespace().skip_while(|w| *w != "dev").nth(1);
-                let owner = if deleted { None } else { port.map(str::to_owned) };
-                events.lock().unwrap().push((t, Event::Fdb(owner)));
+        let monitor = ["netns", "exec", &self.tor, "stdbuf", "-oL", "bridge", "monitor", "fdb"];
+        self.fdb_monitor = Some(follow_lines(&monitor, &self.events, |line| {
+            let deleted = line.starts_with("Deleted");
+            let line = line.trim_start_matches("Deleted ");
+            if !line.starts_with(GATEWAY_MAC) || !line.contains("master br-tor") {
+                return None;
             }
-        });
-        self.fdb_monitor = Some(child);
+            let port = line.split_whitespace().skip_while(|w| *w != "dev").nth(1);
+            Some(Event::Fdb(if deleted { None } else { port.map(str::to_owned) }))
+        })?);
         // Give the monitors a moment to subscribe.
         std::thread::sleep(Duration::from_millis(200));
         Ok(())
     }
+}
+
+/// Runs `ip <args>` and, on a thread, turns each line of its output into an event (or none),
+/// stamped with the wall-clock time the line was read.
+fn follow_lines(
+    args: &[&str],
+    events: &Events,
+    event_of: impl Fn(&str) -> Option<Event> + Send + 'static,
+) -> Result<Child> {
+    let mut child = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting ip {}", args.join(" ")))?;
+    let out = child.stdout.take().context("monitor stdout")?;
+    let events = events.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let t = now();
+            if let Some(event) = event_of(&line) {
+                events.lock().unwrap().push((t, event));
+            }
+        }
+    });
+    Ok(child)
 }
