@@ -1,13 +1,12 @@
 //! The OVS backend against a real, throw-away `ovsdb-server` (no ovs-vswitchd: only the
 //! database matters here). The OVS agent is emulated with `ovs-vsctl`, as it would retag.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hagw_backends::l2::ovs::{OvsBackend, PortChange, keep_held, port::SAVED_TAG_KEY};
+use hagw_backends::l2::ovs::{Guarded, OvsBackend, PortChange, keep_held, port::SAVED_TAG_KEY};
 use hagw_backends::ovsdb::ClientConfig;
 use hagw_core::observed::{L2Hold, L2State};
 use tempfile::TempDir;
@@ -213,7 +212,7 @@ async fn monitor_reports_changes_and_keep_held_undoes_a_retag_at_once() {
     assert_eq!(changes.next().await, Some(PortChange::Port(PORT.into())));
     drop(changes);
 
-    let (ports, watched) = watch::channel(BTreeSet::from([PORT.to_owned()]));
+    let (ports, watched) = watch::channel(Guarded::for_good([PORT.to_owned()]));
     let task = {
         let ovs = backend(&server);
         tokio::spawn(async move { keep_held(&ovs, watched).await })
@@ -234,7 +233,7 @@ async fn a_retag_during_an_ovsdb_outage_is_undone_after_the_reconnect() {
     let mut server = Server::start();
     server.plug();
     server.agent_wire(5);
-    let (_ports, watched) = watch::channel(BTreeSet::from([PORT.to_owned()]));
+    let (_ports, watched) = watch::channel(Guarded::for_good([PORT.to_owned()]));
     let task = {
         let ovs = backend(&server);
         tokio::spawn(async move { keep_held(&ovs, watched).await })
@@ -256,5 +255,48 @@ async fn a_retag_during_an_ovsdb_outage_is_undone_after_the_reconnect() {
     eprintln!("re-held {took:?} after ovsdb-server came back");
     assert_eq!(server.get(&format!("external_ids:{SAVED_TAG_KEY}")), "\"6\"");
     assert!(!task.is_finished());
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_standby_port_is_held_on_arrival_and_defended_until_hagw_releases_it() {
+    const OTHER: &str = "qg-ovs2";
+    let server = Server::start();
+    let ovs = backend(&server);
+    let guarded = Guarded {
+        for_good: [OTHER.to_owned()].into(),
+        standby: [PORT.to_owned(), OTHER.to_owned()].into(),
+    };
+    let (_guarded, watched) = watch::channel(guarded);
+    let task = {
+        let ovs = ovs.clone();
+        tokio::spawn(async move { keep_held(&ovs, watched).await })
+    };
+    // The monitor is in place once the first resync was handled; a fresh monitor tells.
+    let mut changes = ovs.changes().await.unwrap();
+    assert_eq!(changes.next().await, Some(PortChange::Resync));
+    server.vsctl(&["add-port", "br-int", OTHER, "tag=4095"]);
+    eventually("the for-good port held", || {
+        server.vsctl(&["get", "port", OTHER, "trunks"]) == "[4095]"
+    })
+    .await;
+
+    server.plug();
+    eventually("hold on arrival", || server.get("trunks") == "[4095]").await;
+    server.agent_wire(5);
+    eventually("the hagw hold defended", || server.get("trunks") == "[4095]").await;
+
+    // The worker releases once silence has settled; later retags are none of hagw's business.
+    ovs.release_port(PORT).await.unwrap();
+    assert_eq!(server.get("tag"), "5");
+    server.agent_wire(6);
+    // Changes are handled in order: once the later retag of the for-good port is undone,
+    // the earlier one of the released port has been handled too.
+    server.vsctl(&["set", "port", OTHER, "tag=3", "--", "clear", "port", OTHER, "trunks"]);
+    eventually("the for-good port re-held", || {
+        server.vsctl(&["get", "port", OTHER, "trunks"]) == "[4095]"
+    })
+    .await;
+    assert_eq!((server.get("tag"), server.get("trunks")), ("6".into(), "[]".into()));
     task.abort();
 }

@@ -4,12 +4,11 @@
 //! ToR never learns the gateway MAC on the standby. A hold is the dead-VLAN triple plus
 //! OpenFlow `no-receive`, which the retag leaves in place.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use hagw_backends::dataplane::HostDataplane;
-use hagw_backends::l2::ovs::keep_held_every;
+use hagw_backends::l2::ovs::{Guarded, keep_held_every};
 use hagw_backends::l2::{L2Backends, OvsBackend};
 use hagw_backends::linux::LinuxNet;
 use hagw_core::Action;
@@ -99,7 +98,7 @@ async fn primary_serves_standby_stays_held_through_agent_and_ovsdb_restarts() ->
 
     // The standby's re-hold task, as the agent runs it.
     let ovs: OvsBackend = dps[1].l2().ovs().expect("ovs").clone();
-    let (_ports, watched) = watch::channel(BTreeSet::from([standby.port.clone()]));
+    let (_ports, watched) = watch::channel(Guarded::for_good([standby.port.clone()]));
     let hour = Duration::from_secs(3600);
     let task = tokio::spawn(async move { keep_held_every(&ovs, watched, hour).await });
 

@@ -18,6 +18,7 @@ pub mod port;
 pub mod restarts;
 pub mod watch;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use hagw_core::Error;
@@ -32,8 +33,8 @@ use crate::ovsdb::{
 use ofport::{Ofctl, OfctlError};
 
 pub use watch::{
-    OvsFeed, PortChange, PortChanges, PortKeys, RECHECK_INTERVAL, keep_held, keep_held_every,
-    keep_held_retrying,
+    Guarded, OvsFeed, PortChange, PortChanges, PortKeys, RECHECK_INTERVAL, keep_held,
+    keep_held_every, keep_held_retrying,
 };
 
 /// The OVSDB Port a router's gateway is plugged into: the spec's `port`, else the gateway
@@ -72,6 +73,8 @@ pub struct OvsBackend {
     client: Arc<OnceCell<OvsdbClient>>,
     /// `None`: the OVSDB triple only (see [`OvsBackend::ovsdb_only`]).
     ofctl: Option<Ofctl>,
+    /// Ports this process has held and not released since (see [`OvsBackend::holding`]).
+    holding: Arc<tokio::sync::watch::Sender<BTreeSet<String>>>,
 }
 
 impl OvsBackend {
@@ -87,7 +90,27 @@ impl OvsBackend {
         let endpoint = endpoint.into();
         let env = std::env::var("OVS_RUNDIR").ok();
         let ofctl = Ofctl::new(ofport::rundir_for(&endpoint, env.as_deref()));
-        Self { endpoint, config, client: Arc::new(OnceCell::new()), ofctl: Some(ofctl) }
+        Self {
+            endpoint,
+            config,
+            client: Arc::new(OnceCell::new()),
+            ofctl: Some(ofctl),
+            holding: Arc::new(tokio::sync::watch::Sender::new(BTreeSet::new())),
+        }
+    }
+
+    /// The ports this process (any clone of this backend) has held and not released since:
+    /// a hold enters before its transaction and leaves before the release's, so a change
+    /// reported while a port is in here lifted a hold hagw still wants (see
+    /// [`watch::Guarded`]).
+    pub fn holding(&self) -> tokio::sync::watch::Receiver<BTreeSet<String>> {
+        self.holding.subscribe()
+    }
+
+    fn mark_holding(&self, port: &str, holding: bool) {
+        self.holding.send_if_modified(|ports| {
+            if holding { ports.insert(port.to_owned()) } else { ports.remove(port) }
+        });
     }
 
     /// Holds with the OVSDB triple alone, without `no-receive`: for an ovsdb-server without
@@ -199,6 +222,7 @@ impl OvsBackend {
     }
 
     async fn hold_located(&self, port: &str, located: &Located) -> Result<(), Error> {
+        self.mark_holding(port, true);
         let row = &located.row;
         if let Some(ops) = port::hold_ops(row) {
             self.commit("hold", port, &ops).await?;
@@ -228,6 +252,7 @@ impl OvsBackend {
                 "not wired: no local VLAN in other_config:tag or external_ids:hagw-saved-tag",
             )
         })?;
+        self.mark_holding(port, false);
         match (&self.ofctl, located.bridge.as_deref()) {
             (Some(ofctl), Some(bridge)) => match ofctl.set_no_receive(bridge, port, false).await {
                 // Not attached: there is no OpenFlow port state to clear.

@@ -10,9 +10,11 @@
 //!   which wake the routers of that port's namespace, and all of them after a resync;
 //! - the worker's own timers (silence settling, retry backoff, periodic resync).
 //!
-//! For `l2-hold` and `link-down` standbys on OVS (held for good; silence-only lets go once
-//! settled) the agent also keeps their ports held itself, at once on every change of the
-//! port ([`OvsFeed`]), without waiting for the worker's pass.
+//! For standbys on OVS the agent also holds their ports itself ([`OvsFeed`]), without waiting
+//! for the worker's pass: the moment a port arrives (added, or attached by ovs-vswitchd, after
+//! which the OVS agent may wire it), and again at once on every change that lifts the hold:
+//! for good for `l2-hold` and `link-down`, and for `silence-only` until the worker releases
+//! the port once silence has settled.
 
 mod exits;
 mod roles;
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use hagw_backends::dataplane::HostDataplane;
 use hagw_backends::events::{NetnsMonitor, monitor_netns};
-use hagw_backends::l2::ovs::{OvsFeed, PortKeys, port_name};
+use hagw_backends::l2::ovs::{Guarded, OvsFeed, PortKeys, port_name};
 use hagw_backends::netns::{NETNS_RUN_DIR, Netns};
 use hagw_core::model::{L2BackendSpec, Role, RoleSource, RouterSpec, Strategy};
 use hagw_core::neutron::{DiscoveryError, NeutronDefaults, discover};
@@ -184,11 +186,12 @@ impl Agent {
     }
 
     /// Tells the OVS feed which ports to watch (waking their namespace) and which to keep
-    /// held: those of `l2-hold` and `link-down` standbys, with `changing`'s new role taking
-    /// effect first (a port must leave the held set before its worker releases it).
+    /// held: every standby's port once it arrives, and for good those of `l2-hold` and
+    /// `link-down` standbys, with `changing`'s new role taking effect first (a port must
+    /// leave the guarded set before its worker releases it).
     fn update_ovs(&mut self, changing: Option<(&str, Role)>) {
         let mut keys = PortKeys::new();
-        let mut held = std::collections::BTreeSet::new();
+        let mut guarded = Guarded::default();
         for (id, m) in &self.routers {
             if !matches!(m.spec.backend, L2BackendSpec::Ovs { .. }) {
                 continue;
@@ -199,17 +202,22 @@ impl Agent {
                 Some((changed, role)) if changed == id => role,
                 _ => m.handle.role(),
             };
-            // The planner holds such a standby for good (only silence-only lets go once settled).
-            if m.spec.strategy != Strategy::SilenceOnly && role.is_standby() {
-                held.insert(port);
+            if !role.is_standby() {
+                continue;
             }
+            // The planner holds such a standby for good; a silence-only one it releases once
+            // silence has settled, and until then the feed defends the hold.
+            if m.spec.strategy != Strategy::SilenceOnly {
+                guarded.for_good.insert(port.clone());
+            }
+            guarded.standby.insert(port);
         }
         if self.ovs.is_none() && !keys.is_empty() {
             let Some(backend) = self.dataplane.l2().ovs() else { return };
             self.ovs = Some(OvsFeed::start(backend.clone(), self.netns_changes.clone()));
         }
         if let Some(feed) = &self.ovs {
-            feed.set(keys, held);
+            feed.set(keys, guarded);
         }
     }
 

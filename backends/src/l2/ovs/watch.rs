@@ -23,7 +23,7 @@ use super::restarts::BridgeStarts;
 use super::{OvsBackend, target};
 use crate::ovsdb::{
     InterfaceRow, MonitorEvent, MonitorRequest, MonitorRequests, MonitorStream, OvsdbClient,
-    PortRow, VSWITCH_DB,
+    PortRow, RowUpdate, VSWITCH_DB,
 };
 
 /// Columns whose change can lift or restore a hold, or tell which VLAN to restore.
@@ -56,26 +56,59 @@ static NEXT_MONITOR: AtomicU64 = AtomicU64::new(0);
 /// Something about OVS ports changed.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PortChange {
-    /// The watched columns of this port changed, or it was added or deleted.
+    /// The watched columns of this port changed, or it was deleted.
     Port(String),
+    /// This port arrived: its Port row was added, or ovs-vswitchd attached it (its Interface
+    /// got an OpenFlow port number). The OVS agent wires a port only once it is attached, so
+    /// a standby's port must be held by then.
+    Arrived(String),
     /// Any port may have changed (first event of a stream, and after every reconnect).
     Resync,
 }
 
-/// The events a monitor update or resync means for ports.
+impl PortChange {
+    /// The port this change is about; `None` for a resync, which is about all of them.
+    pub fn port(&self) -> Option<&str> {
+        match self {
+            PortChange::Port(name) | PortChange::Arrived(name) => Some(name),
+            PortChange::Resync => None,
+        }
+    }
+}
+
+/// Whether a row update is its port arriving: a Port row inserted, or an Interface whose
+/// `ofport` became a real OpenFlow port number (inserted with one, or changed to one).
+fn is_arrival(table: &str, update: &RowUpdate) -> bool {
+    let Some(new) = &update.new else { return false };
+    if table == PortRow::TABLE {
+        return update.old.is_none();
+    }
+    let attached = new.get("ofport").and_then(serde_json::Value::as_i64).is_some_and(|n| n > 0);
+    attached && update.old.as_ref().is_none_or(|old| old.contains_key("ofport"))
+}
+
+/// The events a monitor update or resync means for ports: one per port named in the update,
+/// an arrival if any of its rows arrived.
 fn port_changes(event: MonitorEvent) -> Vec<PortChange> {
     match event {
-        MonitorEvent::Update(tables) => [PortRow::TABLE, InterfaceRow::TABLE]
-            .iter()
-            .filter_map(|table| tables.get(*table))
-            .flat_map(|rows| rows.values())
-            .filter_map(|update| {
-                let row = update.new.as_ref().or(update.old.as_ref())?;
-                Some(PortChange::Port(row.get("name")?.as_str()?.to_owned()))
-            })
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect(),
+        MonitorEvent::Update(tables) => {
+            let mut ports: BTreeMap<String, bool> = BTreeMap::new();
+            for table in [PortRow::TABLE, InterfaceRow::TABLE] {
+                for update in tables.get(table).into_iter().flat_map(|rows| rows.values()) {
+                    let row = update.new.as_ref().or(update.old.as_ref());
+                    let Some(name) = row.and_then(|r| r.get("name")?.as_str()) else { continue };
+                    *ports.entry(name.to_owned()).or_default() |= is_arrival(table, update);
+                }
+            }
+            ports
+                .into_iter()
+                .map(
+                    |(name, arrived)| {
+                        if arrived { PortChange::Arrived(name) } else { PortChange::Port(name) }
+                    },
+                )
+                .collect()
+        }
         MonitorEvent::Disconnected => Vec::new(),
         MonitorEvent::Resync(_) => vec![PortChange::Resync],
     }
@@ -177,27 +210,60 @@ async fn rehold(backend: &OvsBackend, port: &str) {
     }
 }
 
-/// Keeps every port in `ports` fully held (triple and `no-receive`): on any change to one of
-/// them, on every resync, when a port joins the set, when ovs-vswitchd (re)creates a bridge
-/// (a restart drops `no-receive`; see [`BridgeStarts`]) and every [`RECHECK_INTERVAL`], it
-/// is held again at once with the same code as a planned hold (a no-op if it is). Runs
-/// until `ports`' sender is dropped or the change stream ends. A port leaves the set before
-/// it is released, or this task will hold it again.
+/// Which ports the re-hold task ([`keep_held`]) keeps held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Guarded {
+    /// Held again on every change, whoever placed or lifted the hold (the ports of `l2-hold`
+    /// and `link-down` standbys, which the planner holds for good).
+    pub for_good: BTreeSet<String>,
+    /// Held the moment they arrive (see [`PortChange::Arrived`]), and held again on every
+    /// change while a hold hagw placed is in force, until hagw itself releases it (a
+    /// `silence-only` standby's port, released by its worker once silence has settled).
+    pub standby: BTreeSet<String>,
+}
+
+impl Guarded {
+    /// Ports held for good, nothing else.
+    pub fn for_good(ports: impl IntoIterator<Item = String>) -> Self {
+        Guarded { for_good: ports.into_iter().collect(), standby: BTreeSet::new() }
+    }
+
+    /// Whether `port` is to be held now; `arrived` if it just arrived, `hagw_holds` if a
+    /// hold hagw placed is in force ([`OvsBackend::holding`]).
+    fn wants_hold(&self, port: &str, arrived: bool, hagw_holds: &BTreeSet<String>) -> bool {
+        self.for_good.contains(port)
+            || (self.standby.contains(port) && (arrived || hagw_holds.contains(port)))
+    }
+
+    /// The ports to hold when no particular port changed (a resync, a timer, a restart).
+    fn all_held(&self, hagw_holds: &BTreeSet<String>) -> Vec<String> {
+        let defended = self.standby.iter().filter(|p| hagw_holds.contains(*p));
+        self.for_good.iter().chain(defended).cloned().collect::<BTreeSet<_>>().into_iter().collect()
+    }
+}
+
+/// Keeps the ports in `guarded` held (triple and `no-receive`; see [`Guarded`] for which and
+/// when): on a change of one of them, on every resync, when the set changes, when
+/// ovs-vswitchd (re)creates a bridge (a restart drops `no-receive`; see [`BridgeStarts`]) and
+/// every [`RECHECK_INTERVAL`], each is held again at once with the same code as a planned
+/// hold (a no-op if it is). Runs until `guarded`'s sender is dropped or the change stream
+/// ends. A port leaves `for_good` before it is released, or this task holds it again.
 pub async fn keep_held(
     backend: &OvsBackend,
-    ports: watch::Receiver<BTreeSet<String>>,
+    guarded: watch::Receiver<Guarded>,
 ) -> Result<(), Error> {
-    keep_held_every(backend, ports, RECHECK_INTERVAL).await
+    keep_held_every(backend, guarded, RECHECK_INTERVAL).await
 }
 
 /// [`keep_held`] with its periodic re-check every `recheck` (tests lengthen it to show that
 /// an event, not the period, did the work).
 pub async fn keep_held_every(
     backend: &OvsBackend,
-    mut ports: watch::Receiver<BTreeSet<String>>,
+    mut guarded: watch::Receiver<Guarded>,
     recheck: Duration,
 ) -> Result<(), Error> {
     let mut changes = backend.changes().await?;
+    let hagw_holds = backend.holding();
     let mut bridge_starts = backend.rundir().and_then(|dir| {
         BridgeStarts::watch(dir)
             .inspect_err(|e| {
@@ -213,11 +279,11 @@ pub async fn keep_held_every(
     loop {
         let next_soon = soon.iter().min().copied();
         let due: Vec<String> = tokio::select! {
-            _ = periodic.tick() => ports.borrow().iter().cloned().collect(),
+            _ = periodic.tick() => held_now(&guarded, &hagw_holds),
             () = sleep_until(next_soon.unwrap_or_else(Instant::now)), if next_soon.is_some() => {
                 let now = Instant::now();
                 soon.retain(|at| *at > now);
-                ports.borrow().iter().cloned().collect()
+                held_now(&guarded, &hagw_holds)
             }
             bridge = next_bridge_start(&mut bridge_starts) => {
                 let Some(bridge) = bridge else {
@@ -227,26 +293,38 @@ pub async fn keep_held_every(
                 info!(bridge, "ovs-vswitchd (re)created a bridge; re-holding");
                 let now = Instant::now();
                 soon.extend(AFTER_RESTART.iter().map(|after| now + *after));
-                ports.borrow().iter().cloned().collect()
+                held_now(&guarded, &hagw_holds)
             }
             change = changes.next() => match change {
                 None => return Ok(()),
-                Some(PortChange::Port(name)) => {
-                    ports.borrow().contains(&name).then_some(name).into_iter().collect()
+                Some(PortChange::Resync) => held_now(&guarded, &hagw_holds),
+                Some(change) => {
+                    let name = change.port().unwrap_or_default();
+                    let arrived = matches!(change, PortChange::Arrived(_));
+                    let wanted = guarded.borrow().wants_hold(name, arrived, &hagw_holds.borrow());
+                    wanted.then(|| name.to_owned()).into_iter().collect()
                 }
-                Some(PortChange::Resync) => ports.borrow().iter().cloned().collect(),
             },
-            changed = ports.changed() => {
+            changed = guarded.changed() => {
                 if changed.is_err() {
                     return Ok(());
                 }
-                ports.borrow_and_update().iter().cloned().collect()
+                guarded.borrow_and_update();
+                held_now(&guarded, &hagw_holds)
             }
         };
         for port in due {
             rehold(backend, &port).instrument(info_span!("rehold", target = %target(&port))).await;
         }
     }
+}
+
+/// [`Guarded::all_held`] as of now.
+fn held_now(
+    guarded: &watch::Receiver<Guarded>,
+    hagw_holds: &watch::Receiver<BTreeSet<String>>,
+) -> Vec<String> {
+    guarded.borrow().all_held(&hagw_holds.borrow())
 }
 
 /// The next bridge (re)start, or never if restarts cannot be watched.
@@ -259,17 +337,14 @@ async fn next_bridge_start(starts: &mut Option<BridgeStarts>) -> Option<String> 
 
 /// Keeps ports held like [`keep_held`], but waits for OVSDB instead of failing while it cannot
 /// be reached (hagw may start before ovsdb-server). Returns once `ports`' sender is dropped.
-pub async fn keep_held_retrying(
-    backend: &OvsBackend,
-    mut ports: watch::Receiver<BTreeSet<String>>,
-) {
+pub async fn keep_held_retrying(backend: &OvsBackend, mut guarded: watch::Receiver<Guarded>) {
     loop {
-        match keep_held(backend, ports.clone()).await {
+        match keep_held(backend, guarded.clone()).await {
             Ok(()) => return,
             Err(e) => debug!(error = %e, "cannot watch OVS ports yet; retrying"),
         }
         tokio::select! {
-            changed = ports.changed() => if changed.is_err() { return },
+            changed = guarded.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(REMONITOR_DELAY) => {}
         }
     }
@@ -301,10 +376,11 @@ pub async fn wake_on_changes(
         let due: BTreeSet<String> = tokio::select! {
             change = changes.next() => match change {
                 None => return,
-                Some(PortChange::Port(port)) => {
-                    keys.borrow().get(&port).cloned().unwrap_or_default()
-                }
                 Some(PortChange::Resync) => keys.borrow().values().flatten().cloned().collect(),
+                Some(change) => {
+                    let port = change.port().unwrap_or_default();
+                    keys.borrow().get(port).cloned().unwrap_or_default()
+                }
             },
             changed = keys.changed() => {
                 if changed.is_err() {
@@ -323,12 +399,12 @@ pub async fn wake_on_changes(
 }
 
 /// What an agent runs for its OVS routers: wakes them on changes of their ports
-/// ([`wake_on_changes`]) and keeps the ports of `l2-hold` standbys held ([`keep_held`]).
-/// Dropping it stops both.
+/// ([`wake_on_changes`]) and keeps the ports of standbys held ([`keep_held`]). Dropping it
+/// stops both.
 #[derive(Debug)]
 pub struct OvsFeed {
     keys: watch::Sender<PortKeys>,
-    held: watch::Sender<BTreeSet<String>>,
+    guarded: watch::Sender<Guarded>,
     tasks: [JoinHandle<()>; 2],
 }
 
@@ -336,7 +412,7 @@ impl OvsFeed {
     /// Starts both tasks with nothing to watch; see [`OvsFeed::set`].
     pub fn start(backend: OvsBackend, wake: mpsc::UnboundedSender<String>) -> Self {
         let (keys, keys_rx) = watch::channel(PortKeys::new());
-        let (held, held_rx) = watch::channel(BTreeSet::new());
+        let (guarded, guarded_rx) = watch::channel(Guarded::default());
         let span = info_span!("ovs_feed", endpoint = %backend.endpoint);
         let waker = backend.clone();
         let tasks = [
@@ -345,17 +421,18 @@ impl OvsFeed {
                     .instrument(span.clone()),
             ),
             tokio::spawn(
-                async move { keep_held_retrying(&backend, held_rx).await }.instrument(span),
+                async move { keep_held_retrying(&backend, guarded_rx).await }.instrument(span),
             ),
         ];
-        Self { keys, held, tasks }
+        Self { keys, guarded, tasks }
     }
 
     /// The ports to watch (with what to wake) and the ones to keep held. Remove a port from
-    /// `held` before releasing it, or it is held again.
-    pub fn set(&self, keys: PortKeys, held: BTreeSet<String>) {
+    /// `guarded` before its worker releases it (a takeover), or it is held again.
+    pub fn set(&self, keys: PortKeys, guarded: Guarded) {
         self.keys.send_if_modified(|current| std::mem::replace(current, keys.clone()) != keys);
-        self.held.send_if_modified(|current| std::mem::replace(current, held.clone()) != held);
+        self.guarded
+            .send_if_modified(|current| std::mem::replace(current, guarded.clone()) != guarded);
     }
 }
 
@@ -376,6 +453,9 @@ mod tests {
 
     const U: &str = "36a9f2c1-0b4e-4c7d-9f0e-1a2b3c4d5e6f";
     const V: &str = "00000000-0000-4000-8000-000000000001";
+    const W: &str = "00000000-0000-4000-8000-000000000002";
+    const X: &str = "00000000-0000-4000-8000-000000000003";
+    const Y: &str = "00000000-0000-4000-8000-000000000004";
 
     #[test]
     fn updates_name_the_ports_they_touch() {
@@ -384,20 +464,76 @@ mod tests {
                 U: {"old": {"tag": 4095}, "new": {"name": "qg-1", "tag": 5}},
                 V: {"old": {"name": "qg-2", "tag": 4095}},
             },
-            "Interface": {U: {"new": {"name": "qg-9", "ofport": 3}}, V: {"new": {"name": "qg-1"}}},
+            "Interface": {U: {"old": {"name": "qg-0"}, "new": {"name": "qg-9", "ofport": 3}},
+                          V: {"new": {"name": "qg-1"}}},
             "Bridge": {U: {"new": {"name": "br-int"}}},
         }))
         .unwrap();
-        let mut changes = port_changes(MonitorEvent::Update(updates));
-        changes.sort_by_key(|c| format!("{c:?}"));
         assert_eq!(
-            changes,
+            port_changes(MonitorEvent::Update(updates)),
             vec![
                 PortChange::Port("qg-1".into()),
                 PortChange::Port("qg-2".into()),
                 PortChange::Port("qg-9".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_new_port_row_or_an_attached_interface_is_an_arrival() {
+        let updates = parse_table_updates(&json!({
+            "Port": {U: {"new": {"name": "qg-new", "tag": 4095}}},
+            "Interface": {
+                U: {"new": {"name": "qg-new", "ofport": ["set", []]}},
+                V: {"old": {"ofport": ["set", []]}, "new": {"name": "qg-att", "ofport": 7}},
+                W: {"old": {"ofport": -1}, "new": {"name": "qg-again", "ofport": 7}},
+                X: {"new": {"name": "qg-born-attached", "ofport": 2}},
+                Y: {"old": {"ofport": 7}, "new": {"name": "qg-detached", "ofport": -1}},
+            },
+        }))
+        .unwrap();
+        assert_eq!(
+            port_changes(MonitorEvent::Update(updates)),
+            vec![
+                PortChange::Arrived("qg-again".into()),
+                PortChange::Arrived("qg-att".into()),
+                PortChange::Arrived("qg-born-attached".into()),
+                PortChange::Port("qg-detached".into()),
+                PortChange::Arrived("qg-new".into()),
+            ]
+        );
+        // Only the ofport changing makes an attach: a renamed, attached Interface does not.
+        let renamed = parse_table_updates(&json!({
+            "Interface": {U: {"old": {"name": "a"}, "new": {"name": "qg-b", "ofport": 7}}},
+        }))
+        .unwrap();
+        assert_eq!(
+            port_changes(MonitorEvent::Update(renamed)),
+            vec![PortChange::Port("qg-b".into())]
+        );
+    }
+
+    #[test]
+    fn standby_ports_are_held_on_arrival_and_while_hagw_holds_them() {
+        let guarded = Guarded {
+            for_good: ["qg-l2".to_owned()].into(),
+            standby: ["qg-l2".to_owned(), "qg-silent".to_owned(), "qg-held".to_owned()].into(),
+        };
+        let hagw_holds: BTreeSet<String> = ["qg-held".to_owned(), "qg-primary".to_owned()].into();
+        for (port, arrived, wanted) in [
+            ("qg-l2", false, true),
+            ("qg-silent", true, true),
+            // Released by hagw after settling: a retag is not undone.
+            ("qg-silent", false, false),
+            ("qg-held", false, true),
+            // Not a standby (a primary, or no longer managed), whatever hagw last did.
+            ("qg-primary", false, false),
+            ("qg-primary", true, false),
+        ] {
+            assert_eq!(guarded.wants_hold(port, arrived, &hagw_holds), wanted, "{port} {arrived}");
+        }
+        assert_eq!(guarded.all_held(&hagw_holds), ["qg-held", "qg-l2"]);
+        assert!(Guarded::for_good(["p".to_owned()]).wants_hold("p", false, &BTreeSet::new()));
     }
 
     #[test]
