@@ -148,7 +148,7 @@ async fn trace_port(ovs: OvsBackend, port: String, trace: Trace) {
     let Ok(mut changes) = ovs.changes().await else { return };
     let mut last = None;
     while let Some(change) = changes.next().await {
-        if matches!(&change, hagw_backends::l2::ovs::PortChange::Port(p) if *p != port) {
+        if change.port().is_some_and(|p| p != port) {
             continue;
         }
         let state = ovs.observe_port(&port).await.ok().map(|s| format!("{:?}", s.hold));
@@ -328,14 +328,11 @@ fn race_link_down() -> Result<()> {
     race(Strategy::LinkDown)
 }
 
-/// Held by the worker's pass until the port has been silent for the settle time, then
-/// released: the release must not leak either. Zero leaks in 2 × 200 trials since a failed
-/// hold is retried the moment the port appears (it was 26 of 200, then 1 of 200), but one
-/// CI run (8 labs on 2 cores) leaked 1 of 6: the pass observes before it holds, so under
-/// load the OVS agent's wire can beat the hold of a freshly attached port. Not run in CI
-/// until the agent's feed holds such ports on their appearance (docs/backends.md).
+/// Held from the port's arrival (by the agent's OVS feed, and the worker's pass) until the
+/// port has been silent for the settle time, then released by the worker: the release must
+/// not leak either. The feed's hold on arrival closed the last leak, which came under load
+/// when the worker's pass alone held the port (docs/backends.md).
 #[test]
-#[ignore = "1 of 6 leaked in a loaded CI run; see docs/backends.md, Known limits"]
 fn race_silence_only() -> Result<()> {
     race(Strategy::SilenceOnly)
 }

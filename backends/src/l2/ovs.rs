@@ -28,7 +28,8 @@ use tokio::sync::OnceCell;
 use tracing::{debug, info, instrument};
 
 use crate::ovsdb::{
-    ClientConfig, Condition, Endpoint, Op, OvsdbClient, OvsdbError, PortRow, VSWITCH_DB, Value,
+    ClientConfig, Condition, Endpoint, InterfaceRow, Op, OvsdbClient, OvsdbError, PortRow,
+    VSWITCH_DB, Value,
 };
 use ofport::{Ofctl, OfctlError};
 
@@ -143,8 +144,8 @@ impl OvsBackend {
         self.client.get_or_try_init(connect).await
     }
 
-    /// Reads the Port row named `port` and the bridge it is in, in one transaction; `None` if
-    /// there is no such row.
+    /// Reads the Port row named `port`, the bridge it is in and whether ovs-vswitchd has
+    /// attached it, in one transaction; `None` if there is no such row.
     async fn read(&self, port: &str) -> Result<Option<Located>, Error> {
         let client = self.client().await?;
         let select = PortRow::select(vec![Condition::eq("name", port)]);
@@ -153,13 +154,14 @@ impl OvsBackend {
             conditions: vec![],
             columns: Some(vec!["name".into(), "ports".into()]),
         };
+        let interfaces = InterfaceRow::select(vec![Condition::eq("name", port)]);
         let results = client
-            .transact(VSWITCH_DB, &[select, bridges])
+            .transact(VSWITCH_DB, &[select, bridges, interfaces])
             .await
             .map_err(|e| ovs_error("read", port, e))?;
         let mut results = results.into_iter().map(|r| r.rows.unwrap_or_default());
-        let (rows, bridges) =
-            (results.next().unwrap_or_default(), results.next().unwrap_or_default());
+        let mut next = || results.next().unwrap_or_default();
+        let (rows, bridges, interfaces) = (next(), next(), next());
         let row = match rows.as_slice() {
             [] => return Ok(None),
             [row] => PortRow::from_row(None, row).map_err(|e| ovs_error("read", port, e))?,
@@ -171,13 +173,19 @@ impl OvsBackend {
                 ));
             }
         };
-        Ok(Some(Located { bridge: bridge_of(&bridges, &row), row }))
+        let attached = interfaces.iter().any(|iface| {
+            InterfaceRow::from_row(None, iface).is_ok_and(|i| i.ofport.is_some_and(|n| n > 0))
+        });
+        Ok(Some(Located { bridge: bridge_of(&bridges, &row), row, attached }))
     }
 
     /// Whether the port's OpenFlow `no-receive` is set. Unreadable (ovs-vswitchd down, the port
     /// not attached yet, no bridge) counts as not set: hagw never relies on what it cannot see.
     async fn no_receive(&self, port: &Located) -> bool {
         let (Some(ofctl), Some(bridge)) = (&self.ofctl, &port.bridge) else { return false };
+        if !port.attached {
+            return false;
+        }
         match ofctl.no_receive(bridge, &port.row.name).await {
             Ok(set) => set,
             Err(e) => {
@@ -213,24 +221,33 @@ impl OvsBackend {
         self.hold_located(port, &located).await
     }
 
-    /// [`OvsBackend::hold_port`] if the Port row exists; `Ok(false)` if it does not (the
-    /// re-hold task's case: a deleted port needs no hold, a new one is reported when it
-    /// appears).
-    pub async fn hold_if_present(&self, port: &str) -> Result<bool, Error> {
-        let Some(located) = self.read(port).await? else { return Ok(false) };
-        self.hold_located(port, &located).await.map(|()| true)
+    /// [`OvsBackend::hold_port`] for the re-hold task, which is triggered again when the port
+    /// appears or is attached: a missing Port row needs no hold, and a port ovs-vswitchd has
+    /// not attached yet gets the triple now and `no-receive` on its attach.
+    pub async fn hold_if_present(&self, port: &str) -> Result<Rehold, Error> {
+        let Some(located) = self.read(port).await? else { return Ok(Rehold::Absent) };
+        if self.ofctl.is_some() && !located.attached {
+            self.hold_triple(port, &located.row).await?;
+            return Ok(Rehold::AwaitingAttach);
+        }
+        self.hold_located(port, &located).await.map(|()| Rehold::Held)
     }
 
-    async fn hold_located(&self, port: &str, located: &Located) -> Result<(), Error> {
+    /// The OVSDB half of a hold: the dead-VLAN triple.
+    async fn hold_triple(&self, port: &str, row: &PortRow) -> Result<(), Error> {
         self.mark_holding(port, true);
-        let row = &located.row;
         if let Some(ops) = port::hold_ops(row) {
             self.commit("hold", port, &ops).await?;
             info!(port, tag = ?row.tag, vlan_mode = ?row.vlan_mode, "held in dead VLAN");
         }
+        Ok(())
+    }
+
+    async fn hold_located(&self, port: &str, located: &Located) -> Result<(), Error> {
+        self.hold_triple(port, &located.row).await?;
         let Some(ofctl) = &self.ofctl else { return Ok(()) };
-        let bridge = located.bridge.as_deref().ok_or_else(|| {
-            Error::transient("hold", target(port), "the port is in no Bridge yet")
+        let bridge = located.bridge.as_deref().filter(|_| located.attached).ok_or_else(|| {
+            Error::transient("hold", target(port), "ovs-vswitchd has not attached the port yet")
         })?;
         // Written unconditionally: `mod-port` is idempotent and as cheap as reading it first.
         ofctl.set_no_receive(bridge, port, true).await.map_err(|e| ofctl_error("hold", port, e))?;
@@ -321,6 +338,20 @@ fn bridge_of(bridges: &[crate::ovsdb::JsonRow], port: &PortRow) -> Option<String
 struct Located {
     row: PortRow,
     bridge: Option<String>,
+    /// ovs-vswitchd has attached the port (its Interface has an OpenFlow port number), so
+    /// `no-receive` can be read and set.
+    attached: bool,
+}
+
+/// What a re-hold ([`OvsBackend::hold_if_present`]) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rehold {
+    /// No such Port row: nothing to hold.
+    Absent,
+    /// Fully held (triple and, with `ovs-ofctl`, `no-receive`).
+    Held,
+    /// The triple is in place; `no-receive` waits for ovs-vswitchd to attach the port.
+    AwaitingAttach,
 }
 
 /// The L3 agent has not plugged the port yet (or it was deleted): it may appear any moment.

@@ -20,7 +20,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::restarts::BridgeStarts;
-use super::{OvsBackend, target};
+use super::{OvsBackend, Rehold, target};
 use crate::ovsdb::{
     InterfaceRow, MonitorEvent, MonitorRequest, MonitorRequests, MonitorStream, OvsdbClient,
     PortRow, RowUpdate, VSWITCH_DB,
@@ -100,14 +100,11 @@ fn port_changes(event: MonitorEvent) -> Vec<PortChange> {
                     *ports.entry(name.to_owned()).or_default() |= is_arrival(table, update);
                 }
             }
-            ports
-                .into_iter()
-                .map(
-                    |(name, arrived)| {
-                        if arrived { PortChange::Arrived(name) } else { PortChange::Port(name) }
-                    },
-                )
-                .collect()
+            let change = |(name, arrived)| match arrived {
+                true => PortChange::Arrived(name),
+                false => PortChange::Port(name),
+            };
+            ports.into_iter().map(change).collect()
         }
         MonitorEvent::Disconnected => Vec::new(),
         MonitorEvent::Resync(_) => vec![PortChange::Resync],
@@ -200,7 +197,12 @@ impl OvsBackend {
 async fn rehold(backend: &OvsBackend, port: &str) {
     for attempt in 1..=REHOLD_ATTEMPTS {
         match backend.hold_if_present(port).await {
-            Ok(_) => return,
+            Ok(Rehold::Held | Rehold::Absent) => return,
+            // Its attach is reported and completes the hold.
+            Ok(Rehold::AwaitingAttach) => {
+                debug!(port, "held in OVSDB; no-receive once ovs-vswitchd attaches it");
+                return;
+            }
             Err(e) if e.is_transient() && attempt < REHOLD_ATTEMPTS => {
                 debug!(port, attempt, error = %e, "re-hold raced, retrying");
             }
@@ -236,7 +238,7 @@ impl Guarded {
     }
 
     /// The ports to hold when no particular port changed (a resync, a timer, a restart).
-    fn all_held(&self, hagw_holds: &BTreeSet<String>) -> Vec<String> {
+    fn to_hold(&self, hagw_holds: &BTreeSet<String>) -> Vec<String> {
         let defended = self.standby.iter().filter(|p| hagw_holds.contains(*p));
         self.for_good.iter().chain(defended).cloned().collect::<BTreeSet<_>>().into_iter().collect()
     }
@@ -319,12 +321,12 @@ pub async fn keep_held_every(
     }
 }
 
-/// [`Guarded::all_held`] as of now.
+/// [`Guarded::to_hold`] as of now.
 fn held_now(
     guarded: &watch::Receiver<Guarded>,
     hagw_holds: &watch::Receiver<BTreeSet<String>>,
 ) -> Vec<String> {
-    guarded.borrow().all_held(&hagw_holds.borrow())
+    guarded.borrow().to_hold(&hagw_holds.borrow())
 }
 
 /// The next bridge (re)start, or never if restarts cannot be watched.
@@ -532,7 +534,7 @@ mod tests {
         ] {
             assert_eq!(guarded.wants_hold(port, arrived, &hagw_holds), wanted, "{port} {arrived}");
         }
-        assert_eq!(guarded.all_held(&hagw_holds), ["qg-held", "qg-l2"]);
+        assert_eq!(guarded.to_hold(&hagw_holds), ["qg-held", "qg-l2"]);
         assert!(Guarded::for_good(["p".to_owned()]).wants_hold("p", false, &BTreeSet::new()));
     }
 
