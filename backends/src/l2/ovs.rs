@@ -14,6 +14,7 @@
 //! either is in place (a primary then still releases both), and every hold puts both back.
 
 pub mod ofport;
+pub mod openflow;
 pub mod port;
 pub mod restarts;
 pub mod watch;

@@ -8,8 +8,11 @@
 //! OVSDB column, so no Port-row write touches it. It is lost when the port is re-created
 //! (a new Port row, which the monitor reports) or ovs-vswitchd restarts.
 //!
-//! It is read and written with `ovs-ofctl` over the bridge's management socket,
-//! `unix:<OVS_RUNDIR>/<bridge>.mgmt`: one short subprocess per read or write (about 5 ms).
+//! It is read and written over the bridge's management socket,
+//! `unix:<OVS_RUNDIR>/<bridge>.mgmt`, speaking OpenFlow 1.0 directly ([`super::openflow`],
+//! well under a millisecond). `ovs-ofctl` (a subprocess, about 5 ms) is the fallback when the
+//! bridge refuses OpenFlow 1.0 or its feature reply does not list the port (names longer
+//! than OpenFlow 1.0's 15 characters, or too many ports for one reply).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,8 +20,14 @@ use std::process::Stdio;
 use thiserror::Error;
 use tokio::process::Command;
 
+use super::openflow::{self, OpenFlowError};
+
 /// Where ovs-vswitchd puts its sockets when `OVS_RUNDIR` is not set.
 pub const DEFAULT_RUNDIR: &str = "/var/run/openvswitch";
+
+/// The OpenFlow versions the `ovs-ofctl` fallback offers (the highest both sides allow is
+/// used; its `mod-port` and `dump-ports-desc` work with each).
+const FALLBACK_PROTOCOLS: &str = "OpenFlow10,OpenFlow11,OpenFlow12,OpenFlow13,OpenFlow14";
 
 /// Why an `ovs-ofctl` call failed.
 #[derive(Debug, Error)]
@@ -33,6 +42,10 @@ pub enum OfctlError {
     /// The port is in OVSDB but vswitchd has not added it to the bridge (yet).
     #[error("port {port} is not in OpenFlow bridge {bridge}")]
     NoSuchPort { bridge: String, port: String },
+    /// Talking OpenFlow to the bridge failed: vswitchd down or restarting (no management
+    /// socket), or it refused the change.
+    #[error("OpenFlow to bridge {bridge}: {source}")]
+    OpenFlow { bridge: String, source: OpenFlowError },
 }
 
 impl OfctlError {
@@ -73,13 +86,20 @@ impl Ofctl {
         &self.rundir
     }
 
+    /// The bridge's management socket.
+    fn socket(&self, bridge: &str) -> PathBuf {
+        self.rundir.join(format!("{bridge}.mgmt"))
+    }
+
     /// The bridge's management socket, as an `ovs-ofctl` target.
     pub fn target(&self, bridge: &str) -> String {
-        format!("unix:{}", self.rundir.join(format!("{bridge}.mgmt")).display())
+        format!("unix:{}", self.socket(bridge).display())
     }
 
     async fn run(&self, args: &[&str]) -> Result<String, OfctlError> {
         let out = Command::new(&self.program)
+            // `ovs-ofctl` offers only 1.0 by default; a bridge may allow only later versions.
+            .arg(format!("--protocols={FALLBACK_PROTOCOLS}"))
             .args(args)
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -98,6 +118,11 @@ impl Ofctl {
 
     /// Whether `port` of `bridge` has `no-receive` set.
     pub async fn no_receive(&self, bridge: &str, port: &str) -> Result<bool, OfctlError> {
+        match openflow::port(&self.socket(bridge), port).await {
+            Ok(Some(found)) => return Ok(found.no_receive()),
+            Ok(None) | Err(OpenFlowError::VersionRefused) => {}
+            Err(source) => return Err(OfctlError::OpenFlow { bridge: bridge.into(), source }),
+        }
         let out = self.run(&["dump-ports-desc", &self.target(bridge)]).await?;
         port_no_receive(&out, port)
             .ok_or_else(|| OfctlError::NoSuchPort { bridge: bridge.into(), port: port.into() })
@@ -110,6 +135,11 @@ impl Ofctl {
         port: &str,
         no_receive: bool,
     ) -> Result<(), OfctlError> {
+        match openflow::set_no_receive(&self.socket(bridge), port, no_receive).await {
+            Ok(true) => return Ok(()),
+            Ok(false) | Err(OpenFlowError::VersionRefused) => {}
+            Err(source) => return Err(OfctlError::OpenFlow { bridge: bridge.into(), source }),
+        }
         let config = if no_receive { "no-receive" } else { "receive" };
         match self.run(&["mod-port", &self.target(bridge), port, config]).await {
             Err(OfctlError::Failed { stderr, .. })
