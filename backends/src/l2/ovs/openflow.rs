@@ -89,8 +89,9 @@ fn message(kind: u8, xid: u32, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// PORT_MOD setting (`no_receive`) or clearing `OFPPC_NO_RECV` and nothing else.
-pub fn port_mod(xid: u32, port: &PhyPort, no_receive: bool) -> Vec<u8> {
+/// The body of a PORT_MOD setting (`no_receive`) or clearing `OFPPC_NO_RECV` and nothing
+/// else.
+fn port_mod_body(port: &PhyPort, no_receive: bool) -> Vec<u8> {
     let mut body = Vec::with_capacity(24);
     body.extend_from_slice(&port.port_no.to_be_bytes());
     body.extend_from_slice(&port.hw_addr);
@@ -98,7 +99,7 @@ pub fn port_mod(xid: u32, port: &PhyPort, no_receive: bool) -> Vec<u8> {
     body.extend_from_slice(&OFPPC_NO_RECV.to_be_bytes()); // mask: only this bit changes
     body.extend_from_slice(&0u32.to_be_bytes()); // advertise: 0 leaves it alone
     body.extend_from_slice(&[0; 4]);
-    message(OFPT_PORT_MOD, xid, &body)
+    body
 }
 
 /// `OFPHET_VERSIONBITMAP`: a HELLO element listing every version the sender accepts.
@@ -250,9 +251,7 @@ impl Session {
     }
 
     async fn set_no_receive(&mut self, port: &PhyPort, on: bool) -> Result<(), OpenFlowError> {
-        let xid = self.next_xid;
-        self.next_xid += 1;
-        self.stream.write_all(&port_mod(xid, port, on)).await?;
+        let xid = self.send(OFPT_PORT_MOD, &port_mod_body(port, on)).await?;
         // A PORT_MOD has no reply. The switch handles requests in order, so an error for it
         // comes before the barrier's reply, and the reply means the change is in place.
         let barrier = self.send(OFPT_BARRIER_REQUEST, &[]).await?;
@@ -321,7 +320,7 @@ mod tests {
             name: "tg1".into(),
             config: 1,
         };
-        let set = port_mod(9, &port, true);
+        let set = message(OFPT_PORT_MOD, 9, &port_mod_body(&port, true));
         assert_eq!(
             set,
             [
@@ -332,8 +331,8 @@ mod tests {
             ]
             .concat()
         );
-        let clear = port_mod(9, &port, false);
-        assert_eq!(&clear[16..24], &[0, 0, 0, 0, 0, 0, 0, 4]);
+        let clear = port_mod_body(&port, false);
+        assert_eq!(&clear[8..16], &[0, 0, 0, 0, 0, 0, 0, 4]);
     }
 
     #[test]
