@@ -59,7 +59,7 @@ pub enum OpenFlowError {
     /// The switch sent something that is not OpenFlow 1.0 as we know it.
     #[error("malformed reply: {0}")]
     Malformed(String),
-    /// The exchange did not finish within [`SESSION_TIMEOUT`].
+    /// The exchange did not finish within 5 s.
     #[error("no answer within {SESSION_TIMEOUT:?}")]
     Timeout,
 }
