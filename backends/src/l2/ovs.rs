@@ -5,7 +5,8 @@
 //! pass rather than a startup failure; the client then reconnects by itself.
 //!
 //! - [`port`]: the pure rules (row → [`L2State`], the hold and release transactions),
-//! - [`ofport`]: the retag-proof half of the hold, OpenFlow `no-receive` via `ovs-ofctl`,
+//! - [`ofport`]: the retag-proof half of the hold, OpenFlow `no-receive`, spoken over the
+//!   bridge's management socket by [`openflow`] (`ovs-ofctl` as the fallback),
 //! - [`watch`]: the monitor that reports retagged ports at once, and the re-hold task,
 //! - [`restarts`]: ovs-vswitchd (re)starting, which drops `no-receive` behind OVSDB's back.
 //!
@@ -271,13 +272,14 @@ impl OvsBackend {
             )
         })?;
         self.mark_holding(port, false);
-        match (&self.ofctl, located.bridge.as_deref()) {
+        // A port ovs-vswitchd has not attached has no OpenFlow port state to clear.
+        match (&self.ofctl, located.bridge.as_deref().filter(|_| located.attached)) {
             (Some(ofctl), Some(bridge)) => match ofctl.set_no_receive(bridge, port, false).await {
-                // Not attached: there is no OpenFlow port state to clear.
+                // Detached since the read: nothing to clear either.
                 Ok(()) | Err(OfctlError::NoSuchPort { .. }) => {}
                 Err(e) => return Err(ofctl_error("release", port, e)),
             },
-            (Some(_), None) => debug!("in no bridge, no no-receive to clear"),
+            (Some(_), None) => debug!("not attached to a bridge, no no-receive to clear"),
             (None, _) => {}
         }
         let Some(ops) = ops else {
@@ -349,7 +351,7 @@ struct Located {
 pub enum Rehold {
     /// No such Port row: nothing to hold.
     Absent,
-    /// Fully held (triple and, with `ovs-ofctl`, `no-receive`).
+    /// Fully held: the triple and, unless [`OvsBackend::ovsdb_only`], `no-receive`.
     Held,
     /// The triple is in place; `no-receive` waits for ovs-vswitchd to attach the port.
     AwaitingAttach,
