@@ -165,6 +165,14 @@ struct Message {
     body: Vec<u8>,
 }
 
+impl Message {
+    /// An ERROR message as the error it reports ([`Session::next`] has checked that its body
+    /// holds the type and code).
+    fn refused(&self) -> OpenFlowError {
+        OpenFlowError::Refused { kind: be16(&self.body, 0), code: be16(&self.body, 2) }
+    }
+}
+
 /// An OpenFlow connection to one bridge, after the HELLO exchange.
 struct Session {
     stream: UnixStream,
@@ -236,8 +244,7 @@ impl Session {
                 continue;
             }
             if msg.kind == OFPT_ERROR {
-                let (kind, code) = (be16(&msg.body, 0), be16(&msg.body, 2));
-                return Err(OpenFlowError::Refused { kind, code });
+                return Err(msg.refused());
             }
             if msg.kind == kind {
                 return Ok(msg.body);
@@ -245,9 +252,11 @@ impl Session {
         }
     }
 
-    async fn ports(&mut self) -> Result<Vec<PhyPort>, OpenFlowError> {
+    /// The bridge's port named `name`, if it lists one.
+    async fn port(&mut self, name: &str) -> Result<Option<PhyPort>, OpenFlowError> {
         let xid = self.send(OFPT_FEATURES_REQUEST, &[]).await?;
-        parse_features_ports(&self.reply(xid, OFPT_FEATURES_REPLY).await?)
+        let ports = parse_features_ports(&self.reply(xid, OFPT_FEATURES_REPLY).await?)?;
+        Ok(ports.into_iter().find(|p| p.name == name))
     }
 
     async fn set_no_receive(&mut self, port: &PhyPort, on: bool) -> Result<(), OpenFlowError> {
@@ -258,8 +267,7 @@ impl Session {
         loop {
             let msg = self.next().await?;
             if msg.kind == OFPT_ERROR && msg.xid == xid {
-                let (kind, code) = (be16(&msg.body, 0), be16(&msg.body, 2));
-                return Err(OpenFlowError::Refused { kind, code });
+                return Err(msg.refused());
             }
             if msg.kind == OFPT_BARRIER_REPLY && msg.xid == barrier {
                 return Ok(());
@@ -277,20 +285,14 @@ async fn timed<T>(
 /// The port named `port` on the bridge behind `socket`, `None` if the bridge lists no such
 /// port.
 pub async fn port(socket: &Path, port: &str) -> Result<Option<PhyPort>, OpenFlowError> {
-    timed(async {
-        let mut session = Session::open(socket).await?;
-        Ok(session.ports().await?.into_iter().find(|p| p.name == port))
-    })
-    .await
+    timed(async { Session::open(socket).await?.port(port).await }).await
 }
 
 /// Sets or clears `no-receive` on `port`; `Ok(false)` if the bridge lists no such port.
 pub async fn set_no_receive(socket: &Path, port: &str, on: bool) -> Result<bool, OpenFlowError> {
     timed(async {
         let mut session = Session::open(socket).await?;
-        let Some(found) = session.ports().await?.into_iter().find(|p| p.name == port) else {
-            return Ok(false);
-        };
+        let Some(found) = session.port(port).await? else { return Ok(false) };
         session.set_no_receive(&found, on).await?;
         Ok(true)
     })
