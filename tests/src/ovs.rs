@@ -212,11 +212,17 @@ impl OvsNode {
     /// Whether the gateway port has OpenFlow `no-receive` (`NO_RECV`) in br-int: the half
     /// of hagw's hold that lives in ovs-vswitchd rather than OVSDB.
     pub fn no_receive(&self) -> Result<bool> {
+        Ok(self.port_config()?.iter().any(|flag| flag == "NO_RECV"))
+    }
+
+    /// The gateway port's OpenFlow config flags in br-int as `ovs-ofctl dump-ports-desc`
+    /// shows them (empty when it shows `0`).
+    pub fn port_config(&self) -> Result<Vec<String>> {
         let desc = self.ovs.ofctl("dump-ports-desc br-int")?;
         let mut lines = desc.lines().skip_while(|l| !l.contains(&format!("({}):", self.port)));
         ensure!(lines.next().is_some(), "{} not in br-int:\n{desc}", self.port);
-        let config = lines.find(|l| l.trim_start().starts_with("config:")).unwrap_or_default();
-        Ok(config.split_whitespace().any(|flag| flag == "NO_RECV"))
+        let config = lines.find_map(|l| l.trim_start().strip_prefix("config:")).unwrap_or_default();
+        Ok(config.split_whitespace().filter(|flag| *flag != "0").map(str::to_owned).collect())
     }
 
     /// `tag`, `vlan_mode` and `trunks` of the gateway port, for assertions and logs.

@@ -7,23 +7,25 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use hagw_backends::l2::ovs::ofport::Ofctl;
 use hagw_backends::l2::ovs::openflow::{self, OpenFlowError};
-use hagw_e2e::ovs::{OvsLab, OvsNode};
+use hagw_e2e::ovs::OvsLab;
 
-fn attached(node: &OvsNode) -> Result<()> {
+/// One node whose gateway port ovs-vswitchd has attached to br-int.
+fn plugged_node() -> Result<OvsLab> {
+    let lab = OvsLab::build(1)?;
+    let node = &lab.nodes[0];
+    node.plug(&lab.lab)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !node.attached() {
         ensure!(Instant::now() < deadline, "ovs-vswitchd never attached {}", node.port);
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(())
+    Ok(lab)
 }
 
 #[tokio::test]
 async fn no_receive_over_openflow_is_what_ovs_ofctl_sees() -> Result<()> {
-    let lab = OvsLab::build(1)?;
+    let lab = plugged_node()?;
     let node = &lab.nodes[0];
-    node.plug(&lab.lab)?;
-    attached(node)?;
     let socket = node.ovs.dir.join("br-int.mgmt");
 
     let port = openflow::port(&socket, &node.port).await?.expect("the port is in br-int");
@@ -35,9 +37,8 @@ async fn no_receive_over_openflow_is_what_ovs_ofctl_sees() -> Result<()> {
         ensure!(read.no_receive() == on && read.port_no == port.port_no);
     }
     // Only the one bit changed: the port is still up and forwarding.
-    let desc = node.ovs.ofctl("dump-ports-desc br-int")?;
-    let config = desc.lines().skip_while(|l| !l.contains(&node.port)).nth(1).unwrap_or_default();
-    ensure!(config.split_whitespace().skip(1).eq(["NO_RECV"]), "{config}");
+    let config = node.port_config()?;
+    ensure!(config == ["NO_RECV"], "{config:?}");
 
     ensure!(!openflow::set_no_receive(&socket, "tg-missing", true).await?);
     ensure!(openflow::port(&socket, "tg-missing").await?.is_none());
@@ -48,10 +49,8 @@ async fn no_receive_over_openflow_is_what_ovs_ofctl_sees() -> Result<()> {
 
 #[tokio::test]
 async fn a_bridge_without_openflow_1_0_falls_back_to_ovs_ofctl() -> Result<()> {
-    let lab = OvsLab::build(1)?;
+    let lab = plugged_node()?;
     let node = &lab.nodes[0];
-    node.plug(&lab.lab)?;
-    attached(node)?;
     node.ovs.vsctl("set bridge br-int protocols=OpenFlow13")?;
     let socket = node.ovs.dir.join("br-int.mgmt");
     let refused = openflow::port(&socket, &node.port).await;
