@@ -110,11 +110,12 @@ impl RoleInputs {
     /// The role to act on. A fixed role wins (the operator said so). A router whose
     /// keepalived is not running, or still in its start-up ([`KEEPALIVED_STARTUP`]), is
     /// standby whatever else says primary: the VIP and the state file a crashed keepalived
-    /// leaves behind are stale, and the other node takes over within a few VRRP intervals. Otherwise the primary VIP decides when it can be
-    /// observed: keepalived adds it before anything else on a transition and Neutron's state
-    /// file follows it, so it is both earlier and authoritative; in particular a hold is never
-    /// released while the VIP is absent, even if a stale state file says primary. Without a
-    /// VIP reading, the state file decides.
+    /// leaves behind are stale, and the other node takes over within a few VRRP intervals.
+    /// Otherwise the primary VIP decides when it can be observed: keepalived adds it before
+    /// anything else on a transition and Neutron's state file follows it, so it is both
+    /// earlier and authoritative; in particular a hold is never released while the VIP is
+    /// absent, even if a stale state file says primary. Without a VIP reading, the state file
+    /// decides.
     pub fn resolve(&self, source: &RoleSource) -> Role {
         if let RoleSource::Fixed(role) = source {
             return *role;

@@ -1,7 +1,6 @@
 //! The boot race on real OVS: an emulated L3 agent (plug, link up, IPv6 flush, address add)
 //! and an emulated OVS agent (wire once ovs-vswitchd has attached the port, and re-wire as
-//! after a restart) race hagw on a standby
-//! with randomized timing. hagw is the `hagw run` binary as production runs it (see
+//! after a restart) race hagw on a standby with randomized timing. hagw is the `hagw run` binary as production runs it (see
 //! [`HagwRun`]), reacting to netlink and OVSDB events. Judged at the ToR: no frame with the
 //! gateway MAC received from the standby, and the FDB never points the gateway MAC at the
 //! standby. Each leaking trial prints its frames next to a timeline of the agents' steps and
@@ -314,15 +313,15 @@ fn control_without_hagw_leaks() -> Result<()> {
     Ok(())
 }
 
-/// Zero leaks in 3 × 200 trials (docs/backends.md): the hold's OpenFlow `no-receive` closes
-/// the window the OVS agent's retag used to open.
+/// Zero leaks in every 200-trial run since `no-receive` (docs/backends.md, "Full trial run"):
+/// the hold's OpenFlow `no-receive` closes the window the OVS agent's retag used to open.
 #[test]
 fn race_l2_hold() -> Result<()> {
     race(Strategy::L2Hold)
 }
 
 /// Held for good by the agent's re-hold task like `l2-hold`, with the link down on top. Zero
-/// leaks in 3 × 200 trials since a reported change cuts the worker's waits short.
+/// leaks in every 200-trial run since a reported change cuts the worker's waits short.
 #[test]
 fn race_link_down() -> Result<()> {
     race(Strategy::LinkDown)
