@@ -57,6 +57,9 @@ KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 RECIPE=1
 
 export DEBIAN_FRONTEND=noninteractive
+# A user's `go env -w` file (e.g. GOFLAGS=-buildvcs=false) must not apply: Go 1.15 rejects
+# flags that newer Go versions added, even for `go version`.
+export GOENV=off
 
 say() { printf '[kube-apiserver.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 fail() { say "ERROR: $*"; exit 1; }
@@ -164,10 +167,8 @@ build() {
 
   # GOPATH mode: the tree must live at $GOPATH/src/k8s.io/kubernetes.
   ln -sfn "$top" "$gopath/src/k8s.io/kubernetes"
-  # GOENV=off: a user's `go env -w` file (e.g. GOFLAGS=-buildvcs=false) would otherwise apply,
-  # and Go 1.15 rejects flags newer Go versions added.
   export PATH=$(dirname "$(go_bin)"):$PATH GOPATH=$gopath GOCACHE=$CACHE/gocache GO111MODULE=off \
-         CGO_ENABLED=0 GOFLAGS= GOENV=off GOPROXY=off GOTOOLCHAIN=local
+         CGO_ENABLED=0 GOFLAGS= GOPROXY=off GOTOOLCHAIN=local
   cd "$gopath/src/k8s.io/kubernetes"
 
   # pkg/generated/openapi is produced at build time upstream; generate it with the vendored
