@@ -1,7 +1,6 @@
 //! Integration tests against a real, throw-away `ovsdb-server` (openvswitch-switch) with the
 //! vswitch schema: one server per test in its own temp dir, killed on drop even if the test fails.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,11 +32,11 @@ impl Server {
         Self::start(dir, format!("punix:{}", sock.display()), Endpoint::Unix(sock))
     }
 
+    /// On a port the kernel picks when ovsdb-server binds (a port picked beforehand could be
+    /// taken by anything in between); the endpoint is read from the server's log.
     fn tcp() -> Self {
-        // Pick a free port; the tiny window before ovsdb-server binds it is acceptable in tests.
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let endpoint = Endpoint::Tcp { host: "127.0.0.1".into(), port };
-        Self::start(tempfile::tempdir().unwrap(), format!("ptcp:{port}:127.0.0.1"), endpoint)
+        let endpoint = Endpoint::Tcp { host: "127.0.0.1".into(), port: 0 };
+        Self::start(tempfile::tempdir().unwrap(), "ptcp:0:127.0.0.1".into(), endpoint)
     }
 
     fn start(dir: TempDir, remote: String, endpoint: Endpoint) -> Self {
@@ -72,6 +71,17 @@ impl Server {
             .expect("ovsdb-server not installed (apt-get install openvswitch-switch)");
         self.child = Some(child);
         let deadline = Instant::now() + WAIT;
+        if let Endpoint::Tcp { port: port @ 0, .. } = &mut self.endpoint {
+            // socket_util logs `0:127.0.0.1: listening on port N` for a port-0 remote.
+            *port = loop {
+                let log = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
+                if let Some(n) = log.lines().find_map(|l| l.split("listening on port ").nth(1)) {
+                    break n.trim().parse().expect("port number in the log");
+                }
+                assert!(Instant::now() < deadline, "ovsdb-server did not listen: {log}");
+                std::thread::sleep(Duration::from_millis(20));
+            };
+        }
         while !self.accepts() {
             assert!(Instant::now() < deadline, "ovsdb-server did not come up: {}", self.log());
             std::thread::sleep(Duration::from_millis(20));

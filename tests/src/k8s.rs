@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::lab::{Lab, hagw_bin};
+use crate::ports::{self, ReservedPort};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -25,7 +26,8 @@ fn script() -> PathBuf {
 /// A running control plane. `stop`/`start` keep its data, ports and credentials.
 pub struct ApiServer {
     state: tempfile::TempDir,
-    ports: [u16; 3],
+    /// API server, etcd client and etcd peer ports, reserved while the server lives.
+    ports: [ReservedPort; 3],
     pub kubeconfig: PathBuf,
 }
 
@@ -43,7 +45,7 @@ impl ApiServer {
             );
         }
         let state = tempfile::Builder::new().prefix("hagw-k8s-test-").tempdir()?;
-        let ports = free_ports()?;
+        let ports = [ports::reserve()?, ports::reserve()?, ports::reserve()?];
         let server = ApiServer { kubeconfig: state.path().join("kubeconfig"), state, ports };
         server.run_script("start", false)?;
         // Stop the control plane when this process is gone, whatever way it ends.
@@ -64,7 +66,7 @@ impl ApiServer {
     }
 
     fn env(&self) -> Vec<String> {
-        let [api, etcd, peer] = self.ports;
+        let [api, etcd, peer] = [&self.ports[0], &self.ports[1], &self.ports[2]].map(|p| p.port);
         vec![
             format!("HAGW_K8S_STATE={}", self.state.path().display()),
             format!("HAGW_K8S_API_PORT={api}"),
@@ -159,15 +161,6 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         let _ = self.stop();
     }
-}
-
-/// Three ports free right now (bound once and released).
-fn free_ports() -> Result<[u16; 3]> {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
-    let ports: Vec<u16> =
-        listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
-    Ok([ports[0], ports[1], ports[2]])
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.

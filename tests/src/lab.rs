@@ -42,15 +42,22 @@ pub struct Lab {
 impl Lab {
     pub fn new() -> Result<Lab> {
         let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:x}{n:x}", std::process::id() & 0xfffff);
+        // The pid at a fixed width (pid_max is at most 2^22): variable-width pid and counter
+        // digits run together, so pid 0x123 with lab 0x45 and pid 0x1234 with lab 0x5 would
+        // share an id.
+        let id = format!("{:06x}{n:x}", std::process::id() & 0xff_ffff);
         let dir = tempfile::Builder::new().prefix(&format!("hagw-lab-{id}-")).tempdir()?;
         Ok(Lab { id, namespaces: Vec::new(), children: Vec::new(), dir })
     }
 
-    /// Creates a namespace named `<role>-<id>` with loopback up, and returns its name.
+    /// Creates a namespace named `<role>-<id>` with loopback up, and returns its name. One of
+    /// that name can only be left over from a killed test process that had this pid: it is
+    /// deleted first.
     pub fn netns(&mut self, role: &str) -> Result<String> {
         let name = format!("{role}-{}", self.id);
-        sh(&format!("ip netns add {name} && ip -n {name} link set lo up"))?;
+        sh(&format!(
+            "ip netns del {name} 2>/dev/null; ip netns add {name} && ip -n {name} link set lo up"
+        ))?;
         self.namespaces.push(name.clone());
         Ok(name)
     }

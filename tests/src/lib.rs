@@ -11,6 +11,7 @@ pub mod keepalived;
 pub mod lab;
 pub mod linuxbridge;
 pub mod ovs;
+pub mod ports;
 
 pub use capture::Capture;
 pub use lab::{Lab, hagw_bin, sh};

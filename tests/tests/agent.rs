@@ -9,6 +9,10 @@ use anyhow::{Result, bail, ensure};
 use hagw_e2e::gateway::{GATEWAY_IP, GATEWAY_MAC, GatewayLab};
 use hagw_e2e::{Capture, hagw_bin};
 
+/// These tests run hagw in the host's network namespace, in parallel: the default metrics
+/// port would be contended (tests/tests/metrics.rs covers the endpoint).
+const NO_ENDPOINT: [&str; 2] = ["--metrics-addr", "none"];
+
 /// `hagw run` in the background, killed on drop.
 struct Agent(Child);
 
@@ -16,6 +20,7 @@ impl Agent {
     fn start(config: &Path) -> Result<Agent> {
         let child = Command::new(hagw_bin())
             .args(["run", "-c", config.to_str().unwrap(), "--log-level", "info"])
+            .args(NO_ENDPOINT)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -37,9 +42,12 @@ struct StandInKeepalived(Child);
 
 impl StandInKeepalived {
     fn start(dir: &Path, pid_file: &Path) -> Result<StandInKeepalived> {
+        // A symlink, not a copy: the kernel names a process after the path it was executed
+        // by, and executing a file this process just wrote fails with ETXTBSY while a child
+        // forked by another test meanwhile still holds the write descriptor.
         let program = dir.join("keepalived");
         if !program.exists() {
-            std::fs::copy("/bin/sleep", &program)?;
+            std::os::unix::fs::symlink("/bin/sleep", &program)?;
         }
         let child = Command::new(&program).arg("3600").spawn()?;
         std::fs::write(pid_file, format!("{}\n", child.id()))?;
@@ -186,6 +194,7 @@ fn run_discovers_neutron_routers_and_follows_keepalived() -> Result<()> {
     let child = Command::new(hagw_bin())
         .args(["run", "--neutron", state_path.to_str().unwrap()])
         .args(["--backend", "generic", "--strategy", "link-down", "--log-level", "info"])
+        .args(NO_ENDPOINT)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

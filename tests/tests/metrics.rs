@@ -11,16 +11,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hagw_e2e::gateway::{EXTERNAL_IP, GATEWAY_IP, GatewayLab};
 use hagw_e2e::hagw_bin;
+use hagw_e2e::ports::{self, ReservedPort};
 
-/// `hagw run` in the background with its endpoint on a free loopback port; killed on drop.
+/// `hagw run` in the background with its endpoint on a loopback port reserved for it;
+/// killed on drop.
 struct Agent {
     child: Child,
     addr: SocketAddr,
+    _port: ReservedPort,
 }
 
 impl Agent {
     fn start(config: &Path, extra: &[&str], stderr: Stdio) -> Result<Agent> {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let port = ports::reserve()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port.port));
         let child = Command::new(hagw_bin())
             .args(["run", "-c", config.to_str().unwrap(), "--log-level", "info"])
             .args(["--metrics-addr", &addr.to_string()])
@@ -29,7 +33,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()?;
-        let agent = Agent { child, addr };
+        let agent = Agent { child, addr, _port: port };
         eventually(Duration::from_secs(5), "the endpoint to answer", || {
             Ok(agent.get("/healthz").is_ok())
         })?;
