@@ -16,5 +16,5 @@ echo "== fmt";    cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== chart";  ./scripts/chart-check.sh
 echo "== build";  cargo build --workspace --locked
-echo "== test";   cargo test --workspace --locked
+echo "== test";   cargo test --workspace --locked --no-fail-fast
 echo "== all tests passed"

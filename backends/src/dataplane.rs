@@ -11,7 +11,7 @@ use hagw_core::Action;
 use hagw_core::Error;
 use hagw_core::config::Config;
 use hagw_core::model::RouterSpec;
-use hagw_core::observed::PortState;
+use hagw_core::observed::{Ipv6Sysctl, PortState};
 use hagw_core::reconcile::Dataplane;
 use tracing::{debug, instrument};
 
@@ -65,6 +65,9 @@ impl Dataplane for HostDataplane {
             Action::ReleaseL2 => self.l2.for_router(spec)?.release(spec).await,
             Action::SetLinkDown => self.linux.set_link_down(&netns, device).await,
             Action::SetLinkUp => self.linux.set_link_up(&netns, device).await,
+            Action::SetSysctl { sysctl: Ipv6Sysctl::AddrGenMode, value } => {
+                self.linux.set_addr_gen_mode(&netns, device, *value).await
+            }
             Action::SetSysctl { sysctl, value } => {
                 let written = self.linux.write_ipv6_sysctl(&netns, device, *sysctl, *value).await?;
                 debug!(written, "sysctl applied");

@@ -55,6 +55,14 @@ impl Action {
         }
     }
 
+    /// Whether this step only tunes the port (an IPv6 sysctl) rather than carrying a
+    /// primary's traffic (link, addresses, routes, hold release, announcements). A primary
+    /// whose side setting cannot be applied still forwards, degraded; one whose traffic step
+    /// fails does not.
+    pub fn is_side_setting(&self) -> bool {
+        matches!(self, Action::SetSysctl { .. })
+    }
+
     /// Applies the action to a model of the port, including what the kernel does on its own
     /// in response (a link-local address appears when IPv6 comes up with address generation
     /// on). The planner uses this to see the state its earlier steps leave behind; the

@@ -5,6 +5,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::action::Action;
+
 use crate::model::RouteSpec;
 
 /// `addr_gen_mode` value that makes the kernel generate no link-local address.
@@ -154,4 +156,8 @@ pub struct Observed {
     pub silent_for: Duration,
     /// This node became primary and has not announced the gateway addresses yet.
     pub announce_pending: bool,
+    /// Steps that failed earlier in the current pass: the planner leaves them out and plans
+    /// what follows as if they had not been taken (no announcement behind a failed release).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_steps: Vec<Action>,
 }

@@ -51,7 +51,11 @@ const STANDBY_SILENCE: [(Ipv6Sysctl, u32); 3] = [
 
 /// Plans the steps that bring the port from `observed` to what `spec` wants for `role`.
 pub fn plan(spec: &RouterSpec, role: Role, observed: &Observed) -> Plan {
-    let mut builder = PlanBuilder { state: observed.port.clone(), plan: Plan::default() };
+    let mut builder = PlanBuilder {
+        state: observed.port.clone(),
+        plan: Plan::default(),
+        failed: &observed.failed_steps,
+    };
     if role.is_standby() {
         builder.standby(spec, observed);
     } else {
@@ -61,14 +65,19 @@ pub fn plan(spec: &RouterSpec, role: Role, observed: &Observed) -> Plan {
 }
 
 /// Accumulates actions while tracking the state they leave behind, so each decision sees the
-/// effect of the steps before it.
-struct PlanBuilder {
+/// effect of the steps before it. A step that already failed in this pass is neither planned
+/// nor modelled, so nothing is planned on its effect.
+struct PlanBuilder<'a> {
     state: PortState,
     plan: Plan,
+    failed: &'a [Action],
 }
 
-impl PlanBuilder {
+impl PlanBuilder<'_> {
     fn push(&mut self, action: Action) {
+        if self.failed.contains(&action) {
+            return;
+        }
         action.apply_to(&mut self.state);
         self.plan.actions.push(action);
     }

@@ -48,7 +48,12 @@ impl RouterMemory {
             self.silent_since = None;
         }
         let silent_for = self.silent_since.map(|t| now.duration_since(t)).unwrap_or_default();
-        Observed { port, silent_for, announce_pending: self.announce_pending }
+        Observed {
+            port,
+            silent_for,
+            announce_pending: self.announce_pending,
+            failed_steps: Vec::new(),
+        }
     }
 
     fn announced(&mut self) {
@@ -80,13 +85,26 @@ impl Default for RetryPolicy {
 }
 
 /// What a successful pass did.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PassReport {
     pub applied: Vec<Action>,
     /// What the router still waits for after verification, if anything.
     pub wait: Option<Wait>,
     /// The state verification saw.
     pub observed: Observed,
+    /// Side settings of a primary that failed after retries and were left out of the pass
+    /// (see [`Action::is_side_setting`]): the port carries traffic without them, the router
+    /// is degraded, and the next pass tries them again.
+    pub degraded: Vec<StepFailure>,
+}
+
+/// A step that failed after retries.
+#[derive(Debug, thiserror::Error)]
+#[error("step '{action}' failed after retries: {source}")]
+pub struct StepFailure {
+    pub action: Action,
+    #[source]
+    pub source: Error,
 }
 
 /// Why a pass failed.
@@ -155,7 +173,30 @@ pub async fn dry_run<D: Dataplane>(
     Ok((observed, plan))
 }
 
+/// [`dry_run`] without the steps in `skip`, which failed earlier in the pass.
+async fn dry_run_skipping<D: Dataplane>(
+    dataplane: &D,
+    spec: &RouterSpec,
+    role: Role,
+    memory: &mut RouterMemory,
+    policy: &RetryPolicy,
+    wake: Option<&Notify>,
+    skip: &[StepFailure],
+) -> Result<(Observed, Plan), ReconcileError> {
+    let mut observed = observe(dataplane, spec, role, memory, policy, wake).await?;
+    observed.failed_steps = skip.iter().map(|f| f.action.clone()).collect();
+    let plan = plan(spec, role, &observed);
+    Ok((observed, plan))
+}
+
 /// One full pass: observe, plan, apply, verify.
+///
+/// A failed step ends a standby's pass, after the fail-safe guard, because its later steps
+/// were planned on the premise that the earlier ones took effect. A primary's pass goes on
+/// past a failed step: every later step that can be applied brings traffic back sooner, and
+/// a primary has nothing to keep quiet. The failed steps are left out of the rest of the
+/// pass; if only side settings failed, the pass reports them as degraded, otherwise it fails
+/// with the first failure.
 ///
 /// `wake` is notified when something about the port changed outside the pass (the worker's
 /// events): it cuts the pass's waits short, so a step that failed because its object was not
@@ -174,15 +215,48 @@ pub async fn reconcile_router<D: Dataplane>(
     async {
         let (_, mut plan) = dry_run(dataplane, spec, role, memory, policy, wake).await?;
         let mut applied = Vec::with_capacity(plan.actions.len());
-        for round in 1..=MAX_ROUNDS {
+        let mut failed: Vec<StepFailure> = Vec::new();
+        let mut round = 0;
+        loop {
             let round_actions = plan.actions;
+            let mut cut_short = false;
             for action in &round_actions {
-                apply_one(dataplane, spec, role, memory, policy, wake, action).await?;
-                applied.push(action.clone());
+                match apply_one(dataplane, spec, memory, policy, wake, action).await {
+                    Ok(()) => applied.push(action.clone()),
+                    Err(source) if role.is_standby() => {
+                        let fail_safe = fail_safe(dataplane, spec, action, policy, wake).await;
+                        return Err(ReconcileError::Apply {
+                            action: action.clone(),
+                            source,
+                            fail_safe,
+                        });
+                    }
+                    Err(source) => {
+                        warn!(action = %action, error = %source, "step failed; the primary's other steps go on");
+                        failed.push(StepFailure { action: action.clone(), source });
+                        cut_short = true;
+                        break;
+                    }
+                }
             }
-            match verify(dataplane, spec, role, memory, policy, wake, &round_actions).await? {
+            if cut_short {
+                // The rest of the round was planned on the failed step's effect (an
+                // announcement on a release): plan it again from what is there. This ends:
+                // a failed step is never planned again in this pass.
+                let (observed, next) =
+                    dry_run_skipping(dataplane, spec, role, memory, policy, wake, &failed).await?;
+                if next.is_converged() {
+                    return finish(PassReport { applied, wait: next.wait, observed, degraded: failed });
+                }
+                plan = next;
+                continue;
+            }
+            round += 1;
+            match verify(dataplane, spec, role, memory, policy, wake, &round_actions, &failed)
+                .await?
+            {
                 Verified::Converged { observed, wait } => {
-                    return Ok(PassReport { applied, wait, observed });
+                    return finish(PassReport { applied, wait, observed, degraded: failed });
                 }
                 Verified::FollowUp(next) if round < MAX_ROUNDS => {
                     debug!(round, next = %describe(&next.actions), "steps made more possible");
@@ -193,10 +267,22 @@ pub async fn reconcile_router<D: Dataplane>(
                 }
             }
         }
-        unreachable!("the last round returns")
     }
     .instrument(span)
     .await
+}
+
+/// A pass whose failed steps were all side settings is degraded; any other failed step fails
+/// it.
+#[allow(clippy::result_large_err)] // the same error type as the pass it ends returns
+fn finish(mut report: PassReport) -> Result<PassReport, ReconcileError> {
+    match report.degraded.iter().position(|f| !f.action.is_side_setting()) {
+        None => Ok(report),
+        Some(i) => {
+            let StepFailure { action, source } = report.degraded.swap_remove(i);
+            Err(ReconcileError::Apply { action, source, fail_safe: None })
+        }
+    }
 }
 
 /// Rounds one pass may take when its own steps make further steps possible: raising a
@@ -207,21 +293,12 @@ const MAX_ROUNDS: usize = 3;
 async fn apply_one<D: Dataplane>(
     dataplane: &D,
     spec: &RouterSpec,
-    role: Role,
     memory: &mut RouterMemory,
     policy: &RetryPolicy,
     wake: Option<&Notify>,
     action: &Action,
-) -> Result<(), ReconcileError> {
-    let applied = with_retry(policy, wake, action.kind(), || dataplane.apply(spec, action)).await;
-    if let Err(source) = applied {
-        let fail_safe = if role.is_standby() {
-            fail_safe(dataplane, spec, action, policy, wake).await
-        } else {
-            None
-        };
-        return Err(ReconcileError::Apply { action: action.clone(), source, fail_safe });
-    }
+) -> Result<(), Error> {
+    with_retry(policy, wake, action.kind(), || dataplane.apply(spec, action)).await?;
     info!(action = %action, "applied");
     if matches!(action, Action::Announce { .. }) {
         memory.announced();
@@ -242,7 +319,9 @@ enum Verified {
 /// Re-observes until the round's steps are seen to have taken effect. Steps of the round
 /// that still show up may just not be visible yet (re-checked after a delay), unless a change
 /// came in meanwhile: then someone may have undone them, and they are applied again. Steps
-/// the round did not contain mean it made new ones possible.
+/// the round did not contain mean it made new ones possible. Steps in `skip` failed earlier
+/// in the pass and are not expected, nor tried again, until the next pass.
+#[allow(clippy::too_many_arguments)] // the pass's context, as every step of a pass takes it
 async fn verify<D: Dataplane>(
     dataplane: &D,
     spec: &RouterSpec,
@@ -251,11 +330,13 @@ async fn verify<D: Dataplane>(
     policy: &RetryPolicy,
     wake: Option<&Notify>,
     round: &[Action],
+    skip: &[StepFailure],
 ) -> Result<Verified, ReconcileError> {
     let mut remaining = Vec::new();
     for attempt in 0..policy.verify_attempts.max(1) {
         let woken = attempt > 0 && pause(policy.verify_delay, wake).await;
-        let (observed, again) = dry_run(dataplane, spec, role, memory, policy, wake).await?;
+        let (observed, again) =
+            dry_run_skipping(dataplane, spec, role, memory, policy, wake, skip).await?;
         if again.is_converged() {
             return Ok(Verified::Converged { observed, wait: again.wait });
         }

@@ -58,6 +58,9 @@ pub enum PassOutcome {
     Converged {
         applied: Vec<Action>,
         wait: Option<Wait>,
+        /// Side settings a primary could not apply (the step and why): it forwards without
+        /// them, degraded, and the worker retries them with backoff.
+        degraded: Vec<(Action, String)>,
     },
     Failed {
         error: String,
@@ -143,20 +146,36 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
             let duration = t0.elapsed();
             let (outcome, next, held, tx_packets) = match result {
                 Ok(report) => {
-                    backoff = self.config.backoff;
                     // Events usually wake the worker first; these bounds are the safety net
                     // for waits on something outside hagw that sends no event here.
-                    let next = match report.wait {
+                    let mut next = match report.wait {
                         Some(Wait::SilenceSettling { remaining }) => remaining,
                         Some(Wait::L2NotWired) => self.config.resync.min(Duration::from_secs(1)),
                         Some(Wait::DeviceMissing) => self.config.resync.min(Duration::from_secs(5)),
                         None => self.config.resync,
                     };
+                    if report.degraded.is_empty() {
+                        backoff = self.config.backoff;
+                    } else {
+                        for failure in &report.degraded {
+                            warn!(error = %failure, retry_in_ms = backoff.as_millis() as u64, "degraded");
+                        }
+                        next = next.min(backoff);
+                        backoff = (backoff * 2).min(self.config.max_backoff);
+                    }
                     let port = &report.observed.port;
                     let held = !port.is_exposed();
                     let tx = port.link.as_ref().map(|l| l.counters.tx_packets);
-                    let outcome =
-                        PassOutcome::Converged { applied: report.applied, wait: report.wait };
+                    let degraded = report
+                        .degraded
+                        .into_iter()
+                        .map(|f| (f.action, f.source.to_string()))
+                        .collect();
+                    let outcome = PassOutcome::Converged {
+                        applied: report.applied,
+                        wait: report.wait,
+                        degraded,
+                    };
                     (outcome, next, held, tx)
                 }
                 Err(e) => {

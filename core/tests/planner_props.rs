@@ -100,7 +100,11 @@ fn arb_case(
             let port = PortState { link, l2: L2State { hold, wired } };
             let silent_for =
                 if port.is_silent() { Duration::from_millis(silent_ms) } else { Duration::ZERO };
-            (spec, role, Observed { port, silent_for, announce_pending: pending })
+            (
+                spec,
+                role,
+                Observed { port, silent_for, announce_pending: pending, failed_steps: Vec::new() },
+            )
         })
 }
 
@@ -121,7 +125,7 @@ fn step(observed: &Observed, actions: &[Action]) -> (Vec<PortState>, Observed) {
         states.push(port.clone());
     }
     let silent_for = if stayed_silent { observed.silent_for } else { Duration::ZERO };
-    let next = Observed { port, silent_for, announce_pending: pending };
+    let next = Observed { port, silent_for, announce_pending: pending, failed_steps: Vec::new() };
     (states, next)
 }
 

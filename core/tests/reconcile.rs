@@ -250,3 +250,80 @@ async fn a_step_undone_during_verification_is_applied_again_when_reported() {
         }
     }
 }
+
+/// A standby held and silenced as the L3 agent leaves it after a reboot, taking over: link
+/// down, no addresses, IPv6 forwarding off.
+fn standby_to_take_over() -> PortState {
+    let mut port = quiet_held_port();
+    let link = port.link.as_mut().unwrap();
+    link.admin_up = false;
+    port
+}
+
+/// A sysctl that cannot be written (read-only `/proc/sys` in a container) does not keep a
+/// primary dark: link, addresses, routes, release and announcement all happen, and the
+/// failed setting is reported as degraded.
+#[tokio::test(start_paused = true)]
+async fn a_failed_side_setting_does_not_stop_a_primary() {
+    let dp = ModelDataplane::new(standby_to_take_over()).failing(
+        "set-sysctl",
+        ErrorKind::Permanent,
+        u32::MAX,
+    );
+    let spec = spec(Strategy::L2Hold, ovs());
+    let report = fresh_pass(&dp, &spec, Role::Primary).await.unwrap();
+    let kinds: Vec<_> = report.applied.iter().map(Action::kind).collect();
+    for kind in ["link-up", "add-address", "add-route", "release-l2", "announce"] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    assert_eq!(kinds.last(), Some(&"announce"));
+    let degraded: Vec<_> = report.degraded.iter().map(|f| f.action.to_string()).collect();
+    assert_eq!(degraded, ["set ipv6 forwarding = 1"]);
+    let port = dp.port();
+    assert!(port.is_exposed());
+    assert_eq!(port.link.unwrap().addresses.len(), spec.gateway_addresses.len());
+}
+
+/// A failed traffic step of a primary fails the pass, but the steps that do not depend on it
+/// are still applied; steps that do (the announcement on a failed release) are not, and stay
+/// pending for the next pass.
+#[tokio::test(start_paused = true)]
+async fn a_failed_release_still_configures_the_primary_and_keeps_the_announcement() {
+    let dp = ModelDataplane::new(standby_to_take_over()).failing(
+        "release-l2",
+        ErrorKind::Transient,
+        u32::MAX,
+    );
+    let spec = spec(Strategy::L2Hold, ovs());
+    let mut memory = RouterMemory::default();
+    let policy = RetryPolicy::default();
+    let err =
+        reconcile_router(&dp, &spec, Role::Primary, &mut memory, &policy, None).await.unwrap_err();
+    assert!(matches!(&err, ReconcileError::Apply { action: Action::ReleaseL2, .. }), "{err}");
+    assert!(err.is_transient());
+    let port = dp.port();
+    let link = port.link.as_ref().unwrap();
+    assert!(link.admin_up && link.addresses.len() == 3 && link.routes.len() == 1);
+    assert_eq!(attempts_of(&dp, "announce"), 0, "announced into a held port");
+
+    dp.failures.lock().unwrap().clear();
+    let report =
+        reconcile_router(&dp, &spec, Role::Primary, &mut memory, &policy, None).await.unwrap();
+    let kinds: Vec<_> = report.applied.iter().map(Action::kind).collect();
+    assert_eq!(kinds, ["release-l2", "announce"]);
+}
+
+/// On a standby a failed side setting still ends the pass with its port guarded: its later
+/// steps (raising the link of a silence-only standby) assume the silence took effect.
+#[tokio::test(start_paused = true)]
+async fn a_failed_side_setting_ends_a_standby_pass_guarded() {
+    let dp = ModelDataplane::new(noisy_port(L2Hold::Released)).failing(
+        "set-sysctl",
+        ErrorKind::Permanent,
+        u32::MAX,
+    );
+    let spec = spec(Strategy::SilenceOnly, ovs());
+    let err = fresh_pass(&dp, &spec, Role::Standby).await.unwrap_err();
+    assert!(matches!(&err, ReconcileError::Apply { action: Action::SetSysctl { .. }, .. }));
+    assert!(!dp.port().is_exposed(), "{err}");
+}

@@ -9,7 +9,7 @@ use hagw_core::observed::{Ipv6Conf, LinkCounters};
 use nix::errno::Errno;
 use rtnetlink::LinkUnspec;
 use rtnetlink::packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, LinkAttribute, LinkFlags, LinkMessage, State,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkFlags, LinkMessage, State,
 };
 use tracing::{debug, instrument};
 
@@ -139,6 +139,37 @@ impl LinuxNet {
     #[instrument(level = "debug", skip(self, netns), fields(netns = netns.name()))]
     pub async fn set_link_down(&self, netns: &Netns, device: &str) -> Result<(), Error> {
         self.set_admin(netns, device, false).await
+    }
+
+    /// Sets the device's IPv6 `addr_gen_mode` over netlink (IFLA_INET6_ADDR_GEN_MODE) rather
+    /// than through `/proc/sys`, which container runtimes mount read-only: a standby's most
+    /// important silence setting then needs no writable sysctl tree.
+    #[instrument(level = "debug", skip(self, netns), fields(netns = netns.name()))]
+    pub async fn set_addr_gen_mode(
+        &self,
+        netns: &Netns,
+        device: &str,
+        mode: u32,
+    ) -> Result<(), Error> {
+        let op = format!("set ipv6 addr_gen_mode = {mode}");
+        let target = Target::dev(netns.name(), device);
+        let mode = u8::try_from(mode)
+            .map_err(|_| Error::permanent(&op, target, "addr_gen_mode out of range"))?;
+        let index = self.index(netns, device, &op).await?;
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+                AfSpecInet6::AddrGenMode(In6AddrGenMode::from(mode)),
+            ])]))
+            .build();
+        let handle = self.cache.handle(netns).await?;
+        handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| self.cache.request_failed(netns, &op, target, &e))?;
+        debug!(index, mode, "addr_gen_mode set");
+        Ok(())
     }
 
     async fn set_admin(&self, netns: &Netns, device: &str, up: bool) -> Result<(), Error> {

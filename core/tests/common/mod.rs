@@ -69,5 +69,10 @@ pub fn quiet_held_port() -> PortState {
 }
 
 pub fn observed(port: PortState, silent_for_ms: u64, announce_pending: bool) -> Observed {
-    Observed { port, silent_for: Duration::from_millis(silent_for_ms), announce_pending }
+    Observed {
+        port,
+        silent_for: Duration::from_millis(silent_for_ms),
+        announce_pending,
+        failed_steps: Vec::new(),
+    }
 }

@@ -356,6 +356,11 @@ impl Agent {
             info!(from = from.as_str(), to = event.role.as_str(), "transition reconciled");
         }
         match &event.outcome {
+            PassOutcome::Converged { degraded, .. } if !degraded.is_empty() => {
+                for (action, error) in degraded {
+                    warn!(step = %action, %error, "degraded: side setting not applied");
+                }
+            }
             PassOutcome::Converged { applied, .. } if !applied.is_empty() => {
                 info!(steps = applied.len(), ms = event.duration.as_millis() as u64, "converged");
             }

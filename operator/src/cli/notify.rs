@@ -55,7 +55,10 @@ pub async fn run(args: NotifyArgs) -> ExitCode {
                 role.as_str(),
                 report.applied.len()
             );
-            ExitCode::SUCCESS
+            for failure in &report.degraded {
+                eprintln!("hagw notify: router {}: DEGRADED: {failure}", spec.id);
+            }
+            if report.degraded.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Err(e) => {
             eprintln!("hagw notify: router {}: {e}", spec.id);

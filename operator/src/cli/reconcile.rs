@@ -112,7 +112,11 @@ fn report(spec: &RouterSpec, role: Role, result: &Result<Vec<PassReport>, Reconc
             if let Some(wait) = wait {
                 println!("  waiting: {}", super::describe_wait(&wait));
             }
-            true
+            let degraded: Vec<_> = reports.iter().flat_map(|r| &r.degraded).collect();
+            for failure in &degraded {
+                eprintln!("{head}: DEGRADED: {failure}");
+            }
+            degraded.is_empty()
         }
         Err(e) => {
             eprintln!("{head}: FAILED: {e}");

@@ -102,13 +102,24 @@ impl StatusWriter {
             PassOutcome::Failed { .. } => previous.as_ref().is_some_and(|p| p.held),
         };
         let (ready, degraded, last_error) = match &event.outcome {
-            PassOutcome::Converged { wait, .. } => {
+            PassOutcome::Converged { wait, degraded, .. } => {
                 let ready = match wait {
                     Some(Wait::DeviceMissing) => ("False", "DeviceMissing", describe_wait(wait)),
                     Some(Wait::L2NotWired) => ("False", "L2NotWired", describe_wait(wait)),
                     _ => ("True", "Converged", String::new()),
                 };
-                (ready, ("False", "Converged", String::new()), None)
+                if degraded.is_empty() {
+                    (ready, ("False", "Converged", String::new()), None)
+                } else {
+                    // Forwarding, but not as configured: Ready stays as the wait says, the
+                    // failed settings are named in Degraded and count as the last error.
+                    let message = degraded
+                        .iter()
+                        .map(|(_, error)| error.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    (ready, ("True", "SettingsFailed", message.clone()), Some(message))
+                }
             }
             PassOutcome::Failed { error, applied_fail_safe, .. } => {
                 let mut message = error.clone();
@@ -121,9 +132,7 @@ impl StatusWriter {
         };
         let was_failing = previous.as_ref().is_some_and(|p| p.last_error.is_some());
         match (&last_error, was_failing) {
-            (Some(error), false) => {
-                self.event(origin, EventType::Warning, "ReconcileFailed", error)
-            }
+            (Some(error), false) => self.event(origin, EventType::Warning, degraded.1, error),
             (None, true) => {
                 self.event(origin, EventType::Normal, "Recovered", "reconcile succeeds again")
             }

@@ -104,6 +104,7 @@ pub struct Metrics {
     pub held_standby_ports: Gauge,
     pub standby_tx_packets: Family<RouterLabels, Counter>,
     pub leak_alarm: Family<RouterLabels, Gauge>,
+    pub degraded_settings: Family<RouterLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -156,6 +157,12 @@ impl Metrics {
             "1 while the last interval between two passes saw a silenced standby port transmit",
             leak_alarm.clone(),
         );
+        let degraded_settings = Family::<RouterLabels, Gauge>::default();
+        registry.register(
+            "hagw_degraded_settings",
+            "Side settings (IPv6 sysctls) the last pass of a primary could not apply; it forwards without them and retries",
+            degraded_settings.clone(),
+        );
         registry.register_collector(Box::new(AnnouncementFrames));
         Metrics {
             registry,
@@ -167,6 +174,7 @@ impl Metrics {
             held_standby_ports,
             standby_tx_packets,
             leak_alarm,
+            degraded_settings,
         }
     }
 

@@ -101,6 +101,7 @@ impl Observer {
         // Created at zero, so rate() and alerts see the series from the start.
         let _ = self.0.metrics.standby_tx_packets.get_or_create(&labels);
         let _ = self.0.metrics.leak_alarm.get_or_create(&labels);
+        let _ = self.0.metrics.degraded_settings.get_or_create(&labels);
     }
 
     /// `router` is no longer managed: its series go away and it no longer counts anywhere.
@@ -116,6 +117,7 @@ impl Observer {
         let labels = RouterLabels { router: router.to_string() };
         m.standby_tx_packets.remove(&labels);
         m.leak_alarm.remove(&labels);
+        m.degraded_settings.remove(&labels);
     }
 
     /// Accounts for one pass of one router. Events of routers no longer managed (from a
@@ -131,11 +133,16 @@ impl Observer {
             .get_or_create(&PassLabels { result })
             .observe(event.duration.as_secs_f64());
         let action = |kind, result| m.actions.get_or_create(&ActionLabels { kind, result }).inc();
+        let labels = RouterLabels { router: event.router.clone() };
         match &event.outcome {
-            PassOutcome::Converged { applied, .. } => {
+            PassOutcome::Converged { applied, degraded, .. } => {
                 for a in applied {
                     action(a.kind(), ActionResult::Ok);
                 }
+                for (a, _) in degraded {
+                    action(a.kind(), ActionResult::Failed);
+                }
+                m.degraded_settings.get_or_create(&labels).set(degraded.len() as i64);
             }
             PassOutcome::Failed { transient, failed_action, applied_fail_safe, .. } => {
                 let kind = if *transient { ErrorKind::Transient } else { ErrorKind::Permanent };
@@ -161,7 +168,6 @@ impl Observer {
             }
             _ => 0,
         };
-        let labels = RouterLabels { router: event.router.clone() };
         if leaked > 0 {
             m.standby_tx_packets.get_or_create(&labels).inc_by(leaked);
             warn!(
@@ -260,7 +266,7 @@ mod tests {
             transition_from: None,
             started: SystemTime::now(),
             duration: Duration::from_millis(2),
-            outcome: PassOutcome::Converged { applied, wait: None },
+            outcome: PassOutcome::Converged { applied, wait: None, degraded: Vec::new() },
             held,
             tx_packets: Some(tx),
         }

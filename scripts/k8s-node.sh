@@ -1,0 +1,1058 @@
+#!/usr/bin/env bash
+# k8s-node.sh - a real single-node Kubernetes on this machine for hagw's tests: a control plane on
+# 127.0.0.1 plus a kubelet with a container runtime, so DaemonSet pods really run (what
+# scripts/kube-apiserver.sh, an API server alone, cannot show: read-only /proc/sys, masked paths,
+# namespaces, image contents, probes, restarts). No binary downloads, no registry pulls:
+#
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl
+#                  built from the Go module k8s.io/kubernetes (HAGW_K8S_NODE_VERSION, default v1.34.12)
+#   helm           built from the Go module helm.sh/helm/v3 (cmd/helm)
+#   crictl         built from the Go module sigs.k8s.io/cri-tools (used by `stop` to tear pods down)
+#   etcd           Debian 12 package `etcd-server` (3.4.x)
+#   containerd     Debian 12 package `containerd` (1.6.x, CRI v1) + `runc`, with its own root,
+#                  state dir and socket (another engine on the host is neither used nor touched)
+#   CNI            Debian 12 package `containernetworking-plugins` (bridge + host-local + loopback)
+#   pause image    a tiny static Go program packed into an OCI archive by this script
+#                  (localhost/hagw/pause:3.10), plus localhost/hagw/probe:1 (same binary) for tests
+#
+# Usage:
+#   scripts/k8s-node.sh install   # apt packages + Go builds + images (idempotent, cached)
+#   scripts/k8s-node.sh start     # install if needed, start everything, wait for the node to be
+#                                 # Ready, print `export ...` lines on stdout:
+#                                 #   eval "$(scripts/k8s-node.sh start)"
+#   scripts/k8s-node.sh stop      # stop exactly what `start` launched (pid files), remove its pods,
+#                                 # containers, mounts, netns, CNI bridge, cgroups, state dir
+#   scripts/k8s-node.sh status    # exit 0 when every component runs and the node is Ready
+#   scripts/k8s-node.sh env       # print the `export ...` lines again
+#   scripts/k8s-node.sh selftest  # on a started node: hostNetwork DaemonSet + probe pods, checks
+#                                 # that /proc/sys is read-only in non-privileged containers,
+#                                 # kubectl exec/logs, helm install/uninstall; cleans up after itself
+#
+# Environment (all optional):
+#   HAGW_K8S_NODE_CACHE      build cache, kept between runs (default /var/cache/hagw/k8s-node);
+#                            GOPATH, GOMODCACHE and GOCACHE live under it too
+#   HAGW_K8S_NODE_STATE      runtime dir (certs, etcd data, containerd root/state, kubelet root,
+#                            logs, pid files, kubeconfig); default: a fresh /tmp/hagw-k8s-node.XXXXXX
+#                            per `start`; stop/status/env find it via $CACHE/current-state
+#   HAGW_K8S_NODE_VERSION    Kubernetes version to build (default v1.34.12); the staging modules
+#                            are pinned to the matching v0.<minor>.<patch>
+#   HAGW_K8S_NODE_HELM_VERSION   helm.sh/helm/v3 version (default v3.22.0)
+#   HAGW_K8S_NODE_CRICTL_VERSION sigs.k8s.io/cri-tools version (default v1.34.0)
+#   HAGW_K8S_NODE_GO         go binary (default /usr/local/go/bin/go, else `go` on PATH; >= 1.24,
+#                            helm v3.22 needs >= 1.26)
+#   HAGW_K8S_NODE_NAME       node name (default hagw-node)
+#   HAGW_K8S_NODE_API_PORT   kube-apiserver HTTPS port on 127.0.0.1     (default 36443)
+#   HAGW_K8S_NODE_ETCD_PORT  etcd client port on 127.0.0.1              (default 33790)
+#   HAGW_K8S_NODE_ETCD_PEER_PORT  etcd peer port on 127.0.0.1           (default 33800)
+#   HAGW_K8S_NODE_IP         the node's InternalIP, added as a /32 to `lo` while the node runs
+#                            (the kubelet refuses a loopback node IP) (default 10.234.1.1)
+#   HAGW_K8S_NODE_KUBELET_PORT    kubelet HTTPS port on HAGW_K8S_NODE_IP (default 30250)
+#   HAGW_K8S_NODE_KUBELET_HEALTHZ_PORT  kubelet healthz on 127.0.0.1    (default 30248)
+#   HAGW_K8S_NODE_POD_CIDR   pod subnet on the node's CNI bridge        (default 10.234.0.0/24)
+#   HAGW_K8S_NODE_BRIDGE     CNI bridge name                            (default hagwnode0)
+#   HAGW_K8S_NODE_CGROUP     cgroup parent of all pods (cgroupfs)       (default /hagw-node)
+#   HAGW_K8S_NODE_TIMEOUT    seconds to wait for each component         (default 180)
+#   HAGW_K8S_NODE_KEEP_LOGS  1 = `stop` keeps the *.log files of the state dir (default 0; a
+#                            failed `start` always keeps them and says where)
+#
+# Everything but the final `export` lines goes to stderr. Never prompts; works with CI=true and no
+# stdin. Must run as root (containerd, kubelet, mounts, cgroups).
+set -euo pipefail
+
+CACHE=${HAGW_K8S_NODE_CACHE:-/var/cache/hagw/k8s-node}
+K8S_VERSION=${HAGW_K8S_NODE_VERSION:-v1.34.12}
+HELM_VERSION=${HAGW_K8S_NODE_HELM_VERSION:-v3.22.0}
+CRICTL_VERSION=${HAGW_K8S_NODE_CRICTL_VERSION:-v1.34.0}
+NODE_NAME=${HAGW_K8S_NODE_NAME:-hagw-node}
+API_PORT=${HAGW_K8S_NODE_API_PORT:-36443}
+ETCD_PORT=${HAGW_K8S_NODE_ETCD_PORT:-33790}
+ETCD_PEER_PORT=${HAGW_K8S_NODE_ETCD_PEER_PORT:-33800}
+KUBELET_PORT=${HAGW_K8S_NODE_KUBELET_PORT:-30250}
+KUBELET_HEALTHZ_PORT=${HAGW_K8S_NODE_KUBELET_HEALTHZ_PORT:-30248}
+POD_CIDR=${HAGW_K8S_NODE_POD_CIDR:-10.234.0.0/24}
+NODE_IP=${HAGW_K8S_NODE_IP:-10.234.1.1}
+BRIDGE=${HAGW_K8S_NODE_BRIDGE:-hagwnode0}
+CGROUP_ROOT=${HAGW_K8S_NODE_CGROUP:-/hagw-node}
+TIMEOUT=${HAGW_K8S_NODE_TIMEOUT:-180}
+KEEP_LOGS=${HAGW_K8S_NODE_KEEP_LOGS:-0}
+PAUSE_IMAGE=localhost/hagw/pause:3.10
+PROBE_IMAGE=localhost/hagw/probe:1
+SERVICE_CIDR=10.96.0.0/16
+SERVICE_IP=10.96.0.1
+# Change this whenever the build recipe below changes: cached binaries with another value are rebuilt.
+RECIPE=1
+# Host sysctls the kubelet sets on start (protectKernelDefaults=false): saved by `start`, restored by `stop`.
+KUBELET_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
+                 kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
+
+export DEBIAN_FRONTEND=noninteractive
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+
+say() { printf '[k8s-node.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+fail() { say "ERROR: $*"; exit 1; }
+
+for v in API_PORT ETCD_PORT ETCD_PEER_PORT KUBELET_PORT KUBELET_HEALTHZ_PORT TIMEOUT; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || fail "$v must be a number, got '${!v}'"
+done
+[[ $K8S_VERSION =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || fail "HAGW_K8S_NODE_VERSION must look like v1.34.12, not '$K8S_VERSION'"
+K8S_MINOR=${BASH_REMATCH[1]}
+STAGING_VERSION=v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}
+[[ $NODE_IP =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ && $NODE_IP != 127.* ]] || fail "HAGW_K8S_NODE_IP must be a non-loopback IPv4 address"
+[[ ${#BRIDGE} -le 15 ]] || fail "HAGW_K8S_NODE_BRIDGE must be at most 15 characters"
+[[ $CGROUP_ROOT == /?* && $CGROUP_ROOT != *..* ]] || fail "HAGW_K8S_NODE_CGROUP must be an absolute cgroup path"
+
+BIN=$CACHE/bin
+CTR_BIN=/usr/bin/containerd
+ETCD_BIN=/usr/bin/etcd
+
+# ---------------------------------------------------------------------------------------------
+# install
+# ---------------------------------------------------------------------------------------------
+
+apt_install_missing() {
+  local want=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || want+=("$p")
+  done
+  ((${#want[@]})) || return 0
+  say "apt-get install ${want[*]}"
+  local apt=(apt-get -q -y -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+  # Debian's containerd ships only a systemd unit: without systemd as PID 1 nothing gets started.
+  if ! "${apt[@]}" install --no-install-recommends "${want[@]}" >/dev/null; then
+    say "install failed; running apt-get update and retrying"
+    "${apt[@]}" update >/dev/null || fail "apt-get update failed"
+    "${apt[@]}" install --no-install-recommends "${want[@]}" >/dev/null || fail "apt-get install ${want[*]} failed"
+  fi
+}
+
+go_bin() {
+  if [[ -n ${HAGW_K8S_NODE_GO:-} ]]; then echo "$HAGW_K8S_NODE_GO"
+  elif [[ -x /usr/local/go/bin/go ]]; then echo /usr/local/go/bin/go
+  else command -v go || fail "no Go toolchain (set HAGW_K8S_NODE_GO)"
+  fi
+}
+
+go_env() { # the environment every go command of this script runs in
+  export GOPATH=$CACHE/gopath GOMODCACHE=$CACHE/gopath/pkg/mod GOCACHE=$CACHE/gocache \
+         GOTOOLCHAIN=local GOENV=off GOFLAGS= CGO_ENABLED=0 GOTELEMETRY=off
+  export GOPROXY=${GOPROXY:-https://proxy.golang.org,direct}
+  GO=$(go_bin)
+  [[ -x $GO ]] || fail "go binary '$GO' not found"
+}
+
+build_id() {
+  go_env
+  echo "k8s=$K8S_VERSION staging=$STAGING_VERSION helm=$HELM_VERSION crictl=$CRICTL_VERSION go=$("$GO" env GOVERSION) recipe=$RECIPE"
+}
+
+binaries_current() {
+  local f
+  for f in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl helm crictl hagw-pause BUILD_ID; do
+    [[ -e $BIN/$f ]] || return 1
+  done
+  [[ -f $CACHE/images/pause.tar && -f $CACHE/images/probe.tar ]] || return 1
+  [[ "$(cat "$BIN/BUILD_ID")" == "$(build_id)" ]]
+}
+
+build_kubernetes() { # $1 = output dir
+  local out=$1 wrap=$CACHE/build/k8s-$K8S_VERSION modfile
+  say "building kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl $K8S_VERSION"
+  say "(cold: 30-60 minutes on 2 busy cores; later runs use the cached binaries)"
+  # k8s.io/kubernetes replaces its staging modules (k8s.io/api, ...) with ./staging paths, so
+  # `go install k8s.io/kubernetes/cmd/...@v` is refused. A wrapper module requires it and points
+  # every staging module at its published v0.<minor>.<patch>.
+  modfile=$("$GO" mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
+  [[ -f $modfile ]] || fail "could not download k8s.io/kubernetes@$K8S_VERSION from $GOPROXY"
+  rm -rf "$wrap"; mkdir -p "$wrap"
+  {
+    printf 'module hagw.local/k8s-node-build\n\ngo 1.24.0\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$K8S_VERSION"
+    sed -n "s|^\s*\(k8s.io/[A-Za-z0-9._-]*\) => ./staging/src/.*|\t\1 => \1 $STAGING_VERSION|p" "$modfile"
+    printf ')\n'
+  } > "$wrap/go.mod"
+  grep -q "k8s.io/api => k8s.io/api $STAGING_VERSION" "$wrap/go.mod" || fail "found no staging replaces in $modfile"
+  "$GO" mod download -json "k8s.io/api@$STAGING_VERSION" >/dev/null \
+    || fail "staging modules $STAGING_VERSION are not served by $GOPROXY"
+  # The module zip carries no commit id: gitCommit stays empty, gitVersion is what matters
+  # (kubelet --version, the node's status.nodeInfo.kubeletVersion, /version).
+  local ld="-s -w" p
+  for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$K8S_MINOR -X $p.gitTreeState=clean"
+    ld+=" -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  (cd "$wrap" && GOFLAGS=-mod=mod nice -n 10 "$GO" build -trimpath -ldflags "$ld" -o "$out/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl) \
+    || fail "go build of Kubernetes $K8S_VERSION failed"
+}
+
+build_tools() { # $1 = output dir: helm and crictl (plain `go install`: neither has replace directives)
+  local out=$1
+  say "building helm $HELM_VERSION and crictl $CRICTL_VERSION"
+  (cd / && GOBIN=$out nice -n 10 "$GO" install -trimpath \
+      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+      "helm.sh/helm/v3/cmd/helm@$HELM_VERSION") || fail "building helm $HELM_VERSION failed"
+  (cd / && GOBIN=$out nice -n 10 "$GO" install -trimpath \
+      -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+      "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION") || fail "building crictl $CRICTL_VERSION failed"
+}
+
+# The pause program (sandbox image) and the probe used by `selftest`: one static binary.
+#   hagw-pause                 sleep; reap children; exit 0 on SIGTERM/SIGINT (the pod's pause)
+#   hagw-pause probe           print the /proc and /sys mounts of /proc/self/mountinfo, then pause
+#   hagw-pause mountinfo       print those mounts and exit
+#   hagw-pause write FILE VAL  write VAL to FILE; exit 1 with the error if that fails
+build_pause() { # $1 = output dir
+  local out=$1 src=$CACHE/build/pause
+  rm -rf "$src"; mkdir -p "$src"
+  cat > "$src/go.mod" <<'EOF'
+module hagw.local/pause
+
+go 1.21
+EOF
+  cat > "$src/main.go" <<'EOF'
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+func mounts() {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		fmt.Println("mountinfo:", err)
+		return
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) > 5 && (strings.HasPrefix(fields[4], "/proc") || strings.HasPrefix(fields[4], "/sys")) {
+			// mount point, per-mount options, then the rest (fs type, source, super options)
+			fmt.Println(fields[4], fields[5], strings.Join(fields[6:], " "))
+		}
+	}
+}
+
+func pause() {
+	c := make(chan os.Signal, 8)
+	signal.Notify(c, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
+	for sig := range c {
+		if sig != syscall.SIGCHLD {
+			os.Exit(0)
+		}
+		for {
+			var ws syscall.WaitStatus
+			if pid, _ := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil); pid <= 0 {
+				break
+			}
+		}
+	}
+}
+
+func main() {
+	mode := ""
+	if len(os.Args) > 1 {
+		mode = os.Args[1]
+	}
+	switch mode {
+	case "mountinfo":
+		mounts()
+	case "probe":
+		mounts()
+		pause()
+	case "write":
+		if len(os.Args) != 4 {
+			fmt.Fprintln(os.Stderr, "usage: hagw-pause write FILE VALUE")
+			os.Exit(2)
+		}
+		err := os.WriteFile(os.Args[2], []byte(os.Args[3]), 0)
+		if err != nil {
+			fmt.Println("write", os.Args[2], "failed:", err)
+			os.Exit(1)
+		}
+		fmt.Println("write", os.Args[2], "ok")
+	default:
+		pause()
+	}
+}
+EOF
+  (cd "$src" && GOFLAGS=-mod=mod "$GO" build -trimpath -ldflags "-s -w" -o "$out/hagw-pause" .) \
+    || fail "building the pause program failed"
+}
+
+# OCI image archive (oci-layout + index.json + blobs) holding one uncompressed layer.
+# $1 = archive, $2 = image name, $3 = layer rootfs dir, $4 = config.Entrypoint JSON, $5 = config.Cmd JSON
+make_image() {
+  local archive=$1 name=$2 rootfs=$3 entry=$4 cmd=$5 d arch
+  d=$(mktemp -d); mkdir -p "$d/blobs/sha256"
+  arch=$("$GO" env GOARCH)
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$d/layer.tar" -C "$rootfs" .
+  local layer lsize cfg csize man msize
+  layer=$(sha256sum "$d/layer.tar" | cut -d' ' -f1); lsize=$(stat -c %s "$d/layer.tar")
+  mv "$d/layer.tar" "$d/blobs/sha256/$layer"
+  printf '{"architecture":"%s","os":"linux","created":"1970-01-01T00:00:00Z","config":{"Entrypoint":%s,"Cmd":%s,"WorkingDir":"/","Env":["PATH=/"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"hagw scripts/k8s-node.sh"}]}' \
+    "$arch" "$entry" "$cmd" "$layer" > "$d/config.json"
+  cfg=$(sha256sum "$d/config.json" | cut -d' ' -f1); csize=$(stat -c %s "$d/config.json")
+  mv "$d/config.json" "$d/blobs/sha256/$cfg"
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
+    "$cfg" "$csize" "$layer" "$lsize" > "$d/manifest.json"
+  man=$(sha256sum "$d/manifest.json" | cut -d' ' -f1); msize=$(stat -c %s "$d/manifest.json")
+  mv "$d/manifest.json" "$d/blobs/sha256/$man"
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"%s","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
+    "$man" "$msize" "$arch" "$name" "${name##*:}" > "$d/index.json"
+  echo '{"imageLayoutVersion":"1.0.0"}' > "$d/oci-layout"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$archive" -C "$d" oci-layout index.json blobs
+  rm -rf "$d"
+}
+
+build_images() { # $1 = dir holding hagw-pause
+  local root
+  root=$(mktemp -d)
+  install -m 0755 "$1/hagw-pause" "$root/pause"
+  ln "$root/pause" "$root/hagw-probe"
+  mkdir -p "$CACHE/images"
+  make_image "$CACHE/images/pause.tar" "$PAUSE_IMAGE" "$root" '["/pause"]' 'null'
+  make_image "$CACHE/images/probe.tar" "$PROBE_IMAGE" "$root" '["/hagw-probe"]' '["probe"]'
+  rm -rf "$root"
+}
+
+cmd_install() {
+  local t0=$SECONDS
+  ((EUID == 0)) || fail "must run as root"
+  mkdir -p "$CACHE"
+  exec 9>"$CACHE/.lock"
+  flock -w 7200 9 || fail "timed out waiting for the lock on $CACHE/.lock"
+  apt_install_missing etcd-server containerd runc containernetworking-plugins openssl curl ca-certificates \
+    iproute2 iptables util-linux tar
+  go_env
+  if binaries_current; then
+    say "cached binaries are current ($(cat "$BIN/BUILD_ID"))"
+  else
+    local new=$CACHE/bin.new
+    rm -rf "$new"; mkdir -p "$new"
+    build_pause "$new"
+    build_tools "$new"
+    build_kubernetes "$new"
+    build_images "$new"
+    build_id > "$new/BUILD_ID"
+    rm -rf "$BIN" && mv "$new" "$BIN"
+    say "build finished in $((SECONDS - t0))s: $(du -sh "$BIN" | cut -f1) in $BIN"
+    "$BIN/kubelet" --version >&2
+  fi
+  flock -u 9
+  say "install done in $((SECONDS - t0))s"
+}
+
+# ---------------------------------------------------------------------------------------------
+# start / stop / status
+# ---------------------------------------------------------------------------------------------
+
+resolve_state() {
+  if [[ -n ${HAGW_K8S_NODE_STATE:-} ]]; then STATE=$HAGW_K8S_NODE_STATE
+  elif [[ -f $CACHE/current-state ]]; then STATE=$(cat "$CACHE/current-state")
+  else STATE=
+  fi
+  SOCK=$STATE/run/containerd.sock
+}
+
+exe_of() {
+  case $1 in
+    etcd) echo "$ETCD_BIN" ;;
+    apiserver) echo "$BIN/kube-apiserver" ;;
+    kcm) echo "$BIN/kube-controller-manager" ;;
+    scheduler) echo "$BIN/kube-scheduler" ;;
+    containerd) echo "$CTR_BIN" ;;
+    kubelet) echo "$BIN/kubelet" ;;
+  esac
+}
+
+ours() { # $1 = component; true if its pid file names a live process running the expected binary
+  local f=$STATE/$1.pid pid exe
+  [[ -n $STATE && -f $f ]] || return 1
+  pid=$(cat "$f"); [[ $pid =~ ^[0-9]+$ ]] || return 1
+  exe=$(readlink -f "/proc/$pid/exe" 2>/dev/null) || return 1
+  [[ $exe == "$(readlink -f "$(exe_of "$1")")" ]]
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+print_env() {
+  echo "export KUBECONFIG=$STATE/kubeconfig"
+  echo "export HAGW_K8S_NODE_STATE=$STATE"
+  echo "export HAGW_K8S_NODE_NAME=$NODE_NAME"
+  echo "export HAGW_K8S_NODE_BIN=$BIN"
+  echo "export CONTAINER_RUNTIME_ENDPOINT=unix://$SOCK"
+}
+
+kc() { "$BIN/kubectl" --kubeconfig "$STATE/kubeconfig" "$@"; }
+
+make_pki() {
+  local d=$STATE/pki
+  [[ -f $d/token && -f $d/kubelet.crt && -f $d/sa.key ]] && return 0
+  mkdir -p "$d" && chmod 700 "$d"
+  (
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=hagw-k8s-node-ca -keyout ca.key -out ca.crt \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    # name, subject, extendedKeyUsage, subjectAltName (or -)
+    issue() {
+      openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$1.key" -out "$1.csr"
+      {
+        echo "basicConstraints=CA:FALSE"
+        echo "keyUsage=critical,digitalSignature,keyEncipherment"
+        echo "extendedKeyUsage=$3"
+        [[ $4 == - ]] || echo "subjectAltName=$4"
+      } > "$1.ext"
+      openssl x509 -req -days 3650 -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -extfile "$1.ext" -out "$1.crt"
+      rm -f "$1.csr" "$1.ext"
+    }
+    issue apiserver /CN=kube-apiserver serverAuth \
+      "IP:127.0.0.1,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    issue apiserver-kubelet-client /O=system:masters/CN=kube-apiserver-kubelet-client clientAuth -
+    issue kubelet "/CN=$NODE_NAME" serverAuth "IP:$NODE_IP,IP:127.0.0.1,DNS:$NODE_NAME,DNS:localhost"
+    issue kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME" clientAuth -
+    openssl genrsa -out sa.key 2048
+    openssl rsa -in sa.key -pubout -out sa.pub
+    openssl rand -hex 32 > token
+    echo "$(cat token),hagw-admin,hagw-admin,system:masters" > tokens.csv
+    chmod 600 ./*.key token tokens.csv
+  ) >"$STATE/pki.log" 2>&1 || { cat "$STATE/pki.log" >&2; fail "creating certificates with openssl failed"; }
+}
+
+write_kubeconfigs() {
+  local ca; ca=$(base64 -w0 "$STATE/pki/ca.crt")
+  cat > "$STATE/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: hagw-node
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority-data: $ca
+users:
+- name: hagw-admin
+  user:
+    token: $(cat "$STATE/pki/token")
+contexts:
+- name: hagw-node
+  context:
+    cluster: hagw-node
+    user: hagw-admin
+    namespace: default
+current-context: hagw-node
+EOF
+  cat > "$STATE/kubelet.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: hagw-node
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority-data: $ca
+users:
+- name: kubelet
+  user:
+    client-certificate: $STATE/pki/kubelet-client.crt
+    client-key: $STATE/pki/kubelet-client.key
+contexts:
+- name: kubelet
+  context:
+    cluster: hagw-node
+    user: kubelet
+current-context: kubelet
+EOF
+  chmod 600 "$STATE/kubeconfig" "$STATE/kubelet.kubeconfig"
+}
+
+write_containerd_config() {
+  mkdir -p "$STATE/containerd" "$STATE/run" "$STATE/cni/net.d" "$STATE/cni/ipam"
+  cat > "$STATE/containerd/config.toml" <<EOF
+# containerd 1.6 (Debian 12) for the hagw test node: own root, state, sockets; nothing under
+# /var/lib/containerd, /run/containerd (except the shims' sockets, see docs/k8s-node.md), /opt, /etc/cni.
+version = 2
+root = "$STATE/containerd/root"
+state = "$STATE/containerd/state"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
+
+[grpc]
+  address = "$SOCK"
+[ttrpc]
+  address = "$SOCK.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  disable_apparmor = true
+  # true when this process lacks CAP_SYS_RESOURCE (some VMs/sandboxes): runc would otherwise fail
+  # every sandbox with "can't get final child's PID from pipe: EOF" (nsexec cannot set the
+  # kubelet's oom_score_adj -998). true clamps it to containerd's own value.
+  restrict_oom_score_adj = $(has_cap_sys_resource && echo false || echo true)
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        BinaryName = "$(command -v runc)"
+        Root = "$STATE/run/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$STATE/cni/net.d"
+    max_conf_num = 1
+EOF
+  # bridge without isGateway/ipMasq: the plugin then neither enables net.ipv4.ip_forward nor adds
+  # iptables rules on the host. Pods on the bridge reach each other; hostNetwork pods need nothing.
+  cat > "$STATE/cni/net.d/10-hagw-node.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "hagw-node",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$BRIDGE",
+      "isGateway": false,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "$POD_CIDR"}]],
+        "dataDir": "$STATE/cni/ipam"
+      }
+    }
+  ]
+}
+EOF
+}
+
+has_cap_sys_resource() { # CAP_SYS_RESOURCE = bit 24 of the effective set
+  local eff; eff=$(awk '/^CapEff:/ {print $2}' /proc/self/status)
+  (( (16#$eff >> 24) & 1 ))
+}
+
+cgroup_v1() { [[ $(stat -fc %T /sys/fs/cgroup) != cgroup2fs ]]; }
+
+# The node IP on `lo` (the kubelet serves there: the API server dials the node's InternalIP, and the
+# kubelet rejects 127.0.0.0/8 as node IP), and the pods' parent cgroup, which the kubelet requires
+# to exist in every hierarchy before it starts (cgroupRoot).
+setup_node_host() {
+  ip addr add "$NODE_IP/32" dev lo label lo:hagwnode || fail "could not add $NODE_IP/32 to lo"
+  echo "$NODE_IP/32" > "$STATE/host/lo-addr"
+  local h
+  if cgroup_v1; then
+    for h in /sys/fs/cgroup/*/; do
+      h=${h%/}
+      mountpoint -q "$h" || continue
+      mkdir -p "$h$CGROUP_ROOT"
+      if [[ -f $h/cpuset.cpus ]]; then # a new v1 cpuset cgroup starts with no cpus/mems
+        cat "$h/cpuset.cpus" > "$h$CGROUP_ROOT/cpuset.cpus"
+        cat "$h/cpuset.mems" > "$h$CGROUP_ROOT/cpuset.mems"
+      fi
+    done
+  else
+    mkdir -p "/sys/fs/cgroup$CGROUP_ROOT"
+  fi
+}
+
+write_kubelet_config() {
+  mkdir -p "$STATE/kubelet" "$STATE/pod-logs"
+  local extra=
+  cgroup_v1 && extra="failCgroupV1: false  # cgroup v1 host (maintenance mode since 1.31; refused from 1.35 unless false)"
+  cat > "$STATE/kubelet-config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $NODE_IP
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $KUBELET_HEALTHZ_PORT
+tlsCertFile: $STATE/pki/kubelet.crt
+tlsPrivateKeyFile: $STATE/pki/kubelet.key
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: $STATE/pki/ca.crt
+authorization:
+  mode: Webhook
+containerRuntimeEndpoint: unix://$SOCK
+cgroupDriver: cgroupfs
+cgroupRoot: $CGROUP_ROOT
+cgroupsPerQOS: true
+failSwapOn: false
+$extra
+podLogsDir: $STATE/pod-logs
+makeIPTablesUtilChains: false
+protectKernelDefaults: false
+clusterDomain: cluster.local
+resolvConf: /etc/resolv.conf
+registerNode: true
+serializeImagePulls: false
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: "50Mi"
+  nodefs.available: "1%"
+  imagefs.available: "1%"
+  nodefs.inodesFree: "1%"
+nodeStatusReportFrequency: 10s
+syncFrequency: 10s
+fileCheckFrequency: 10s
+maxPods: 50
+EOF
+}
+
+launch() { # $1 = component, $2.. = command line; detached, no stdin, log in the state dir
+  setsid "${@:2}" >"$STATE/$1.log" 2>&1 </dev/null &
+  echo $! > "$STATE/$1.pid"
+}
+
+wait_for() { # $1 = component, $2 = description, $3.. = check command
+  local comp=$1 what=$2 deadline=$((SECONDS + TIMEOUT))
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if ! ours "$comp"; then
+      tail -n 30 "$STATE/$comp.log" >&2 || true
+      fail "$comp exited before $what (log: $STATE/$comp.log)"
+    fi
+    if ((SECONDS >= deadline)); then
+      tail -n 30 "$STATE/$comp.log" >&2 || true
+      fail "$comp: no $what after ${TIMEOUT}s (log: $STATE/$comp.log)"
+    fi
+    sleep 0.3
+  done
+}
+
+api_get() {
+  curl -sSf --max-time 5 --cacert "$STATE/pki/ca.crt" -H "Authorization: Bearer $(cat "$STATE/pki/token")" \
+    "https://127.0.0.1:$API_PORT$1"
+}
+
+node_ready() {
+  [[ $(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
+}
+
+# Host state recorded before anything starts, so `stop` restores/removes exactly what this run changed.
+record_host() {
+  local h=$STATE/host s
+  mkdir -p "$h"
+  : > "$h/sysctls"
+  for s in "${KUBELET_SYSCTLS[@]}"; do
+    [[ -r /proc/sys/$s ]] && echo "$s $(cat "/proc/sys/$s")" >> "$h/sysctls"
+  done
+  : > "$h/absent"
+  for s in /run/containerd /run/containerd/s /var/log/containers /var/lib/kubelet /var/lib/cni; do
+    [[ -e $s ]] || echo "$s" >> "$h/absent"
+  done
+  { iptables-save 2>/dev/null || true; } | sed -n 's/^:\(KUBE-[^ ]*\) .*/\1/p' | sort -u > "$h/iptables-kube-chains"
+  { ip6tables-save 2>/dev/null || true; } | sed -n 's/^:\(KUBE-[^ ]*\) .*/\1/p' | sort -u > "$h/ip6tables-kube-chains"
+}
+
+check_host() {
+  ((EUID == 0)) || fail "must run as root"
+  [[ -d /usr/lib/cni && -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] \
+    || fail "CNI plugins missing under /usr/lib/cni (package containernetworking-plugins)"
+  command -v runc >/dev/null || fail "runc not found"
+  [[ -x $CTR_BIN && -x $ETCD_BIN ]] || fail "containerd or etcd missing; run '$0 install'"
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then
+    fail "a link named $BRIDGE already exists (another node running? set HAGW_K8S_NODE_BRIDGE)"
+  fi
+  if [[ -n $(ip -o addr show to "$NODE_IP/32" 2>/dev/null) ]]; then
+    fail "$NODE_IP is already assigned on this host (another node running? set HAGW_K8S_NODE_IP)"
+  fi
+  local c
+  for c in /sys/fs/cgroup/*"$CGROUP_ROOT"; do
+    [[ -d $c ]] && fail "cgroup $c already exists (another node running? set HAGW_K8S_NODE_CGROUP)"
+  done
+  # Information only: these host settings affect bridged pod traffic, not the node itself.
+  local nf fwd
+  nf=$(sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo n/a)
+  fwd=$(iptables -S FORWARD 2>/dev/null | head -1 || true)
+  say "host: cgroup $(stat -fc %T /sys/fs/cgroup), bridge-nf-call-iptables=$nf, iptables '${fwd:-n/a}', ip_forward=$(cat /proc/sys/net/ipv4/ip_forward)"
+}
+
+cmd_start() {
+  local t0=$SECONDS
+  binaries_current 2>/dev/null || cmd_install
+  check_host
+
+  resolve_state
+  if [[ -z ${HAGW_K8S_NODE_STATE:-} ]]; then
+    if [[ -n $STATE ]] && ours kubelet && ours apiserver; then
+      say "already running (state $STATE)"; print_env; return 0
+    fi
+    STATE=$(mktemp -d /tmp/hagw-k8s-node.XXXXXX)
+  fi
+  mkdir -p "$STATE"; chmod 755 "$STATE"
+  STATE=$(cd "$STATE" && pwd)
+  SOCK=$STATE/run/containerd.sock
+  if ours kubelet && ours apiserver; then say "already running (state $STATE)"; print_env; return 0; fi
+  local comp
+  for comp in etcd apiserver kcm scheduler containerd kubelet; do
+    ours "$comp" && fail "$comp from an earlier start still runs in $STATE: run '$0 stop' first"
+  done
+
+  local p
+  for p in "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT"; do
+    port_in_use "$p" && fail "127.0.0.1:$p is already in use (see the HAGW_K8S_NODE_*_PORT variables)"
+  done
+  echo "$STATE" > "$CACHE/current-state"
+  trap 'say "start failed; stopping what was started (logs kept in $STATE)"; KEEP_LOGS=1 cmd_stop >/dev/null 2>&1 || true' EXIT
+
+  record_host
+  make_pki
+  write_kubeconfigs
+  write_containerd_config
+  write_kubelet_config
+  rm -rf "$STATE/etcd-data"
+
+  # --- containerd first: importing the images overlaps with the control plane starting
+  launch containerd "$CTR_BIN" --config "$STATE/containerd/config.toml"
+  wait_for containerd "socket" ctr --address "$SOCK" version
+
+  launch etcd "$ETCD_BIN" --name hagw-node --data-dir "$STATE/etcd-data" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "hagw-node=http://127.0.0.1:$ETCD_PEER_PORT" --quota-backend-bytes=2147483648
+
+  local img
+  for img in pause probe; do
+    ctr --address "$SOCK" -n k8s.io images import "$CACHE/images/$img.tar" >>"$STATE/ctr-import.log" 2>&1 \
+      || { cat "$STATE/ctr-import.log" >&2; fail "ctr images import $img.tar failed"; }
+  done
+  ctr --address "$SOCK" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE" \
+    || fail "$PAUSE_IMAGE not found in containerd after import"
+
+  wait_for etcd "healthy /health" curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
+
+  local pki=$STATE/pki
+  launch apiserver "$BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" --client-ca-file="$pki/ca.crt" \
+    --token-auth-file="$pki/tokens.csv" --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" --endpoint-reconciler-type=none \
+    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
+    --allow-privileged=true --profiling=false
+  wait_for apiserver "ok from /readyz" api_get /readyz
+  say "kube-apiserver $K8S_VERSION ready on https://127.0.0.1:$API_PORT after $((SECONDS - t0))s"
+
+  launch kcm "$BIN/kube-controller-manager" --kubeconfig="$STATE/kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false --profiling=false \
+    --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
+    --use-service-account-credentials=false --cluster-name=hagw-node \
+    --flex-volume-plugin-dir="$STATE/kcm-volume-plugins"
+  # DaemonSet pods get spec.affinity from the DaemonSet controller but are bound by the scheduler.
+  launch scheduler "$BIN/kube-scheduler" --kubeconfig="$STATE/kubeconfig" \
+    --authentication-kubeconfig="$STATE/kubeconfig" --authorization-kubeconfig="$STATE/kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false --profiling=false
+
+  setup_node_host
+  local kubelet_args=(--config="$STATE/kubelet-config.yaml" --kubeconfig="$STATE/kubelet.kubeconfig"
+    --root-dir="$STATE/kubelet" --cert-dir="$STATE/kubelet/pki" --hostname-override="$NODE_NAME"
+    --node-ip="$NODE_IP" --volume-plugin-dir="$STATE/kubelet/volume-plugins" --v=1)
+  # Still accepted by 1.34 (only keeps the image from image GC); dropped in later releases.
+  if "$BIN/kubelet" --help 2>&1 | grep -q -- '--pod-infra-container-image'; then
+    kubelet_args+=(--pod-infra-container-image="$PAUSE_IMAGE")
+  fi
+  launch kubelet "$BIN/kubelet" "${kubelet_args[@]}"
+  wait_for kubelet "healthz" curl -sf --max-time 2 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
+  wait_for kubelet "Ready node $NODE_NAME" node_ready
+  say "node $NODE_NAME Ready after $((SECONDS - t0))s"
+  wait_for kcm "default ServiceAccount" api_get /api/v1/namespaces/default/serviceaccounts/default
+  ours scheduler || { tail -n 30 "$STATE/scheduler.log" >&2; fail "kube-scheduler exited (log: $STATE/scheduler.log)"; }
+  trap - EXIT
+  say "node up in $((SECONDS - t0))s; state in $STATE"
+  print_env
+}
+
+stop_comp() { # $1 = component: TERM, wait up to 10 s, KILL
+  local comp=$1 pid i
+  if ours "$comp"; then
+    pid=$(cat "$STATE/$comp.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
+    say "stopped $comp (pid $pid)"
+  fi
+  rm -f "$STATE/$comp.pid"
+}
+
+our_shims() { # pids of containerd shims serving our containerd
+  local p
+  for p in /proc/[0-9]*; do
+    [[ $(readlink "$p/exe" 2>/dev/null) == */containerd-shim* ]] || continue
+    tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF -- "-address $SOCK " && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+cgroup_dirs() { # every cgroup directory of our pods' cgroup tree, deepest first
+  local c
+  for c in /sys/fs/cgroup/*"$CGROUP_ROOT" /sys/fs/cgroup"$CGROUP_ROOT"; do
+    [[ -d $c ]] && find "$c" -depth -type d
+  done
+  return 0
+}
+
+kill_cgroup_procs() {
+  local d pid
+  while read -r d; do
+    [[ -f $d/cgroup.procs ]] || continue
+    while read -r pid; do [[ -n $pid ]] && kill -KILL "$pid" 2>/dev/null; done < "$d/cgroup.procs"
+  done < <(cgroup_dirs)
+  return 0
+}
+
+umount_under() { # unmount everything mounted at or below $1, deepest first
+  local prefix=$1 m i
+  for i in 1 2 3; do
+    local left=0
+    while read -r m; do
+      left=1
+      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    done < <(awk -v p="$prefix" '$5 == p || index($5, p "/") == 1 {print $5}' /proc/self/mountinfo | sort -r)
+    ((left)) || return 0
+  done
+}
+
+cmd_stop() {
+  resolve_state
+  if [[ -z $STATE || ! -d $STATE ]]; then say "nothing to stop (no state dir)"; return 0; fi
+  # kubelet first, so nothing restarts the pods we tear down next.
+  stop_comp kubelet
+  stop_comp scheduler
+  stop_comp kcm
+  if ours containerd && [[ -x $BIN/crictl ]]; then
+    # CRI teardown: stops containers, runs CNI DEL (veth, IPAM), removes the netns.
+    local cri=("$BIN/crictl" --runtime-endpoint "unix://$SOCK" --timeout 30s)
+    "${cri[@]}" stopp $("${cri[@]}" pods -q 2>/dev/null) >/dev/null 2>&1 || true
+    "${cri[@]}" rmp -a -f >/dev/null 2>&1 || true
+  fi
+  kill_cgroup_procs
+  local pid
+  for pid in $(our_shims); do kill -TERM "$pid" 2>/dev/null || true; done
+  sleep 0.5
+  for pid in $(our_shims); do kill -KILL "$pid" 2>/dev/null || true; done
+  stop_comp containerd
+  stop_comp apiserver
+  stop_comp etcd
+  kill_cgroup_procs
+
+  # Mounts (kubelet volumes, container rootfs, /dev/shm, netns) all live under the state dir.
+  umount_under "$STATE"
+  ip link show "$BRIDGE" >/dev/null 2>&1 && { ip link del "$BRIDGE" && say "removed bridge $BRIDGE"; }
+  if [[ -f $STATE/host/lo-addr ]]; then
+    ip addr del "$(cat "$STATE/host/lo-addr")" dev lo 2>/dev/null && say "removed $(cat "$STATE/host/lo-addr") from lo"
+    rm -f "$STATE/host/lo-addr"
+  fi
+  local d
+  while read -r d; do rmdir "$d" 2>/dev/null || true; done < <(cgroup_dirs)
+
+  local h=$STATE/host s v
+  if [[ -f $h/sysctls ]]; then
+    while read -r s v; do
+      [[ -w /proc/sys/$s && $(cat "/proc/sys/$s") != "$v" ]] && echo "$v" > "/proc/sys/$s" && say "restored $s=$v"
+    done < "$h/sysctls"
+  fi
+  local t chain
+  for t in iptables ip6tables; do
+    [[ -f $h/$t-kube-chains ]] || continue
+    command -v "$t-save" >/dev/null || continue
+    "$t-save" 2>/dev/null | awk '/^\*/{tbl=substr($1,2)} /^:KUBE-/{print tbl, substr($1,2)}' |
+      while read -r tbl chain; do
+        grep -qx "$chain" "$h/$t-kube-chains" && continue
+        "$t" -t "$tbl" -S 2>/dev/null | grep -- "-j $chain\b" | sed 's/^-A/-D/' |
+          while read -r rule; do eval "$t -t $tbl $rule" 2>/dev/null || true; done
+        "$t" -t "$tbl" -F "$chain" 2>/dev/null || true
+        "$t" -t "$tbl" -X "$chain" 2>/dev/null && say "removed $t chain $tbl/$chain"
+      done
+  done
+  # Host paths the kubelet creates whatever its config says (see docs/k8s-node.md): our
+  # device-plugin socket, and /var/log/containers links into our pod logs.
+  [[ -S /var/lib/kubelet/device-plugins/kubelet.sock ]] && grep -qx /var/lib/kubelet "$h/absent" 2>/dev/null \
+    && rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+  local l
+  for l in /var/log/containers/*; do
+    [[ -L $l && $(readlink "$l") == "$STATE"/* ]] && rm -f "$l"
+  done
+  if [[ -f $h/absent ]]; then # those that did not exist before `start`: remove them when empty
+    while read -r d; do
+      [[ -d $d ]] || continue
+      find "$d" -depth -type d -empty -delete 2>/dev/null || true
+      if [[ -e $d ]]; then say "note: $d did not exist before start and is not empty now; left alone"
+      else say "removed $d (created while the node ran)"; fi
+    done < <(sort -r "$h/absent")
+  fi
+
+  local left
+  left=$(awk -v p="$STATE" 'index($5, p "/") == 1' /proc/self/mountinfo | wc -l)
+  if ((left)); then
+    say "WARNING: $left mounts under $STATE remain; not deleting it"
+    return 1
+  fi
+  if [[ $KEEP_LOGS == 1 ]]; then
+    find "$STATE" -mindepth 1 -maxdepth 1 ! -name '*.log' -exec rm -rf {} +
+    say "removed $STATE except its logs"
+  else
+    rm -rf "$STATE"
+    say "removed $STATE"
+  fi
+  if [[ -f $CACHE/current-state && $(cat "$CACHE/current-state") == "$STATE" ]]; then
+    [[ $KEEP_LOGS == 1 ]] || rm -f "$CACHE/current-state"
+  fi
+}
+
+cmd_status() {
+  resolve_state
+  local comp rc=0
+  echo "cache: $CACHE ($( [[ -f $BIN/BUILD_ID ]] && cat "$BIN/BUILD_ID" || echo 'not built'))"
+  echo "state: ${STATE:-none}"
+  for comp in etcd apiserver kcm scheduler containerd kubelet; do
+    if ours "$comp"; then
+      echo "$comp: running (pid $(cat "$STATE/$comp.pid"), rss $(ps -o rss= -p "$(cat "$STATE/$comp.pid")" | tr -d ' ') KiB)"
+    else
+      echo "$comp: stopped"; rc=1
+    fi
+  done
+  if ((rc == 0)) && node_ready; then echo "node $NODE_NAME: Ready"; elif ((rc == 0)); then echo "node $NODE_NAME: not Ready"; rc=1; fi
+  return $rc
+}
+
+cmd_env() {
+  resolve_state
+  [[ -n $STATE ]] || fail "no state dir known; run '$0 start' first or set HAGW_K8S_NODE_STATE"
+  print_env
+}
+
+# ---------------------------------------------------------------------------------------------
+# selftest: what the project needs to know from a real node
+# ---------------------------------------------------------------------------------------------
+
+cmd_selftest() {
+  resolve_state
+  ours kubelet && ours apiserver || fail "node not running; run '$0 start' first"
+  local ns=hagw-selftest t0=$SECONDS out
+  kc delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
+  kc create namespace "$ns" >/dev/null
+  trap 'kc delete namespace '"$ns"' --wait=false >/dev/null 2>&1 || true' RETURN
+  kc -n "$ns" apply -f - >/dev/null <<EOF
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: probe-hostnet}
+spec:
+  selector: {matchLabels: {app: probe-hostnet}}
+  template:
+    metadata: {labels: {app: probe-hostnet}}
+    spec:
+      hostNetwork: true
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: probe
+        image: $PROBE_IMAGE
+        imagePullPolicy: Never
+        securityContext: {privileged: false, allowPrivilegeEscalation: false}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: probe-podnet}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: probe
+    image: $PROBE_IMAGE
+    imagePullPolicy: Never
+    securityContext: {privileged: false}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: probe-privileged}
+spec:
+  hostNetwork: true
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: probe
+    image: $PROBE_IMAGE
+    imagePullPolicy: Never
+    securityContext: {privileged: true}
+EOF
+  kc -n "$ns" rollout status ds/probe-hostnet --timeout="${TIMEOUT}s" >&2
+  kc -n "$ns" wait --for=condition=Ready pod --all --timeout="${TIMEOUT}s" >&2
+  kc -n "$ns" get pods -o wide >&2
+  local ds_pod; ds_pod=$(kc -n "$ns" get pod -l app=probe-hostnet -o 'jsonpath={.items[0].metadata.name}')
+  say "scheduled by: $(kc -n "$ns" get events --field-selector involvedObject.name="$ds_pod",reason=Scheduled -o 'jsonpath={.items[0].source.component}{.items[0].reportingComponent}')"
+  local pod ok=1 line
+  for pod in "$ds_pod" probe-podnet probe-privileged; do
+    line=$(kc -n "$ns" exec "$pod" -- /hagw-probe mountinfo | awk '$1 == "/proc/sys"')
+    say "$pod: /proc/sys mount: ${line:-<not a separate mount>}"
+    out=$(kc -n "$ns" exec "$pod" -- /hagw-probe write /proc/sys/kernel/domainname "$(cat /proc/sys/kernel/domainname)" 2>&1 || true)
+    say "$pod: $out"
+    if [[ $pod == probe-privileged ]]; then
+      [[ $out == *ok* ]] || ok=0
+    else
+      [[ $line == *' ro,'* || $line == *' ro '* ]] && [[ $out == *'read-only file system'* ]] || ok=0
+    fi
+  done
+  say "kubectl logs $ds_pod (first lines):"
+  kc -n "$ns" logs "$ds_pod" | head -n 12 >&2
+
+  # helm: install/uninstall a one-DaemonSet chart on the node.
+  local chart; chart=$(mktemp -d)
+  mkdir -p "$chart/templates"
+  printf 'apiVersion: v2\nname: hagw-selftest\nversion: 0.1.0\n' > "$chart/Chart.yaml"
+  cat > "$chart/templates/ds.yaml" <<EOF
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: {{ .Release.Name }}}
+spec:
+  selector: {matchLabels: {app: {{ .Release.Name }}}}
+  template:
+    metadata: {labels: {app: {{ .Release.Name }}}}
+    spec:
+      hostNetwork: true
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 2
+      containers:
+      - {name: pause, image: $PAUSE_IMAGE, imagePullPolicy: Never}
+EOF
+  KUBECONFIG=$STATE/kubeconfig HELM_CACHE_HOME=$STATE/helm/cache HELM_CONFIG_HOME=$STATE/helm/config \
+    HELM_DATA_HOME=$STATE/helm/data "$BIN/helm" install hagw-helm "$chart" -n "$ns" --wait --timeout "${TIMEOUT}s" >&2 || ok=0
+  KUBECONFIG=$STATE/kubeconfig HELM_CACHE_HOME=$STATE/helm/cache HELM_CONFIG_HOME=$STATE/helm/config \
+    HELM_DATA_HOME=$STATE/helm/data "$BIN/helm" uninstall hagw-helm -n "$ns" --wait >&2 || ok=0
+  rm -rf "$chart"
+  kc delete namespace "$ns" --wait=true --timeout="${TIMEOUT}s" >/dev/null || true
+  ((ok)) || fail "selftest failed after $((SECONDS - t0))s"
+  say "selftest passed in $((SECONDS - t0))s"
+}
+
+case ${1:-} in
+  install)  cmd_install ;;
+  start)    cmd_start ;;
+  stop)     cmd_stop ;;
+  status)   cmd_status ;;
+  env)      cmd_env ;;
+  selftest) cmd_selftest ;;
+  -h|--help|help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
+  *) fail "usage: $0 install|start|stop|status|env|selftest (see $0 --help)" ;;
+esac

@@ -1,0 +1,84 @@
+//! hagw where `/proc/sys` is read-only, as container runtimes mount it in every
+//! non-privileged container: `hagw reconcile --once` runs in a private mount namespace with
+//! `/proc/sys` bound read-only over itself. A primary still carries traffic (link, both
+//! address families, routes) and names the setting it could not apply; a standby ends silent
+//! and guarded, its `addr_gen_mode` set over netlink.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::Result;
+use hagw_e2e::gateway::{GATEWAY_IP, GATEWAY_MAC, GatewayLab};
+use hagw_e2e::{Capture, hagw_bin};
+
+/// `hagw reconcile --once` with a read-only `/proc/sys`.
+fn reconcile_read_only(config: &Path) -> Result<Output> {
+    let script = format!(
+        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && \
+         exec {hagw} reconcile --once -c {config}",
+        hagw = hagw_bin().display(),
+        config = config.display(),
+    );
+    Ok(Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()?)
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn a_primary_carries_traffic_without_writable_sysctls() -> Result<()> {
+    let gw = GatewayLab::build()?;
+    let state = gw.lab.file("state", "primary")?;
+    let config = gw.lab.file("routers.yaml", &gw.config("link-down", &state))?;
+    assert_eq!(gw.sysctl("forwarding")?, "0", "the lab must need the forwarding sysctl");
+
+    let out = reconcile_read_only(&config)?;
+    let output = text(&out);
+    // Not fully converged: the exit status and the output say which setting failed.
+    assert_eq!(out.status.code(), Some(1), "{output}");
+    assert!(output.contains("DEGRADED") && output.contains("forwarding = 1"), "{output}");
+    assert!(output.contains("Read-only file system"), "{output}");
+
+    let link = gw.gateway("link")?;
+    assert!(link.contains(",UP"), "gateway link not up: {link}");
+    let addresses = gw.gateway("addr")?;
+    assert!(addresses.contains(GATEWAY_IP), "{addresses}");
+    assert!(addresses.contains("2001:db8::10/64"), "{addresses}");
+    let routes = gw.lab.exec(&gw.qrouter, "ip route show default")?;
+    assert!(routes.contains("via"), "default route missing: {routes}");
+    gw.lab.exec(&gw.external, &format!("ping -c 1 -W 2 {GATEWAY_IP}"))?;
+    assert_eq!(gw.sysctl("forwarding")?, "0", "the sysctl could not have been written");
+    Ok(())
+}
+
+#[test]
+fn a_standby_ends_silent_and_guarded_without_writable_sysctls() -> Result<()> {
+    for strategy in ["link-down", "silence-only"] {
+        let gw = GatewayLab::build()?;
+        let state = gw.lab.file("state", "backup")?;
+        let config = gw.lab.file("routers.yaml", &gw.config(strategy, &state))?;
+        // As the L3 agent leaves it: up, with the kernel's link-local address.
+        gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
+
+        let out = reconcile_read_only(&config)?;
+        let output = text(&out);
+        // accept_ra can only be written through /proc/sys: the pass fails, guarded.
+        assert_eq!(out.status.code(), Some(1), "{strategy}: {output}");
+        assert!(output.contains("accept_ra"), "{strategy}: {output}");
+
+        assert!(!gw.gateway("link")?.contains(",UP"), "{strategy}: standby link up");
+        assert_eq!(gw.gateway("addr")?.trim(), "", "{strategy}: standby keeps addresses");
+        assert_eq!(gw.sysctl("addr_gen_mode")?, "1", "{strategy}: set over netlink");
+        // The port was up with IPv6 before hagw ran, so the kernel's own DAD and MLD from
+        // that moment may have left already; nothing may leave once hagw is done.
+        let capture = Capture::start(&gw.tor, &gw.tor_port, gw.lab.dir.path().join("tor.pcap"))?;
+        std::thread::sleep(Duration::from_millis(1500));
+        let frames = capture.stop_and_frames_from(GATEWAY_MAC)?;
+        assert!(frames.is_empty(), "{strategy}: standby leaked:\n{}", frames.join("\n"));
+    }
+    Ok(())
+}
