@@ -382,6 +382,9 @@ cmd_build_containerfile() {
   ensure_tools
   ensure_binary
   new_work
+  # The Containerfile copies target/release/hagw from the build context (the repository).
+  [[ $(readlink -f "$BIN") == "$(readlink -f "$ROOT/target/release/hagw")" ]] \
+    || fail "build-containerfile uses target/release/hagw; HAGW_BIN=$BIN is elsewhere"
   base=$(ensure_rootfs base)
   rev=$(revision)
   mkdir -p "$OUT"
@@ -433,25 +436,27 @@ list_archive() {
   jq -r '[.layers[] | .size] | "layers=\(length) compressed_bytes=\(add)"' <<<"$manifest" > "$archive.layers"
 }
 
-# What the diff ignores, and why:
-#  /var/log/*            dpkg/apt/alternatives logs: mmdebstrap deletes them for reproducibility,
-#                        apt-get in a RUN step writes them. Logs, no behaviour.
-#  /var/cache/*          apt and debconf caches (templates.dat-old, pkgcache leftovers): caches.
-#  /var/lib/apt/*        lists are removed by both; extended_states records which packages were
-#                        asked for by name (mmdebstrap --include vs apt-get install) - apt
-#                        bookkeeping only. The installed packages are compared separately.
-#  /var/lib/dpkg/*       dpkg's database files (status, *-old, triggers, lock): their content is
-#                        compared through the package list (.packages) instead.
-#  /etc/hostname, /etc/hosts, /etc/resolv.conf, /run/*, /tmp/*
-#                        runtime-managed: every runtime bind-mounts or creates its own.
-#  timestamps            never listed: they differ by build time and mean nothing here.
-#  labels base.name, revision
-#                        the base is named differently by construction (localhost/ vs
-#                        mmdebstrap recipe); revision is whatever git says at build time.
-# Everything else must match: each path, its type, mode, owner, the size of every regular
-# file, every symlink target, the sha256 of /usr/bin/hagw, the dpkg package list with versions,
-# and the image config (entrypoint, cmd, env, user, workdir, other labels).
-DIFF_IGNORE='^(/var/log/|/var/cache/|/var/lib/apt/|/var/lib/dpkg/|/run/|/tmp/|/etc/hostname$|/etc/hosts$|/etc/resolv\.conf$)'
+# What the diff ignores, and why (everything else must match):
+#  /var/log/*                 dpkg/apt logs: mmdebstrap deletes them for reproducibility, an
+#                             apt-get in a RUN step writes them. Logs, no behaviour.
+#  /var/cache/*               caches: ldconfig's aux-cache (mmdebstrap deletes it), the owner
+#                             of apt's archives/partial (_apt after an apt-get run, root after
+#                             mmdebstrap).
+#  /var/lib/apt/lists/*       package lists: the Containerfile removes the whole directory
+#                             content (lock, partial/ too), mmdebstrap keeps the empty skeleton.
+#  /var/lib/dpkg/*-old        dpkg's backup of the previous database: its size depends on the
+#                             install history (one mmdebstrap pass vs base + apt-get). The
+#                             current database (status) is compared, and so is the package list.
+#  /etc/hostname, /etc/hosts, /etc/resolv.conf
+#                             empty mount points buildah leaves after RUN; every runtime
+#                             bind-mounts its own.
+#  timestamps                 never listed: they differ by build time and mean nothing here.
+#  labels base.name, revision the base is named differently by construction (localhost/ vs
+#                             the mmdebstrap recipe); revision is git's HEAD at build time.
+# Compared: every other path, its type, mode, owner, the size of every regular file, every
+# symlink target, the sha256 of /usr/bin/hagw, the dpkg package list with versions and status,
+# and the image config (os, architecture, entrypoint, cmd, env, user, workdir, other labels).
+DIFF_IGNORE='^(/var/log/|/var/cache/|/var/lib/apt/lists/|/var/lib/dpkg/[^/]*-old$|/etc/hostname$|/etc/hosts$|/etc/resolv\.conf$)'
 filter_files() {
   awk -F'\t' -v re="$DIFF_IGNORE" '$1 !~ re' "$1"
 }
@@ -501,6 +506,9 @@ case ${1:-} in
   diff) cmd_diff ;;
   all)
     "$SELF" build-offline
+    # One binary for both images: later steps do not run cargo again (a concurrent edit of
+    # the sources would otherwise give the two images different binaries).
+    export HAGW_BIN=$BIN
     "$SELF" check-ctr
     "$SELF" build-containerfile
     "$SELF" diff

@@ -80,7 +80,7 @@ PROBE_IMAGE=localhost/hagw/probe:1
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1
 # Change this whenever the build recipe below changes: cached binaries with another value are rebuilt.
-RECIPE=1
+RECIPE=2
 # Host sysctls the kubelet sets on start (protectKernelDefaults=false): saved by `start`, restored by `stop`.
 KUBELET_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
                  kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
@@ -201,6 +201,7 @@ build_tools() { # $1 = output dir: helm and crictl (plain `go install`: neither 
 #   hagw-pause probe           print the /proc and /sys mounts of /proc/self/mountinfo, then pause
 #   hagw-pause mountinfo       print those mounts and exit
 #   hagw-pause write FILE VAL  write VAL to FILE; exit 1 with the error if that fails
+#   hagw-pause dial HOST:PORT  open a TCP connection (3 s timeout); exit 1 with the error if that fails
 build_pause() { # $1 = output dir
   local out=$1 src=$CACHE/build/pause
   rm -rf "$src"; mkdir -p "$src"
@@ -215,10 +216,12 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 )
 
 func mounts() {
@@ -276,6 +279,18 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Println("write", os.Args[2], "ok")
+	case "dial":
+		if len(os.Args) != 3 {
+			fmt.Fprintln(os.Stderr, "usage: hagw-pause dial HOST:PORT")
+			os.Exit(2)
+		}
+		c, err := net.DialTimeout("tcp", os.Args[2], 3*time.Second)
+		if err != nil {
+			fmt.Println("dial", os.Args[2], "failed:", err)
+			os.Exit(1)
+		}
+		c.Close()
+		fmt.Println("dial", os.Args[2], "ok")
 	default:
 		pause()
 	}
@@ -598,6 +613,7 @@ cgroupsPerQOS: true
 failSwapOn: false
 $extra
 podLogsDir: $STATE/pod-logs
+volumePluginDir: $STATE/kubelet/volume-plugins
 makeIPTablesUtilChains: false
 protectKernelDefaults: false
 clusterDomain: cluster.local
@@ -620,7 +636,16 @@ EOF
 
 launch() { # $1 = component, $2.. = command line; detached, no stdin, log in the state dir
   setsid "${@:2}" >"$STATE/$1.log" 2>&1 </dev/null &
-  echo $! > "$STATE/$1.pid"
+  local pid=$! want i
+  echo "$pid" > "$STATE/$1.pid"
+  # setsid execs the command in place: until it has, /proc/$pid/exe is setsid and `ours` would
+  # take the component for dead.
+  want=$(readlink -f "$2")
+  for i in $(seq 100); do
+    [[ $(readlink -f "/proc/$pid/exe" 2>/dev/null) == "$want" ]] && return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.05
+  done
 }
 
 wait_for() { # $1 = component, $2 = description, $3.. = check command
@@ -769,7 +794,7 @@ cmd_start() {
   setup_node_host
   local kubelet_args=(--config="$STATE/kubelet-config.yaml" --kubeconfig="$STATE/kubelet.kubeconfig"
     --root-dir="$STATE/kubelet" --cert-dir="$STATE/kubelet/pki" --hostname-override="$NODE_NAME"
-    --node-ip="$NODE_IP" --volume-plugin-dir="$STATE/kubelet/volume-plugins" --v=1)
+    --node-ip="$NODE_IP" --v=1)
   # Still accepted by 1.34 (only keeps the image from image GC); dropped in later releases.
   if "$BIN/kubelet" --help 2>&1 | grep -q -- '--pod-infra-container-image'; then
     kubelet_args+=(--pod-infra-container-image="$PAUSE_IMAGE")
@@ -1014,6 +1039,10 @@ EOF
       [[ $line == *' ro,'* || $line == *' ro '* ]] && [[ $out == *'read-only file system'* ]] || ok=0
     fi
   done
+  # No kube-proxy: the `kubernetes` Service IP is not routed, but a hostNetwork pod shares the
+  # host's loopback, where the API server listens.
+  out=$(kc -n "$ns" exec "$ds_pod" -- /hagw-probe dial "127.0.0.1:$API_PORT" 2>&1) || ok=0
+  say "$ds_pod: $out"
   say "kubectl logs $ds_pod (first lines):"
   kc -n "$ns" logs "$ds_pod" | head -n 12 >&2
 

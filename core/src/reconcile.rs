@@ -92,9 +92,9 @@ pub struct PassReport {
     pub wait: Option<Wait>,
     /// The state verification saw.
     pub observed: Observed,
-    /// Side settings of a primary that failed after retries and were left out of the pass
-    /// (see [`Action::is_side_setting`]): the port carries traffic without them, the router
-    /// is degraded, and the next pass tries them again.
+    /// Side settings that failed after retries and were left out of the pass (see
+    /// [`Action::is_side_setting`]): a primary carries traffic without them, a standby stays
+    /// guarded; the router is degraded, and the next pass tries them again.
     pub degraded: Vec<StepFailure>,
 }
 
@@ -191,12 +191,13 @@ async fn dry_run_skipping<D: Dataplane>(
 
 /// One full pass: observe, plan, apply, verify.
 ///
-/// A failed step ends a standby's pass, after the fail-safe guard, because its later steps
-/// were planned on the premise that the earlier ones took effect. A primary's pass goes on
-/// past a failed step: every later step that can be applied brings traffic back sooner, and
-/// a primary has nothing to keep quiet. The failed steps are left out of the rest of the
-/// pass; if only side settings failed, the pass reports them as degraded, otherwise it fails
-/// with the first failure.
+/// A failed side setting (an IPv6 sysctl, e.g. on a read-only `/proc/sys`) never stops a
+/// pass: the rest is planned again without it and applied, and the pass reports it as
+/// degraded. The planner never lifts a standby's guard on a setting's assumed effect, only on
+/// observed silence, so a standby stays held or down. Any other failed step ends a standby's
+/// pass after the fail-safe guard, because the guard itself may be what failed. A primary's
+/// pass goes on past it too (every step that can still be applied brings traffic back sooner,
+/// and a primary has nothing to keep quiet) and then fails with it.
 ///
 /// `wake` is notified when something about the port changed outside the pass (the worker's
 /// events): it cuts the pass's waits short, so a step that failed because its object was not
@@ -223,7 +224,7 @@ pub async fn reconcile_router<D: Dataplane>(
             for action in &round_actions {
                 match apply_one(dataplane, spec, memory, policy, wake, action).await {
                     Ok(()) => applied.push(action.clone()),
-                    Err(source) if role.is_standby() => {
+                    Err(source) if role.is_standby() && !action.is_side_setting() => {
                         let fail_safe = fail_safe(dataplane, spec, action, policy, wake).await;
                         return Err(ReconcileError::Apply {
                             action: action.clone(),
@@ -232,7 +233,7 @@ pub async fn reconcile_router<D: Dataplane>(
                         });
                     }
                     Err(source) => {
-                        warn!(action = %action, error = %source, "step failed; the primary's other steps go on");
+                        warn!(action = %action, error = %source, "step failed; the other steps go on");
                         failed.push(StepFailure { action: action.clone(), source });
                         cut_short = true;
                         break;

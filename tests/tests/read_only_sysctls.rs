@@ -1,8 +1,8 @@
 //! hagw where `/proc/sys` is read-only, as container runtimes mount it in every
 //! non-privileged container: `hagw reconcile --once` runs in a private mount namespace with
 //! `/proc/sys` bound read-only over itself. A primary still carries traffic (link, both
-//! address families, routes) and names the setting it could not apply; a standby ends silent
-//! and guarded, its `addr_gen_mode` set over netlink.
+//! address families, routes) and names the setting it could not apply; a standby ends guarded
+//! and without addresses, its `addr_gen_mode` set over netlink, and names the setting too.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -56,7 +56,7 @@ fn a_primary_carries_traffic_without_writable_sysctls() -> Result<()> {
 }
 
 #[test]
-fn a_standby_ends_silent_and_guarded_without_writable_sysctls() -> Result<()> {
+fn a_standby_ends_guarded_without_writable_sysctls() -> Result<()> {
     for strategy in ["link-down", "silence-only"] {
         let gw = GatewayLab::build()?;
         let state = gw.lab.file("state", "backup")?;
@@ -66,7 +66,7 @@ fn a_standby_ends_silent_and_guarded_without_writable_sysctls() -> Result<()> {
 
         let out = reconcile_read_only(&config)?;
         let output = text(&out);
-        // accept_ra can only be written through /proc/sys: the pass fails, guarded.
+        // accept_ra can only be written through /proc/sys: degraded, and guarded.
         assert_eq!(out.status.code(), Some(1), "{strategy}: {output}");
         assert!(output.contains("accept_ra"), "{strategy}: {output}");
 

@@ -33,6 +33,10 @@ pub fn spec(strategy: Strategy, backend: L2BackendSpec) -> RouterSpec {
     }
 }
 
+pub fn generic() -> L2BackendSpec {
+    L2BackendSpec::Generic
+}
+
 pub fn ovs() -> L2BackendSpec {
     L2BackendSpec::Ovs { port: None }
 }

@@ -160,7 +160,7 @@ impl Metrics {
         let degraded_settings = Family::<RouterLabels, Gauge>::default();
         registry.register(
             "hagw_degraded_settings",
-            "Side settings (IPv6 sysctls) the last pass of a primary could not apply; it forwards without them and retries",
+            "Side settings (IPv6 sysctls) the last pass could not apply; a primary forwards and a standby stays guarded without them, and they are retried",
             degraded_settings.clone(),
         );
         registry.register_collector(Box::new(AnnouncementFrames));
