@@ -2,7 +2,8 @@
 # chart-check.sh - renders and lints charts/hagw and validates the rendered manifests
 # against the Kubernetes schemas, offline:
 #   - helm-python-sdk (Helm v4 SDK in a wheel; no helm binary exists for this machine) for
-#     `helm lint --strict` and `helm template` (with and without the ServiceMonitor),
+#     `helm lint --strict` and `helm template` (with and without the ServiceMonitor), and
+#     that values.schema.json rejects invalid values,
 #   - kubernetes-validate --strict for every rendered object (unknown fields are errors).
 # Both live in a venv under /var/cache/hagw/venv (HAGW_VENV), created idempotently.
 #
@@ -59,6 +60,12 @@ for name, values in [("default", None), ("servicemonitor", {"serviceMonitor": {"
     docs = [m for _, m in sorted(manifests.items()) if m.strip() and not _.endswith("NOTES.txt")]
     with open(f"{work}/{name}.yaml", "w") as f:
         f.write("\n---\n".join(docs) + "\n")
+# values.schema.json rejects what the templates cannot use: a misspelt key, a wrong enum.
+for bad in [{"backend": "ovn"}, {"metricsPortt": 9464}, {"log": {"format": "xml"}}]:
+    report = helm.lint(chart_dir, bad, strict=True, namespace="hagw-system")
+    if not report.get("errors"):
+        print(f"values.schema.json accepted invalid values {bad}", file=sys.stderr)
+        failed = True
 if failed:
     sys.exit("helm lint --strict failed")
 PY
