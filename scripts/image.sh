@@ -105,6 +105,7 @@ new_work() {
 bah() {
   BAH_USED=1
   mkdir -p "$WORK/varlib/containers"
+  # shellcheck disable=SC2016 # expanded by the inner sh
   nice unshare --mount --propagation private -- sh -c 'mount --bind "$1" /var/lib && shift && exec "$@"' \
     sh "$WORK/varlib" buildah --root "$WORK/storage" --runroot "$WORK/runroot" --storage-driver vfs "$@"
 }
@@ -241,6 +242,7 @@ ensure_rootfs() {
     "$((SECONDS - t0))" > "$tarball.info"
   ln -sfn "$(basename "$tarball")" "$latest"
   # Keep the two newest tarballs of this recipe and package list; drop other recipes'.
+  # shellcheck disable=SC2012 # our own file names, no odd characters
   ls -1t "$prefix"-*.tar | tail -n +3 | while read -r old; do rm -f "$old" "$old.info"; done
   find "$CACHE/rootfs" -maxdepth 1 -name "debian-*" ! -name "debian-*-r$RECIPE-*" -exec rm -f {} +
   say "rootfs $kind: $(du -h "$tarball" | cut -f1) in $((SECONDS - t0))s"
@@ -341,8 +343,8 @@ EOF
   CTR_PID=$!
   CTR_DIR=$d
   trap stop_containerd EXIT
-  local i
-  for i in $(seq 1 60); do
+  local _
+  for _ in $(seq 1 60); do
     ctr --address "$sock" version >/dev/null 2>&1 && break
     sleep 0.5
   done
@@ -352,7 +354,7 @@ EOF
   "${c[@]}" images import "$ARCHIVE" >&2
   "${c[@]}" images ls | awk -v r="$REF" 'NR==1 || $1==r' >&2
   "${c[@]}" images ls -q | grep -qx "$REF" || fail "$REF not in the imported images"
-  local n=0 cmd
+  local n=0
   run() {
     n=$((n + 1))
     say "ctr run $REF $*"

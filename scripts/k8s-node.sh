@@ -52,8 +52,14 @@
 #   HAGW_K8S_NODE_BRIDGE     CNI bridge name                            (default hagwnode0)
 #   HAGW_K8S_NODE_CGROUP     cgroup parent of all pods (cgroupfs)       (default /hagw-node)
 #   HAGW_K8S_NODE_TIMEOUT    seconds to wait for each component         (default 180)
+#   HAGW_K8S_NODE_PRUNE      1 = after a build, delete GOCACHE and GOPATH (~5.5 GB; a later rebuild
+#                            then starts cold again) (default 0)
 #   HAGW_K8S_NODE_KEEP_LOGS  1 = `stop` keeps the *.log files of the state dir (default 0; a
 #                            failed `start` always keeps them and says where)
+#
+# While the node runs the host gets: NODE_IP/32 on lo, the CNI bridge, cgroup HAGW_K8S_NODE_CGROUP,
+# three kubelet sysctls, /run/containerd/s, /var/lib/kubelet/device-plugins, /var/lib/cni,
+# /var/log/containers; `stop` undoes all of it (docs/k8s-node.md has the why of each).
 #
 # Everything but the final `export` lines goes to stderr. Never prompts; works with CI=true and no
 # stdin. Must run as root (containerd, kubelet, mounts, cgroups).
@@ -75,6 +81,7 @@ BRIDGE=${HAGW_K8S_NODE_BRIDGE:-hagwnode0}
 CGROUP_ROOT=${HAGW_K8S_NODE_CGROUP:-/hagw-node}
 TIMEOUT=${HAGW_K8S_NODE_TIMEOUT:-180}
 KEEP_LOGS=${HAGW_K8S_NODE_KEEP_LOGS:-0}
+PRUNE=${HAGW_K8S_NODE_PRUNE:-0}
 PAUSE_IMAGE=localhost/hagw/pause:3.10
 PROBE_IMAGE=localhost/hagw/probe:1
 SERVICE_CIDR=10.96.0.0/16
@@ -98,6 +105,7 @@ done
 K8S_MINOR=${BASH_REMATCH[1]}
 STAGING_VERSION=v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}
 [[ $NODE_IP =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ && $NODE_IP != 127.* ]] || fail "HAGW_K8S_NODE_IP must be a non-loopback IPv4 address"
+[[ $NODE_NAME =~ ^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$ ]] || fail "HAGW_K8S_NODE_NAME must be a lowercase DNS name, not '$NODE_NAME'"
 [[ ${#BRIDGE} -le 15 ]] || fail "HAGW_K8S_NODE_BRIDGE must be at most 15 characters"
 [[ $CGROUP_ROOT == /?* && $CGROUP_ROOT != *..* ]] || fail "HAGW_K8S_NODE_CGROUP must be an absolute cgroup path"
 
@@ -134,7 +142,7 @@ go_bin() {
 
 go_env() { # the environment every go command of this script runs in
   export GOPATH=$CACHE/gopath GOMODCACHE=$CACHE/gopath/pkg/mod GOCACHE=$CACHE/gocache \
-         GOTOOLCHAIN=local GOENV=off GOFLAGS= CGO_ENABLED=0 GOTELEMETRY=off
+         GOTOOLCHAIN=local GOENV=off GOFLAGS='' CGO_ENABLED=0 GOTELEMETRY=off
   export GOPROXY=${GOPROXY:-https://proxy.golang.org,direct}
   GO=$(go_bin)
   [[ -x $GO ]] || fail "go binary '$GO' not found"
@@ -358,6 +366,11 @@ cmd_install() {
     rm -rf "$BIN" && mv "$new" "$BIN"
     say "build finished in $((SECONDS - t0))s: $(du -sh "$BIN" | cut -f1) in $BIN"
     "$BIN/kubelet" --version >&2
+    if [[ $PRUNE == 1 ]]; then
+      chmod -R u+w "$CACHE/gopath" 2>/dev/null || true # the module cache is read-only
+      rm -rf "$CACHE/gocache" "$CACHE/gopath" "$CACHE/build"
+      say "pruned GOCACHE and GOPATH"
+    fi
   fi
   flock -u 9
   say "install done in $((SECONDS - t0))s"
@@ -636,12 +649,12 @@ EOF
 
 launch() { # $1 = component, $2.. = command line; detached, no stdin, log in the state dir
   setsid "${@:2}" >"$STATE/$1.log" 2>&1 </dev/null &
-  local pid=$! want i
+  local pid=$! want _
   echo "$pid" > "$STATE/$1.pid"
   # setsid execs the command in place: until it has, /proc/$pid/exe is setsid and `ours` would
   # take the component for dead.
   want=$(readlink -f "$2")
-  for i in $(seq 100); do
+  for _ in $(seq 100); do
     [[ $(readlink -f "/proc/$pid/exe" 2>/dev/null) == "$want" ]] && return 0
     kill -0 "$pid" 2>/dev/null || return 0
     sleep 0.05
@@ -715,28 +728,27 @@ check_host() {
 cmd_start() {
   local t0=$SECONDS
   binaries_current 2>/dev/null || cmd_install
-  check_host
 
   resolve_state
-  if [[ -z ${HAGW_K8S_NODE_STATE:-} ]]; then
-    if [[ -n $STATE ]] && ours kubelet && ours apiserver; then
-      say "already running (state $STATE)"; print_env; return 0
-    fi
-    STATE=$(mktemp -d /tmp/hagw-k8s-node.XXXXXX)
+  if [[ -n $STATE && -d $STATE ]]; then
+    STATE=$(cd "$STATE" && pwd); SOCK=$STATE/run/containerd.sock
+    if ours kubelet && ours apiserver; then say "already running (state $STATE)"; print_env; return 0; fi
+    local comp
+    for comp in etcd apiserver kcm scheduler containerd kubelet; do
+      if ours "$comp"; then fail "$comp from an earlier start still runs in $STATE: run '$0 stop' first"; fi
+    done
   fi
-  mkdir -p "$STATE"; chmod 755 "$STATE"
-  STATE=$(cd "$STATE" && pwd)
-  SOCK=$STATE/run/containerd.sock
-  if ours kubelet && ours apiserver; then say "already running (state $STATE)"; print_env; return 0; fi
-  local comp
-  for comp in etcd apiserver kcm scheduler containerd kubelet; do
-    ours "$comp" && fail "$comp from an earlier start still runs in $STATE: run '$0 stop' first"
-  done
 
+  check_host
   local p
   for p in "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT"; do
-    port_in_use "$p" && fail "127.0.0.1:$p is already in use (see the HAGW_K8S_NODE_*_PORT variables)"
+    if port_in_use "$p"; then fail "127.0.0.1:$p is already in use (see the HAGW_K8S_NODE_*_PORT variables)"; fi
   done
+  if [[ -n ${HAGW_K8S_NODE_STATE:-} ]]; then mkdir -p "$STATE"; STATE=$(cd "$STATE" && pwd)
+  else STATE=$(mktemp -d /tmp/hagw-k8s-node.XXXXXX)
+  fi
+  chmod 755 "$STATE"
+  SOCK=$STATE/run/containerd.sock
   echo "$STATE" > "$CACHE/current-state"
   trap 'say "start failed; stopping what was started (logs kept in $STATE)"; KEEP_LOGS=1 cmd_stop >/dev/null 2>&1 || true' EXIT
 
@@ -761,8 +773,8 @@ cmd_start() {
     ctr --address "$SOCK" -n k8s.io images import "$CACHE/images/$img.tar" >>"$STATE/ctr-import.log" 2>&1 \
       || { cat "$STATE/ctr-import.log" >&2; fail "ctr images import $img.tar failed"; }
   done
-  ctr --address "$SOCK" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE" \
-    || fail "$PAUSE_IMAGE not found in containerd after import"
+  local images; images=$(ctr --address "$SOCK" -n k8s.io images ls -q) # no `| grep -q`: SIGPIPE + pipefail
+  grep -qx "$PAUSE_IMAGE" <<<"$images" || fail "$PAUSE_IMAGE not found in containerd after import"
 
   wait_for etcd "healthy /health" curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
 
@@ -796,7 +808,7 @@ cmd_start() {
     --root-dir="$STATE/kubelet" --cert-dir="$STATE/kubelet/pki" --hostname-override="$NODE_NAME"
     --node-ip="$NODE_IP" --v=1)
   # Still accepted by 1.34 (only keeps the image from image GC); dropped in later releases.
-  if "$BIN/kubelet" --help 2>&1 | grep -q -- '--pod-infra-container-image'; then
+  if [[ $("$BIN/kubelet" --help 2>&1) == *--pod-infra-container-image* ]]; then
     kubelet_args+=(--pod-infra-container-image="$PAUSE_IMAGE")
   fi
   launch kubelet "$BIN/kubelet" "${kubelet_args[@]}"
@@ -811,11 +823,11 @@ cmd_start() {
 }
 
 stop_comp() { # $1 = component: TERM, wait up to 10 s, KILL
-  local comp=$1 pid i
+  local comp=$1 pid _
   if ours "$comp"; then
     pid=$(cat "$STATE/$comp.pid")
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
     say "stopped $comp (pid $pid)"
   fi
@@ -849,8 +861,8 @@ kill_cgroup_procs() {
 }
 
 umount_under() { # unmount everything mounted at or below $1, deepest first
-  local prefix=$1 m i
-  for i in 1 2 3; do
+  local prefix=$1 m _
+  for _ in 1 2 3; do
     local left=0
     while read -r m; do
       left=1
@@ -870,7 +882,9 @@ cmd_stop() {
   if ours containerd && [[ -x $BIN/crictl ]]; then
     # CRI teardown: stops containers, runs CNI DEL (veth, IPAM), removes the netns.
     local cri=("$BIN/crictl" --runtime-endpoint "unix://$SOCK" --timeout 30s)
-    "${cri[@]}" stopp $("${cri[@]}" pods -q 2>/dev/null) >/dev/null 2>&1 || true
+    local pods
+    mapfile -t pods < <("${cri[@]}" pods -q 2>/dev/null)
+    ((${#pods[@]} == 0)) || "${cri[@]}" stopp "${pods[@]}" >/dev/null 2>&1 || true
     "${cri[@]}" rmp -a -f >/dev/null 2>&1 || true
   fi
   kill_cgroup_procs
@@ -975,7 +989,7 @@ cmd_env() {
 
 cmd_selftest() {
   resolve_state
-  ours kubelet && ours apiserver || fail "node not running; run '$0 start' first"
+  if ! ours kubelet || ! ours apiserver; then fail "node not running; run '$0 start' first"; fi
   local ns=hagw-selftest t0=$SECONDS out
   kc delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
   kc create namespace "$ns" >/dev/null

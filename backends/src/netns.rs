@@ -48,6 +48,15 @@ impl Netns {
         Ok(NetnsId { dev: meta.dev(), ino: meta.ino() })
     }
 
+    /// Whether the name is already a namespace and not just the empty file `ip netns add`
+    /// creates a moment before it bind-mounts the namespace onto it (opening that file
+    /// works, but joining it fails with `EINVAL`). The mount gives it nsfs's device.
+    pub fn is_mounted(&self) -> bool {
+        let dir = std::fs::metadata(NETNS_RUN_DIR);
+        let file = std::fs::metadata(self.path());
+        matches!((dir, file), (Ok(dir), Ok(file)) if dir.dev() != file.dev())
+    }
+
     /// Runs `work` on a thread that has joined this namespace, inside the current tokio
     /// runtime, and returns its result together with the namespace identity it ran in.
     pub async fn run<T, F>(&self, work: F) -> io::Result<(T, NetnsId)>

@@ -92,8 +92,13 @@ impl PlanBuilder<'_> {
 
     fn standby(&mut self, spec: &RouterSpec, observed: &Observed) {
         let settle = spec.silence_settle();
-        // Silence observed long enough ago that no delayed MLD/DAD retransmission is left.
-        let settled = observed.port.is_silent() && observed.silent_for >= settle;
+        // Silence observed long enough ago that no delayed MLD/DAD retransmission is left, on
+        // a device that exists: a missing one sends nothing, but the one the agents create
+        // next comes up with the kernel's defaults and talks at once, so a backend that can
+        // hold by name (Linux bridge) holds it on arrival.
+        let settled = observed.port.link.is_some()
+            && observed.port.is_silent()
+            && observed.silent_for >= settle;
         let can_hold = spec.backend.can_hold() && self.state.l2.hold != L2Hold::Unsupported;
 
         // 1. Close exposure before anything makes the kernel talk. A backend that can hold

@@ -263,6 +263,14 @@ impl Agent {
         if self.monitors.get(namespace).is_some_and(|m| m.id == id) {
             return;
         }
+        if !netns.is_mounted() {
+            // `ip netns add` creates the file first and mounts the namespace on it a moment
+            // later, with no inotify event for the mount: report the namespace again once it
+            // is there, since the agents configure its devices right after.
+            self.monitors.remove(namespace);
+            tokio::spawn(report_when_mounted(netns, self.netns_changes.clone()));
+            return;
+        }
         match monitor_netns(&netns, self.netns_changes.clone()).await {
             Ok(monitor) => {
                 self.monitors.insert(namespace.to_string(), monitor);
@@ -273,6 +281,9 @@ impl Agent {
 
     /// Something happened in a namespace: re-read the roles of its routers and wake them.
     pub async fn namespace_changed(&mut self, namespace: &str) {
+        if self.routers.values().any(|m| m.spec.namespace == namespace) {
+            self.ensure_monitor(namespace).await;
+        }
         let ids: Vec<String> = self
             .routers
             .values()
@@ -389,6 +400,21 @@ impl Agent {
         }
         info!("stopping; ports stay as last reconciled");
         Ok(())
+    }
+}
+
+/// Sends `netns`'s name on `changes` as soon as the namespace is mounted on its file (polled:
+/// the mount sends no event), or gives up once the file is gone or after a few seconds.
+async fn report_when_mounted(netns: Netns, changes: mpsc::UnboundedSender<String>) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut delay = std::time::Duration::from_millis(1);
+    while tokio::time::Instant::now() < deadline && netns.path().exists() {
+        if netns.is_mounted() {
+            let _ = changes.send(netns.name().to_string());
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_millis(50));
     }
 }
 
