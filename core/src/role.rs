@@ -1,25 +1,12 @@
-//! Reading a router's role from its source. Only fixed roles and Neutron's state file are
-//! read here; event-driven sources live in the agent.
+//! The one rule that decides a router's role from its inputs ([`RoleInputs::resolve`]), used
+//! by every command and mode, and the file-based inputs (Neutron's state file, keepalived's
+//! pid file). The primary VIP is read by the caller, which has the dataplane.
 
 use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::model::{Role, RoleSource, RouterSpec};
-
-/// The role a router's files give right now, for one-shot commands (the agent also watches
-/// the primary VIP): its fixed role, else standby while a named keepalived pid file names no
-/// keepalived past its start-up, else the state file. A missing, empty or unreadable state
-/// file gives `Unknown` (handled as standby).
-pub fn current_role(spec: &RouterSpec) -> Role {
-    let keepalived = spec.keepalived_pid_file.as_deref().map(keepalived_running);
-    let configured = match &spec.role {
-        RoleSource::Fixed(role) => *role,
-        RoleSource::StateFile(path) => read_state_file(path).unwrap_or(Role::Unknown),
-    };
-    let inputs = RoleInputs { configured: Some(configured), vip_present: None, keepalived };
-    inputs.resolve(&spec.role)
-}
+use crate::model::{Role, RoleSource};
 
 /// Reads Neutron's state file. `None` means "no reading": the file is empty, which is a
 /// moment inside Neutron's truncate-then-write, not a role; a caller that knows the previous
@@ -104,6 +91,8 @@ pub struct RoleInputs {
     /// The router's keepalived as its pid file names it: `None` when the spec names no pid
     /// file, `Some(None)` when no keepalived runs.
     pub keepalived: Option<Option<RunningProcess>>,
+    /// The state keepalived just announced to `hagw notify`, if this is that command.
+    pub notified: Option<Role>,
 }
 
 impl RoleInputs {
@@ -114,8 +103,9 @@ impl RoleInputs {
     /// Otherwise the primary VIP decides when it can be observed: keepalived adds it before
     /// anything else on a transition and Neutron's state file follows it, so it is both
     /// earlier and authoritative; in particular a hold is never released while the VIP is
-    /// absent, even if a stale state file says primary. Without a VIP reading, the state file
-    /// decides.
+    /// absent, even if a stale state file says primary. Without a VIP reading, keepalived's
+    /// own word to a notify script decides (it adds or removes the VIPs before it runs the
+    /// script, so the two agree whenever both are there), and without that the state file.
     pub fn resolve(&self, source: &RoleSource) -> Role {
         if let RoleSource::Fixed(role) = source {
             return *role;
@@ -123,10 +113,11 @@ impl RoleInputs {
         if self.keepalived.is_some_and(|k| !k.is_some_and(|k| k.past_startup())) {
             return Role::Standby;
         }
-        match self.vip_present {
-            Some(true) => Role::Primary,
-            Some(false) => Role::Standby,
-            None => self.configured.unwrap_or(Role::Unknown),
+        match (self.vip_present, self.notified) {
+            (Some(true), _) => Role::Primary,
+            (Some(false), _) => Role::Standby,
+            (None, Some(word)) => word,
+            (None, None) => self.configured.unwrap_or(Role::Unknown),
         }
     }
 }
@@ -164,6 +155,7 @@ mod tests {
             configured: Some(Role::Primary),
             vip_present: Some(true),
             keepalived: Some(None),
+            notified: None,
         };
         assert_eq!(leftovers.resolve(&file), Role::Standby);
         let process = |age| Some(Some(RunningProcess { pid: 7, age }));
@@ -216,56 +208,69 @@ mod tests {
         assert!(init.past_startup(), "{init:?}");
     }
 
-    /// A router spec with `role` and, optionally, a keepalived pid file.
-    fn spec(role: RoleSource, keepalived_pid_file: Option<&Path>) -> RouterSpec {
-        RouterSpec {
-            id: "r1".into(),
-            namespace: "qrouter-r1".into(),
-            gateway_device: "qg-r1".into(),
-            ha_device: None,
-            primary_vip: None,
-            keepalived_pid_file: keepalived_pid_file.map(Path::to_path_buf),
-            gateway_addresses: vec![],
-            routes: vec![],
-            backend: Default::default(),
-            strategy: Default::default(),
-            announce: Default::default(),
-            role,
-            silence_settle_ms: crate::model::DEFAULT_SILENCE_SETTLE_MS,
-        }
-    }
-
     #[test]
     fn state_file_words_as_neutron_writes_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
-        let router = spec(RoleSource::StateFile(path.clone()), None);
-        assert_eq!(current_role(&router), Role::Unknown, "missing file");
+        assert_eq!(read_state_file(&path), Some(Role::Unknown), "missing file");
         for (word, role) in [
             ("primary", Role::Primary),
             ("master", Role::Primary),
             ("backup", Role::Standby),
-            ("", Role::Unknown),
             ("fault", Role::Unknown),
             ("primary\n", Role::Primary),
         ] {
             std::fs::write(&path, word).unwrap();
-            assert_eq!(current_role(&router), role, "{word:?}");
+            assert_eq!(read_state_file(&path), Some(role), "{word:?}");
         }
         std::fs::write(&path, "").unwrap();
         assert_eq!(read_state_file(&path), None, "an empty file is a write in progress");
     }
 
+    /// Every combination of the inputs against the rule written out as a table: fixed role,
+    /// keepalived (not named / dead / starting / running), primary VIP (unreadable / absent /
+    /// present), notify word (none / MASTER / BACKUP), state file (none / primary / backup).
     #[test]
-    fn one_shot_commands_see_a_dead_keepalived_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        std::fs::write(&state, "primary").unwrap();
-        let pid_file = dir.path().join("r1.pid.keepalived-vrrp");
-        let router = spec(RoleSource::StateFile(state), Some(&pid_file));
-        assert_eq!(current_role(&router), Role::Standby, "no keepalived running");
-        assert_eq!(current_role(&spec(router.role.clone(), None)), Role::Primary);
-        let fixed = spec(RoleSource::Fixed(Role::Primary), Some(&pid_file));
-        assert_eq!(current_role(&fixed), Role::Primary);
+    fn the_role_rule_over_every_input() {
+        use Role::{Primary as P, Standby as S, Unknown as U};
+        let file = RoleSource::StateFile("/nonexistent".into());
+        let process = |age| Some(RunningProcess { pid: 7, age });
+        let keepalived = [
+            ("not named", None),
+            ("dead", Some(None)),
+            ("starting", Some(process(Duration::from_millis(200)))),
+            ("running", Some(process(Duration::from_secs(60)))),
+        ];
+        for fixed in [None, Some(P), Some(S), Some(U)] {
+            for (k_name, k) in keepalived {
+                for vip in [None, Some(false), Some(true)] {
+                    for notified in [None, Some(P), Some(S)] {
+                        for configured in [None, Some(P), Some(S)] {
+                            let inputs = RoleInputs {
+                                configured,
+                                vip_present: vip,
+                                keepalived: k,
+                                notified,
+                            };
+                            let source = fixed.map(RoleSource::Fixed).unwrap_or(file.clone());
+                            let expected = if let Some(role) = fixed {
+                                role
+                            } else if matches!(k_name, "dead" | "starting") {
+                                S
+                            } else if let Some(present) = vip {
+                                if present { P } else { S }
+                            } else {
+                                notified.or(configured).unwrap_or(U)
+                            };
+                            assert_eq!(
+                                inputs.resolve(&source),
+                                expected,
+                                "fixed {fixed:?}, keepalived {k_name}, vip {vip:?}, notified {notified:?}, file {configured:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }

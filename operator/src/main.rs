@@ -6,6 +6,7 @@ mod cli;
 mod k8s;
 mod logging;
 mod observe;
+mod roles;
 
 use std::process::ExitCode;
 

@@ -17,7 +17,6 @@
 //! the port once silence has settled.
 
 mod exits;
-mod roles;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,9 +36,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, info_span, warn};
 
 use self::exits::ExitWatches;
-use self::roles::RoleReader;
 use self::watch::{DirEvent, DirWatcher};
 use crate::observe::{HEARTBEAT, Observer};
+use crate::roles::RoleReader;
 
 /// One router the agent manages.
 struct Managed {

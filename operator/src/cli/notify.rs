@@ -7,6 +7,7 @@ use hagw_core::Role;
 use hagw_core::reconcile::{RetryPolicy, RouterMemory, reconcile_router};
 
 use super::{ConfigArg, EXIT_INVALID_INPUT};
+use crate::roles::RoleReader;
 
 #[derive(Debug, clap::Args)]
 pub struct NotifyArgs {
@@ -45,6 +46,10 @@ pub async fn run(args: NotifyArgs) -> ExitCode {
         return ExitCode::from(EXIT_INVALID_INPUT);
     };
     let dataplane = super::dataplane(&config);
+    // keepalived's word is one input of the rule every command uses: a VIP reading or a dead
+    // keepalived outranks it (a notify script can run late, after the next transition).
+    let roles = RoleReader::new(dataplane.linux().clone());
+    let (role, _) = roles.resolve_notified(spec, Some(role)).await;
     let mut memory = RouterMemory::default();
     match reconcile_router(&dataplane, spec, role, &mut memory, &RetryPolicy::default(), None).await
     {

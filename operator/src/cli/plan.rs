@@ -4,9 +4,10 @@ use std::process::ExitCode;
 
 use clap::ValueEnum;
 use hagw_core::reconcile::{RetryPolicy, RouterMemory, dry_run};
-use hagw_core::role::current_role;
 use hagw_core::{Observed, Plan, Role, RouterSpec};
 use serde::Serialize;
+
+use crate::roles::RoleReader;
 
 use super::ConfigArg;
 
@@ -44,10 +45,11 @@ pub async fn run(args: PlanArgs) -> ExitCode {
     };
     let dataplane = super::dataplane(&config);
     let policy = RetryPolicy::default();
+    let roles = RoleReader::new(dataplane.linux().clone());
     let plans = futures::future::join_all(config.routers.iter().map(|spec| {
-        let dataplane = &dataplane;
+        let (dataplane, roles) = (&dataplane, &roles);
         async move {
-            let role = current_role(spec);
+            let (role, _) = roles.resolve(spec).await;
             let result =
                 dry_run(dataplane, spec, role, &mut RouterMemory::default(), &policy, None).await;
             (spec, role, result)

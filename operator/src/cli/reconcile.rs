@@ -9,8 +9,9 @@ use hagw_core::config::Config;
 use hagw_core::reconcile::{
     PassReport, ReconcileError, RetryPolicy, RouterMemory, reconcile_router,
 };
-use hagw_core::role::current_role;
 use hagw_core::{Role, RouterSpec};
+
+use crate::roles::RoleReader;
 
 use super::ConfigArg;
 
@@ -50,12 +51,13 @@ pub async fn run(args: ReconcileArgs) -> ExitCode {
 
 /// Reconciles every router concurrently; true if all converged.
 async fn pass(config: &Config, dataplane: &HostDataplane, memories: &mut [RouterMemory]) -> bool {
+    let roles = RoleReader::new(dataplane.linux().clone());
     let results = futures::future::join_all(
         config
             .routers
             .iter()
             .zip(memories.iter_mut())
-            .map(|(spec, memory)| converge(dataplane, spec, memory)),
+            .map(|(spec, memory)| converge(dataplane, &roles, spec, memory)),
     )
     .await;
     let mut ok = true;
@@ -69,11 +71,12 @@ async fn pass(config: &Config, dataplane: &HostDataplane, memories: &mut [Router
 /// standby whose silence must settle before a hold is lifted still converges in one run.
 async fn converge(
     dataplane: &HostDataplane,
+    roles: &RoleReader,
     spec: &RouterSpec,
     memory: &mut RouterMemory,
 ) -> (Role, Result<Vec<PassReport>, ReconcileError>) {
     let policy = RetryPolicy::default();
-    let role = current_role(spec);
+    let (role, _) = roles.resolve(spec).await;
     let mut reports = Vec::new();
     for _ in 0..SETTLE_PASSES {
         match reconcile_router(dataplane, spec, role, memory, &policy, None).await {

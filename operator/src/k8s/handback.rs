@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use hagw_backends::dataplane::HostDataplane;
 use hagw_core::reconcile::{RetryPolicy, RouterMemory, reconcile_router};
-use hagw_core::role::current_role;
 use hagw_core::{RouterSpec, Strategy, Wait};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
+
+use crate::roles::RoleReader;
 
 /// Passes before giving up (each waits for the silence to settle or retries after a failure).
 const MAX_PASSES: u32 = 10;
@@ -32,8 +33,9 @@ async fn hand_back(dataplane: HostDataplane, mut spec: RouterSpec) {
     spec.strategy = Strategy::SilenceOnly;
     let mut memory = RouterMemory::default();
     let policy = RetryPolicy::default();
+    let roles = RoleReader::new(dataplane.linux().clone());
     for _ in 0..MAX_PASSES {
-        let role = current_role(&spec);
+        let (role, _) = roles.resolve(&spec).await;
         match reconcile_router(&dataplane, &spec, role, &mut memory, &policy, None).await {
             Ok(report) => match report.wait {
                 Some(Wait::SilenceSettling { remaining }) => tokio::time::sleep(remaining).await,

@@ -1,5 +1,7 @@
-//! Reads a router's role inputs: its configured source and, when the spec names them, the
-//! presence of keepalived's primary VIP on the HA device and whether keepalived runs.
+//! Reads a router's role inputs (its configured source and, when the spec names them, the
+//! presence of keepalived's primary VIP on the HA device and whether keepalived runs) and
+//! applies the one role rule ([`RoleInputs::resolve`]). Every command and mode gets its role
+//! here: the agents, `plan`, `reconcile`, `notify` and the Kubernetes hand-back.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,11 +29,21 @@ impl RoleReader {
     /// The router's role now, and its keepalived if the spec names a pid file and that
     /// keepalived runs (the agent watches it: the end of its start-up, its exit).
     pub async fn resolve(&self, spec: &RouterSpec) -> (Role, Option<RunningProcess>) {
+        self.resolve_notified(spec, None).await
+    }
+
+    /// As [`RoleReader::resolve`], with the state keepalived announced to a notify script.
+    pub async fn resolve_notified(
+        &self,
+        spec: &RouterSpec,
+        notified: Option<Role>,
+    ) -> (Role, Option<RunningProcess>) {
         let keepalived = spec.keepalived_pid_file.as_deref().map(keepalived_running);
         let inputs = RoleInputs {
             configured: Some(self.configured(&spec.role)),
             vip_present: self.vip_present(spec).await,
             keepalived,
+            notified,
         };
         (inputs.resolve(&spec.role), keepalived.flatten())
     }
