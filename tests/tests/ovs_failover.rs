@@ -90,8 +90,15 @@ async fn primary_serves_standby_stays_held_through_agent_and_ovsdb_restarts() ->
     converge(&dps[0], &spec(primary), Role::Standby).await?;
     ensure!(standby.port_vlan()? == HELD && primary.port_vlan()? == HELD);
     ensure!(standby.no_receive()? && primary.no_receive()?, "a hold sets no-receive");
+    let cfg = |column: &str| -> Result<i64> {
+        Ok(primary.ovs.vsctl(&format!("get Open_vSwitch . {column}"))?.trim().parse()?)
+    };
+    let before = cfg("next_cfg")?;
     converge(&dps[0], &spec(primary), Role::Primary).await?;
     ensure!(primary.port_vlan()? == format!("{LOCAL_VLAN} [] []"), "{}", primary.port_vlan()?);
+    // The release waited for ovs-vswitchd to apply it (next_cfg/cur_cfg, as --wait=vswitchd).
+    let (next, cur) = (cfg("next_cfg")?, cfg("cur_cfg")?);
+    ensure!(next > before && cur >= next, "next_cfg {before} -> {next}, cur_cfg {cur}");
     ensure!(!primary.no_receive()?, "a release clears no-receive");
     lab.lab.exec(&lab.external, &format!("ping -c 3 -i 0.2 -W 2 {GATEWAY_IP}"))?;
     ensure!(fdb_has_gateway_on(&lab.tor, &primary.tor_port)?, "ToR must learn the primary");

@@ -8,12 +8,14 @@
 //! - [`ofport`]: the retag-proof half of the hold, OpenFlow `no-receive`, spoken over the
 //!   bridge's management socket by [`openflow`] (`ovs-ofctl` as the fallback),
 //! - [`watch`]: the monitor that reports retagged ports at once, and the re-hold task,
-//! - [`restarts`]: ovs-vswitchd (re)starting, which drops `no-receive` behind OVSDB's back.
+//! - [`restarts`]: ovs-vswitchd (re)starting, which drops `no-receive` behind OVSDB's back,
+//! - [`applied`]: waiting until ovs-vswitchd has applied a release before it is announced.
 //!
 //! A hold is both the dead-VLAN triple in the Port row and `no-receive` on the OpenFlow port;
 //! either alone keeps the port's frames off the uplink, so the port counts as held while
 //! either is in place (a primary then still releases both), and every hold puts both back.
 
+pub mod applied;
 pub mod ofport;
 pub mod openflow;
 pub mod port;
@@ -27,7 +29,7 @@ use hagw_core::Error;
 use hagw_core::model::{L2BackendSpec, RouterSpec};
 use hagw_core::observed::L2State;
 use tokio::sync::OnceCell;
-use tracing::{debug, info, instrument};
+use tracing::{debug, info, instrument, warn};
 
 use crate::ovsdb::{
     ClientConfig, Condition, Endpoint, InterfaceRow, Op, OvsdbClient, OvsdbError, PortRow,
@@ -282,12 +284,34 @@ impl OvsBackend {
             (Some(_), None) => debug!("not attached to a bridge, no no-receive to clear"),
             (None, _) => {}
         }
-        let Some(ops) = ops else {
+        let Some(mut ops) = ops else {
             debug!("already released");
             return Ok(());
         };
-        self.commit("release", port, &ops).await?;
+        if self.ofctl.is_none() {
+            // Database only (no ovs-vswitchd to wait for).
+            self.commit("release", port, &ops).await?;
+            info!(local_vlan = ?port::local_vlan(row), "released to local VLAN");
+            return Ok(());
+        }
+        ops.extend(applied::bump_ops());
+        let client = self.client().await?;
+        let results =
+            client.transact(VSWITCH_DB, &ops).await.map_err(|e| ovs_error("release", port, e))?;
         info!(local_vlan = ?port::local_vlan(row), "released to local VLAN");
+        // Announcing before ovs-vswitchd has applied it would lose the first round. Bounded:
+        // a stuck ovs-vswitchd must not stop the takeover; the later rounds still count.
+        let Some(target) = applied::target_cfg(&results) else { return Ok(()) };
+        match applied::wait_applied(client, target, VSWITCHD_APPLY_WAIT).await {
+            Ok(applied::Applied::After(took)) => {
+                debug!(us = took.as_micros() as u64, "ovs-vswitchd applied the release")
+            }
+            Ok(applied::Applied::TimedOut) => warn!(
+                ms = VSWITCHD_APPLY_WAIT.as_millis() as u64,
+                "ovs-vswitchd has not applied the release yet; announcing anyway"
+            ),
+            Err(e) => warn!(error = %e, "cannot tell whether ovs-vswitchd applied the release"),
+        }
         Ok(())
     }
 
@@ -312,6 +336,9 @@ impl OvsBackend {
         self.release_port(port_name(spec)).await
     }
 }
+
+/// How long a release waits for ovs-vswitchd to apply it before the announcement goes out.
+const VSWITCHD_APPLY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Maps an `ovs-ofctl` failure to the loop's error kind.
 fn ofctl_error(operation: &str, port: &str, e: OfctlError) -> Error {
