@@ -165,7 +165,7 @@ binaries_current() {
 build_kubernetes() { # $1 = output dir
   local out=$1 wrap=$CACHE/build/k8s-$K8S_VERSION modfile
   say "building kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl $K8S_VERSION"
-  say "(cold: 30-60 minutes on 2 busy cores; later runs use the cached binaries)"
+  say "(cold: ~10 minutes on 2 busy cores, ~15 with helm/crictl; later runs use the cached binaries)"
   # k8s.io/kubernetes replaces its staging modules (k8s.io/api, ...) with ./staging paths, so
   # `go install k8s.io/kubernetes/cmd/...@v` is refused. A wrapper module requires it and points
   # every staging module at its published v0.<minor>.<patch>.
@@ -721,7 +721,7 @@ check_host() {
   # Information only: these host settings affect bridged pod traffic, not the node itself.
   local nf fwd
   nf=$(sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo n/a)
-  fwd=$(iptables -S FORWARD 2>/dev/null | head -1 || true)
+  fwd=$(iptables -S FORWARD 2>/dev/null || true); fwd=${fwd%%$'\n'*}
   say "host: cgroup $(stat -fc %T /sys/fs/cgroup), bridge-nf-call-iptables=$nf, iptables '${fwd:-n/a}', ip_forward=$(cat /proc/sys/net/ipv4/ip_forward)"
 }
 
@@ -838,7 +838,7 @@ our_shims() { # pids of containerd shims serving our containerd
   local p
   for p in /proc/[0-9]*; do
     [[ $(readlink "$p/exe" 2>/dev/null) == */containerd-shim* ]] || continue
-    tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF -- "-address $SOCK " && echo "${p#/proc/}"
+    [[ "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" == *"-address $SOCK "* ]] && echo "${p#/proc/}"
   done
   return 0
 }
@@ -852,10 +852,12 @@ cgroup_dirs() { # every cgroup directory of our pods' cgroup tree, deepest first
 }
 
 kill_cgroup_procs() {
-  local d pid
+  # The list is read while shims tear down cgroups (runc delete after their init died): a dir can
+  # vanish between find and read, and a failed `< file` redirection would end the script (set -e).
+  local d pid procs
   while read -r d; do
-    [[ -f $d/cgroup.procs ]] || continue
-    while read -r pid; do [[ -n $pid ]] && kill -KILL "$pid" 2>/dev/null; done < "$d/cgroup.procs"
+    procs=$(cat "$d/cgroup.procs" 2>/dev/null) || continue
+    for pid in $procs; do kill -KILL "$pid" 2>/dev/null || true; done
   done < <(cgroup_dirs)
   return 0
 }
@@ -925,6 +927,13 @@ cmd_stop() {
         "$t" -t "$tbl" -F "$chain" 2>/dev/null || true
         "$t" -t "$tbl" -X "$chain" 2>/dev/null && say "removed $t chain $tbl/$chain"
       done
+  done
+  # libcni's result cache (/var/lib/cni/results/<network>-<sandbox id>-<ifname>): CNI DEL removes
+  # its entries, but not when containerd died before `stop`. Our sandbox ids are in our root.
+  local id
+  for id in "$STATE"/containerd/root/io.containerd.grpc.v1.cri/sandboxes/*; do
+    id=${id##*/}
+    [[ $id =~ ^[0-9a-f]{64}$ ]] && rm -f /var/lib/cni/results/*-"$id"-*
   done
   # Host paths the kubelet creates whatever its config says (see docs/k8s-node.md): our
   # device-plugin socket, and /var/log/containers links into our pod logs.
@@ -1058,7 +1067,8 @@ EOF
   out=$(kc -n "$ns" exec "$ds_pod" -- /hagw-probe dial "127.0.0.1:$API_PORT" 2>&1) || ok=0
   say "$ds_pod: $out"
   say "kubectl logs $ds_pod (first lines):"
-  kc -n "$ns" logs "$ds_pod" | head -n 12 >&2
+  out=$(kc -n "$ns" logs "$ds_pod") || ok=0 # (no `| head`: SIGPIPE + pipefail)
+  sed -n '1,12p' <<<"$out" >&2
 
   # helm: install/uninstall a one-DaemonSet chart on the node.
   local chart; chart=$(mktemp -d)
