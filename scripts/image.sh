@@ -384,9 +384,11 @@ cmd_build_containerfile() {
   ensure_tools
   ensure_binary
   new_work
-  # The Containerfile copies target/release/hagw from the build context (the repository).
-  [[ $(readlink -f "$BIN") == "$(readlink -f "$ROOT/target/release/hagw")" ]] \
-    || fail "build-containerfile uses target/release/hagw; HAGW_BIN=$BIN is elsewhere"
+  # The Containerfile copies the binary from the build context (the repository): by default
+  # target/release/hagw, else the path given as HAGW_BINARY (it must be under target/).
+  local rel
+  rel=$(realpath --relative-to="$ROOT" "$BIN")
+  [[ $rel == target/* ]] || fail "build-containerfile needs the binary under target/, not $BIN"
   base=$(ensure_rootfs base)
   rev=$(revision)
   mkdir -p "$OUT"
@@ -398,6 +400,7 @@ cmd_build_containerfile() {
   local t1=$SECONDS
   bah bud --isolation chroot --pull-never --target prebuilt \
     --build-arg "BASE=$BASE_REF" --build-arg "VERSION=$VERSION" --build-arg "REVISION=$rev" \
+    --build-arg "HAGW_BINARY=$rel" \
     -t "$REF" -f Containerfile "$ROOT" >&2
   say "Containerfile build took $((SECONDS - t1))s"
   rm -f "$CF_ARCHIVE.tmp"

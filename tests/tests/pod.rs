@@ -1,0 +1,195 @@
+//! hagw as users deploy it: the image built offline, the chart installed with the real `helm`
+//! on a real node (kubelet + containerd), and the DaemonSet's pod, under the runtime's
+//! defaults (read-only `/proc/sys`, masked paths, the chart's securityContext), holding a
+//! standby's gateway port and taking over when the router turns primary.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use hagw_e2e::gateway::{EXTERNAL_IP, GATEWAY_CIDR, GATEWAY_IP, GatewayLab};
+use hagw_e2e::k8s::node_entry;
+use hagw_e2e::node::{IMAGE_REPOSITORY, IMAGE_TAG, Node, node};
+use hagw_e2e::ports;
+use serde_json::Value;
+
+/// A Helm release of the chart, uninstalled on drop.
+struct Release<'a> {
+    node: &'a Node,
+    name: String,
+    namespace: String,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let _ = self.node.helm(&["uninstall", &self.name, "-n", &self.namespace, "--wait"]);
+        let _ = self.node.kubectl(&["delete", "namespace", &self.namespace, "--wait=false"]);
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `within`.
+fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    loop {
+        match check() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what} (last error: {last:?})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn link_up(gw: &GatewayLab) -> Result<bool> {
+    Ok(gw.gateway("link")?.contains(",UP"))
+}
+
+/// This node's entry in the HARouter's status.
+fn entry(node: &Node, name: &str) -> Result<Option<Value>> {
+    Ok(node_entry(&node.get("harouter", name, "default")?, &node.name))
+}
+
+#[test]
+fn the_helm_installed_pod_holds_a_standby_and_takes_over() -> Result<()> {
+    let node = node();
+    let gw = GatewayLab::build()?;
+    let id = gw.lab.id.clone();
+    // Neutron's state path as the chart mounts it (read-only), with this router's state file.
+    let neutron = gw.lab.dir.path().join("neutron");
+    let state = neutron.join("ha_confs").join(&id).join("state");
+    std::fs::create_dir_all(state.parent().expect("dir"))?;
+    std::fs::write(&state, "backup")?;
+    // As the L3 agent leaves it: up, with the kernel's link-local address.
+    gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
+
+    let release = Release { node, name: format!("hagw-{id}"), namespace: format!("hagw-{id}") };
+    let metrics = ports::reserve()?;
+    let env = format!(
+        "[{{\"name\":\"KUBERNETES_SERVICE_HOST\",\"value\":\"127.0.0.1\"}},\
+          {{\"name\":\"KUBERNETES_SERVICE_PORT\",\"value\":\"{}\"}}]",
+        node.api_port()
+    );
+    let chart = node.chart();
+    node.helm(&[
+        "install",
+        &release.name,
+        chart.to_str().expect("utf-8 path"),
+        "-n",
+        &release.namespace,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "180s",
+        "--set",
+        &format!("image.repository={IMAGE_REPOSITORY}"),
+        "--set",
+        &format!("image.tag={IMAGE_TAG}"),
+        "--set",
+        "image.pullPolicy=Never",
+        // This router's port is on no switch hagw knows (generic); the OVS run dir the
+        // default backend mounts does not exist on this host.
+        "--set",
+        "backend=linuxbridge",
+        "--set",
+        &format!("neutronStatePath={}", neutron.display()),
+        "--set",
+        &format!("stateDir={}", gw.lab.dir.path().join("hagw-state").display()),
+        "--set",
+        &format!("metricsPort={}", metrics.port),
+        "--set-json",
+        &format!("env={env}"),
+    ])?;
+
+    // The pod runs the image under test with the chart's own securityContext (not privileged).
+    let pods: Value = serde_json::from_str(&node.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        &release.namespace,
+        "-o",
+        "json",
+    ])?)?;
+    let pod = &pods["items"][0];
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}"), "{pod}");
+    assert_eq!(container["securityContext"]["privileged"], false, "{pod}");
+    assert_eq!(pod["status"]["containerStatuses"][0]["ready"], true, "{pod}");
+    let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+
+    let harouter = format!(
+        "apiVersion: hagw.dev/v1alpha1\nkind: HARouter\nmetadata: {{name: r-{id}, namespace: default}}\n\
+         spec:\n  nodes: [{node}]\n  router:\n    id: r-{id}\n    namespace: {ns}\n    \
+         gatewayDevice: {qg}\n    gatewayAddresses: [{GATEWAY_CIDR}, \"2001:db8::10/64\"]\n    \
+         routes: [{{destination: 0.0.0.0/0, via: {EXTERNAL_IP}}}]\n    strategy: link-down\n    \
+         announce: {{repeats: 0}}\n    silenceSettleMs: 500\n    role: {{stateFile: {state}}}\n",
+        node = node.name,
+        ns = gw.qrouter,
+        qg = gw.qg,
+        state = state.display(),
+    );
+    let name = format!("r-{id}");
+    node.apply(&harouter)?;
+    let _cleanup = scopeguard(|| {
+        let _ = node.kubectl(&["delete", "harouter", &name, "-n", "default", "--wait=false"]);
+    });
+
+    // The standby: held (link down) and silenced by the pod, and so reported.
+    wait_for("the standby held", Duration::from_secs(60), || {
+        let held = !link_up(&gw)? && gw.sysctl("addr_gen_mode")? == "1";
+        let reported =
+            entry(node, &name)?.is_some_and(|e| e["role"] == "standby" && e["held"] == true);
+        Ok((held && reported).then_some(()))
+    })?;
+
+    // The takeover: link, both address families and the route, reachable from outside. The
+    // pod cannot write /proc/sys (forwarding = 1): the router forwards, reported Degraded.
+    std::fs::write(&state, "primary")?;
+    wait_for("the takeover", Duration::from_secs(20), || {
+        let addresses = gw.gateway("addr")?;
+        Ok((link_up(&gw)? && addresses.contains(GATEWAY_IP) && addresses.contains("2001:db8::10"))
+            .then_some(()))
+    })?;
+    let routes = gw.lab.exec(&gw.qrouter, "ip route show default")?;
+    assert!(routes.contains(&format!("via {EXTERNAL_IP}")), "default route missing: {routes}");
+    gw.lab.exec(&gw.external, &format!("ping -c 1 -W 2 {GATEWAY_IP}"))?;
+    let degraded = wait_for("the primary reported", Duration::from_secs(20), || {
+        let Some(e) = entry(node, &name)? else { return Ok(None) };
+        let degraded = e["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned());
+        Ok(degraded.filter(|_| e["role"] == "primary"))
+    })?;
+    assert_eq!(degraded["status"], "True", "{degraded}");
+    assert_eq!(degraded["reason"], "SettingsFailed", "{degraded}");
+    let message = degraded["message"].as_str().unwrap_or_default();
+    assert!(message.contains("forwarding") && message.contains("Read-only"), "{degraded}");
+
+    // The pod's own log names the setting it could not apply.
+    let log = node.kubectl(&["logs", "-n", &release.namespace, &pod_name])?;
+    assert!(log.contains("degraded") && log.contains("forwarding"), "pod log:\n{log}");
+
+    // Back to standby: held again.
+    std::fs::write(&state, "backup")?;
+    wait_for("held again", Duration::from_secs(20), || Ok((!link_up(&gw)?).then_some(())))?;
+    Ok(())
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
