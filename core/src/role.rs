@@ -49,37 +49,6 @@ impl RunningProcess {
     }
 }
 
-/// The keepalived a pid file names, if that process runs and is keepalived (a pid file left
-/// behind by a crash may name a pid since reused by another program). A missing or
-/// unreadable pid file means not running: keepalived writes it when it starts.
-pub fn keepalived_running(pid_file: &Path) -> Option<RunningProcess> {
-    running_process(pid_file, "keepalived")
-}
-
-/// Clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`): 100 on every Linux architecture
-/// hagw builds for.
-const USER_HZ: f64 = 100.0;
-
-fn running_process(pid_file: &Path, program: &str) -> Option<RunningProcess> {
-    let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
-    // `pid (comm) state … starttime …`: comm may itself contain parentheses, so split at the
-    // last one; after it come the fields from the third (state) on, starttime is the 22nd.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, rest) = stat.rsplit_once(')')?;
-    let comm = head.split_once('(')?.1;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // A zombie has exited; only its parent has not collected it yet.
-    if comm != program || matches!(state, 'Z' | 'X' | 'x') {
-        return None;
-    }
-    let started_ticks: f64 = fields.nth(22 - 4)?.parse().ok()?;
-    let uptime: f64 =
-        std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
-    let age = Duration::from_secs_f64((uptime - started_ticks / USER_HZ).max(0.0));
-    Some(RunningProcess { pid, age })
-}
-
 /// What the agent's role sources currently say about one router.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RoleInputs {
@@ -168,44 +137,11 @@ mod tests {
     }
 
     #[test]
-    fn a_pid_file_counts_while_its_process_runs_that_program() {
-        let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("r.pid");
-        let running = |program| running_process(&pid_file, program);
-        assert_eq!(running("sleep"), None, "no pid file");
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
-        let fresh = running("sleep").expect("running");
-        assert_eq!(fresh.pid, child.id());
-        assert!(fresh.age < Duration::from_secs(10), "{fresh:?}");
-        assert!(fresh.startup_left().is_some(), "just started: {fresh:?}");
-        assert_eq!(running("keepalived"), None, "another program");
-        assert_eq!(keepalived_running(&pid_file), None);
-        child.kill().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while running("sleep").is_some() {
-            assert!(std::time::Instant::now() < deadline, "a killed, unreaped child still counts");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        child.wait().unwrap();
-        assert_eq!(running("sleep"), None, "exited");
-        std::fs::write(&pid_file, "not a pid").unwrap();
-        assert_eq!(running("sleep"), None);
-    }
-
-    #[test]
     fn the_start_up_is_measured_from_the_process_start() {
         let old = RunningProcess { pid: 1, age: Duration::from_secs(60) };
         assert!(old.past_startup());
         let young = RunningProcess { pid: 1, age: Duration::from_millis(300) };
         assert_eq!(young.startup_left(), Some(KEEPALIVED_STARTUP - Duration::from_millis(300)));
-        // pid 1 has run since boot.
-        let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("init.pid");
-        std::fs::write(&pid_file, "1").unwrap();
-        let comm = std::fs::read_to_string("/proc/1/comm").unwrap();
-        let init = running_process(&pid_file, comm.trim_end()).expect("pid 1 runs");
-        assert!(init.past_startup(), "{init:?}");
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::sync::Mutex;
 
 use hagw_backends::linux::LinuxNet;
 use hagw_backends::netns::Netns;
+use hagw_core::liveness::keepalived_liveness;
 use hagw_core::model::{Role, RoleSource, RouterSpec};
-use hagw_core::role::{RoleInputs, RunningProcess, keepalived_running, read_state_file};
+use hagw_core::role::{RoleInputs, RunningProcess, read_state_file};
 use tracing::debug;
 
 pub struct RoleReader {
@@ -38,7 +39,10 @@ impl RoleReader {
         spec: &RouterSpec,
         notified: Option<Role>,
     ) -> (Role, Option<RunningProcess>) {
-        let keepalived = spec.keepalived_pid_file.as_deref().map(keepalived_running);
+        // Where keepalived's liveness cannot be told (it runs in a pid namespace hagw cannot
+        // see), the rule goes on as if no pid file were named.
+        let keepalived =
+            spec.keepalived_pid_file.as_deref().and_then(|f| keepalived_liveness(f).known());
         let inputs = RoleInputs {
             configured: Some(self.configured(&spec.role)),
             vip_present: self.vip_present(spec).await,

@@ -54,6 +54,22 @@ impl StandInKeepalived {
         Ok(StandInKeepalived(child))
     }
 
+    /// As keepalived runs in a Neutron agent container: in a pid namespace of its own, where
+    /// it is pid 1, which is what it writes to its pid file.
+    fn start_in_own_pid_namespace(dir: &Path, pid_file: &Path) -> Result<StandInKeepalived> {
+        let program = dir.join("keepalived");
+        if !program.exists() {
+            std::os::unix::fs::symlink("/bin/sleep", &program)?;
+        }
+        let child = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child"])
+            .arg(&program)
+            .arg("3600")
+            .spawn()?;
+        std::fs::write(pid_file, "1\n")?;
+        Ok(StandInKeepalived(child))
+    }
+
     /// Kills it without reaping it (a zombie until dropped), as after a crash; the pid file
     /// stays.
     fn crash(&mut self) -> Result<()> {
@@ -256,5 +272,56 @@ fn notify_completes_a_takeover_without_the_agent() -> Result<()> {
     assert!(!link_up(&gw)?, "FAULT is handled as standby");
     let bad = notify("SIDEWAYS")?;
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    Ok(())
+}
+
+/// keepalived in the Neutron agent container's pid namespace (openstack-helm, kolla-ansible
+/// before its wrappers) writes a pid that names another process, or none, where hagw runs:
+/// hagw finds it by its own-namespace pid, serves the primary while it runs, and holds the
+/// port once it dies.
+#[test]
+fn a_keepalived_in_another_pid_namespace_is_followed() -> Result<()> {
+    let gw = GatewayLab::build()?;
+    let state = gw.lab.file("state", "primary")?;
+    let pid_file = gw.lab.dir.path().join("r.pid.keepalived-vrrp");
+    let mut keepalived =
+        StandInKeepalived::start_in_own_pid_namespace(gw.lab.dir.path(), &pid_file)?;
+    let config = gw.config("link-down", &state)
+        + &format!("    keepalivedPidFile: {}\n", pid_file.display());
+    let config = gw.lab.file("routers.yaml", &config)?;
+    let _agent = Agent::start(&config)?;
+    let serving = || Ok(link_up(&gw)? && gw.gateway("addr")?.contains(GATEWAY_IP));
+    eventually(Duration::from_secs(5), "primary while keepalived runs", serving)?;
+    std::thread::sleep(Duration::from_secs(2));
+    keepalived.crash()?;
+    eventually(Duration::from_secs(3), "standby once keepalived died", || Ok(!link_up(&gw)?))?;
+    Ok(())
+}
+
+/// hagw in a pid namespace of its own (a pod without hostPID) cannot see keepalived at all:
+/// its liveness cannot be told, which must not demote a primary; the state file decides.
+#[test]
+fn a_keepalived_hagw_cannot_see_does_not_demote_the_primary() -> Result<()> {
+    let gw = GatewayLab::build()?;
+    let state = gw.lab.file("state", "primary")?;
+    let pid_file = gw.lab.dir.path().join("r.pid.keepalived-vrrp");
+    let _keepalived = StandInKeepalived::start(gw.lab.dir.path(), &pid_file)?;
+    let config = gw.config("link-down", &state)
+        + &format!("    keepalivedPidFile: {}\n", pid_file.display());
+    let config = gw.lab.file("routers.yaml", &config)?;
+    let child = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+        .arg(hagw_bin())
+        .args(["run", "-c", config.to_str().unwrap(), "--log-level", "info"])
+        .args(NO_ENDPOINT)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let _agent = Agent(child);
+    let serving = || Ok(link_up(&gw)? && gw.gateway("addr")?.contains(GATEWAY_IP));
+    eventually(Duration::from_secs(5), "primary from the state file", serving)?;
+    std::fs::write(&state, "backup")?;
+    eventually(Duration::from_secs(3), "standby from the state file", || Ok(!link_up(&gw)?))?;
     Ok(())
 }
