@@ -52,12 +52,22 @@ impl Node {
             ("HAGW_K8S_NODE_ETCD_PEER_PORT".into(), ports[2].port.to_string()),
         ];
         let script = repo().join("scripts/k8s-node.sh");
-        let out = Command::new(&script)
-            .arg("start")
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .output()
-            .context("running k8s-node.sh start")?;
+        // A node takes host-wide names (its address, cgroup, sockets): one stopped by the
+        // watchdog of a test process that just ended may still hold them for a few seconds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        let out = loop {
+            let out = Command::new(&script)
+                .arg("start")
+                .envs(env.iter().cloned())
+                .stdin(Stdio::null())
+                .output()
+                .context("running k8s-node.sh start")?;
+            let busy = String::from_utf8_lossy(&out.stderr).contains("another node running?");
+            if out.status.success() || !busy || std::time::Instant::now() > deadline {
+                break out;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        };
         if !out.status.success() {
             bail!("k8s-node.sh start failed:\n{}", String::from_utf8_lossy(&out.stderr));
         }

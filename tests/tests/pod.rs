@@ -56,56 +56,108 @@ fn entry(node: &Node, name: &str) -> Result<Option<Value>> {
     Ok(node_entry(&node.get("harouter", name, "default")?, &node.name))
 }
 
+/// The chart's pods all serve the one node, so two releases at once would both manage every
+/// router listing it: the tests here run one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A gateway lab with Neutron's state file for its router, as the chart mounts it.
+struct Router {
+    gw: GatewayLab,
+    state: std::path::PathBuf,
+    name: String,
+}
+
+impl Router {
+    fn build(role: &str) -> Result<Router> {
+        let gw = GatewayLab::build()?;
+        let state = gw.lab.dir.path().join("neutron/ha_confs").join(&gw.lab.id).join("state");
+        std::fs::create_dir_all(state.parent().expect("dir"))?;
+        std::fs::write(&state, role)?;
+        // As the L3 agent leaves it: up, with the kernel's link-local address.
+        gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
+        let name = format!("r-{}", gw.lab.id);
+        Ok(Router { gw, state, name })
+    }
+
+    /// Installs the chart for this router's node with `values` on top of what the test node
+    /// needs, and waits for the pod to be ready.
+    fn install<'a>(&self, node: &'a Node, values: &[&str]) -> Result<Release<'a>> {
+        let id = &self.gw.lab.id;
+        let release = Release { node, name: format!("hagw-{id}"), namespace: format!("hagw-{id}") };
+        let metrics = ports::reserve()?;
+        let env = format!(
+            "[{{\"name\":\"KUBERNETES_SERVICE_HOST\",\"value\":\"127.0.0.1\"}},\
+              {{\"name\":\"KUBERNETES_SERVICE_PORT\",\"value\":\"{}\"}}]",
+            node.api_port()
+        );
+        let chart = node.chart();
+        let neutron = self.gw.lab.dir.path().join("neutron");
+        let state_dir = self.gw.lab.dir.path().join("hagw-state");
+        let sets = [
+            format!("image.repository={IMAGE_REPOSITORY}"),
+            format!("image.tag={IMAGE_TAG}"),
+            "image.pullPolicy=Never".into(),
+            // This router's port is on no switch hagw knows (generic); the OVS run dir the
+            // default backend mounts does not exist on this host.
+            "backend=linuxbridge".into(),
+            format!("neutronStatePath={}", neutron.display()),
+            format!("stateDir={}", state_dir.display()),
+            format!("metricsPort={}", metrics.port),
+        ];
+        let mut args = vec![
+            "install",
+            &release.name,
+            chart.to_str().expect("utf-8 path"),
+            "-n",
+            &release.namespace,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "180s",
+        ];
+        for set in &sets {
+            args.extend(["--set", set]);
+        }
+        let env = format!("env={env}");
+        args.extend(["--set-json", &env]);
+        args.extend(values);
+        node.helm(&args)?;
+        Ok(release)
+    }
+
+    /// The HARouter for this router on the test node (generic backend, link-down).
+    fn apply(&self, node: &Node) -> Result<impl Drop> {
+        let gw = &self.gw;
+        let harouter = format!(
+            "apiVersion: hagw.dev/v1alpha1\nkind: HARouter\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  nodes: [{node}]\n  router:\n    id: {name}\n    namespace: {ns}\n    \
+             gatewayDevice: {qg}\n    gatewayAddresses: [{GATEWAY_CIDR}, \"2001:db8::10/64\"]\n    \
+             routes: [{{destination: 0.0.0.0/0, via: {EXTERNAL_IP}}}]\n    strategy: link-down\n    \
+             announce: {{repeats: 0}}\n    silenceSettleMs: 500\n    role: {{stateFile: {state}}}\n",
+            name = self.name,
+            node = node.name,
+            ns = gw.qrouter,
+            qg = gw.qg,
+            state = self.state.display(),
+        );
+        node.apply(&harouter)?;
+        let name = self.name.clone();
+        Ok(scopeguard(move || {
+            let _ = node.kubectl(&["delete", "harouter", &name, "-n", "default", "--wait=false"]);
+        }))
+    }
+}
+
 #[test]
 fn the_helm_installed_pod_holds_a_standby_and_takes_over() -> Result<()> {
+    let _serial = serial();
     let node = node();
-    let gw = GatewayLab::build()?;
-    let id = gw.lab.id.clone();
-    // Neutron's state path as the chart mounts it (read-only), with this router's state file.
-    let neutron = gw.lab.dir.path().join("neutron");
-    let state = neutron.join("ha_confs").join(&id).join("state");
-    std::fs::create_dir_all(state.parent().expect("dir"))?;
-    std::fs::write(&state, "backup")?;
-    // As the L3 agent leaves it: up, with the kernel's link-local address.
-    gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
-
-    let release = Release { node, name: format!("hagw-{id}"), namespace: format!("hagw-{id}") };
-    let metrics = ports::reserve()?;
-    let env = format!(
-        "[{{\"name\":\"KUBERNETES_SERVICE_HOST\",\"value\":\"127.0.0.1\"}},\
-          {{\"name\":\"KUBERNETES_SERVICE_PORT\",\"value\":\"{}\"}}]",
-        node.api_port()
-    );
-    let chart = node.chart();
-    node.helm(&[
-        "install",
-        &release.name,
-        chart.to_str().expect("utf-8 path"),
-        "-n",
-        &release.namespace,
-        "--create-namespace",
-        "--wait",
-        "--timeout",
-        "180s",
-        "--set",
-        &format!("image.repository={IMAGE_REPOSITORY}"),
-        "--set",
-        &format!("image.tag={IMAGE_TAG}"),
-        "--set",
-        "image.pullPolicy=Never",
-        // This router's port is on no switch hagw knows (generic); the OVS run dir the
-        // default backend mounts does not exist on this host.
-        "--set",
-        "backend=linuxbridge",
-        "--set",
-        &format!("neutronStatePath={}", neutron.display()),
-        "--set",
-        &format!("stateDir={}", gw.lab.dir.path().join("hagw-state").display()),
-        "--set",
-        &format!("metricsPort={}", metrics.port),
-        "--set-json",
-        &format!("env={env}"),
-    ])?;
+    let router = Router::build("backup")?;
+    let (gw, state, name) = (&router.gw, &router.state, &router.name);
+    let release = router.install(node, &[])?;
 
     // The pod runs the image under test with the chart's own securityContext (not privileged).
     let pods: Value = serde_json::from_str(&node.kubectl(&[
@@ -122,45 +174,29 @@ fn the_helm_installed_pod_holds_a_standby_and_takes_over() -> Result<()> {
     assert_eq!(container["securityContext"]["privileged"], false, "{pod}");
     assert_eq!(pod["status"]["containerStatuses"][0]["ready"], true, "{pod}");
     let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
-
-    let harouter = format!(
-        "apiVersion: hagw.dev/v1alpha1\nkind: HARouter\nmetadata: {{name: r-{id}, namespace: default}}\n\
-         spec:\n  nodes: [{node}]\n  router:\n    id: r-{id}\n    namespace: {ns}\n    \
-         gatewayDevice: {qg}\n    gatewayAddresses: [{GATEWAY_CIDR}, \"2001:db8::10/64\"]\n    \
-         routes: [{{destination: 0.0.0.0/0, via: {EXTERNAL_IP}}}]\n    strategy: link-down\n    \
-         announce: {{repeats: 0}}\n    silenceSettleMs: 500\n    role: {{stateFile: {state}}}\n",
-        node = node.name,
-        ns = gw.qrouter,
-        qg = gw.qg,
-        state = state.display(),
-    );
-    let name = format!("r-{id}");
-    node.apply(&harouter)?;
-    let _cleanup = scopeguard(|| {
-        let _ = node.kubectl(&["delete", "harouter", &name, "-n", "default", "--wait=false"]);
-    });
+    let _harouter = router.apply(node)?;
 
     // The standby: held (link down) and silenced by the pod, and so reported.
     wait_for("the standby held", Duration::from_secs(60), || {
-        let held = !link_up(&gw)? && gw.sysctl("addr_gen_mode")? == "1";
+        let held = !link_up(gw)? && gw.sysctl("addr_gen_mode")? == "1";
         let reported =
-            entry(node, &name)?.is_some_and(|e| e["role"] == "standby" && e["held"] == true);
+            entry(node, name)?.is_some_and(|e| e["role"] == "standby" && e["held"] == true);
         Ok((held && reported).then_some(()))
     })?;
 
     // The takeover: link, both address families and the route, reachable from outside. The
     // pod cannot write /proc/sys (forwarding = 1): the router forwards, reported Degraded.
-    std::fs::write(&state, "primary")?;
+    std::fs::write(state, "primary")?;
     wait_for("the takeover", Duration::from_secs(20), || {
         let addresses = gw.gateway("addr")?;
-        Ok((link_up(&gw)? && addresses.contains(GATEWAY_IP) && addresses.contains("2001:db8::10"))
+        Ok((link_up(gw)? && addresses.contains(GATEWAY_IP) && addresses.contains("2001:db8::10"))
             .then_some(()))
     })?;
     let routes = gw.lab.exec(&gw.qrouter, "ip route show default")?;
     assert!(routes.contains(&format!("via {EXTERNAL_IP}")), "default route missing: {routes}");
     gw.lab.exec(&gw.external, &format!("ping -c 1 -W 2 {GATEWAY_IP}"))?;
     let degraded = wait_for("the primary reported", Duration::from_secs(20), || {
-        let Some(e) = entry(node, &name)? else { return Ok(None) };
+        let Some(e) = entry(node, name)? else { return Ok(None) };
         let degraded = e["conditions"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned());
@@ -176,8 +212,45 @@ fn the_helm_installed_pod_holds_a_standby_and_takes_over() -> Result<()> {
     assert!(log.contains("degraded") && log.contains("forwarding"), "pod log:\n{log}");
 
     // Back to standby: held again.
-    std::fs::write(&state, "backup")?;
-    wait_for("held again", Duration::from_secs(20), || Ok((!link_up(&gw)?).then_some(())))?;
+    std::fs::write(state, "backup")?;
+    wait_for("held again", Duration::from_secs(20), || Ok((!link_up(gw)?).then_some(())))?;
+    Ok(())
+}
+
+/// Each capability the chart grants is needed: without it the pod cannot take a router over,
+/// and says why in the router's status.
+#[test]
+fn each_granted_capability_is_needed() -> Result<()> {
+    let _serial = serial();
+    let node = node();
+    let all = ["NET_ADMIN", "SYS_ADMIN", "NET_RAW"];
+    for missing in all {
+        let router = Router::build("primary")?;
+        let caps: Vec<String> =
+            all.iter().filter(|c| **c != missing).map(|c| format!("\"{c}\"")).collect();
+        let context = format!(
+            "securityContext={{\"privileged\":false,\"allowPrivilegeEscalation\":false,\
+             \"readOnlyRootFilesystem\":true,\"capabilities\":{{\"drop\":[\"ALL\"],\"add\":[{}]}}}}",
+            caps.join(",")
+        );
+        let _release = router.install(node, &["--set-json", &context])?;
+        let _harouter = router.apply(node)?;
+        let error =
+            wait_for(&format!("the error without {missing}"), Duration::from_secs(60), || {
+                Ok(entry(node, &router.name)?
+                    .and_then(|e| e["lastError"].as_str().map(String::from)))
+            })?;
+        println!("without {missing}: {error}");
+        assert!(error.contains("Operation not permitted"), "without {missing}: {error}");
+        let addresses = router.gw.gateway("addr")?;
+        if missing == "NET_RAW" {
+            // Configured, but the takeover's announcement cannot be sent.
+            assert!(error.contains("announce"), "without {missing}: {error}");
+            assert!(addresses.contains(GATEWAY_IP), "without {missing}: {addresses}");
+        } else {
+            assert!(!addresses.contains(GATEWAY_IP), "without {missing}: {addresses}");
+        }
+    }
     Ok(())
 }
 
