@@ -23,10 +23,21 @@
 #   scripts/k8s-node.sh stop      # stop exactly what `start` launched (pid files), remove its pods,
 #                                 # containers, mounts, netns, CNI bridge, cgroups, state dir
 #   scripts/k8s-node.sh status    # exit 0 when every component runs and the node is Ready
+#                                 # (control plane only: when its four run and /readyz is ok)
 #   scripts/k8s-node.sh env       # print the `export ...` lines again
 #   scripts/k8s-node.sh selftest  # on a started node: hostNetwork DaemonSet + probe pods, checks
 #                                 # that /proc/sys is read-only in non-privileged containers,
 #                                 # kubectl exec/logs, helm install/uninstall; cleans up after itself
+#   scripts/k8s-node.sh start-control-plane   # = HAGW_K8S_NODE_KUBELET=0 start (below)
+#
+# Control plane only (HAGW_K8S_NODE_KUBELET=0): `start` runs etcd, kube-apiserver,
+# kube-controller-manager and kube-scheduler on 127.0.0.1 with their state in the state dir, and
+# nothing else: no containerd, kubelet, CNI, node IP, cgroup, sysctl or other host-wide change, and
+# none of the kubelet ports. Several such control planes (on different ports and state dirs) can
+# run at once, also next to a full node. `start` waits for /readyz and the `default`
+# ServiceAccount; `stop` stops exactly the four processes of that state dir and touches nothing
+# else on the host (the state dir records the mode, so `stop` needs no HAGW_K8S_NODE_KUBELET).
+# The operator tests (tests/src/k8s.rs) use this mode, one control plane per test binary.
 #
 # Environment (all optional):
 #   HAGW_K8S_NODE_CACHE      build cache, kept between runs (default /var/cache/hagw/k8s-node);
@@ -56,6 +67,11 @@
 #                            then starts cold again) (default 0)
 #   HAGW_K8S_NODE_KEEP_LOGS  1 = `stop` keeps the *.log files of the state dir (default 0; a
 #                            failed `start` always keeps them and says where)
+#   HAGW_K8S_NODE_KUBELET    0 = control plane only (see above) (default 1 = the whole node)
+#   HAGW_K8S_NODE_KEEP_DATA  control plane only: 1 = `stop` keeps the state dir (certs, token,
+#                            kubeconfig, etcd data, logs) and `start` in that same
+#                            HAGW_K8S_NODE_STATE reuses it: a restart with the data kept, same
+#                            kubeconfig (default 0: `start` wipes etcd data, `stop` deletes the dir)
 #
 # While the node runs the host gets: NODE_IP/32 on lo, the CNI bridge, cgroup HAGW_K8S_NODE_CGROUP,
 # three kubelet sysctls, /run/containerd/s, /var/lib/kubelet/device-plugins, /var/lib/cni,
@@ -81,6 +97,8 @@ BRIDGE=${HAGW_K8S_NODE_BRIDGE:-hagwnode0}
 CGROUP_ROOT=${HAGW_K8S_NODE_CGROUP:-/hagw-node}
 TIMEOUT=${HAGW_K8S_NODE_TIMEOUT:-180}
 KEEP_LOGS=${HAGW_K8S_NODE_KEEP_LOGS:-0}
+KUBELET=${HAGW_K8S_NODE_KUBELET:-1}
+KEEP_DATA=${HAGW_K8S_NODE_KEEP_DATA:-0}
 PRUNE=${HAGW_K8S_NODE_PRUNE:-0}
 PAUSE_IMAGE=localhost/hagw/pause:3.10
 PROBE_IMAGE=localhost/hagw/probe:1
@@ -108,6 +126,9 @@ STAGING_VERSION=v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}
 [[ $NODE_NAME =~ ^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$ ]] || fail "HAGW_K8S_NODE_NAME must be a lowercase DNS name, not '$NODE_NAME'"
 [[ ${#BRIDGE} -le 15 ]] || fail "HAGW_K8S_NODE_BRIDGE must be at most 15 characters"
 [[ $CGROUP_ROOT == /?* && $CGROUP_ROOT != *..* ]] || fail "HAGW_K8S_NODE_CGROUP must be an absolute cgroup path"
+[[ $KUBELET == [01] ]] || fail "HAGW_K8S_NODE_KUBELET must be 0 or 1, not '$KUBELET'"
+[[ $KEEP_DATA == [01] ]] || fail "HAGW_K8S_NODE_KEEP_DATA must be 0 or 1, not '$KEEP_DATA'"
+[[ ${1:-} == start-control-plane ]] && KUBELET=0
 
 BIN=$CACHE/bin
 CTR_BIN=/usr/bin/containerd
@@ -380,12 +401,34 @@ cmd_install() {
 # start / stop / status
 # ---------------------------------------------------------------------------------------------
 
+# The state dir: explicit, else the one the last `start` (of this mode) recorded in the cache.
+# A control-plane-only state dir holds the file `control-plane-only`: stop/status/env follow it,
+# whatever HAGW_K8S_NODE_KUBELET says.
 resolve_state() {
+  if ((KUBELET)); then POINTER=$CACHE/current-state; else POINTER=$CACHE/current-control-plane-state; fi
   if [[ -n ${HAGW_K8S_NODE_STATE:-} ]]; then STATE=$HAGW_K8S_NODE_STATE
-  elif [[ -f $CACHE/current-state ]]; then STATE=$(cat "$CACHE/current-state")
+  elif [[ -f $POINTER ]]; then STATE=$(cat "$POINTER")
   else STATE=
   fi
+  if [[ -n $STATE && -d $STATE ]]; then
+    if [[ -f $STATE/control-plane-only ]]; then KUBELET=0
+    elif [[ -f $STATE/apiserver.pid || -f $STATE/kubeconfig ]]; then KUBELET=1
+    fi
+  fi
+  if ((KUBELET)); then POINTER=$CACHE/current-state; else POINTER=$CACHE/current-control-plane-state; fi
   SOCK=$STATE/run/containerd.sock
+  # status/selftest talk to the API server of that state dir, whatever HAGW_K8S_NODE_API_PORT says.
+  local server
+  if [[ -n $STATE && -f $STATE/kubeconfig ]]; then
+    server=$(sed -n 's|^ *server: https://127\.0\.0\.1:\([0-9]*\)$|\1|p' "$STATE/kubeconfig")
+    [[ -n $server ]] && API_PORT=$server
+  fi
+  return 0
+}
+
+# The components of this mode, in start order.
+components() {
+  if ((KUBELET)); then echo etcd apiserver kcm scheduler containerd kubelet; else echo etcd apiserver kcm scheduler; fi
 }
 
 exe_of() {
@@ -412,9 +455,14 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 print_env() {
   echo "export KUBECONFIG=$STATE/kubeconfig"
   echo "export HAGW_K8S_NODE_STATE=$STATE"
-  echo "export HAGW_K8S_NODE_NAME=$NODE_NAME"
-  echo "export HAGW_K8S_NODE_BIN=$BIN"
-  echo "export CONTAINER_RUNTIME_ENDPOINT=unix://$SOCK"
+  if ((KUBELET)); then
+    echo "export HAGW_K8S_NODE_NAME=$NODE_NAME"
+    echo "export HAGW_K8S_NODE_BIN=$BIN"
+    echo "export CONTAINER_RUNTIME_ENDPOINT=unix://$SOCK"
+  else # no node, no container runtime
+    echo "export HAGW_K8S_NODE_BIN=$BIN"
+    echo "export HAGW_K8S_NODE_KUBELET=0"
+  fi
 }
 
 kc() { "$BIN/kubectl" --kubeconfig "$STATE/kubeconfig" "$@"; }
@@ -725,59 +773,17 @@ check_host() {
   say "host: cgroup $(stat -fc %T /sys/fs/cgroup), bridge-nf-call-iptables=$nf, iptables '${fwd:-n/a}', ip_forward=$(cat /proc/sys/net/ipv4/ip_forward)"
 }
 
-cmd_start() {
-  local t0=$SECONDS
-  binaries_current 2>/dev/null || cmd_install
-
-  resolve_state
-  if [[ -n $STATE && -d $STATE ]]; then
-    STATE=$(cd "$STATE" && pwd); SOCK=$STATE/run/containerd.sock
-    if ours kubelet && ours apiserver; then say "already running (state $STATE)"; print_env; return 0; fi
-    local comp
-    for comp in etcd apiserver kcm scheduler containerd kubelet; do
-      if ours "$comp"; then fail "$comp from an earlier start still runs in $STATE: run '$0 stop' first"; fi
-    done
-  fi
-
-  check_host
-  local p
-  for p in "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT"; do
-    if port_in_use "$p"; then fail "127.0.0.1:$p is already in use (see the HAGW_K8S_NODE_*_PORT variables)"; fi
-  done
-  if [[ -n ${HAGW_K8S_NODE_STATE:-} ]]; then mkdir -p "$STATE"; STATE=$(cd "$STATE" && pwd)
-  else STATE=$(mktemp -d /tmp/hagw-k8s-node.XXXXXX)
-  fi
-  chmod 755 "$STATE"
-  SOCK=$STATE/run/containerd.sock
-  echo "$STATE" > "$CACHE/current-state"
-  trap 'say "start failed; stopping what was started (logs kept in $STATE)"; KEEP_LOGS=1 cmd_stop >/dev/null 2>&1 || true' EXIT
-
-  record_host
-  make_pki
-  write_kubeconfigs
-  write_containerd_config
-  write_kubelet_config
-  rm -rf "$STATE/etcd-data"
-
-  # --- containerd first: importing the images overlaps with the control plane starting
-  launch containerd "$CTR_BIN" --config "$STATE/containerd/config.toml"
-  wait_for containerd "socket" ctr --address "$SOCK" version
-
+# The control plane, shared by both modes. etcd keeps its data only where `start` left it
+# (start_control_plane with HAGW_K8S_NODE_KEEP_DATA=1).
+launch_etcd() {
   launch etcd "$ETCD_BIN" --name hagw-node --data-dir "$STATE/etcd-data" \
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-cluster "hagw-node=http://127.0.0.1:$ETCD_PEER_PORT" --quota-backend-bytes=2147483648
+}
 
-  local img
-  for img in pause probe; do
-    ctr --address "$SOCK" -n k8s.io images import "$CACHE/images/$img.tar" >>"$STATE/ctr-import.log" 2>&1 \
-      || { cat "$STATE/ctr-import.log" >&2; fail "ctr images import $img.tar failed"; }
-  done
-  local images; images=$(ctr --address "$SOCK" -n k8s.io images ls -q) # no `| grep -q`: SIGPIPE + pipefail
-  grep -qx "$PAUSE_IMAGE" <<<"$images" || fail "$PAUSE_IMAGE not found in containerd after import"
-
-  wait_for etcd "healthy /health" curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
-
+launch_apiserver() { # $1 = start time; waits for /readyz
+  local t0=$1
   local pki=$STATE/pki
   launch apiserver "$BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
@@ -792,7 +798,10 @@ cmd_start() {
     --allow-privileged=true --profiling=false
   wait_for apiserver "ok from /readyz" api_get /readyz
   say "kube-apiserver $K8S_VERSION ready on https://127.0.0.1:$API_PORT after $((SECONDS - t0))s"
+}
 
+launch_controllers() { # kube-controller-manager and kube-scheduler: no ports (--secure-port=0)
+  local pki=$STATE/pki
   launch kcm "$BIN/kube-controller-manager" --kubeconfig="$STATE/kubeconfig" \
     --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false --profiling=false \
     --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
@@ -802,6 +811,101 @@ cmd_start() {
   launch scheduler "$BIN/kube-scheduler" --kubeconfig="$STATE/kubeconfig" \
     --authentication-kubeconfig="$STATE/kubeconfig" --authorization-kubeconfig="$STATE/kubeconfig" \
     --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false --profiling=false
+}
+
+# Control plane only: no containerd, kubelet, CNI, node IP, cgroup or sysctl; only processes
+# bound to 127.0.0.1 on the three ports, with everything they write in the state dir.
+start_control_plane() { # $1 = start time
+  local t0=$1
+  touch "$STATE/control-plane-only"
+  make_pki
+  write_kubeconfigs
+  if [[ $KEEP_DATA == 1 && -d $STATE/etcd-data ]]; then say "reusing the etcd data in $STATE"
+  else rm -rf "$STATE/etcd-data"
+  fi
+  launch_etcd
+  wait_for etcd "healthy /health" curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
+  launch_apiserver "$t0"
+  launch_controllers
+  # The serviceaccount controller creating default/default shows the controllers are running.
+  wait_for kcm "default ServiceAccount" api_get /api/v1/namespaces/default/serviceaccounts/default
+  ours scheduler || { tail -n 30 "$STATE/scheduler.log" >&2; fail "kube-scheduler exited (log: $STATE/scheduler.log)"; }
+}
+
+cmd_start() {
+  local t0=$SECONDS
+  binaries_current 2>/dev/null || cmd_install
+
+  local want=$KUBELET want_port=$API_PORT
+  resolve_state
+  API_PORT=$want_port # start uses the ports it is given
+  if [[ $KUBELET != "$want" ]]; then
+    fail "$STATE holds a $( ((KUBELET)) && echo 'whole node' || echo 'control plane only'): stop it, or use another HAGW_K8S_NODE_STATE"
+  fi
+  if [[ -n $STATE && -d $STATE ]]; then
+    STATE=$(cd "$STATE" && pwd); SOCK=$STATE/run/containerd.sock
+    local main=kubelet; ((KUBELET)) || main=apiserver
+    if ours "$main" && ours apiserver; then say "already running (state $STATE)"; print_env; return 0; fi
+    local comp
+    for comp in $(components); do
+      if ours "$comp"; then fail "$comp from an earlier start still runs in $STATE: run '$0 stop' first"; fi
+    done
+  fi
+
+  local p ports=("$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT")
+  if ((KUBELET)); then
+    check_host
+    ports+=("$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT")
+  else
+    [[ -x $ETCD_BIN ]] || fail "etcd missing; run '$0 install'"
+  fi
+  for p in "${ports[@]}"; do
+    if port_in_use "$p"; then fail "127.0.0.1:$p is already in use (see the HAGW_K8S_NODE_*_PORT variables)"; fi
+  done
+  if [[ -n ${HAGW_K8S_NODE_STATE:-} ]] || { ((!KUBELET && KEEP_DATA)) && [[ -n $STATE && -d $STATE ]]; }; then
+    mkdir -p "$STATE"; STATE=$(cd "$STATE" && pwd)
+  elif ((KUBELET)); then STATE=$(mktemp -d /tmp/hagw-k8s-node.XXXXXX)
+  else STATE=$(mktemp -d /tmp/hagw-k8s-cp.XXXXXX)
+  fi
+  chmod 755 "$STATE"
+  SOCK=$STATE/run/containerd.sock
+  # A control plane in an explicit state dir (the tests: several at once) leaves the pointer alone.
+  ((!KUBELET)) && [[ -n ${HAGW_K8S_NODE_STATE:-} ]] || echo "$STATE" > "$POINTER"
+  trap 'say "start failed; stopping what was started (logs kept in $STATE)"; KEEP_LOGS=1 cmd_stop >/dev/null 2>&1 || true' EXIT
+
+  if ((!KUBELET)); then
+    start_control_plane "$t0"
+    trap - EXIT
+    say "control plane up in $((SECONDS - t0))s; state in $STATE"
+    print_env
+    return 0
+  fi
+
+  record_host
+  make_pki
+  write_kubeconfigs
+  write_containerd_config
+  write_kubelet_config
+  rm -rf "$STATE/etcd-data"
+
+  # --- containerd first: importing the images overlaps with the control plane starting
+  launch containerd "$CTR_BIN" --config "$STATE/containerd/config.toml"
+  wait_for containerd "socket" ctr --address "$SOCK" version
+
+  launch_etcd
+
+  local img
+  for img in pause probe; do
+    ctr --address "$SOCK" -n k8s.io images import "$CACHE/images/$img.tar" >>"$STATE/ctr-import.log" 2>&1 \
+      || { cat "$STATE/ctr-import.log" >&2; fail "ctr images import $img.tar failed"; }
+  done
+  local images; images=$(ctr --address "$SOCK" -n k8s.io images ls -q) # no `| grep -q`: SIGPIPE + pipefail
+  grep -qx "$PAUSE_IMAGE" <<<"$images" || fail "$PAUSE_IMAGE not found in containerd after import"
+
+  wait_for etcd "healthy /health" curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
+
+  launch_apiserver "$t0"
+  launch_controllers
 
   setup_node_host
   local kubelet_args=(--config="$STATE/kubelet-config.yaml" --kubeconfig="$STATE/kubelet.kubeconfig"
@@ -874,9 +978,34 @@ umount_under() { # unmount everything mounted at or below $1, deepest first
   done
 }
 
+# Control plane only: the four processes of this state dir, then the dir itself. Nothing on the
+# host outside it was touched by `start`, so nothing else is cleaned up (in particular not a full
+# node's bridge, cgroups or sysctls that may be running next to it).
+stop_control_plane() {
+  stop_comp scheduler
+  stop_comp kcm
+  stop_comp apiserver
+  stop_comp etcd
+  if [[ $KEEP_DATA == 1 ]]; then
+    say "kept $STATE (HAGW_K8S_NODE_KEEP_DATA=1: etcd data, certs, kubeconfig, logs)"
+    return 0
+  fi
+  if [[ $KEEP_LOGS == 1 ]]; then
+    find "$STATE" -mindepth 1 -maxdepth 1 ! -name '*.log' -exec rm -rf {} +
+    say "removed $STATE except its logs"
+  else
+    rm -rf "$STATE"
+    say "removed $STATE"
+  fi
+  if [[ -f $POINTER && $(cat "$POINTER") == "$STATE" ]]; then
+    [[ $KEEP_LOGS == 1 ]] || rm -f "$POINTER"
+  fi
+}
+
 cmd_stop() {
   resolve_state
   if [[ -z $STATE || ! -d $STATE ]]; then say "nothing to stop (no state dir)"; return 0; fi
+  if ((!KUBELET)); then stop_control_plane; return; fi
   # kubelet first, so nothing restarts the pods we tear down next.
   stop_comp kubelet
   stop_comp scheduler
@@ -975,14 +1104,16 @@ cmd_status() {
   local comp rc=0
   echo "cache: $CACHE ($( [[ -f $BIN/BUILD_ID ]] && cat "$BIN/BUILD_ID" || echo 'not built'))"
   echo "state: ${STATE:-none}"
-  for comp in etcd apiserver kcm scheduler containerd kubelet; do
+  for comp in $(components); do
     if ours "$comp"; then
       echo "$comp: running (pid $(cat "$STATE/$comp.pid"), rss $(ps -o rss= -p "$(cat "$STATE/$comp.pid")" | tr -d ' ') KiB)"
     else
       echo "$comp: stopped"; rc=1
     fi
   done
-  if ((rc == 0)) && node_ready; then echo "node $NODE_NAME: Ready"; elif ((rc == 0)); then echo "node $NODE_NAME: not Ready"; rc=1; fi
+  if ((!KUBELET)); then
+    if ((rc == 0)) && api_get /readyz >/dev/null 2>&1; then echo "readyz: ok"; elif ((rc == 0)); then echo "readyz: not ok"; rc=1; fi
+  elif ((rc == 0)) && node_ready; then echo "node $NODE_NAME: Ready"; elif ((rc == 0)); then echo "node $NODE_NAME: not Ready"; rc=1; fi
   return $rc
 }
 
@@ -1101,11 +1232,11 @@ EOF
 
 case ${1:-} in
   install)  cmd_install ;;
-  start)    cmd_start ;;
+  start|start-control-plane) cmd_start ;;
   stop)     cmd_stop ;;
   status)   cmd_status ;;
   env)      cmd_env ;;
   selftest) cmd_selftest ;;
   -h|--help|help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
-  *) fail "usage: $0 install|start|stop|status|env|selftest (see $0 --help)" ;;
+  *) fail "usage: $0 install|start|start-control-plane|stop|status|env|selftest (see $0 --help)" ;;
 esac

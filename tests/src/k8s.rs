@@ -1,9 +1,12 @@
-//! A real kube-apiserver + etcd for the Kubernetes tests (`scripts/kube-apiserver.sh`), and
-//! hagw agents emulating separate nodes on one machine.
+//! A real Kubernetes v1.34 control plane for the operator tests (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler from `scripts/k8s-node.sh` with
+//! `HAGW_K8S_NODE_KUBELET=0`: no kubelet, no container runtime, nothing host-wide), the
+//! `kubectl` built with it, and hagw agents emulating separate nodes on one machine.
 //!
-//! Each test binary starts its own control plane on free ports. A watchdog process stops it
-//! when the test process exits, however it exits (static values are never dropped, a panic
-//! may abort), so nothing outlives the tests.
+//! Each test binary starts its own control plane on reserved ports and in its own state dir,
+//! so several run at once, also next to the full node of `crate::node`. A watchdog process
+//! stops it when the test process exits, however it exits (static values are never dropped, a
+//! panic may abort), so nothing outlives the tests.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,34 +23,56 @@ fn repo() -> PathBuf {
 }
 
 fn script() -> PathBuf {
-    repo().join("scripts/kube-apiserver.sh")
+    repo().join("scripts/k8s-node.sh")
 }
 
-/// A running control plane. `stop`/`start` keep its data, ports and credentials.
+/// A running control plane. [`ApiServer::stop`] and [`ApiServer::restart`] keep its data,
+/// ports and credentials.
 pub struct ApiServer {
     state: tempfile::TempDir,
     /// API server, etcd client and etcd peer ports, reserved while the server lives.
     ports: [ReservedPort; 3],
     pub kubeconfig: PathBuf,
+    /// The `kubectl` of the same Kubernetes version (`$HAGW_K8S_NODE_BIN/kubectl`).
+    kubectl: PathBuf,
 }
 
 impl ApiServer {
-    /// Starts etcd + kube-apiserver + kube-controller-manager; fails (never skips) if the
-    /// binaries are not built.
+    /// Starts etcd + kube-apiserver + kube-controller-manager + kube-scheduler and waits for
+    /// `/readyz` and the `default` ServiceAccount; fails (never skips) if the binaries are not
+    /// built.
     pub fn start() -> Result<ApiServer> {
-        let cache = std::env::var("HAGW_K8S_CACHE").unwrap_or("/var/cache/hagw/k8s".into());
-        let bin = Path::new(&cache).join("bin/kube-apiserver");
-        if !bin.exists() {
-            bail!(
-                "{} is missing: run `scripts/kube-apiserver.sh install` first (scripts/test.sh \
-                 does; it builds Kubernetes 1.20 from Debian sources into {cache}, ~5 min once)",
-                bin.display()
-            );
+        let cache =
+            std::env::var("HAGW_K8S_NODE_CACHE").unwrap_or("/var/cache/hagw/k8s-node".into());
+        for name in ["kube-apiserver", "kubectl", "BUILD_ID"] {
+            let bin = Path::new(&cache).join("bin").join(name);
+            if !bin.exists() {
+                bail!(
+                    "{} is missing: run `scripts/k8s-node.sh install` first (scripts/test.sh \
+                     does; it builds Kubernetes v1.34 from its Go modules into {cache}, ~15 min \
+                     once)",
+                    bin.display()
+                );
+            }
         }
         let state = tempfile::Builder::new().prefix("hagw-k8s-test-").tempdir()?;
         let ports = [ports::reserve()?, ports::reserve()?, ports::reserve()?];
-        let server = ApiServer { kubeconfig: state.path().join("kubeconfig"), state, ports };
-        server.run_script("start", false)?;
+        let mut server = ApiServer {
+            kubeconfig: state.path().join("kubeconfig"),
+            kubectl: Path::new(&cache).join("bin/kubectl"),
+            state,
+            ports,
+        };
+        let exports = server.run_script("start", false)?;
+        let get = |key: &str| -> Result<String> {
+            exports
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("export {key}=")))
+                .map(str::to_string)
+                .with_context(|| format!("k8s-node.sh start printed no {key}:\n{exports}"))
+        };
+        server.kubeconfig = get("KUBECONFIG")?.into();
+        server.kubectl = Path::new(&get("HAGW_K8S_NODE_BIN")?).join("kubectl");
         // Stop the control plane when this process is gone, whatever way it ends.
         let watchdog = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {env} {script} stop",
@@ -65,39 +90,43 @@ impl ApiServer {
         Ok(server)
     }
 
+    /// The script's environment: control plane only, in this server's state dir and ports.
     fn env(&self) -> Vec<String> {
         let [api, etcd, peer] = [&self.ports[0], &self.ports[1], &self.ports[2]].map(|p| p.port);
         vec![
-            format!("HAGW_K8S_STATE={}", self.state.path().display()),
-            format!("HAGW_K8S_API_PORT={api}"),
-            format!("HAGW_K8S_ETCD_PORT={etcd}"),
-            format!("HAGW_K8S_ETCD_PEER_PORT={peer}"),
+            "HAGW_K8S_NODE_KUBELET=0".to_string(),
+            format!("HAGW_K8S_NODE_STATE={}", self.state.path().display()),
+            format!("HAGW_K8S_NODE_API_PORT={api}"),
+            format!("HAGW_K8S_NODE_ETCD_PORT={etcd}"),
+            format!("HAGW_K8S_NODE_ETCD_PEER_PORT={peer}"),
         ]
     }
 
-    fn run_script(&self, action: &str, keep_data: bool) -> Result<()> {
+    /// Runs `k8s-node.sh action`; returns its stdout (the `export` lines of `start`).
+    fn run_script(&self, action: &str, keep_data: bool) -> Result<String> {
         let mut cmd = Command::new(script());
         cmd.arg(action).stdin(Stdio::null());
         for kv in self.env() {
             let (k, v) = kv.split_once('=').expect("k=v");
             cmd.env(k, v);
         }
-        cmd.env("HAGW_K8S_KEEP_DATA", if keep_data { "1" } else { "0" });
-        let out = cmd.output().with_context(|| format!("running kube-apiserver.sh {action}"))?;
+        // 1: `stop` keeps the state dir (etcd data, certs, token) and `start` reuses it.
+        cmd.env("HAGW_K8S_NODE_KEEP_DATA", if keep_data { "1" } else { "0" });
+        let out = cmd.output().with_context(|| format!("running k8s-node.sh {action}"))?;
         if !out.status.success() {
-            bail!("kube-apiserver.sh {action} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            bail!("k8s-node.sh {action} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Stops the control plane (etcd data is kept for [`ApiServer::restart`]).
     pub fn stop(&self) -> Result<()> {
-        self.run_script("stop", true)
+        self.run_script("stop", true).map(drop)
     }
 
-    /// Starts it again on the same ports with the same data.
+    /// Starts it again on the same ports with the same data and credentials.
     pub fn restart(&self) -> Result<()> {
-        self.run_script("start", true)
+        self.run_script("start", true).map(drop)
     }
 
     /// Runs kubectl against this server; fails with its stderr.
@@ -106,14 +135,14 @@ impl ApiServer {
     }
 
     pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let mut child = Command::new("kubectl")
+        let mut child = Command::new(&self.kubectl)
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("running kubectl")?;
+            .with_context(|| format!("running {}", self.kubectl.display()))?;
         if let Some(input) = stdin {
             use std::io::Write;
             child.stdin.take().expect("piped").write_all(input.as_bytes())?;

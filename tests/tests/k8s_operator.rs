@@ -1,5 +1,5 @@
-//! The operator against a real kube-apiserver (v1.20, see docs/kubernetes-testing.md): the
-//! CRD, HARouter lifecycle, agents on two emulated nodes writing status concurrently, role
+//! The operator against a real Kubernetes v1.34 control plane (see docs/kubernetes-testing.md):
+//! the CRD, HARouter lifecycle, agents on two emulated nodes writing status concurrently, role
 //! changes reaching status, the hand-back on removal, and the rendered chart.
 
 use std::sync::OnceLock;
