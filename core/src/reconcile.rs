@@ -168,9 +168,7 @@ pub async fn dry_run<D: Dataplane>(
     policy: &RetryPolicy,
     wake: Option<&Notify>,
 ) -> Result<(Observed, Plan), ReconcileError> {
-    let observed = observe(dataplane, spec, role, memory, policy, wake).await?;
-    let plan = plan(spec, role, &observed);
-    Ok((observed, plan))
+    dry_run_skipping(dataplane, spec, role, memory, policy, wake, &[]).await
 }
 
 /// [`dry_run`] without the steps in `skip`, which failed earlier in the pass.

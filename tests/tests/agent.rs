@@ -1,7 +1,7 @@
 //! `hagw run` reacting to events on a real gateway port: the emulated L3 agent raising a
 //! standby's link, the state file flipping, and keepalived's primary VIP appearing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,20 @@ struct Agent(Child);
 
 impl Agent {
     fn start(config: &Path) -> Result<Agent> {
-        let child = Command::new(hagw_bin())
+        Self::start_under(config, &[])
+    }
+
+    /// `hagw run` started by `wrapper` (e.g. `unshare …`), or directly if it is empty.
+    fn start_under(config: &Path, wrapper: &[&str]) -> Result<Agent> {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(hagw_bin());
+                c
+            }
+            None => Command::new(hagw_bin()),
+        };
+        let child = command
             .args(["run", "-c", config.to_str().unwrap(), "--log-level", "info"])
             .args(NO_ENDPOINT)
             .stdin(Stdio::null())
@@ -41,15 +54,20 @@ impl Drop for Agent {
 struct StandInKeepalived(Child);
 
 impl StandInKeepalived {
-    fn start(dir: &Path, pid_file: &Path) -> Result<StandInKeepalived> {
-        // A symlink, not a copy: the kernel names a process after the path it was executed
-        // by, and executing a file this process just wrote fails with ETXTBSY while a child
-        // forked by another test meanwhile still holds the write descriptor.
+    /// `sleep` named `keepalived` in `dir`. A symlink, not a copy: the kernel names a process
+    /// after the path it was executed by, and executing a file this process just wrote fails
+    /// with ETXTBSY while a child forked by another test meanwhile still holds the write
+    /// descriptor.
+    fn program(dir: &Path) -> Result<std::path::PathBuf> {
         let program = dir.join("keepalived");
         if !program.exists() {
             std::os::unix::fs::symlink("/bin/sleep", &program)?;
         }
-        let child = Command::new(&program).arg("3600").spawn()?;
+        Ok(program)
+    }
+
+    fn start(dir: &Path, pid_file: &Path) -> Result<StandInKeepalived> {
+        let child = Command::new(Self::program(dir)?).arg("3600").spawn()?;
         std::fs::write(pid_file, format!("{}\n", child.id()))?;
         Ok(StandInKeepalived(child))
     }
@@ -57,13 +75,9 @@ impl StandInKeepalived {
     /// As keepalived runs in a Neutron agent container: in a pid namespace of its own, where
     /// it is pid 1, which is what it writes to its pid file.
     fn start_in_own_pid_namespace(dir: &Path, pid_file: &Path) -> Result<StandInKeepalived> {
-        let program = dir.join("keepalived");
-        if !program.exists() {
-            std::os::unix::fs::symlink("/bin/sleep", &program)?;
-        }
         let child = Command::new("unshare")
             .args(["--pid", "--fork", "--kill-child"])
-            .arg(&program)
+            .arg(Self::program(dir)?)
             .arg("3600")
             .spawn()?;
         std::fs::write(pid_file, "1\n")?;
@@ -94,6 +108,17 @@ fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> Result<bo
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("timed out waiting for {what}")
+}
+
+/// A state file saying primary, the router's keepalived pid file (not written yet) and a
+/// config naming both.
+fn primary_with_pid_file(gw: &GatewayLab) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let state = gw.lab.file("state", "primary")?;
+    let pid_file = gw.lab.dir.path().join("r.pid.keepalived-vrrp");
+    let config = gw.config("link-down", &state)
+        + &format!("    keepalivedPidFile: {}\n", pid_file.display());
+    let config = gw.lab.file("routers.yaml", &config)?;
+    Ok((state, pid_file, config))
 }
 
 fn link_up(gw: &GatewayLab) -> Result<bool> {
@@ -139,12 +164,8 @@ fn run_keeps_a_standby_down_and_takes_over_on_the_state_file() -> Result<()> {
 #[test]
 fn a_dead_keepalived_makes_its_router_standby() -> Result<()> {
     let gw = GatewayLab::build()?;
-    let state = gw.lab.file("state", "primary")?;
-    let pid_file = gw.lab.dir.path().join("r.pid.keepalived-vrrp");
+    let (state, pid_file, config) = primary_with_pid_file(&gw)?;
     let keepalived = StandInKeepalived::start(gw.lab.dir.path(), &pid_file)?;
-    let config = gw.config("link-down", &state)
-        + &format!("    keepalivedPidFile: {}\n", pid_file.display());
-    let config = gw.lab.file("routers.yaml", &config)?;
     let _agent = Agent::start(&config)?;
     let serving = || Ok(link_up(&gw)? && gw.gateway("addr")?.contains(GATEWAY_IP));
     eventually(Duration::from_secs(5), "primary while keepalived runs", serving)?;
@@ -282,13 +303,9 @@ fn notify_completes_a_takeover_without_the_agent() -> Result<()> {
 #[test]
 fn a_keepalived_in_another_pid_namespace_is_followed() -> Result<()> {
     let gw = GatewayLab::build()?;
-    let state = gw.lab.file("state", "primary")?;
-    let pid_file = gw.lab.dir.path().join("r.pid.keepalived-vrrp");
+    let (_state, pid_file, config) = primary_with_pid_file(&gw)?;
     let mut keepalived =
         StandInKeepalived::start_in_own_pid_namespace(gw.lab.dir.path(), &pid_file)?;
-    let config = gw.config("link-down", &state)
-        + &format!("    keepalivedPidFile: {}\n", pid_file.display());
-    let config = gw.lab.file("routers.yaml", &config)?;
     let _agent = Agent::start(&config)?;
     let serving = || Ok(link_up(&gw)? && gw.gateway("addr")?.contains(GATEWAY_IP));
     eventually(Duration::from_secs(5), "primary while keepalived runs", serving)?;
@@ -303,22 +320,12 @@ fn a_keepalived_in_another_pid_namespace_is_followed() -> Result<()> {
 #[test]
 fn a_keepalived_hagw_cannot_see_does_not_demote_the_primary() -> Result<()> {
     let gw = GatewayLab::build()?;
-    let state = gw.lab.file("state", "primary")?;
-    let pid_file = gw.lab.dir.path().join("r.pid.keepalived-vrrp");
+    let (state, pid_file, config) = primary_with_pid_file(&gw)?;
     let _keepalived = StandInKeepalived::start(gw.lab.dir.path(), &pid_file)?;
-    let config = gw.config("link-down", &state)
-        + &format!("    keepalivedPidFile: {}\n", pid_file.display());
-    let config = gw.lab.file("routers.yaml", &config)?;
-    let child = Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child", "--mount-proc"])
-        .arg(hagw_bin())
-        .args(["run", "-c", config.to_str().unwrap(), "--log-level", "info"])
-        .args(NO_ENDPOINT)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let _agent = Agent(child);
+    let _agent = Agent::start_under(
+        &config,
+        &["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"],
+    )?;
     let serving = || Ok(link_up(&gw)? && gw.gateway("addr")?.contains(GATEWAY_IP));
     eventually(Duration::from_secs(5), "primary from the state file", serving)?;
     std::fs::write(&state, "backup")?;
