@@ -7,10 +7,10 @@ use futures::TryStreamExt;
 use hagw_core::Error;
 use hagw_core::observed::{Ipv6Conf, LinkCounters};
 use nix::errno::Errno;
-use rtnetlink::LinkUnspec;
 use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkFlags, LinkMessage, State,
 };
+use rtnetlink::{LinkMessageBuilder, LinkUnspec};
 use tracing::{debug, instrument};
 
 use super::LinuxNet;
@@ -152,32 +152,32 @@ impl LinuxNet {
         mode: u32,
     ) -> Result<(), Error> {
         let op = format!("set ipv6 addr_gen_mode = {mode}");
-        let target = Target::dev(netns.name(), device);
-        let mode = u8::try_from(mode)
-            .map_err(|_| Error::permanent(&op, target, "addr_gen_mode out of range"))?;
-        let index = self.index(netns, device, &op).await?;
-        let msg = LinkUnspec::new_with_index(index)
-            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
-                AfSpecInet6::AddrGenMode(In6AddrGenMode::from(mode)),
-            ])]))
-            .build();
-        let handle = self.cache.handle(netns).await?;
-        handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| self.cache.request_failed(netns, &op, target, &e))?;
-        debug!(index, mode, "addr_gen_mode set");
-        Ok(())
+        let mode = u8::try_from(mode).map_err(|_| {
+            Error::permanent(&op, Target::dev(netns.name(), device), "addr_gen_mode out of range")
+        })?;
+        let spec = AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::from(mode))]);
+        self.set_link(netns, device, &op, |b| {
+            b.append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![spec]))
+        })
+        .await
     }
 
     async fn set_admin(&self, netns: &Netns, device: &str, up: bool) -> Result<(), Error> {
         let op = if up { "set link up" } else { "set link down" };
+        self.set_link(netns, device, op, |b| if up { b.up() } else { b.down() }).await
+    }
+
+    /// One RTM_SETLINK on `device`, looked up by name, with what `build` adds to it.
+    async fn set_link(
+        &self,
+        netns: &Netns,
+        device: &str,
+        op: &str,
+        build: impl FnOnce(LinkMessageBuilder<LinkUnspec>) -> LinkMessageBuilder<LinkUnspec>,
+    ) -> Result<(), Error> {
         let target = Target::dev(netns.name(), device);
         let index = self.index(netns, device, op).await?;
-        let builder = LinkUnspec::new_with_index(index);
-        let msg = if up { builder.up() } else { builder.down() }.build();
+        let msg = build(LinkUnspec::new_with_index(index)).build();
         let handle = self.cache.handle(netns).await?;
         handle
             .link()
@@ -185,7 +185,7 @@ impl LinuxNet {
             .execute()
             .await
             .map_err(|e| self.cache.request_failed(netns, op, target, &e))?;
-        debug!(index, up, "link state set");
+        debug!(index, op, "link set");
         Ok(())
     }
 }
