@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use hagw_e2e::gateway::{EXTERNAL_IP, GATEWAY_CIDR, GATEWAY_IP, GatewayLab};
 use hagw_e2e::k8s::node_entry;
+use hagw_e2e::keepalived::{KaLab, Rng, Wiring};
 use hagw_e2e::node::{IMAGE_REPOSITORY, IMAGE_TAG, Node, node};
 use hagw_e2e::ports;
 use serde_json::Value;
@@ -85,47 +86,15 @@ impl Router {
     /// Installs the chart for this router's node with `values` on top of what the test node
     /// needs, and waits for the pod to be ready.
     fn install<'a>(&self, node: &'a Node, values: &[&str]) -> Result<Release<'a>> {
-        let id = &self.gw.lab.id;
-        let release = Release { node, name: format!("hagw-{id}"), namespace: format!("hagw-{id}") };
-        let metrics = ports::reserve()?;
-        let env = format!(
-            "[{{\"name\":\"KUBERNETES_SERVICE_HOST\",\"value\":\"127.0.0.1\"}},\
-              {{\"name\":\"KUBERNETES_SERVICE_PORT\",\"value\":\"{}\"}}]",
-            node.api_port()
-        );
-        let chart = node.chart();
-        let neutron = self.gw.lab.dir.path().join("neutron");
-        let state_dir = self.gw.lab.dir.path().join("hagw-state");
+        let dir = self.gw.lab.dir.path();
         let sets = [
-            format!("image.repository={IMAGE_REPOSITORY}"),
-            format!("image.tag={IMAGE_TAG}"),
-            "image.pullPolicy=Never".into(),
             // This router's port is on no switch hagw knows (generic); the OVS run dir the
             // default backend mounts does not exist on this host.
             "backend=linuxbridge".into(),
-            format!("neutronStatePath={}", neutron.display()),
-            format!("stateDir={}", state_dir.display()),
-            format!("metricsPort={}", metrics.port),
+            format!("neutronStatePath={}", dir.join("neutron").display()),
+            format!("stateDir={}", dir.join("hagw-state").display()),
         ];
-        let mut args = vec![
-            "install",
-            &release.name,
-            chart.to_str().expect("utf-8 path"),
-            "-n",
-            &release.namespace,
-            "--create-namespace",
-            "--wait",
-            "--timeout",
-            "180s",
-        ];
-        for set in &sets {
-            args.extend(["--set", set]);
-        }
-        let env = format!("env={env}");
-        args.extend(["--set-json", &env]);
-        args.extend(values);
-        node.helm(&args)?;
-        Ok(release)
+        install_for(node, &self.gw.lab.id, &sets, values)
     }
 
     /// The HARouter for this router on the test node (generic backend, link-down).
@@ -149,6 +118,60 @@ impl Router {
             let _ = node.kubectl(&["delete", "harouter", &name, "-n", "default", "--wait=false"]);
         }))
     }
+}
+
+/// Installs the chart as release `hagw-<id>` with the test image, the API server address a
+/// hostNetwork pod needs here, a reserved metrics port, `sets` and then `values` (raw helm
+/// arguments), and waits for the pod to be ready.
+fn install_for<'a>(
+    node: &'a Node,
+    id: &str,
+    sets: &[String],
+    values: &[&str],
+) -> Result<Release<'a>> {
+    let release = Release { node, name: format!("hagw-{id}"), namespace: format!("hagw-{id}") };
+    let metrics = ports::reserve()?;
+    let env = format!(
+        "env=[{{\"name\":\"KUBERNETES_SERVICE_HOST\",\"value\":\"127.0.0.1\"}},\
+          {{\"name\":\"KUBERNETES_SERVICE_PORT\",\"value\":\"{}\"}}]",
+        node.api_port()
+    );
+    let chart = node.chart();
+    let mut all_sets = vec![
+        format!("image.repository={IMAGE_REPOSITORY}"),
+        format!("image.tag={IMAGE_TAG}"),
+        "image.pullPolicy=Never".into(),
+        format!("metricsPort={}", metrics.port),
+    ];
+    all_sets.extend(sets.iter().cloned());
+    let mut args = vec![
+        "install",
+        &release.name,
+        chart.to_str().expect("utf-8 path"),
+        "-n",
+        &release.namespace,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "180s",
+        "--set-json",
+        &env,
+    ];
+    for set in &all_sets {
+        args.extend(["--set", set]);
+    }
+    args.extend(values);
+    node.helm(&args)?;
+    // Helm's --wait takes a DaemonSet whose pod is not scheduled yet as ready.
+    node.kubectl(&[
+        "rollout",
+        "status",
+        &format!("daemonset/{}", release.name),
+        "-n",
+        &release.namespace,
+        "--timeout=180s",
+    ])?;
+    Ok(release)
 }
 
 #[test]
@@ -265,4 +288,70 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+/// The E2E lab with real keepalived and OVS on two nodes; node 2 is served only by the
+/// Helm-installed pod (node 1 by `hagw run` on the host, as before). Node 2's router reboots
+/// racing the agents while node 1 is primary, keepalived on node 1 crashes, node 2 takes
+/// over. Judged at the ToR: no frame from node 2 while it does not hold the primary VIP, and
+/// traffic through node 2 afterwards.
+#[test]
+fn the_pod_serves_an_ovs_node_through_a_reboot_and_a_failover() -> Result<()> {
+    let _serial = serial();
+    let node = node();
+    let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
+    let (served, ovs_dir) = (&lab.nodes[1], lab.ovs_dir(1).expect("ovs").to_path_buf());
+    let ha_confs = served.ha_confs.clone();
+    // routers.yaml of node 2: its one router becomes the HARouter's spec.router.
+    let config = std::fs::read_to_string(&served.config)?;
+    let (_, routers) = config.split_once("routers:\n").expect("a routers list");
+    let router = routers.replacen("  - ", "    ", 1);
+    let name = format!("ovs-{}", lab.lab().id);
+    let harouter = format!(
+        "apiVersion: hagw.dev/v1alpha1\nkind: HARouter\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  nodes: [{node}]\n  router:\n{router}",
+        node = node.name
+    );
+    let release = install_for(
+        node,
+        &lab.lab().id,
+        &[
+            "backend=ovs".into(),
+            format!("ovsdb=unix:{}", ovs_dir.join("db.sock").display()),
+            format!("ovsRunDir={}", ovs_dir.display()),
+            format!("neutronStatePath={}", ha_confs.display()),
+            "hostPID=true".into(),
+            format!("stateDir={}", lab.lab().dir.path().join("hagw-state").display()),
+        ],
+        &[],
+    )?;
+    node.apply(&harouter)?;
+    let _cleanup = scopeguard(|| {
+        let _ = node.kubectl(&["delete", "harouter", &name, "-n", "default", "--wait=false"]);
+    });
+    wait_for("the pod to manage node 2's router", Duration::from_secs(60), || {
+        Ok(entry(node, &name)?.filter(|e| e["role"] == "standby").map(drop))
+    })?;
+
+    lab.boot()?;
+    lab.check_traffic(0)?;
+    let mut rng = Rng::seeded();
+    println!("HAGW_SEED={}", rng.0);
+    lab.reboot_router(1, &mut rng)?;
+    // MLD queries every 3 s: a standby that answered them would leak each time.
+    std::thread::sleep(Duration::from_secs(7));
+    lab.check_traffic(0)?;
+    lab.nodes[0].crash_keepalived();
+    wait_for("node 2 to take over", Duration::from_secs(15), || {
+        Ok(lab.nodes[1].has_vip().then_some(()))
+    })?;
+    lab.check_traffic(1)?;
+    let report = lab.report();
+    println!("pod-served node 2:\n{report}");
+    assert!(report.leaks.is_empty(), "node 2 leaked:\n{report}");
+    wait_for("the takeover reported", Duration::from_secs(20), || {
+        Ok(entry(node, &name)?.filter(|e| e["role"] == "primary" && e["held"] == false).map(drop))
+    })?;
+    drop(release);
+    Ok(())
 }

@@ -120,7 +120,9 @@ pub(super) fn now() -> f64 {
 /// The two-node testbed.
 pub struct KaLab {
     pub wiring: Wiring,
-    pub with_hagw: bool,
+    /// Whether `hagw run` serves each node from the host; a node without it is served by
+    /// someone else (the Helm-installed pod in tests/tests/pod.rs) or by nothing.
+    pub host_hagw: [bool; 2],
     /// IPv6 forwarding on in the router namespaces, as pre-Zed L3 agents leave it (a standby
     /// then answers every MLD query): the worst case, on by default.
     pub legacy: bool,
@@ -140,6 +142,14 @@ impl KaLab {
     /// routers the way the agents do, starts keepalived on node1 and then on node2, and
     /// waits until node1 is primary.
     pub fn build(wiring: Wiring, with_hagw: bool) -> Result<KaLab> {
+        let mut lab = KaLab::prepare(wiring, [with_hagw; 2])?;
+        lab.boot()?;
+        Ok(lab)
+    }
+
+    /// The testbed up to the moment the routers are plugged: nodes, observers and the host
+    /// agents named in `host_hagw`, so that another agent can be started before [`KaLab::boot`].
+    pub fn prepare(wiring: Wiring, host_hagw: [bool; 2]) -> Result<KaLab> {
         let base = match wiring {
             Wiring::Ovs => Base::Ovs(OvsLab::build(2)?),
             Wiring::Linuxbridge => Base::Lb(LbLab::build(2, "l2-hold")?),
@@ -151,7 +161,7 @@ impl KaLab {
         };
         let mut lab = KaLab {
             wiring,
-            with_hagw,
+            host_hagw,
             legacy: true,
             nodes: Vec::new(),
             tor,
@@ -164,6 +174,15 @@ impl KaLab {
         };
         lab.build_rest()?;
         Ok(lab)
+    }
+
+    /// The OVS run directory of node `i` (0-based): its OVSDB socket and bridge management
+    /// sockets; `None` on the Linux bridge wirings.
+    pub fn ovs_dir(&self, i: usize) -> Option<&std::path::Path> {
+        match &self.base {
+            Base::Ovs(l) => Some(&l.nodes[i].ovs.dir),
+            Base::Lb(_) => None,
+        }
     }
 
     pub fn lab(&self) -> &Lab {

@@ -93,13 +93,19 @@ impl KaLab {
         }
         self.wait_querier()?;
         self.start_observers()?;
-        if self.with_hagw {
-            for node in &mut self.nodes {
+        if self.host_hagw.contains(&true) {
+            for (node, _) in self.nodes.iter_mut().zip(self.host_hagw).filter(|(_, on)| *on) {
                 node.start_hagw()?;
             }
             // Let the agents start and watch the (still empty) router namespaces.
             std::thread::sleep(Duration::from_millis(300));
         }
+        Ok(())
+    }
+
+    /// Plugs both routers the way Neutron's agents do, starts keepalived on node1 and then on
+    /// node2, and waits until node1 is primary.
+    pub fn boot(&mut self) -> Result<()> {
         for i in 0..self.nodes.len() {
             self.plug_router(i, &mut Rng::seeded())?;
         }
