@@ -4,6 +4,7 @@
 mod agent;
 mod cli;
 mod k8s;
+mod lock;
 mod logging;
 mod observe;
 mod roles;

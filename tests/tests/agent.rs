@@ -18,11 +18,20 @@ struct Agent(Child);
 
 impl Agent {
     fn start(config: &Path) -> Result<Agent> {
-        Self::start_under(config, &[])
+        Self::spawn(config, &[], None)
     }
 
-    /// `hagw run` started by `wrapper` (e.g. `unshare …`), or directly if it is empty.
+    /// `hagw run` started by `wrapper` (e.g. `unshare …`).
     fn start_under(config: &Path, wrapper: &[&str]) -> Result<Agent> {
+        Self::spawn(config, wrapper, None)
+    }
+
+    /// `hagw run` holding the node lock `lock` (`HAGW_LOCK_FILE`).
+    fn start_locked(config: &Path, lock: &str) -> Result<Agent> {
+        Self::spawn(config, &[], Some(lock))
+    }
+
+    fn spawn(config: &Path, wrapper: &[&str], lock: Option<&str>) -> Result<Agent> {
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -31,6 +40,9 @@ impl Agent {
             }
             None => Command::new(hagw_bin()),
         };
+        if let Some(lock) = lock {
+            command.env("HAGW_LOCK_FILE", lock);
+        }
         let child = command
             .args(["run", "-c", config.to_str().unwrap(), "--log-level", "info"])
             .args(NO_ENDPOINT)
@@ -330,5 +342,38 @@ fn a_keepalived_hagw_cannot_see_does_not_demote_the_primary() -> Result<()> {
     eventually(Duration::from_secs(5), "primary from the state file", serving)?;
     std::fs::write(&state, "backup")?;
     eventually(Duration::from_secs(3), "standby from the state file", || Ok(!link_up(&gw)?))?;
+    Ok(())
+}
+
+/// Two agents on one node never fight: the second waits on the node lock without touching
+/// anything (here with the first one frozen, nobody undoes the L3 agent raising the standby's
+/// link), and takes over the moment the first exits.
+#[test]
+fn a_second_agent_waits_for_the_first_and_takes_over() -> Result<()> {
+    let gw = GatewayLab::build()?;
+    let state = gw.lab.file("state", "backup")?;
+    let config = gw.lab.file("routers.yaml", &gw.config("link-down", &state))?;
+    let lock = gw.lab.dir.path().join("hagw/agent.lock");
+    let lock_arg = lock.to_str().unwrap();
+    let first = Agent::start_locked(&config, lock_arg)?;
+    gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
+    eventually(Duration::from_secs(5), "the first agent holds the standby", || Ok(!link_up(&gw)?))?;
+    let second = Agent::start_locked(&config, lock_arg)?;
+    std::thread::sleep(Duration::from_millis(500));
+    // Freeze the first agent: only the second could react now, and it must not.
+    signal(first.0.id(), "STOP")?;
+    gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    ensure!(link_up(&gw)?, "the waiting agent acted while the first one held the lock");
+    // The first one exits (killed while frozen): the second takes over at once.
+    drop(first);
+    eventually(Duration::from_secs(3), "the second agent to take over", || Ok(!link_up(&gw)?))?;
+    drop(second);
+    Ok(())
+}
+
+fn signal(pid: u32, signal: &str) -> Result<()> {
+    let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status()?;
+    ensure!(status.success(), "kill -{signal} {pid}");
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::ValueEnum;
 use hagw_core::config::{self, Config, DEFAULT_OVSDB};
 use hagw_core::model::Strategy;
@@ -63,6 +64,11 @@ pub struct RunArgs {
     /// serve nothing. If it cannot be bound, the agent logs an error and runs without it.
     #[arg(long, env = "HAGW_METRICS_ADDR", default_value = "0.0.0.0:9477", value_parser = parse_listen)]
     pub metrics_addr: Listen,
+    /// A lock file that makes this the only agent on the node: another agent holding it
+    /// (the chart's pod locks `<stateDir>/agent.lock`) is waited for, and taken over from
+    /// when it exits. Without it, no lock is taken.
+    #[arg(long, env = "HAGW_LOCK_FILE", value_name = "PATH")]
+    pub lock_file: Option<PathBuf>,
 }
 
 /// An optional listening address: `none` disables the endpoint.
@@ -132,6 +138,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
                 ),
             }
         }
+        let _lock = match &args.lock_file {
+            Some(path) => Some(
+                crate::lock::acquire(path, &observer)
+                    .await
+                    .with_context(|| format!("node lock {}", path.display()))?,
+            ),
+            None => None,
+        };
         match neutron {
             Some(source) => agent.follow_neutron(source).await?,
             None => agent.set_routers(config.routers).await,

@@ -57,6 +57,10 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let addr = observe::server::serve(options.listen, observer.clone())
         .await
         .map_err(|source| Error::Health { addr: options.listen, source })?;
+    let lock_path = options.state_dir.join("agent.lock");
+    let _lock = crate::lock::acquire(&lock_path, &observer)
+        .await
+        .map_err(|source| Error::Lock { path: lock_path.clone(), source })?;
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     tokio::spawn(StatusWriter::new(client.clone(), &options.node).run(status_rx));
     let node = options.node.clone();

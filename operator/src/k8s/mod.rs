@@ -23,6 +23,12 @@ pub enum Error {
     Client(#[source] kube::Error),
     #[error("starting the agent: {0}")]
     Agent(String),
+    #[error("node lock {}: {source}", path.display())]
+    Lock {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("health endpoint on {addr}: {source}")]
     Health {
         addr: SocketAddr,
