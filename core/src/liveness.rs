@@ -211,12 +211,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("r1.pid.keepalived-vrrp");
         std::fs::write(&pid_file, "1").unwrap();
+        // A shell naming the pid file on its command line as Neutron's keepalived does, which
+        // tells it apart from other tests' pid-1 shells.
         let mut child = Command::new("unshare")
-            .args(["--pid", "--fork", "--kill-child", "sleep", "30"])
+            .args(["--pid", "--fork", "--kill-child", "sh", "-c", "while :; do sleep 1; done"])
+            .args(["x", "-r"])
+            .arg(&pid_file)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let live = || liveness(Path::new("/proc"), &pid_file, "sleep");
+        let live = || liveness(Path::new("/proc"), &pid_file, "sh");
         wait_until("the namespaced sleep to run", || matches!(live(), Liveness::Running(_)));
         let Liveness::Running(found) = live() else { unreachable!() };
         let status = std::fs::read_to_string(format!("/proc/{}/status", found.pid)).unwrap();

@@ -61,25 +61,34 @@ impl Drop for Agent {
     }
 }
 
-/// A stand-in for a router's keepalived: `sleep` under the name `keepalived` (what hagw checks
-/// in `/proc/<pid>/stat`), its pid written to `pid_file` as keepalived does. Killed on drop.
+/// A stand-in for a router's keepalived: a process named `keepalived` (what hagw checks in
+/// `/proc/<pid>/stat`), its pid written to `pid_file` as keepalived does. Killed on drop.
 struct StandInKeepalived(Child);
 
 impl StandInKeepalived {
-    /// `sleep` named `keepalived` in `dir`. A symlink, not a copy: the kernel names a process
+    /// A shell named `keepalived` in `dir`. A symlink, not a copy: the kernel names a process
     /// after the path it was executed by, and executing a file this process just wrote fails
     /// with ETXTBSY while a child forked by another test meanwhile still holds the write
     /// descriptor.
-    fn program(dir: &Path) -> Result<std::path::PathBuf> {
+    fn program(dir: &Path) -> Result<PathBuf> {
         let program = dir.join("keepalived");
         if !program.exists() {
-            std::os::unix::fs::symlink("/bin/sleep", &program)?;
+            std::os::unix::fs::symlink("/bin/sh", &program)?;
         }
         Ok(program)
     }
 
+    /// What the stand-in runs: a loop, with the pid file on its command line as Neutron's
+    /// keepalived has it (`-r`), which tells it apart from other routers' keepalived.
+    fn args(pid_file: &Path) -> Vec<String> {
+        let pid_file = pid_file.display().to_string();
+        ["-c", "while :; do sleep 1; done", "keepalived", "-r", &pid_file]
+            .map(String::from)
+            .to_vec()
+    }
+
     fn start(dir: &Path, pid_file: &Path) -> Result<StandInKeepalived> {
-        let child = Command::new(Self::program(dir)?).arg("3600").spawn()?;
+        let child = Command::new(Self::program(dir)?).args(Self::args(pid_file)).spawn()?;
         std::fs::write(pid_file, format!("{}\n", child.id()))?;
         Ok(StandInKeepalived(child))
     }
@@ -90,7 +99,7 @@ impl StandInKeepalived {
         let child = Command::new("unshare")
             .args(["--pid", "--fork", "--kill-child"])
             .arg(Self::program(dir)?)
-            .arg("3600")
+            .args(Self::args(pid_file))
             .spawn()?;
         std::fs::write(pid_file, "1\n")?;
         Ok(StandInKeepalived(child))
