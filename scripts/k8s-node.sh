@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # k8s-node.sh - a real single-node Kubernetes on this machine for hagw's tests: a control plane on
-# 127.0.0.1 plus a kubelet with a container runtime, so DaemonSet pods really run (what
-# scripts/kube-apiserver.sh, an API server alone, cannot show: read-only /proc/sys, masked paths,
-# namespaces, image contents, probes, restarts). No binary downloads, no registry pulls:
+# 127.0.0.1 plus a kubelet with a container runtime, so DaemonSet pods really run (what an API
+# server alone cannot show: read-only /proc/sys, masked paths, namespaces, image contents, probes,
+# restarts), or that control plane alone (HAGW_K8S_NODE_KUBELET=0, the operator tests).
+# No binary downloads, no registry pulls:
 #
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl
 #                  built from the Go module k8s.io/kubernetes (HAGW_K8S_NODE_VERSION, default v1.34.12)
@@ -45,6 +46,9 @@
 #   HAGW_K8S_NODE_STATE      runtime dir (certs, etcd data, containerd root/state, kubelet root,
 #                            logs, pid files, kubeconfig); default: a fresh /tmp/hagw-k8s-node.XXXXXX
 #                            per `start`; stop/status/env find it via $CACHE/current-state
+#                            (control plane only: /tmp/hagw-k8s-cp.XXXXXX and
+#                            $CACHE/current-control-plane-state, which a `start` with an explicit
+#                            HAGW_K8S_NODE_STATE leaves alone)
 #   HAGW_K8S_NODE_VERSION    Kubernetes version to build (default v1.34.12); the staging modules
 #                            are pinned to the matching v0.<minor>.<patch>
 #   HAGW_K8S_NODE_HELM_VERSION   helm.sh/helm/v3 version (default v3.22.0)

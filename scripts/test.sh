@@ -8,9 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
-# A real kube-apiserver + etcd for the operator tests, and a real node (Kubernetes v1.34 built
-# from its Go modules, containerd) for the pod tests: built once, cached outside the clone.
-./scripts/kube-apiserver.sh install
+# Kubernetes v1.34 built from its Go modules (+ containerd for a real node): the operator tests
+# run its control plane alone, the pod tests a whole node. Built once, cached outside the clone.
 ./scripts/k8s-node.sh install
 
 export CARGO_TERM_COLOR=never

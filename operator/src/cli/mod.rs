@@ -50,7 +50,8 @@ pub enum Command {
     /// Run the event-driven agent: keep every router converged, react to failovers at once.
     #[command(after_help = "Examples:\n  hagw run -c /etc/hagw/routers.yaml\n  \
                             hagw run -c routers.yaml --resync 30 --log-level info\n  \
-                            hagw run --neutron /var/lib/neutron --backend ovs --strategy l2-hold")]
+                            hagw run --neutron /var/lib/neutron --backend ovs --strategy l2-hold\n  \
+                            hagw run -c routers.yaml --lock-file /var/lib/hagw/agent.lock")]
     Run(run::RunArgs),
     /// One pass for one router with the role keepalived announces (a notify script).
     #[command(after_help = "Example (keepalived.conf, vrrp_instance):\n  \
