@@ -159,6 +159,22 @@ impl Node {
         self.tool("kubectl", &["apply", "-f", "-"], Some(yaml))
     }
 
+    /// `kubectl` in the background (e.g. `logs -f`), its output into `out`.
+    pub fn kubectl_follow(
+        &self,
+        args: &[&str],
+        out: &std::path::Path,
+    ) -> Result<std::process::Child> {
+        let file = std::fs::File::create(out)?;
+        Ok(Command::new(self.bin.join("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()?)
+    }
+
     pub fn helm(&self, args: &[&str]) -> Result<String> {
         self.tool("helm", args, None)
     }

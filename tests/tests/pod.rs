@@ -355,3 +355,84 @@ fn the_pod_serves_an_ovs_node_through_a_reboot_and_a_failover() -> Result<()> {
     drop(release);
     Ok(())
 }
+
+/// A pod restart keeps the standby held throughout (the next agent takes over where the old
+/// one stopped); `helm uninstall` hands the port back as Neutron's agents would leave it
+/// without hagw: up, silent, no hold left behind. The hand-back lifts a hold only once the
+/// port is fully silent, which needs a writable `/proc/sys` (accept_ra): privileged here; a
+/// non-privileged pod's hand-back keeps the port held (README, "As a pod").
+#[test]
+fn a_restart_keeps_the_hold_and_an_uninstall_hands_the_port_back() -> Result<()> {
+    let _serial = serial();
+    let node = node();
+    let router = Router::build("backup")?;
+    let gw = &router.gw;
+    let privileged = [
+        "--set",
+        "securityContext.privileged=true",
+        "--set",
+        "securityContext.allowPrivilegeEscalation=true",
+    ];
+    let release = router.install(node, &privileged)?;
+    let _harouter = router.apply(node)?;
+    wait_for("the standby held", Duration::from_secs(60), || {
+        let reported = entry(node, &router.name)?.is_some_and(|e| e["held"] == true);
+        Ok((!link_up(gw)? && reported).then_some(()))
+    })?;
+
+    let pods = node.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        &release.namespace,
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])?;
+    node.kubectl(&["delete", "pod", &pods, "-n", &release.namespace, "--wait=false"])?;
+    // Until the new pod is ready, and a little after, nothing may lift the hold.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(!link_up(gw)?, "the hold was lifted during a pod restart");
+        let ready = node.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            &release.namespace,
+            "-o",
+            "jsonpath={.items[*].status.containerStatuses[*].ready}",
+        ])?;
+        let names = node.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            &release.namespace,
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])?;
+        if ready.trim() == "true" && names.trim() != pods.trim() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the DaemonSet did not restart its pod");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..20 {
+        assert!(!link_up(gw)?, "the hold was lifted after a pod restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The agent's last words, for when the hand-back does not come.
+    let log = gw.lab.dir.path().join("agent.log");
+    let mut follow = node.kubectl_follow(
+        &["logs", "-f", "-n", &release.namespace, "-l", "app.kubernetes.io/name=hagw"],
+        &log,
+    )?;
+    node.helm(&["uninstall", &release.name, "-n", &release.namespace, "--wait"])?;
+    let handed_back = wait_for("the port handed back", Duration::from_secs(40), || {
+        let silent = gw.sysctl("addr_gen_mode")? == "1" && gw.gateway("addr")?.trim().is_empty();
+        Ok((link_up(gw)? && silent).then_some(()))
+    });
+    let _ = follow.kill();
+    let _ = follow.wait();
+    handed_back.map_err(|e| e.context(std::fs::read_to_string(&log).unwrap_or_default()))?;
+    Ok(())
+}

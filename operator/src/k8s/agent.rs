@@ -28,7 +28,7 @@ use super::cache::SpecCache;
 use super::crd::HARouter;
 use super::source::{Assigned, NodeView, node_view};
 use super::status::{StatusWriter, Update};
-use super::{Error, handback};
+use super::{Error, handback, uninstall};
 use crate::agent::Agent;
 use crate::observe::{self, HEARTBEAT};
 
@@ -82,8 +82,9 @@ pub async fn run(options: Options) -> Result<(), Error> {
         observer.set_sources_ready();
     }
 
+    let pod = uninstall::PodRef::from_env();
     let resource = ApiResource::erase::<HARouter>(&());
-    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let writer = Writer::new(resource);
     let store = writer.as_reader();
     let mut watch = pin!(
@@ -129,7 +130,13 @@ pub async fn run(options: Options) -> Result<(), Error> {
             _ = terminate.recv() => break,
         }
     }
-    info!(node = %node, "stopping; ports stay as last reconciled");
+    match &pod {
+        Some(pod) if uninstall::uninstalling(&client, pod).await => {
+            info!(node = %node, "hagw is being uninstalled: handing every port back");
+            this.hand_back_all().await;
+        }
+        _ => info!(node = %node, "stopping; ports stay as last reconciled"),
+    }
     Ok(())
 }
 
@@ -146,7 +153,30 @@ struct NodeAgent {
     cache: SpecCache,
 }
 
+/// How long an uninstall waits for the hand-backs: within the pod's termination grace period
+/// (30 s by default), past the silence settle time (3 s by default).
+const HAND_BACK_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
 impl NodeAgent {
+    /// Hands every managed router's port back (as when it is no longer hosted here), waits
+    /// for them, and forgets the cached specs, so nothing is enforced from them again.
+    async fn hand_back_all(&mut self) {
+        // The workers stop first: they would hold the ports again.
+        self.agent.set_routers(Vec::new()).await;
+        let tasks: Vec<_> = self
+            .managed
+            .values()
+            .map(|a| handback::spawn(self.dataplane.clone(), &self.node, a.spec.clone()))
+            .collect();
+        let all = futures::future::join_all(tasks);
+        if tokio::time::timeout(HAND_BACK_WITHIN, all).await.is_err() {
+            warn!(node = %self.node, "not every port was handed back in time");
+        }
+        if let Err(e) = self.cache.store(&[]) {
+            warn!(node = %self.node, error = %e, "cannot clear the spec cache");
+        }
+    }
+
     /// Makes the enforced set equal to `view`: new and changed routers get (new) workers,
     /// routers this node no longer hosts are handed back, and rejected objects are reported.
     async fn enforce(&mut self, view: NodeView) {

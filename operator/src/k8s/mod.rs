@@ -8,6 +8,7 @@ pub mod crd;
 mod handback;
 mod source;
 mod status;
+mod uninstall;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
