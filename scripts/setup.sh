@@ -13,10 +13,6 @@ if [[ $EUID -ne 0 ]]; then
   exit 1
 fi
 
-# The operator tests drive the test API server with kubectl; Debian's own client (1.20)
-# matches that server, but any kubectl already on the PATH will do.
-command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)
-
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
