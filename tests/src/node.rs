@@ -11,9 +11,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use crate::keepalived::KaLab;
 use crate::lab::hagw_bin;
 use crate::ports::{self, ReservedPort};
 
@@ -28,6 +31,9 @@ pub const IMAGE_TAG: &str = "test";
 pub struct Node {
     pub kubeconfig: PathBuf,
     pub name: String,
+    /// The network namespace the whole node runs in (its hostNetwork pods share it), if not
+    /// the host's.
+    netns: Option<String>,
     bin: PathBuf,
     runtime_socket: String,
     env: Vec<(String, String)>,
@@ -38,11 +44,31 @@ pub struct Node {
 /// The node of this test process, started (and the image imported) on first use.
 pub fn node() -> &'static Node {
     static NODE: OnceLock<Node> = OnceLock::new();
-    NODE.get_or_init(|| Node::start().expect("starting the Kubernetes node"))
+    NODE.get_or_init(|| Node::start_in(None).expect("starting the Kubernetes node"))
+}
+
+/// `program` run in `netns` (network namespace only, unlike `ip netns exec`, whose private
+/// mount namespace would hide the node's mounts from the rest of the test), or as it is.
+fn command_in(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 impl Node {
-    fn start() -> Result<Node> {
+    /// A node in the network namespace `netns` (a lab node's), stopped when dropped: its
+    /// hostNetwork pods live in that namespace, with that node's bridges and ports. It still
+    /// takes a few host-wide names, so run it in a test binary of its own.
+    pub fn start_in_netns(netns: &str) -> Result<Node> {
+        Node::start_in(Some(netns))
+    }
+
+    fn start_in(netns: Option<&str>) -> Result<Node> {
         let ports = [ports::reserve()?, ports::reserve()?, ports::reserve()?];
         let state = tempfile::Builder::new().prefix("hagw-node-test-").tempdir()?;
         let env: Vec<(String, String)> = vec![
@@ -51,12 +77,17 @@ impl Node {
             ("HAGW_K8S_NODE_ETCD_PORT".into(), ports[1].port.to_string()),
             ("HAGW_K8S_NODE_ETCD_PEER_PORT".into(), ports[2].port.to_string()),
         ];
+        let mut env = env;
+        if netns.is_some() {
+            let cgroup = format!("/hagw-node-{}", std::process::id());
+            env.push(("HAGW_K8S_NODE_CGROUP".into(), cgroup));
+        }
         let script = repo().join("scripts/k8s-node.sh");
         // A node takes host-wide names (its address, cgroup, sockets): one stopped by the
         // watchdog of a test process that just ended may still hold them for a few seconds.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
         let out = loop {
-            let out = Command::new(&script)
+            let out = command_in(netns, &script)
                 .arg("start")
                 .envs(env.iter().cloned())
                 .stdin(Stdio::null())
@@ -80,8 +111,12 @@ impl Node {
                 .with_context(|| format!("k8s-node.sh start printed no {key}:\n{exports}"))
         };
         // Stop the node when this process is gone, whatever way it ends.
+        // In its namespace while that exists (a lab may be gone first).
+        let enter =
+            netns.map(|ns| format!("nsenter --net=/run/netns/{ns} -- ")).unwrap_or_default();
         let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {env} {script} stop",
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; export {env}; \
+             {enter}{script} stop || {script} stop",
             pid = std::process::id(),
             env = env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
             script = script.display(),
@@ -96,6 +131,7 @@ impl Node {
         let node = Node {
             kubeconfig: get("KUBECONFIG")?.into(),
             name: get("HAGW_K8S_NODE_NAME")?,
+            netns: netns.map(str::to_string),
             bin: get("HAGW_K8S_NODE_BIN")?.into(),
             runtime_socket: get("CONTAINER_RUNTIME_ENDPOINT")?
                 .trim_start_matches("unix://")
@@ -132,7 +168,7 @@ impl Node {
     }
 
     fn tool(&self, name: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let mut child = Command::new(self.bin.join(name))
+        let mut child = command_in(self.netns.as_deref(), self.bin.join(name))
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -166,7 +202,7 @@ impl Node {
         out: &std::path::Path,
     ) -> Result<std::process::Child> {
         let file = std::fs::File::create(out)?;
-        Ok(Command::new(self.bin.join("kubectl"))
+        Ok(command_in(self.netns.as_deref(), self.bin.join("kubectl"))
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .stdin(Stdio::null())
@@ -191,10 +227,154 @@ impl Node {
     }
 }
 
+impl Drop for Node {
+    /// A node in a lab's namespace stops with the test, before the lab removes the namespace
+    /// (the static host node never drops: its watchdog stops it).
+    fn drop(&mut self) {
+        let script = repo().join("scripts/k8s-node.sh");
+        let _ = command_in(self.netns.as_deref(), &script)
+            .arg("stop")
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
+}
+
+/// A Helm release of the chart, uninstalled (with its namespace) on drop.
+pub struct Release<'a> {
+    pub node: &'a Node,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let _ = self.node.helm(&["uninstall", &self.name, "-n", &self.namespace, "--wait"]);
+        let _ = self.node.kubectl(&["delete", "namespace", &self.namespace, "--wait=false"]);
+    }
+}
+
+/// An HARouter in namespace `default`, deleted on drop.
+pub struct HaRouter<'a> {
+    node: &'a Node,
+    pub name: String,
+}
+
+impl Drop for HaRouter<'_> {
+    fn drop(&mut self) {
+        let _ =
+            self.node.kubectl(&["delete", "harouter", &self.name, "-n", "default", "--wait=false"]);
+    }
+}
+
+impl Node {
+    /// Installs the chart as release `hagw-<id>` with the image under test, the API server
+    /// address a hostNetwork pod needs here (no kube-proxy), a reserved metrics port, `sets`
+    /// (`--set` values) and then `raw` helm arguments, and waits for the pod to be ready.
+    pub fn install(&self, id: &str, sets: &[String], raw: &[&str]) -> Result<Release<'_>> {
+        let release =
+            Release { node: self, name: format!("hagw-{id}"), namespace: format!("hagw-{id}") };
+        let metrics = ports::reserve()?;
+        let env = format!(
+            "env=[{{\"name\":\"KUBERNETES_SERVICE_HOST\",\"value\":\"127.0.0.1\"}},\
+              {{\"name\":\"KUBERNETES_SERVICE_PORT\",\"value\":\"{}\"}}]",
+            self.api_port()
+        );
+        let chart = self.chart();
+        let mut all_sets = vec![
+            format!("image.repository={IMAGE_REPOSITORY}"),
+            format!("image.tag={IMAGE_TAG}"),
+            "image.pullPolicy=Never".into(),
+            format!("metricsPort={}", metrics.port),
+        ];
+        all_sets.extend(sets.iter().cloned());
+        let mut args = vec![
+            "install",
+            &release.name,
+            chart.to_str().context("chart path")?,
+            "-n",
+            &release.namespace,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "180s",
+            "--set-json",
+            &env,
+        ];
+        for set in &all_sets {
+            args.extend(["--set", set]);
+        }
+        args.extend(raw);
+        self.helm(&args)?;
+        // Helm's --wait takes a DaemonSet whose pod is not scheduled yet as ready.
+        self.kubectl(&[
+            "rollout",
+            "status",
+            &format!("daemonset/{}", release.name),
+            "-n",
+            &release.namespace,
+            "--timeout=180s",
+        ])?;
+        Ok(release)
+    }
+
+    /// Applies an HARouter named `name` listing this node, whose `spec.router` is `router`
+    /// (YAML lines indented by four spaces).
+    pub fn harouter(&self, name: &str, router: &str) -> Result<HaRouter<'_>> {
+        self.apply(&format!(
+            "apiVersion: hagw.dev/v1alpha1\nkind: HARouter\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  nodes: [{node}]\n  router:\n{router}",
+            node = self.name
+        ))?;
+        Ok(HaRouter { node: self, name: name.to_string() })
+    }
+
+    /// This node's entry in an HARouter's status.
+    pub fn entry(&self, harouter: &str) -> Result<Option<Value>> {
+        Ok(crate::k8s::node_entry(&self.get("harouter", harouter, "default")?, &self.name))
+    }
+
+    /// Serves node `i` (0-based) of a keepalived lab prepared without a host agent there
+    /// (`KaLab::prepare`) by the chart's pod: its router becomes an HARouter, its OVS run dir
+    /// (if any) and `ha_confs` are mounted, `hostPID` lets it see keepalived; `sets` add to
+    /// that. Returns once the pod manages the router (as standby: nothing is plugged yet).
+    pub fn serve_lab_node(
+        &self,
+        lab: &KaLab,
+        i: usize,
+        sets: &[String],
+    ) -> Result<(Release<'_>, HaRouter<'_>)> {
+        let served = &lab.nodes[i];
+        let config = std::fs::read_to_string(&served.config)?;
+        let (_, routers) = config.split_once("routers:\n").context("a routers list")?;
+        let router = routers.replacen("  - ", "    ", 1);
+        let mut all_sets = vec![
+            format!("neutronStatePath={}", served.ha_confs.display()),
+            "hostPID=true".into(),
+            format!("stateDir={}", lab.lab().dir.path().join(format!("hagw-state{i}")).display()),
+        ];
+        match lab.ovs_dir(i) {
+            Some(dir) => all_sets.extend([
+                "backend=ovs".into(),
+                format!("ovsdb=unix:{}", dir.join("db.sock").display()),
+                format!("ovsRunDir={}", dir.display()),
+            ]),
+            None => all_sets.push("backend=linuxbridge".into()),
+        }
+        all_sets.extend(sets.iter().cloned());
+        let release = self.install(&lab.lab().id, &all_sets, &[])?;
+        let harouter = self.harouter(&format!("lab-{}", lab.lab().id), &router)?;
+        crate::k8s::wait_for("the pod to manage the router", Duration::from_secs(60), || {
+            Ok(self.entry(&harouter.name)?.filter(|e| e["role"] == "standby").map(drop))
+        })?;
+        Ok((release, harouter))
+    }
 }

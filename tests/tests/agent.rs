@@ -135,7 +135,8 @@ fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> Result<bo
 /// config naming both.
 fn primary_with_pid_file(gw: &GatewayLab) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let state = gw.lab.file("state", "primary")?;
-    let pid_file = gw.lab.dir.path().join("r.pid.keepalived-vrrp");
+    // Named after the router, as Neutron names it: what tells routers' keepalived apart.
+    let pid_file = gw.lab.dir.path().join(format!("r-{}.pid.keepalived-vrrp", gw.lab.id));
     let config = gw.config("link-down", &state)
         + &format!("    keepalivedPidFile: {}\n", pid_file.display());
     let config = gw.lab.file("routers.yaml", &config)?;

@@ -5,56 +5,15 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use hagw_e2e::gateway::{EXTERNAL_IP, GATEWAY_CIDR, GATEWAY_IP, GatewayLab};
-use hagw_e2e::k8s::node_entry;
+use hagw_e2e::k8s::wait_for;
 use hagw_e2e::keepalived::{KaLab, Rng, Wiring};
-use hagw_e2e::node::{IMAGE_REPOSITORY, IMAGE_TAG, Node, node};
-use hagw_e2e::ports;
+use hagw_e2e::node::{HaRouter, IMAGE_REPOSITORY, IMAGE_TAG, Node, Release, node};
 use serde_json::Value;
-
-/// A Helm release of the chart, uninstalled on drop.
-struct Release<'a> {
-    node: &'a Node,
-    name: String,
-    namespace: String,
-}
-
-impl Drop for Release<'_> {
-    fn drop(&mut self) {
-        let _ = self.node.helm(&["uninstall", &self.name, "-n", &self.namespace, "--wait"]);
-        let _ = self.node.kubectl(&["delete", "namespace", &self.namespace, "--wait=false"]);
-    }
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, or fails after `within`.
-fn wait_for<T>(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + within;
-    let mut last = None;
-    loop {
-        match check() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = Some(e),
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what} (last error: {last:?})");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn link_up(gw: &GatewayLab) -> Result<bool> {
     Ok(gw.gateway("link")?.contains(",UP"))
-}
-
-/// This node's entry in the HARouter's status.
-fn entry(node: &Node, name: &str) -> Result<Option<Value>> {
-    Ok(node_entry(&node.get("harouter", name, "default")?, &node.name))
 }
 
 /// The chart's pods all serve the one node, so two releases at once would both manage every
@@ -94,84 +53,24 @@ impl Router {
             format!("neutronStatePath={}", dir.join("neutron").display()),
             format!("stateDir={}", dir.join("hagw-state").display()),
         ];
-        install_for(node, &self.gw.lab.id, &sets, values)
+        node.install(&self.gw.lab.id, &sets, values)
     }
 
     /// The HARouter for this router on the test node (generic backend, link-down).
-    fn apply(&self, node: &Node) -> Result<impl Drop> {
+    fn apply<'a>(&self, node: &'a Node) -> Result<HaRouter<'a>> {
         let gw = &self.gw;
-        let harouter = format!(
-            "apiVersion: hagw.dev/v1alpha1\nkind: HARouter\nmetadata: {{name: {name}, namespace: default}}\n\
-             spec:\n  nodes: [{node}]\n  router:\n    id: {name}\n    namespace: {ns}\n    \
-             gatewayDevice: {qg}\n    gatewayAddresses: [{GATEWAY_CIDR}, \"2001:db8::10/64\"]\n    \
+        let router = format!(
+            "    id: {name}\n    namespace: {ns}\n    gatewayDevice: {qg}\n    \
+             gatewayAddresses: [{GATEWAY_CIDR}, \"2001:db8::10/64\"]\n    \
              routes: [{{destination: 0.0.0.0/0, via: {EXTERNAL_IP}}}]\n    strategy: link-down\n    \
              announce: {{repeats: 0}}\n    silenceSettleMs: 500\n    role: {{stateFile: {state}}}\n",
             name = self.name,
-            node = node.name,
             ns = gw.qrouter,
             qg = gw.qg,
             state = self.state.display(),
         );
-        node.apply(&harouter)?;
-        let name = self.name.clone();
-        Ok(scopeguard(move || {
-            let _ = node.kubectl(&["delete", "harouter", &name, "-n", "default", "--wait=false"]);
-        }))
+        node.harouter(&self.name, &router)
     }
-}
-
-/// Installs the chart as release `hagw-<id>` with the test image, the API server address a
-/// hostNetwork pod needs here, a reserved metrics port, `sets` and then `values` (raw helm
-/// arguments), and waits for the pod to be ready.
-fn install_for<'a>(
-    node: &'a Node,
-    id: &str,
-    sets: &[String],
-    values: &[&str],
-) -> Result<Release<'a>> {
-    let release = Release { node, name: format!("hagw-{id}"), namespace: format!("hagw-{id}") };
-    let metrics = ports::reserve()?;
-    let env = format!(
-        "env=[{{\"name\":\"KUBERNETES_SERVICE_HOST\",\"value\":\"127.0.0.1\"}},\
-          {{\"name\":\"KUBERNETES_SERVICE_PORT\",\"value\":\"{}\"}}]",
-        node.api_port()
-    );
-    let chart = node.chart();
-    let mut all_sets = vec![
-        format!("image.repository={IMAGE_REPOSITORY}"),
-        format!("image.tag={IMAGE_TAG}"),
-        "image.pullPolicy=Never".into(),
-        format!("metricsPort={}", metrics.port),
-    ];
-    all_sets.extend(sets.iter().cloned());
-    let mut args = vec![
-        "install",
-        &release.name,
-        chart.to_str().expect("utf-8 path"),
-        "-n",
-        &release.namespace,
-        "--create-namespace",
-        "--wait",
-        "--timeout",
-        "180s",
-        "--set-json",
-        &env,
-    ];
-    for set in &all_sets {
-        args.extend(["--set", set]);
-    }
-    args.extend(values);
-    node.helm(&args)?;
-    // Helm's --wait takes a DaemonSet whose pod is not scheduled yet as ready.
-    node.kubectl(&[
-        "rollout",
-        "status",
-        &format!("daemonset/{}", release.name),
-        "-n",
-        &release.namespace,
-        "--timeout=180s",
-    ])?;
-    Ok(release)
 }
 
 #[test]
@@ -203,7 +102,7 @@ fn the_helm_installed_pod_holds_a_standby_and_takes_over() -> Result<()> {
     wait_for("the standby held", Duration::from_secs(60), || {
         let held = !link_up(gw)? && gw.sysctl("addr_gen_mode")? == "1";
         let reported =
-            entry(node, name)?.is_some_and(|e| e["role"] == "standby" && e["held"] == true);
+            node.entry(name)?.is_some_and(|e| e["role"] == "standby" && e["held"] == true);
         Ok((held && reported).then_some(()))
     })?;
 
@@ -219,7 +118,7 @@ fn the_helm_installed_pod_holds_a_standby_and_takes_over() -> Result<()> {
     assert!(routes.contains(&format!("via {EXTERNAL_IP}")), "default route missing: {routes}");
     gw.lab.exec(&gw.external, &format!("ping -c 1 -W 2 {GATEWAY_IP}"))?;
     let degraded = wait_for("the primary reported", Duration::from_secs(20), || {
-        let Some(e) = entry(node, name)? else { return Ok(None) };
+        let Some(e) = node.entry(name)? else { return Ok(None) };
         let degraded = e["conditions"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned());
@@ -260,7 +159,8 @@ fn each_granted_capability_is_needed() -> Result<()> {
         let _harouter = router.apply(node)?;
         let error =
             wait_for(&format!("the error without {missing}"), Duration::from_secs(60), || {
-                Ok(entry(node, &router.name)?
+                Ok(node
+                    .entry(&router.name)?
                     .and_then(|e| e["lastError"].as_str().map(String::from)))
             })?;
         println!("without {missing}: {error}");
@@ -277,19 +177,6 @@ fn each_granted_capability_is_needed() -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` when dropped.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
-}
-
 /// The E2E lab with real keepalived and OVS on two nodes; node 2 is served only by the
 /// Helm-installed pod (node 1 by `hagw run` on the host, as before). Node 2's router reboots
 /// racing the agents while node 1 is primary, keepalived on node 1 crashes, node 2 takes
@@ -300,59 +187,18 @@ fn the_pod_serves_an_ovs_node_through_a_reboot_and_a_failover() -> Result<()> {
     let _serial = serial();
     let node = node();
     let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
-    let (served, ovs_dir) = (&lab.nodes[1], lab.ovs_dir(1).expect("ovs").to_path_buf());
-    let ha_confs = served.ha_confs.clone();
-    // routers.yaml of node 2: its one router becomes the HARouter's spec.router.
-    let config = std::fs::read_to_string(&served.config)?;
-    let (_, routers) = config.split_once("routers:\n").expect("a routers list");
-    let router = routers.replacen("  - ", "    ", 1);
-    let name = format!("ovs-{}", lab.lab().id);
-    let harouter = format!(
-        "apiVersion: hagw.dev/v1alpha1\nkind: HARouter\nmetadata: {{name: {name}, namespace: default}}\n\
-         spec:\n  nodes: [{node}]\n  router:\n{router}",
-        node = node.name
-    );
-    let release = install_for(
-        node,
-        &lab.lab().id,
-        &[
-            "backend=ovs".into(),
-            format!("ovsdb=unix:{}", ovs_dir.join("db.sock").display()),
-            format!("ovsRunDir={}", ovs_dir.display()),
-            format!("neutronStatePath={}", ha_confs.display()),
-            "hostPID=true".into(),
-            format!("stateDir={}", lab.lab().dir.path().join("hagw-state").display()),
-        ],
-        &[],
-    )?;
-    node.apply(&harouter)?;
-    let _cleanup = scopeguard(|| {
-        let _ = node.kubectl(&["delete", "harouter", &name, "-n", "default", "--wait=false"]);
-    });
-    wait_for("the pod to manage node 2's router", Duration::from_secs(60), || {
-        Ok(entry(node, &name)?.filter(|e| e["role"] == "standby").map(drop))
-    })?;
-
+    let (_release, harouter) = node.serve_lab_node(&lab, 1, &[])?;
     lab.boot()?;
-    lab.check_traffic(0)?;
     let mut rng = Rng::seeded();
     println!("HAGW_SEED={}", rng.0);
-    lab.reboot_router(1, &mut rng)?;
-    // MLD queries every 3 s: a standby that answered them would leak each time.
-    std::thread::sleep(Duration::from_secs(7));
-    lab.check_traffic(0)?;
-    lab.nodes[0].crash_keepalived();
-    wait_for("node 2 to take over", Duration::from_secs(15), || {
-        Ok(lab.nodes[1].has_vip().then_some(()))
-    })?;
-    lab.check_traffic(1)?;
+    let took = lab.reboot_then_crash(&mut rng)?;
     let report = lab.report();
-    println!("pod-served node 2:\n{report}");
+    println!("pod-served node 2 (VRRP took over {took:?}):\n{report}");
     assert!(report.leaks.is_empty(), "node 2 leaked:\n{report}");
     wait_for("the takeover reported", Duration::from_secs(20), || {
-        Ok(entry(node, &name)?.filter(|e| e["role"] == "primary" && e["held"] == false).map(drop))
+        let entry = node.entry(&harouter.name)?;
+        Ok(entry.filter(|e| e["role"] == "primary" && e["held"] == false).map(drop))
     })?;
-    drop(release);
     Ok(())
 }
 
@@ -376,7 +222,7 @@ fn a_restart_keeps_the_hold_and_an_uninstall_hands_the_port_back() -> Result<()>
     let release = router.install(node, &privileged)?;
     let _harouter = router.apply(node)?;
     wait_for("the standby held", Duration::from_secs(60), || {
-        let reported = entry(node, &router.name)?.is_some_and(|e| e["held"] == true);
+        let reported = node.entry(&router.name)?.is_some_and(|e| e["held"] == true);
         Ok((!link_up(gw)? && reported).then_some(()))
     })?;
 

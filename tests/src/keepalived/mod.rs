@@ -238,6 +238,28 @@ impl KaLab {
         self.nodes[i].start_keepalived()
     }
 
+    /// The standby (node 2) reboots racing the agents while node 1 is primary; a few MLD query
+    /// intervals later keepalived crashes on node 1 (VIPs left behind) and node 2 takes over;
+    /// traffic is checked before, between and after. Returns how long VRRP took.
+    pub fn reboot_then_crash(&mut self, rng: &mut Rng) -> Result<Duration> {
+        self.check_traffic(0)?;
+        self.reboot_router(1, rng)?;
+        // Three MLD queries: a standby that answers them would leak each time.
+        std::thread::sleep(Duration::from_secs(7));
+        self.check_traffic(0)?;
+        self.nodes[0].crash_keepalived();
+        let start = Instant::now();
+        while !self.nodes[1].has_vip() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("node2 never took over");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let took = start.elapsed();
+        self.check_traffic(1)?;
+        Ok(took)
+    }
+
     /// `ip link set ha-… down|up` on node `i`: keepalived goes to FAULT and drops its VIPs.
     pub fn ha_link(&self, i: usize, up: bool) -> Result<()> {
         let state = if up { "up" } else { "down" };
