@@ -78,6 +78,20 @@ impl GatewayLab {
         Ok(())
     }
 
+    /// Adds the router's HA device (`ha-<id>`, a veth, up) to the router namespace, for
+    /// keepalived's primary VIP; returns its name.
+    pub fn add_ha_device(&self) -> Result<String> {
+        let ha = format!("ha-{}", self.lab.id);
+        self.lab.exec(
+            &self.qrouter,
+            &format!(
+                "ip link add {ha} type veth peer name hp-{} && ip link set {ha} up",
+                self.lab.id
+            ),
+        )?;
+        Ok(ha)
+    }
+
     /// `ip -o link` / `ip -o addr` output of the gateway device.
     pub fn gateway(&self, what: &str) -> Result<String> {
         self.lab.exec(&self.qrouter, &format!("ip -o {what} show dev {}", self.qg))

@@ -378,3 +378,23 @@ impl Node {
         Ok((release, harouter))
     }
 }
+
+/// Node 2 of `lab` (prepared without a host agent there) served only by the pod on
+/// `node`: booted, its router rebooted racing the agents, keepalived crashed on the other
+/// node; fails on any frame from the served node while it did not hold the primary VIP, and
+/// unless its status says it took over.
+pub fn pod_served_reboot_and_failover(node: &Node, lab: &mut KaLab) -> Result<()> {
+    let (_release, harouter) = node.serve_lab_node(lab, 1, &[])?;
+    lab.boot()?;
+    let mut rng = crate::keepalived::Rng::seeded();
+    println!("HAGW_SEED={}", rng.0);
+    let took = lab.reboot_then_crash(&mut rng)?;
+    let report = lab.report();
+    println!("{} node 2 served by the pod (VRRP took over {took:?}):\n{report}", lab.wiring);
+    anyhow::ensure!(report.leaks.is_empty(), "node 2 leaked:\n{report}");
+    crate::k8s::wait_for("the takeover reported", Duration::from_secs(20), || {
+        let entry = node.entry(&harouter.name)?;
+        Ok(entry.filter(|e| e["role"] == "primary" && e["held"] == false).map(drop))
+    })?;
+    Ok(())
+}

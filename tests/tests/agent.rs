@@ -210,11 +210,7 @@ fn a_dead_keepalived_makes_its_router_standby() -> Result<()> {
 #[test]
 fn the_primary_vip_decides_before_the_state_file() -> Result<()> {
     let gw = GatewayLab::build()?;
-    let ha = format!("ha-{}", gw.lab.id);
-    gw.lab.exec(
-        &gw.qrouter,
-        &format!("ip link add {ha} type veth peer name hp-{} && ip link set {ha} up", gw.lab.id),
-    )?;
+    let ha = gw.add_ha_device()?;
     // A stale state file says primary; the VIP is absent, so the router must stay held.
     let state = gw.lab.file("state", "primary")?;
     let config = gw.config("link-down", &state).replace(

@@ -14,11 +14,7 @@ const VIP: &str = "169.254.0.1/24";
 /// The gateway lab plus an HA device, and a config naming it and the primary VIP.
 fn lab(state_word: &str) -> Result<(GatewayLab, std::path::PathBuf, String)> {
     let gw = GatewayLab::build()?;
-    let ha = format!("ha-{}", gw.lab.id);
-    gw.lab.exec(
-        &gw.qrouter,
-        &format!("ip link add {ha} type veth peer name hp-{} && ip link set {ha} up", gw.lab.id),
-    )?;
+    let ha = gw.add_ha_device()?;
     let state = gw.lab.file("state", state_word)?;
     let config =
         format!("{}    haDevice: {ha}\n    primaryVip: {VIP}\n", gw.config("link-down", &state));

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use hagw_e2e::gateway::{EXTERNAL_IP, GATEWAY_CIDR, GATEWAY_IP, GatewayLab};
 use hagw_e2e::k8s::wait_for;
-use hagw_e2e::keepalived::{KaLab, Rng, Wiring};
-use hagw_e2e::node::{HaRouter, IMAGE_REPOSITORY, IMAGE_TAG, Node, Release, node};
+use hagw_e2e::keepalived::{KaLab, Wiring};
+use hagw_e2e::node::{
+    HaRouter, IMAGE_REPOSITORY, IMAGE_TAG, Node, Release, node, pod_served_reboot_and_failover,
+};
 use serde_json::Value;
 
 fn link_up(gw: &GatewayLab) -> Result<bool> {
@@ -185,21 +187,7 @@ fn each_granted_capability_is_needed() -> Result<()> {
 #[test]
 fn the_pod_serves_an_ovs_node_through_a_reboot_and_a_failover() -> Result<()> {
     let _serial = serial();
-    let node = node();
-    let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
-    let (_release, harouter) = node.serve_lab_node(&lab, 1, &[])?;
-    lab.boot()?;
-    let mut rng = Rng::seeded();
-    println!("HAGW_SEED={}", rng.0);
-    let took = lab.reboot_then_crash(&mut rng)?;
-    let report = lab.report();
-    println!("pod-served node 2 (VRRP took over {took:?}):\n{report}");
-    assert!(report.leaks.is_empty(), "node 2 leaked:\n{report}");
-    wait_for("the takeover reported", Duration::from_secs(20), || {
-        let entry = node.entry(&harouter.name)?;
-        Ok(entry.filter(|e| e["role"] == "primary" && e["held"] == false).map(drop))
-    })?;
-    Ok(())
+    pod_served_reboot_and_failover(node(), &mut KaLab::prepare(Wiring::Ovs, [true, false])?)
 }
 
 /// A pod restart keeps the standby held throughout (the next agent takes over where the old

@@ -5,28 +5,15 @@
 //! node takes a few host-wide names, and tests/tests/pod.rs keeps its node for its lifetime.
 
 use anyhow::Result;
-use hagw_e2e::k8s::wait_for;
-use hagw_e2e::keepalived::{KaLab, Rng, Wiring};
-use hagw_e2e::node::Node;
-use std::time::Duration;
+use hagw_e2e::keepalived::{KaLab, Wiring};
+use hagw_e2e::node::{Node, pod_served_reboot_and_failover};
 
 /// As the OVS case in tests/tests/pod.rs: node 2 is served only by the pod through a standby
 /// reboot race and a keepalived crash on node 1; no frame from node 2 without the primary VIP.
 #[test]
 fn the_pod_serves_a_linuxbridge_node_through_a_reboot_and_a_failover() -> Result<()> {
     let mut lab = KaLab::prepare(Wiring::Linuxbridge, [true, false])?;
+    // Dropped before the lab: the node runs in one of its namespaces.
     let node = Node::start_in_netns(&lab.nodes[1].ns)?;
-    let (_release, harouter) = node.serve_lab_node(&lab, 1, &[])?;
-    lab.boot()?;
-    let mut rng = Rng::seeded();
-    println!("HAGW_SEED={}", rng.0);
-    let took = lab.reboot_then_crash(&mut rng)?;
-    let report = lab.report();
-    println!("pod-served node 2 (VRRP took over {took:?}):\n{report}");
-    assert!(report.leaks.is_empty(), "node 2 leaked:\n{report}");
-    wait_for("the takeover reported", Duration::from_secs(20), || {
-        let entry = node.entry(&harouter.name)?;
-        Ok(entry.filter(|e| e["role"] == "primary" && e["held"] == false).map(drop))
-    })?;
-    Ok(())
+    pod_served_reboot_and_failover(&node, &mut lab)
 }
