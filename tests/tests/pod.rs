@@ -96,6 +96,7 @@ fn the_helm_installed_pod_holds_a_standby_and_takes_over() -> Result<()> {
     let container = &pod["spec"]["containers"][0];
     assert_eq!(container["image"], format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}"), "{pod}");
     assert_eq!(container["securityContext"]["privileged"], false, "{pod}");
+    assert_eq!(container["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "{pod}");
     assert_eq!(pod["status"]["containerStatuses"][0]["ready"], true, "{pod}");
     let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
     let _harouter = router.apply(node)?;
