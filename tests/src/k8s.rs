@@ -64,13 +64,7 @@ impl ApiServer {
             ports,
         };
         let exports = server.run_script("start", false)?;
-        let get = |key: &str| -> Result<String> {
-            exports
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("export {key}=")))
-                .map(str::to_string)
-                .with_context(|| format!("k8s-node.sh start printed no {key}:\n{exports}"))
-        };
+        let get = |key: &str| export(&exports, key);
         server.kubeconfig = get("KUBECONFIG")?.into();
         server.kubectl = Path::new(&get("HAGW_K8S_NODE_BIN")?).join("kubectl");
         // Stop the control plane when this process is gone, whatever way it ends.
@@ -135,23 +129,7 @@ impl ApiServer {
     }
 
     pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let mut child = Command::new(&self.kubectl)
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running {}", self.kubectl.display()))?;
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child.stdin.take().expect("piped").write_all(input.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        run_client(Command::new(&self.kubectl), &self.kubeconfig, args, stdin)
     }
 
     pub fn apply(&self, yaml: &str) -> Result<String> {
@@ -190,6 +168,48 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// Runs a Kubernetes client (`kubectl`, `helm`) with `kubeconfig`, feeding it `stdin`;
+/// fails with its stderr.
+pub fn run_client(
+    mut command: Command,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String> {
+    // The program with what wraps it (e.g. `nsenter --net=… -- kubectl`).
+    let program = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = command
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {program}"))?;
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The value of `export KEY=VALUE` in what `k8s-node.sh start` printed.
+pub fn export(exports: &str, key: &str) -> Result<String> {
+    exports
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("export {key}=")))
+        .map(str::to_string)
+        .with_context(|| format!("k8s-node.sh start printed no {key}:\n{exports}"))
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.

@@ -103,13 +103,7 @@ impl Node {
             bail!("k8s-node.sh start failed:\n{}", String::from_utf8_lossy(&out.stderr));
         }
         let exports = String::from_utf8(out.stdout)?;
-        let get = |key: &str| -> Result<String> {
-            exports
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("export {key}=")))
-                .map(str::to_string)
-                .with_context(|| format!("k8s-node.sh start printed no {key}:\n{exports}"))
-        };
+        let get = |key: &str| crate::k8s::export(&exports, key);
         // Stop the node when this process is gone, whatever way it ends.
         // In its namespace while that exists (a lab may be gone first).
         let enter =
@@ -168,23 +162,8 @@ impl Node {
     }
 
     fn tool(&self, name: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let mut child = command_in(self.netns.as_deref(), self.bin.join(name))
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running {name}"))?;
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child.stdin.take().expect("piped").write_all(input.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!("{name} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let command = command_in(self.netns.as_deref(), self.bin.join(name));
+        crate::k8s::run_client(command, &self.kubeconfig, args, stdin)
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
