@@ -994,6 +994,13 @@ stop_control_plane() {
     say "kept $STATE (HAGW_K8S_NODE_KEEP_DATA=1: etcd data, certs, kubeconfig, logs)"
     return 0
   fi
+  remove_state "$POINTER"
+}
+
+# Deletes $STATE (all but its logs with HAGW_K8S_NODE_KEEP_LOGS=1) and the pointer file $1 if
+# it names $STATE.
+remove_state() {
+  local pointer=$1
   if [[ $KEEP_LOGS == 1 ]]; then
     find "$STATE" -mindepth 1 -maxdepth 1 ! -name '*.log' -exec rm -rf {} +
     say "removed $STATE except its logs"
@@ -1001,8 +1008,8 @@ stop_control_plane() {
     rm -rf "$STATE"
     say "removed $STATE"
   fi
-  if [[ -f $POINTER && $(cat "$POINTER") == "$STATE" ]]; then
-    [[ $KEEP_LOGS == 1 ]] || rm -f "$POINTER"
+  if [[ -f $pointer && $(cat "$pointer") == "$STATE" ]]; then
+    [[ $KEEP_LOGS == 1 ]] || rm -f "$pointer"
   fi
 }
 
@@ -1091,16 +1098,7 @@ cmd_stop() {
     say "WARNING: $left mounts under $STATE remain; not deleting it"
     return 1
   fi
-  if [[ $KEEP_LOGS == 1 ]]; then
-    find "$STATE" -mindepth 1 -maxdepth 1 ! -name '*.log' -exec rm -rf {} +
-    say "removed $STATE except its logs"
-  else
-    rm -rf "$STATE"
-    say "removed $STATE"
-  fi
-  if [[ -f $CACHE/current-state && $(cat "$CACHE/current-state") == "$STATE" ]]; then
-    [[ $KEEP_LOGS == 1 ]] || rm -f "$CACHE/current-state"
-  fi
+  remove_state "$CACHE/current-state"
 }
 
 cmd_status() {
