@@ -68,19 +68,8 @@ impl ApiServer {
         server.kubeconfig = get("KUBECONFIG")?.into();
         server.kubectl = Path::new(&get("HAGW_K8S_NODE_BIN")?).join("kubectl");
         // Stop the control plane when this process is gone, whatever way it ends.
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {env} {script} stop",
-            pid = std::process::id(),
-            env = server.env().join(" "),
-            script = script().display(),
-        );
-        Command::new("setsid")
-            .args(["bash", "-c", &watchdog])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the apiserver watchdog")?;
+        let stop = format!("{} {} stop", server.env().join(" "), script().display());
+        spawn_watchdog(&stop).context("starting the apiserver watchdog")?;
         Ok(server)
     }
 
@@ -168,6 +157,20 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// Runs the shell command `stop` once this test process is gone, however it ends (statics
+/// are never dropped, a panic may abort): a detached watchdog polls for the process.
+pub fn spawn_watchdog(stop: &str) -> std::io::Result<()> {
+    let script =
+        format!("while kill -0 {} 2>/dev/null; do sleep 0.5; done; {stop}", std::process::id());
+    Command::new("setsid")
+        .args(["bash", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(drop)
 }
 
 /// Runs a Kubernetes client (`kubectl`, `helm`) with `kubeconfig`, feeding it `stdin`;

@@ -108,20 +108,12 @@ impl Node {
         // In its namespace while that exists (a lab may be gone first).
         let enter =
             netns.map(|ns| format!("nsenter --net=/run/netns/{ns} -- ")).unwrap_or_default();
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; export {env}; \
-             {enter}{script} stop || {script} stop",
-            pid = std::process::id(),
+        let stop = format!(
+            "export {env}; {enter}{script} stop || {script} stop",
             env = env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
             script = script.display(),
         );
-        Command::new("setsid")
-            .args(["bash", "-c", &watchdog])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the node watchdog")?;
+        crate::k8s::spawn_watchdog(&stop).context("starting the node watchdog")?;
         let node = Node {
             kubeconfig: get("KUBECONFIG")?.into(),
             name: get("HAGW_K8S_NODE_NAME")?,
