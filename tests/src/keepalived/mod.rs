@@ -281,8 +281,16 @@ impl KaLab {
     /// remote host (its default route). Also checks that the primary has its default route.
     pub fn check_traffic(&self, primary: usize) -> Result<()> {
         let node = &self.nodes[primary];
-        let route = node.default_route();
-        if !route.contains(&format!("via {EXTERNAL_IP}")) {
+        // Right after the VIP appears the takeover pass may still be adding the route (it
+        // runs on the same loaded cores as keepalived): wait for it as the pings below retry.
+        let want = format!("via {EXTERNAL_IP}");
+        let start = Instant::now();
+        let mut route = node.default_route();
+        while !route.contains(&want) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+            route = node.default_route();
+        }
+        if !route.contains(&want) {
             bail!("{} has no default route via {EXTERNAL_IP}: {route:?}", node.name());
         }
         self.ping_from(&self.external, GATEWAY_IP, 10)?;
