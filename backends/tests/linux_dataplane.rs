@@ -62,19 +62,21 @@ async fn standby_then_primary_with_link_down_strategy() {
     fx.router.ip(&["link", "set", DEVICE, "up"]);
     let port = dataplane.observe(&spec).await.unwrap();
     assert!(port.is_exposed() && !port.is_silent());
-    assert_eq!(port.l2.hold, L2Hold::Unsupported);
+    assert_eq!(port.l2.hold, L2Hold::Released);
 
     let report = reconcile_router(&dataplane, &spec, Role::Standby, &mut memory, &policy, None)
         .await
         .expect("standby pass converges");
-    // Exposure is closed before anything makes the kernel talk.
+    // Exposure is closed before anything makes the kernel talk: held in the router
+    // namespace, then the link down.
     assert_eq!(
-        report.applied.first(),
-        Some(&hagw_core::Action::SetLinkDown),
+        report.applied[..2],
+        [hagw_core::Action::HoldL2, hagw_core::Action::SetLinkDown],
         "{:?}",
         report.applied
     );
     let port = dataplane.observe(&spec).await.unwrap();
+    assert_eq!(port.l2.hold, L2Hold::Held, "link-down layers the namespace hold");
     let link = port.link.as_ref().unwrap();
     assert!(!link.admin_up, "link-down strategy keeps the standby down");
     assert!(link.addresses.is_empty(), "{link:?}");
@@ -99,6 +101,8 @@ async fn standby_then_primary_with_link_down_strategy() {
         .await
         .expect("primary pass converges");
     assert!(report.applied.iter().any(|a| a.kind() == "announce"), "{:?}", report.applied);
+    assert!(report.applied.contains(&hagw_core::Action::ReleaseL2), "{:?}", report.applied);
+    assert_eq!(dataplane.observe(&spec).await.unwrap().l2.hold, L2Hold::Released);
     let link = dataplane.observe(&spec).await.unwrap().link.unwrap();
     assert!(link.admin_up && link.oper_up);
     for address in &spec.gateway_addresses {
@@ -110,19 +114,6 @@ async fn standby_then_primary_with_link_down_strategy() {
     assert_eq!(link.ipv6.forwarding, 1, "the primary serves IPv6");
     let shown = fx.router.ip(&["route", "show", "default"]);
     assert!(shown.contains("via 192.0.2.1"), "{shown}");
-}
-
-#[tokio::test]
-async fn generic_backend_refuses_to_hold() {
-    if !can_run() {
-        return;
-    }
-    let fx = Fixture::new();
-    let spec = spec(&fx);
-    let dataplane = HostDataplane::default();
-    let err = dataplane.apply(&spec, &hagw_core::Action::HoldL2).await.unwrap_err();
-    assert!(!err.is_transient());
-    assert!(err.message.contains("generic backend cannot hold"), "{err}");
 }
 
 #[tokio::test]
@@ -146,5 +137,6 @@ async fn missing_device_is_observed_as_absent() {
     )
     .await
     .unwrap();
-    assert!(report.applied.is_empty());
+    // Nothing to silence yet, but the name is held before the device exists.
+    assert_eq!(report.applied, [hagw_core::Action::HoldL2]);
 }

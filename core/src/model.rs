@@ -102,6 +102,7 @@ pub struct RouteSpec {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum L2BackendSpec {
     /// Nothing known about the switch side: only `link-down` and `silence-only` are possible.
+    /// The port is held inside the router namespace instead (netfilter by device name).
     #[default]
     Generic,
     /// An Open vSwitch port (Neutron ML2/OVS). `port` defaults to the gateway device name.
@@ -115,11 +116,6 @@ pub enum L2BackendSpec {
 }
 
 impl L2BackendSpec {
-    /// Whether this backend can hold the port at layer 2.
-    pub fn can_hold(&self) -> bool {
-        !matches!(self, L2BackendSpec::Generic)
-    }
-
     pub fn kind(&self) -> &'static str {
         match self {
             L2BackendSpec::Generic => "generic",

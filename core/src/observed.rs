@@ -105,11 +105,12 @@ pub struct LinkCounters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum L2Hold {
-    /// Frames from the port cannot reach the uplink.
+    /// Frames from the port cannot reach the uplink (generic backend: the kernel sends
+    /// nothing out of the device; only packet sockets bypass that hold).
     Held,
     /// The port forwards normally.
     Released,
-    /// The backend cannot hold (generic backend).
+    /// The backend cannot hold (generic backend on a kernel without nf_tables).
     Unsupported,
     /// The port was not found on the switch side, or its state is unreadable: treated as
     /// not held.

@@ -99,7 +99,7 @@ impl PlanBuilder<'_> {
         let settled = observed.port.link.is_some()
             && observed.port.is_silent()
             && observed.silent_for >= settle;
-        let can_hold = spec.backend.can_hold() && self.state.l2.hold != L2Hold::Unsupported;
+        let can_hold = self.state.l2.hold != L2Hold::Unsupported;
 
         // 1. Close exposure before anything makes the kernel talk. A backend that can hold
         // holds a standby whenever it is not settled into silence, even while the device is

@@ -362,12 +362,9 @@ async fn fail_safe<D: Dataplane>(
         Ok(port) => Some(port),
         Err(_) => None,
     };
-    let mut guards = Vec::new();
-    if spec.backend.can_hold() {
-        guards.push(Action::HoldL2);
-    }
-    guards.push(Action::SetLinkDown);
-    for guard in guards.into_iter().filter(|g| g != failed) {
+    // Every backend can hold (the generic one inside the router namespace); where it cannot
+    // (no nf_tables), the hold fails and link-down is next.
+    for guard in [Action::HoldL2, Action::SetLinkDown].into_iter().filter(|g| g != failed) {
         match with_retry(policy, wake, guard.kind(), || dataplane.apply(spec, &guard)).await {
             Ok(()) => {
                 warn!(guard = %guard, exposed = port.is_some(), "fail-safe guard applied");

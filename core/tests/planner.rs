@@ -36,7 +36,7 @@ fn unknown_role_is_handled_as_standby() {
 }
 
 #[test]
-fn link_down_strategy_takes_the_link_down_first() {
+fn link_down_strategy_without_nf_tables_takes_the_link_down_first() {
     let spec = spec(Strategy::LinkDown, L2BackendSpec::Generic);
     let p = plan(&spec, Role::Standby, &observed(noisy_port(L2Hold::Unsupported), 0, false));
     assert_eq!(p.actions[0], Action::SetLinkDown);
@@ -44,7 +44,7 @@ fn link_down_strategy_takes_the_link_down_first() {
 }
 
 #[test]
-fn silence_only_on_generic_guards_with_link_down_then_waits_to_settle() {
+fn silence_only_on_generic_without_nf_tables_guards_with_link_down_then_waits_to_settle() {
     let spec = spec(Strategy::SilenceOnly, L2BackendSpec::Generic);
     let p = plan(&spec, Role::Standby, &observed(noisy_port(L2Hold::Unsupported), 0, false));
     assert_eq!(p.actions[0], Action::SetLinkDown);
@@ -65,6 +65,40 @@ fn silence_only_on_generic_guards_with_link_down_then_waits_to_settle() {
     // Settled: the link comes back up, silent.
     let late = plan(&spec, Role::Standby, &observed(port, 3000, false));
     assert_eq!(late.actions, [Action::SetLinkUp]);
+}
+
+/// The generic backend holds by device name in the router namespace: a link-down standby is
+/// held before its device exists, so the L3 agent raising a new device (and the MLDv2 report
+/// the kernel sends at that link up) meets the hold, not a race with hagw's link-down.
+#[test]
+fn generic_link_down_standby_is_held_before_its_device_exists() {
+    let spec = spec(Strategy::LinkDown, generic());
+    let mut port = noisy_port(L2Hold::Released);
+    port.link = None;
+    let p = plan(&spec, Role::Standby, &observed(port, 0, false));
+    assert_eq!(p.actions, [Action::HoldL2]);
+    assert_eq!(p.wait, Some(Wait::DeviceMissing));
+
+    let p = plan(&spec, Role::Standby, &observed(noisy_port(L2Hold::Released), 0, false));
+    assert_eq!(
+        kinds(&p.actions),
+        ["hold-l2", "link-down", "set-sysctl", "set-sysctl", "set-sysctl", "delete-address"]
+    );
+}
+
+/// A generic primary's hold is released in the takeover pass itself (nothing to wire), after
+/// the port is configured and before the announcement.
+#[test]
+fn generic_primary_releases_the_namespace_hold_before_announcing() {
+    let spec = spec(Strategy::LinkDown, generic());
+    let mut port = quiet_held_port();
+    port.link.as_mut().unwrap().admin_up = false;
+    let p = plan(&spec, Role::Primary, &observed(port, 0, true));
+    let kinds = kinds(&p.actions);
+    let release = kinds.iter().position(|k| *k == "release-l2").expect("released");
+    assert_eq!(kinds.last(), Some(&"announce"), "{kinds:?}");
+    assert!(kinds[..release].contains(&"link-up") && kinds[..release].contains(&"add-address"));
+    assert_eq!(p.wait, None);
 }
 
 #[test]

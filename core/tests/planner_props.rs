@@ -35,7 +35,7 @@ fn arb_spec() -> impl proptest::strategy::Strategy<Value = RouterSpec> {
         any::<bool>(),
     )
         .prop_filter("l2-hold needs a holding backend", |(s, b, _, _)| {
-            *s != PortStrategy::L2Hold || b.can_hold()
+            *s != PortStrategy::L2Hold || *b != L2BackendSpec::Generic
         })
         .prop_map(|(strategy, backend, addresses, with_route)| {
             let mut spec = common::spec(strategy, backend);
@@ -80,8 +80,8 @@ fn arb_link() -> impl proptest::strategy::Strategy<Value = LinkState> {
         })
 }
 
-/// An observed state consistent with the spec's backend (a generic backend reports
-/// `Unsupported`, the others any hold state).
+/// An observed state consistent with the spec's backend (only a generic backend reports
+/// `Unsupported`: a kernel without nf_tables; every backend any other hold state).
 fn arb_case(
     roles: Vec<Role>,
 ) -> impl proptest::strategy::Strategy<Value = (RouterSpec, Role, Observed)> {
@@ -89,14 +89,20 @@ fn arb_case(
         arb_spec(),
         proptest::sample::select(roles),
         proptest::option::weighted(0.9, arb_link()),
-        prop_oneof![Just(L2Hold::Held), Just(L2Hold::Released), Just(L2Hold::Unknown)],
+        prop_oneof![
+            Just(L2Hold::Held),
+            Just(L2Hold::Released),
+            Just(L2Hold::Unknown),
+            Just(L2Hold::Unsupported)
+        ],
         any::<bool>(),
         prop_oneof![Just(0u64), 0u64..6000, Just(60_000)],
         any::<bool>(),
     )
         .prop_map(|(spec, role, link, hold, wired, silent_ms, pending)| {
-            let hold = if spec.backend.can_hold() { hold } else { L2Hold::Unsupported };
-            let wired = wired || !spec.backend.can_hold();
+            let generic = spec.backend == L2BackendSpec::Generic;
+            let hold = if generic || hold != L2Hold::Unsupported { hold } else { L2Hold::Released };
+            let wired = wired || generic;
             let port = PortState { link, l2: L2State { hold, wired } };
             let silent_for =
                 if port.is_silent() { Duration::from_millis(silent_ms) } else { Duration::ZERO };
@@ -198,7 +204,7 @@ fn check_resting_state(
     let hold = rest.port.l2.hold;
     if role.is_standby() {
         prop_assert!(link.is_silent());
-        let can_hold = spec.backend.can_hold();
+        let can_hold = hold != L2Hold::Unsupported;
         match spec.strategy {
             PortStrategy::L2Hold => prop_assert_eq!(hold, L2Hold::Held),
             PortStrategy::LinkDown => {

@@ -2,7 +2,7 @@
 //! non-privileged container: `hagw reconcile --once` runs in a private mount namespace with
 //! `/proc/sys` bound read-only over itself. A primary still carries traffic (link, both
 //! address families, routes) and names the setting it could not apply; a standby ends guarded
-//! and without addresses, its `addr_gen_mode` set over netlink, and names the setting too.
+//! (held; link-down also down) and without addresses, its `addr_gen_mode` set over netlink, and names the setting too.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use hagw_e2e::gateway::{GATEWAY_IP, GATEWAY_MAC, GatewayLab};
-use hagw_e2e::{Capture, hagw_bin};
+use hagw_e2e::{Capture, hagw_bin, sh};
 
 /// `hagw reconcile --once` with a read-only `/proc/sys`.
 fn reconcile_read_only(config: &Path) -> Result<Output> {
@@ -70,7 +70,13 @@ fn a_standby_ends_guarded_without_writable_sysctls() -> Result<()> {
         assert_eq!(out.status.code(), Some(1), "{strategy}: {output}");
         assert!(output.contains("accept_ra"), "{strategy}: {output}");
 
-        assert!(!gw.gateway("link")?.contains(",UP"), "{strategy}: standby link up");
+        // Guarded: held in the router namespace (a silence-only standby whose silence cannot
+        // be completed is never released), and link-down takes the link down as well.
+        let held = sh(&format!("ip netns exec {} nft list set inet hagw held", gw.qrouter))?;
+        assert!(held.contains(&gw.qg), "{strategy}: standby not held: {held}");
+        if strategy == "link-down" {
+            assert!(!gw.gateway("link")?.contains(",UP"), "{strategy}: standby link up");
+        }
         assert_eq!(gw.gateway("addr")?.trim(), "", "{strategy}: standby keeps addresses");
         assert_eq!(gw.sysctl("addr_gen_mode")?, "1", "{strategy}: set over netlink");
         // The port was up with IPv6 before hagw ran, so the kernel's own DAD and MLD from

@@ -21,7 +21,8 @@ pub use ovs::OvsBackend;
 /// The L2 backend for one router, built from its spec by [`L2Backends::for_router`].
 #[derive(Debug, Clone)]
 pub enum L2Backend {
-    /// Nothing is known about the switch side; holding is impossible.
+    /// Nothing is known about the switch side; held by device name inside the router
+    /// namespace (nf_tables).
     Generic(GenericL2),
     /// An Open vSwitch port, held in Neutron's dead VLAN through OVSDB.
     Ovs(OvsBackend),

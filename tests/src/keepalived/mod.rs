@@ -30,7 +30,9 @@
 //! Observation, from [`KaLab::build`] until the report: tcpdump `-Q in` on both nodes' ToR ports
 //! (what each node put on the wire), `ip monitor address` in both router namespaces (when the
 //! primary VIP appears and leaves), and `bridge monitor fdb` on the ToR. A frame with the
-//! gateway MAC from a node's port while that node does not hold the primary VIP is a leak.
+//! gateway MAC from a node's port while that node does not hold the primary VIP is a leak,
+//! except while no node holds it: right after the node lost it (demotion) or within the VIP
+//! monitor's lag before it was seen getting it (promotion), both reported, not judged.
 
 use std::fmt;
 use std::path::PathBuf;
