@@ -37,8 +37,9 @@ pub fn frames_sent() -> u64 {
     FRAMES_SENT.load(Ordering::Relaxed)
 }
 
-/// Announces `addresses` on `device` inside `netns`: one round now, then `schedule.repeats`
-/// more rounds `schedule.interval_ms` apart on a background task.
+/// Announces `addresses` on `device` inside `netns`: one round now, then the rest of the
+/// schedule ([`AnnounceSchedule::later_rounds`]: a burst at 10, 50 and 200 ms, then
+/// `schedule.repeats` rounds `schedule.interval_ms` apart) on a background task.
 ///
 /// Returns once the first round has been handed to the device. Its errors are returned (a
 /// missing namespace or device is transient, missing privileges permanent) and no repeats
@@ -75,9 +76,10 @@ pub async fn announce(
             device: device.to_owned(),
         };
         let frames = announcer.round().await?;
-        info!(round = 1, frames, repeats = schedule.repeats, "addresses announced");
-        if schedule.repeats > 0 {
-            tokio::spawn(announcer.repeat(schedule).in_current_span());
+        let later = schedule.later_rounds();
+        info!(round = 1, frames, later_rounds = later.len(), "addresses announced");
+        if !later.is_empty() {
+            tokio::spawn(announcer.repeat(later).in_current_span());
         }
         Ok(())
     }
@@ -166,14 +168,12 @@ impl Announcer {
         Error::new(kind, "read hardware address", self.target(), err)
     }
 
-    /// Rounds 2 ..= repeats + 1, each `interval_ms` after the previous one was due (so a
-    /// slow round does not shift the rest of the schedule).
-    async fn repeat(self, schedule: AnnounceSchedule) {
-        let interval = Duration::from_millis(schedule.interval_ms);
-        let mut due = tokio::time::Instant::now();
-        for round in 2..=u64::from(schedule.repeats) + 1 {
-            due += interval;
-            tokio::time::sleep_until(due).await;
+    /// The rounds after the first, each at its offset from the first (so a slow round does
+    /// not shift the rest of the schedule).
+    async fn repeat(self, later: Vec<Duration>) {
+        let first = tokio::time::Instant::now();
+        for (round, offset) in (2..).zip(later) {
+            tokio::time::sleep_until(first + offset).await;
             match self.round().await {
                 Ok(frames) => debug!(round, frames, "addresses announced"),
                 Err(err) => warn!(round, error = %err, "announcement round failed"),

@@ -174,6 +174,26 @@ impl Default for AnnounceSchedule {
     }
 }
 
+/// Extra rounds right after the first (ms after it): a frame lost while the switch is still
+/// applying a release, or while the ToR is busy, then costs milliseconds instead of a whole
+/// `intervalMs`. Only those before the first regular round are sent.
+pub const ANNOUNCE_BURST_MS: [u64; 3] = [10, 50, 200];
+
+impl AnnounceSchedule {
+    /// When the rounds after the first are due, as offsets from the first: the burst
+    /// ([`ANNOUNCE_BURST_MS`] below `interval_ms`), then `repeats` rounds `interval_ms` apart.
+    /// None when `repeats` is 0 (one round only).
+    pub fn later_rounds(&self) -> Vec<Duration> {
+        if self.repeats == 0 {
+            return Vec::new();
+        }
+        let interval = self.interval_ms;
+        let burst = ANNOUNCE_BURST_MS.into_iter().filter(|ms| *ms < interval);
+        let regular = (1..=u64::from(self.repeats)).map(|k| k * interval);
+        burst.chain(regular).map(Duration::from_millis).collect()
+    }
+}
+
 /// Where the role of this node for a router comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -215,5 +235,24 @@ impl Role {
             Role::Standby => "standby",
             Role::Unknown => "unknown",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(list: &[u64]) -> Vec<Duration> {
+        list.iter().map(|m| Duration::from_millis(*m)).collect()
+    }
+
+    #[test]
+    fn the_schedule_is_dense_right_after_the_first_round() {
+        let default = AnnounceSchedule::default();
+        assert_eq!(default.later_rounds(), ms(&[10, 50, 200, 1000, 2000, 3000, 4000, 5000]));
+        let short = AnnounceSchedule { repeats: 2, interval_ms: 50 };
+        assert_eq!(short.later_rounds(), ms(&[10, 50, 100]), "burst rounds before the first");
+        let once = AnnounceSchedule { repeats: 0, interval_ms: 1000 };
+        assert_eq!(once.later_rounds(), ms(&[]), "repeats 0: the first round only");
     }
 }

@@ -6,15 +6,21 @@ use super::{
 use crate::gateway::{EXTERNAL_IP, GATEWAY_CIDR};
 use crate::linuxbridge;
 
-/// Neutron's keepalived.conf for the router on one node (`advert_int` shortened).
-pub fn keepalived_conf(qg: &str) -> String {
+/// Neutron's keepalived.conf for the router on one node (`advert_int` shortened); an
+/// IPv4-only router has no link-local VIP.
+pub fn keepalived_conf(qg: &str, ipv4_only: bool) -> String {
+    let lla = if ipv4_only {
+        String::new()
+    } else {
+        format!("        {GATEWAY_LLA} dev {qg} scope link no_track\n")
+    };
     format!(
         "global_defs {{\n    notification_email_from neutron@openstack.local\n    router_id neutron\n}}\n\
          vrrp_instance VR_{VRID} {{\n    state BACKUP\n    interface {HA_DEV}\n    virtual_router_id {VRID}\n    \
          priority 50\n    garp_master_delay 60\n    nopreempt\n    advert_int {ADVERT_INT}\n    \
          track_interface {{\n        {HA_DEV}\n    }}\n    virtual_ipaddress {{\n        {PRIMARY_VIP} dev {HA_DEV}\n    }}\n    \
-         virtual_ipaddress_excluded {{\n        {GATEWAY_CIDR} dev {qg} no_track\n        {FIP}/32 dev {qg} no_track\n        \
-         {GATEWAY_LLA} dev {qg} scope link no_track\n    }}\n    \
+         virtual_ipaddress_excluded {{\n        {GATEWAY_CIDR} dev {qg} no_track\n        {FIP}/32 dev {qg} no_track\n\
+         {lla}    }}\n    \
          virtual_routes {{\n        0.0.0.0/0 via {EXTERNAL_IP} dev {qg} no_track protocol static\n    }}\n}}\n"
     )
 }
@@ -47,6 +53,7 @@ impl KaLab {
             ),
             (Base::Lb(_), _) => (String::new(), "generic".to_owned(), "link-down"),
         };
+        let lla = if self.ipv4_only { String::new() } else { format!(", \"{GATEWAY_LLA}\"") };
         format!(
             "{ovsdb}routers:\n\
              \x20 - id: {ROUTER_ID}\n\
@@ -54,7 +61,7 @@ impl KaLab {
              \x20   gatewayDevice: {qg}\n\
              \x20   haDevice: {HA_DEV}\n\
              \x20   primaryVip: {PRIMARY_VIP}\n\
-             \x20   gatewayAddresses: [{GATEWAY_CIDR}, {FIP}/32, \"{GATEWAY_LLA}\"]\n\
+             \x20   gatewayAddresses: [{GATEWAY_CIDR}, {FIP}/32{lla}]\n\
              \x20   routes:\n\
              \x20     - destination: 0.0.0.0/0\n\
              \x20       via: {EXTERNAL_IP}\n\

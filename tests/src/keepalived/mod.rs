@@ -49,12 +49,14 @@ use crate::linuxbridge::LbLab;
 use crate::ovs::OvsLab;
 
 mod config;
+mod first_round;
 mod node;
 mod observe;
 mod report;
 mod setup;
 
 pub use config::keepalived_conf;
+pub use first_round::{BURST_ROUNDS, FirstRound};
 pub use node::KaNode;
 use node::kill_child;
 pub use observe::Event;
@@ -128,6 +130,9 @@ pub struct KaLab {
     /// IPv6 forwarding on in the router namespaces, as pre-Zed L3 agents leave it (a standby
     /// then answers every MLD query): the worst case, on by default.
     pub legacy: bool,
+    /// Routers without IPv6 addresses (no link-local VIP): nothing but ARP tells the ToR
+    /// where a new primary is, so its first announcement round is what moves the FDB.
+    pub ipv4_only: bool,
     pub nodes: Vec<KaNode>,
     pub tor: String,
     pub external: String,
@@ -152,6 +157,17 @@ impl KaLab {
     /// The testbed up to the moment the routers are plugged: nodes, observers and the host
     /// agents named in `host_hagw`, so that another agent can be started before [`KaLab::boot`].
     pub fn prepare(wiring: Wiring, host_hagw: [bool; 2]) -> Result<KaLab> {
+        KaLab::prepare_routers(wiring, host_hagw, false)
+    }
+
+    /// [`KaLab::build`] with IPv4-only routers.
+    pub fn build_ipv4_only(wiring: Wiring) -> Result<KaLab> {
+        let mut lab = KaLab::prepare_routers(wiring, [true; 2], true)?;
+        lab.boot()?;
+        Ok(lab)
+    }
+
+    fn prepare_routers(wiring: Wiring, host_hagw: [bool; 2], ipv4_only: bool) -> Result<KaLab> {
         let base = match wiring {
             Wiring::Ovs => Base::Ovs(OvsLab::build(2)?),
             Wiring::Linuxbridge => Base::Lb(LbLab::build(2, "l2-hold")?),
@@ -165,6 +181,7 @@ impl KaLab {
             wiring,
             host_hagw,
             legacy: true,
+            ipv4_only,
             nodes: Vec::new(),
             tor,
             external,

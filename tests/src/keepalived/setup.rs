@@ -59,7 +59,10 @@ impl KaLab {
             let dir = self.lab().dir.path().join(format!("node{index}"));
             let ha_confs = dir.join("ha_confs");
             std::fs::create_dir_all(ha_confs.join(ROUTER_ID))?;
-            std::fs::write(ha_confs.join(ROUTER_ID).join("keepalived.conf"), keepalived_conf(&qg))?;
+            std::fs::write(
+                ha_confs.join(ROUTER_ID).join("keepalived.conf"),
+                keepalived_conf(&qg, self.ipv4_only),
+            )?;
             let config = dir.join("routers.yaml");
             std::fs::write(&config, self.hagw_config(index, &qrouter, &qg, &ha_confs))?;
             let r = &qrouter;
