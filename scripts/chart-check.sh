@@ -47,7 +47,15 @@ import helm_python as helm
 work = sys.argv[1]
 chart_dir = "charts/hagw"
 failed = False
-for name, values in [("default", None), ("servicemonitor", {"serviceMonitor": {"enabled": True}})]:
+# Neutron discovery read from host paths (kolla-ansible's volume mounted beside the default
+# state path, which is mounted once), and discovery off (no hostPID).
+host_paths = ["/var/lib/neutron", "/var/lib/docker/volumes/neutron_metadata_socket/_data"]
+for name, values in [
+    ("default", None),
+    ("servicemonitor", {"serviceMonitor": {"enabled": True}}),
+    ("neutron-host", {"neutron": {"root": "host", "statePaths": host_paths}}),
+    ("no-discovery", {"neutron": {"discovery": False}}),
+]:
     report = helm.lint(chart_dir, values, strict=True, namespace="hagw-system")
     for m in report.get("messages", []):
         print(f"lint ({name}): {m}", file=sys.stderr)
@@ -61,7 +69,8 @@ for name, values in [("default", None), ("servicemonitor", {"serviceMonitor": {"
     with open(f"{work}/{name}.yaml", "w") as f:
         f.write("\n---\n".join(docs) + "\n")
 # values.schema.json rejects what the templates cannot use: a misspelt key, a wrong enum.
-for bad in [{"backend": "ovn"}, {"metricsPortt": 9464}, {"log": {"format": "xml"}}]:
+for bad in [{"backend": "ovn"}, {"metricsPortt": 9464}, {"log": {"format": "xml"}},
+            {"neutron": {"root": "container"}}, {"neutron": {"statePaths": ["var/lib/neutron"]}}]:
     report = helm.lint(chart_dir, bad, strict=True, namespace="hagw-system")
     if not report.get("errors"):
         print(f"values.schema.json accepted invalid values {bad}", file=sys.stderr)

@@ -13,6 +13,11 @@
 #   scripts/image.sh diff                 compares the two images (files, modes, owners, sizes,
 #                                         packages, config) and fails on differences that matter
 #   scripts/image.sh all                  the four above, in that order
+#   scripts/image.sh build-neutron-standin
+#                                         for the pod tests: a Debian image with keepalived and
+#                                         iproute2 standing in for a containerized Neutron L3
+#                                         agent (same rootfs recipe and packing), written to
+#                                         target/image/neutron-standin-<tag>.oci.tar
 #   scripts/image.sh clean                removes target/image (the rootfs cache stays)
 #
 # Idempotent and never prompts (works with CI=true). Everything it creates lives in
@@ -44,6 +49,9 @@ RECIPE=3
 # The one package list, shared with the Containerfile.
 PACKAGES=$(sed -n 's/^ARG RUNTIME_PACKAGES="\(.*\)"$/\1/p' Containerfile)
 ARCHIVE=$OUT/hagw-$TAG.oci.tar
+STANDIN_PACKAGES="keepalived iproute2 procps"
+STANDIN_REF=localhost/neutron-standin:$TAG
+STANDIN_ARCHIVE=$OUT/neutron-standin-$TAG.oci.tar
 CF_ARCHIVE=$OUT/hagw-$TAG-containerfile.oci.tar
 PATH_ENV=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 BIN=${HAGW_BIN:-$ROOT/target/release/hagw}
@@ -297,6 +305,24 @@ cmd_build_offline() {
   say "wrote $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1)) as $REF in $((SECONDS - t0))s"
 }
 
+# --- build-neutron-standin (tests only) ---------------------------------------------------
+# One layer: the Debian rootfs with keepalived and iproute2; the tests run their own stand-in
+# agent script in it (tests/tests/pod_discovery.rs).
+cmd_build_neutron_standin() {
+  local t0=$SECONDS rootfs c
+  ensure_tools
+  new_work
+  # shellcheck disable=SC2086
+  rootfs=$(ensure_rootfs standin $STANDIN_PACKAGES)
+  mkdir -p "$OUT"
+  c=$(from_rootfs "$rootfs")
+  bah config --env PATH="$PATH_ENV" --user 0:0 --cmd '["bash"]' "$c"
+  rm -f "$STANDIN_ARCHIVE.tmp"
+  bah commit --quiet --rm --disable-compression=false "$c" "oci-archive:$STANDIN_ARCHIVE.tmp:$STANDIN_REF" >/dev/null
+  mv "$STANDIN_ARCHIVE.tmp" "$STANDIN_ARCHIVE"
+  say "wrote $STANDIN_ARCHIVE ($(du -h "$STANDIN_ARCHIVE" | cut -f1)) as $STANDIN_REF in $((SECONDS - t0))s"
+}
+
 # --- check-ctr: a throwaway containerd in a private mount namespace -------------------------
 # containerd 1.6 puts shim sockets, runc state and ctr's FIFOs under /run/containerd whatever
 # its own state directory is, so the check runs in a private mount namespace with a tmpfs
@@ -505,6 +531,7 @@ cmd_clean() { rm -rf "$OUT"; say "removed $OUT"; }
 
 case ${1:-} in
   build-offline) cmd_build_offline ;;
+  build-neutron-standin) cmd_build_neutron_standin ;;
   check-ctr) cmd_check_ctr ;;
   _check-ctr-ns) cmd_check_ctr_ns "$2" ;;
   build-containerfile) cmd_build_containerfile ;;

@@ -49,19 +49,19 @@ pub fn keepalived_liveness(pid_file: &Path) -> Liveness {
 const USER_HZ: f64 = 100.0;
 
 /// One process as `/proc` shows it.
-struct Process {
+pub(crate) struct Process {
     /// The pid in the namespace of this `/proc`.
-    pid: u32,
-    comm: String,
-    exited: bool,
-    started_ticks: f64,
+    pub(crate) pid: u32,
+    pub(crate) comm: String,
+    pub(crate) exited: bool,
+    pub(crate) started_ticks: f64,
     /// Its pid in each pid namespace from this `/proc`'s down to its own.
     nspid: Vec<u32>,
-    args: Vec<String>,
+    pub(crate) args: Vec<String>,
 }
 
 impl Process {
-    fn read(proc: &Path, pid: u32) -> Option<Process> {
+    pub(crate) fn read(proc: &Path, pid: u32) -> Option<Process> {
         let dir = proc.join(pid.to_string());
         // `pid (comm) state … starttime …`: comm may itself contain parentheses, so split at
         // the last one; after it come the fields from the third (state) on, starttime is the
@@ -91,6 +91,16 @@ impl Process {
     /// Whether this is a running `program` that may have written `pid_file`: Neutron names
     /// the pid files on keepalived's command line (`-p`, `-r`), so one that names another
     /// router's is not this one (a small pid is taken in many containers).
+    /// Every process this `/proc` shows (those gone while it is read are skipped).
+    pub(crate) fn all(proc: &Path) -> impl Iterator<Item = Process> + '_ {
+        std::fs::read_dir(proc)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter_map(|p| Process::read(proc, p))
+    }
+
     fn may_own(&self, program: &str, pid_file: &str) -> bool {
         let other_pid_file = self.args.iter().any(|a| {
             let name = Path::new(a).file_name().and_then(|n| n.to_str()).unwrap_or(a);
@@ -132,12 +142,7 @@ fn liveness(proc: &Path, pid_file: &Path, program: &str) -> Liveness {
         return process.running(proc).map_or(Liveness::NotRunning, Liveness::Running);
     }
     // Written in a namespace below this one.
-    let candidates: Vec<Process> = std::fs::read_dir(proc)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter_map(|p| Process::read(proc, p))
+    let candidates: Vec<Process> = Process::all(proc)
         .filter(|p| p.nspid.len() > 1 && p.nspid.last() == Some(&pid))
         .filter(|p| p.may_own(program, file_name))
         .collect();

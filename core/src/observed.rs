@@ -161,4 +161,9 @@ pub struct Observed {
     /// what follows as if they had not been taken (no announcement behind a failed release).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed_steps: Vec<Action>,
+    /// Addresses an earlier spec of this router put on the gateway that the current one no
+    /// longer lists (Neutron removed a floating IP): a primary deletes them, never announces
+    /// them, and so never brings back what Neutron removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retired_addresses: Vec<IpNet>,
 }

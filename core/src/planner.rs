@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::action::Action;
@@ -176,6 +177,15 @@ impl PlanBuilder<'_> {
                 self.push(Action::AddAddress { address: *address });
             }
         }
+        // What Neutron removed stays removed, also when a pass under the previous spec put
+        // it back after keepalived had dropped it.
+        for address in &observed.retired_addresses {
+            if !spec.gateway_addresses.contains(address)
+                && self.link_has(|l| l.addresses.contains(address))
+            {
+                self.push(Action::DeleteAddress { address: *address });
+            }
+        }
         // keepalived's virtual_routes fail on a down link and are never retried, so the
         // primary's routes are part of its desired state.
         for route in &spec.routes {
@@ -195,7 +205,10 @@ impl PlanBuilder<'_> {
                 .state
                 .link
                 .as_ref()
-                .map(|l| l.addresses.iter().map(|a| a.addr()).collect())
+                .map(|l| {
+                    let retired = |a: &&IpNet| observed.retired_addresses.contains(a);
+                    l.addresses.iter().filter(|a| !retired(a)).map(|a| a.addr()).collect()
+                })
                 .unwrap_or_default();
             if !addresses.is_empty() {
                 self.push(Action::Announce { addresses });

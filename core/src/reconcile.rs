@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -32,9 +33,16 @@ pub struct RouterMemory {
     silent_since: Option<Instant>,
     announce_pending: bool,
     last_role: Option<Role>,
+    retired: Vec<IpNet>,
 }
 
 impl RouterMemory {
+    /// For a router whose spec changed: the addresses its previous spec had and the new one
+    /// has not ([`Observed::retired_addresses`]).
+    pub fn retiring(retired: Vec<IpNet>) -> RouterMemory {
+        RouterMemory { retired, ..RouterMemory::default() }
+    }
+
     /// Combines a fresh observation with what was remembered, at time `now`.
     pub fn observed(&mut self, role: Role, port: PortState, now: Instant) -> Observed {
         if self.last_role != Some(role) {
@@ -53,6 +61,7 @@ impl RouterMemory {
             silent_for,
             announce_pending: self.announce_pending,
             failed_steps: Vec::new(),
+            retired_addresses: self.retired.clone(),
         }
     }
 

@@ -95,11 +95,13 @@ impl RouterHandle {
     }
 }
 
-/// Starts the worker of one router. It runs until the returned task is aborted.
+/// Starts the worker of one router. It runs until the returned task is aborted. `memory` is
+/// a new router's, or [`RouterMemory::retiring`] what a changed spec no longer lists.
 pub fn spawn_router<D>(
     dataplane: Arc<D>,
     spec: RouterSpec,
     initial_role: Role,
+    memory: RouterMemory,
     config: WorkerConfig,
     events: mpsc::UnboundedSender<RouterEvent>,
 ) -> (RouterHandle, JoinHandle<()>)
@@ -109,14 +111,22 @@ where
     let (role_tx, role_rx) = watch::channel(initial_role);
     let handle = RouterHandle { kick: Arc::new(Notify::new()), role: Arc::new(role_tx) };
     let span = info_span!("router", router = %spec.id, netns = %spec.namespace, port = %spec.gateway_device);
-    let worker =
-        Worker { dataplane, spec, config, events, kick: handle.kick.clone(), roles: role_rx };
+    let worker = Worker {
+        dataplane,
+        spec,
+        memory,
+        config,
+        events,
+        kick: handle.kick.clone(),
+        roles: role_rx,
+    };
     (handle, tokio::spawn(worker.run().instrument(span)))
 }
 
 struct Worker<D> {
     dataplane: Arc<D>,
     spec: RouterSpec,
+    memory: RouterMemory,
     config: WorkerConfig,
     events: mpsc::UnboundedSender<RouterEvent>,
     kick: Arc<Notify>,
@@ -125,7 +135,7 @@ struct Worker<D> {
 
 impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
     async fn run(mut self) {
-        let mut memory = RouterMemory::default();
+        let mut memory = std::mem::take(&mut self.memory);
         let mut last_role: Option<Role> = None;
         let mut backoff = self.config.backoff;
         loop {

@@ -208,3 +208,26 @@ fn link_down_keeps_the_hold_it_can_have_because_the_kernel_queues_mld_on_a_down_
     let p = plan(&spec, Role::Standby, &observed(rest, 60_000, false));
     assert!(p.is_converged(), "the hold stays: {:?}", p.actions);
 }
+
+/// A floating IP Neutron removed (no longer in the spec, retired by its previous one) is
+/// deleted from a primary and not announced, even if it was put back meanwhile; one the spec
+/// still lists but that went missing is added back.
+#[test]
+fn a_primary_deletes_retired_addresses_and_never_announces_them() {
+    let spec = spec(Strategy::L2Hold, ovs());
+    let removed: ipnet::IpNet = "203.0.113.51/32".parse().unwrap();
+    let mut port = quiet_held_port();
+    port.l2.hold = L2Hold::Released;
+    let link = port.link.as_mut().unwrap();
+    link.addresses = vec![spec.gateway_addresses[0], spec.gateway_addresses[2], removed];
+    link.routes = spec.routes.clone();
+    link.ipv6.forwarding = 1;
+    let mut seen = observed(port, 0, true);
+    seen.retired_addresses = vec![removed];
+    let p = plan(&spec, Role::Primary, &seen);
+    assert_eq!(kinds(&p.actions), ["add-address", "delete-address", "announce"], "{p:?}");
+    assert_eq!(p.actions[1], Action::DeleteAddress { address: removed });
+    let Action::Announce { addresses } = p.actions.last().unwrap() else { unreachable!() };
+    assert!(!addresses.contains(&removed.addr()), "{addresses:?}");
+    assert_eq!(addresses.len(), 3);
+}

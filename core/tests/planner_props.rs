@@ -109,7 +109,13 @@ fn arb_case(
             (
                 spec,
                 role,
-                Observed { port, silent_for, announce_pending: pending, failed_steps: Vec::new() },
+                Observed {
+                    port,
+                    silent_for,
+                    announce_pending: pending,
+                    failed_steps: Vec::new(),
+                    retired_addresses: Vec::new(),
+                },
             )
         })
 }
@@ -131,7 +137,13 @@ fn step(observed: &Observed, actions: &[Action]) -> (Vec<PortState>, Observed) {
         states.push(port.clone());
     }
     let silent_for = if stayed_silent { observed.silent_for } else { Duration::ZERO };
-    let next = Observed { port, silent_for, announce_pending: pending, failed_steps: Vec::new() };
+    let next = Observed {
+        port,
+        silent_for,
+        announce_pending: pending,
+        failed_steps: Vec::new(),
+        retired_addresses: Vec::new(),
+    };
     (states, next)
 }
 

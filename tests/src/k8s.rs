@@ -332,17 +332,9 @@ impl Nodes {
             hagw = hagw_bin().display(),
             state = dir.join("cache").display(),
         );
-        let log = std::fs::File::create(dir.join("agent.log"))?;
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "bash", "-c", &script])
-            .env("KUBECONFIG", &server.kubeconfig)
-            .env("NODE_NAME", node)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting the agent")?;
-        Ok(AgentProcess { child, log: dir.join("agent.log") })
+        let mut command = Command::new("unshare");
+        command.args(["--mount", "--propagation", "private", "bash", "-c", &script]);
+        AgentProcess::spawn(server, node, command, dir.join("agent.log"))
     }
 }
 
@@ -352,6 +344,25 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
+    /// Starts `command` (an agent) as `node` against `server`, its output into `log`.
+    pub fn spawn(
+        server: &ApiServer,
+        node: &str,
+        mut command: Command,
+        log: PathBuf,
+    ) -> Result<AgentProcess> {
+        let file = std::fs::File::create(&log)?;
+        let child = command
+            .env("KUBECONFIG", &server.kubeconfig)
+            .env("NODE_NAME", node)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting the agent")?;
+        Ok(AgentProcess { child, log })
+    }
+
     /// Fails with the agent's log if it has exited.
     pub fn assert_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {

@@ -10,6 +10,7 @@ pub mod k8s;
 pub mod keepalived;
 pub mod lab;
 pub mod linuxbridge;
+pub mod neutron;
 pub mod node;
 pub mod ovs;
 pub mod ports;

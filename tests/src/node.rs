@@ -27,6 +27,9 @@ fn repo() -> PathBuf {
 /// The image the chart runs in the tests: the hagw under test, packed offline.
 pub const IMAGE_REPOSITORY: &str = "ghcr.io/hagw/hagw";
 pub const IMAGE_TAG: &str = "test";
+/// A stand-in for a containerized Neutron L3 agent: Debian with keepalived and iproute2
+/// (`scripts/image.sh build-neutron-standin`), imported by [`Node::import_standin`].
+pub const STANDIN_IMAGE: &str = "localhost/neutron-standin:test";
 
 pub struct Node {
     pub kubeconfig: PathBuf,
@@ -146,11 +149,31 @@ impl Node {
             .env("HAGW_BIN", &bin)
             .env("HAGW_IMAGE_TAG", IMAGE_TAG)
             .env("HAGW_IMAGE_OUT", work.path()))?;
-        let archive = work.path().join(format!("hagw-{IMAGE_TAG}.oci.tar"));
+        self.import(&work.path().join(format!("hagw-{IMAGE_TAG}.oci.tar")))
+    }
+
+    /// Builds [`STANDIN_IMAGE`] offline and imports it into the node's containerd, once per
+    /// test process.
+    pub fn import_standin(&self) -> Result<()> {
+        static IMPORTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+        let mut imported = IMPORTED.lock().unwrap_or_else(|p| p.into_inner());
+        if *imported {
+            return Ok(());
+        }
+        let work = tempfile::Builder::new().prefix("hagw-image-").tempdir()?;
+        run(Command::new(repo().join("scripts/image.sh"))
+            .arg("build-neutron-standin")
+            .env("HAGW_IMAGE_TAG", IMAGE_TAG)
+            .env("HAGW_IMAGE_OUT", work.path()))?;
+        self.import(&work.path().join(format!("neutron-standin-{IMAGE_TAG}.oci.tar")))?;
+        *imported = true;
+        Ok(())
+    }
+
+    fn import(&self, archive: &std::path::Path) -> Result<()> {
         run(Command::new("ctr")
             .args(["--address", &self.runtime_socket, "-n", "k8s.io", "images", "import"])
-            .arg(&archive))?;
-        Ok(())
+            .arg(archive))
     }
 
     fn tool(&self, name: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {

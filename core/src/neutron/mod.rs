@@ -11,16 +11,20 @@
 //!
 //! Discovery is a pure snapshot: it reads the directory once and reports every router it
 //! could build and, separately, every router it could not, so one broken or half-set-up
-//! router never hides the others. Watching for changes is the caller's job.
+//! router never hides the others. Watching for changes is the caller's job; where the state
+//! paths are (the host's, or inside containerized Neutron's processes) is [`locate`]'s.
 
 mod instance;
 mod keepalived;
+mod roots;
 mod router;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::model::{AnnounceSchedule, DEFAULT_SILENCE_SETTLE_MS, RouterSpec, Strategy};
+
+pub use roots::{Located, Refused, StateAccess, locate};
 
 /// Settings applied to every discovered router, for what keepalived.conf does not say.
 #[derive(Debug, Clone, PartialEq, Eq)]

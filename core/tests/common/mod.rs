@@ -78,5 +78,6 @@ pub fn observed(port: PortState, silent_for_ms: u64, announce_pending: bool) -> 
         silent_for: Duration::from_millis(silent_for_ms),
         announce_pending,
         failed_steps: Vec::new(),
+        retired_addresses: Vec::new(),
     }
 }

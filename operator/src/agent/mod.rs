@@ -10,6 +10,11 @@
 //!   which wake the routers of that port's namespace, and all of them after a resync;
 //! - the worker's own timers (silence settling, retry backoff, periodic resync).
 //!
+//! Routers come from the caller ([`Agent::set_routers`]); a Neutron node's are discovered and
+//! followed by [`Agent::follow_neutron`] ([`neutron`]), which hands back the new set whenever
+//! Neutron changes it. A changed spec restarts its router's worker, which deletes from a
+//! primary the addresses the previous spec had and the new one has not.
+//!
 //! For standbys on OVS the agent also holds their ports itself ([`OvsFeed`]), without waiting
 //! for the worker's pass: the moment a port arrives (added, or attached by ovs-vswitchd, after
 //! which the OVS agent may wire it), and again at once on every change that lifts the hold:
@@ -17,10 +22,11 @@
 //! the port once silence has settled.
 
 mod exits;
+mod neutron;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -29,13 +35,16 @@ use hagw_backends::events::{NetnsMonitor, monitor_netns};
 use hagw_backends::l2::ovs::{Guarded, OvsFeed, PortKeys, port_name};
 use hagw_backends::netns::{NETNS_RUN_DIR, Netns};
 use hagw_core::model::{L2BackendSpec, Role, RoleSource, RouterSpec, Strategy};
-use hagw_core::neutron::{DiscoveryError, NeutronDefaults, discover};
+use hagw_core::reconcile::RouterMemory;
 use hagw_core::supervisor::{PassOutcome, RouterEvent, RouterHandle, WorkerConfig, spawn_router};
+use ipnet::IpNet;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, info_span, warn};
 
 use self::exits::ExitWatches;
+use self::neutron::Following;
+pub use self::neutron::{NeutronSource, RESCAN as NEUTRON_RESCAN};
 use self::watch::{DirEvent, DirWatcher};
 use crate::observe::{HEARTBEAT, Observer};
 use crate::roles::RoleReader;
@@ -53,31 +62,6 @@ impl Drop for Managed {
     }
 }
 
-/// Routers discovered from a Neutron node's `ha_confs`, re-read when that tree changes.
-#[derive(Debug, Clone)]
-pub struct NeutronSource {
-    pub state_path: PathBuf,
-    pub defaults: NeutronDefaults,
-}
-
-impl NeutronSource {
-    fn ha_confs(&self) -> PathBuf {
-        self.state_path.join("ha_confs")
-    }
-
-    /// Discovers the routers; a broken router is reported and skipped, never fatal.
-    fn discover(&self) -> Vec<RouterSpec> {
-        let found = discover(&self.state_path, &self.defaults);
-        for error in &found.errors {
-            match error {
-                DiscoveryError::NotReady { .. } => info!(%error, "router not ready yet"),
-                _ => warn!(%error, "router skipped"),
-            }
-        }
-        found.routers.into_iter().map(|r| r.spec).collect()
-    }
-}
-
 /// The agent's state: workers, namespace subscriptions and file watches.
 pub struct Agent {
     dataplane: Arc<HostDataplane>,
@@ -88,7 +72,7 @@ pub struct Agent {
     watcher: DirWatcher,
     netns_changes: mpsc::UnboundedSender<String>,
     events: mpsc::UnboundedSender<RouterEvent>,
-    neutron: Option<NeutronSource>,
+    neutron: Option<Following>,
     observer: Observer,
     /// Started when the first OVS router is managed.
     ovs: Option<OvsFeed>,
@@ -140,11 +124,18 @@ impl Agent {
     pub async fn set_routers(&mut self, specs: Vec<RouterSpec>) {
         let wanted: BTreeMap<String, RouterSpec> =
             specs.into_iter().map(|s| (s.id.clone(), s)).collect();
+        // The addresses a changed spec no longer lists: its new worker deletes them.
+        let mut retired: HashMap<String, Vec<IpNet>> = HashMap::new();
         let (observer, exits) = (&self.observer, &mut self.keepalived_exits);
         self.routers.retain(|id, m| {
             let keep = wanted.get(id) == Some(&m.spec);
             if !keep {
                 info!(router = %id, "router removed or changed");
+                if let Some(new) = wanted.get(id) {
+                    let gone = m.spec.gateway_addresses.iter();
+                    let gone = gone.filter(|a| !new.gateway_addresses.contains(a)).copied();
+                    retired.insert(id.clone(), gone.collect());
+                }
                 exits.remove(id);
                 if !wanted.contains_key(id) {
                     observer.router_removed(id);
@@ -170,10 +161,12 @@ impl Agent {
             self.ensure_monitor(&spec.namespace).await;
             let (role, keepalived) = self.roles.resolve(&spec).await;
             self.keepalived_exits.set(&id, &spec.namespace, keepalived);
+            let memory = RouterMemory::retiring(retired.remove(&id).unwrap_or_default());
             let (handle, task) = spawn_router(
                 Arc::clone(&self.dataplane),
                 spec.clone(),
                 role,
+                memory,
                 self.config,
                 self.events.clone(),
             );
@@ -220,35 +213,19 @@ impl Agent {
         }
     }
 
-    /// Manages the routers of a Neutron node, following `ha_confs` as routers are added,
-    /// removed or reconfigured.
-    pub async fn follow_neutron(&mut self, source: NeutronSource) -> Result<()> {
-        let ha_confs = source.ha_confs();
-        self.watcher
-            .watch(&ha_confs)
-            .with_context(|| format!("watching {}", ha_confs.display()))?;
-        let specs = source.discover();
-        self.neutron = Some(source);
-        self.watch_router_dirs(&ha_confs);
-        self.set_routers(specs).await;
-        Ok(())
+    /// Follows a Neutron node's routers as they are added, removed or reconfigured (their
+    /// state paths watched, and looked for again by [`Agent::rescan_neutron`]). Returns the
+    /// routers found now, for [`Agent::set_routers`] (with any others).
+    pub fn follow_neutron(&mut self, source: NeutronSource) -> Vec<RouterSpec> {
+        let (following, routers) = Following::start(source, &mut self.watcher);
+        self.neutron = Some(following);
+        routers
     }
 
-    /// Watches each router directory, so a keepalived.conf written later is seen.
-    fn watch_router_dirs(&mut self, ha_confs: &Path) {
-        let Ok(entries) = std::fs::read_dir(ha_confs) else { return };
-        for dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
-            if let Err(e) = self.watcher.watch(&dir) {
-                warn!(dir = %dir.display(), error = %e, "cannot watch router directory");
-            }
-        }
-    }
-
-    async fn rediscover(&mut self) {
-        let Some(source) = self.neutron.clone() else { return };
-        let ha_confs = source.ha_confs();
-        self.watch_router_dirs(&ha_confs);
-        self.set_routers(source.discover()).await;
+    /// Looks for Neutron's state paths again (every [`NEUTRON_RESCAN`]): the discovered
+    /// routers, if where they are read from changed.
+    pub fn rescan_neutron(&mut self) -> Option<Vec<RouterSpec>> {
+        self.neutron.as_mut()?.rescan(&mut self.watcher)
     }
 
     /// Subscribes to a namespace's netlink events if it exists and is not yet subscribed
@@ -314,21 +291,26 @@ impl Agent {
         }
     }
 
-    /// A watched directory changed: a namespace came or went, or a state file was rewritten.
-    pub async fn dir_changed(&mut self, event: &DirEvent) {
+    /// A watched directory changed: a namespace came or went, a state file was rewritten, or
+    /// a Neutron router was added, removed or reconfigured: then the discovered routers, for
+    /// [`Agent::set_routers`] (with any others).
+    pub async fn dir_changed(&mut self, event: &DirEvent) -> Option<Vec<RouterSpec>> {
         if event.dir == Path::new(NETNS_RUN_DIR) {
-            let Some(name) = event.name.as_ref().and_then(|n| n.to_str()) else { return };
+            let name = event.name.as_ref().and_then(|n| n.to_str())?;
             if event.removed {
                 self.monitors.remove(name);
             } else if self.routers.values().any(|m| m.spec.namespace == name) {
                 self.ensure_monitor(name).await;
             }
             self.namespace_changed(name).await;
-            return;
+            return None;
         }
-        if self.is_neutron_conf_event(event) {
-            self.rediscover().await;
-        }
+        let discovered = match &self.neutron {
+            Some(following) if following.concerns(event) => {
+                Some(following.discover(&mut self.watcher))
+            }
+            _ => None,
+        };
         let ids: Vec<String> = self
             .routers
             .values()
@@ -341,15 +323,7 @@ impl Agent {
         for id in ids {
             self.refresh_role(&id).await;
         }
-    }
-
-    /// A router directory appeared or went, or a keepalived.conf was (re)written.
-    fn is_neutron_conf_event(&self, event: &DirEvent) -> bool {
-        let Some(source) = &self.neutron else { return false };
-        let ha_confs = source.ha_confs();
-        event.dir == ha_confs
-            || (event.dir.parent() == Some(ha_confs.as_path())
-                && event.name.as_deref().is_some_and(|n| n == "keepalived.conf"))
+        discovered
     }
 
     /// Logs a worker's pass and accounts for it in the metrics (status hooks in here too).
@@ -386,15 +360,26 @@ impl Agent {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut rescan = tokio::time::interval(NEUTRON_RESCAN);
         loop {
             self.observer.beat();
-            tokio::select! {
-                _ = heartbeat.tick() => {}
-                Some(ns) = inputs.netns_changes.recv() => self.namespace_changed(&ns).await,
+            let discovered = tokio::select! {
+                _ = heartbeat.tick() => None,
+                _ = rescan.tick() => self.rescan_neutron(),
+                Some(ns) = inputs.netns_changes.recv() => {
+                    self.namespace_changed(&ns).await;
+                    None
+                }
                 Some(event) = inputs.dir_events.recv() => self.dir_changed(&event).await,
-                Some(event) = inputs.router_events.recv() => self.router_event(&event),
+                Some(event) = inputs.router_events.recv() => {
+                    self.router_event(&event);
+                    None
+                }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,
+            };
+            if let Some(routers) = discovered {
+                self.set_routers(routers).await;
             }
         }
         info!("stopping; ports stay as last reconciled");

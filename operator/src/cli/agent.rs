@@ -9,6 +9,7 @@ use hagw_core::config::DEFAULT_OVSDB;
 use hagw_core::supervisor::WorkerConfig;
 
 use super::EXIT_INVALID_INPUT;
+use super::neutron::DiscoveryArgs;
 use crate::k8s::{self, agent::Options};
 
 #[derive(Debug, clap::Args)]
@@ -30,8 +31,10 @@ pub struct AgentArgs {
     #[arg(long, env = "HAGW_OVSDB", default_value = DEFAULT_OVSDB)]
     pub ovsdb: String,
     /// Seconds between full re-observations of every router, even without events.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "HAGW_RESYNC", default_value_t = 60)]
     pub resync: u64,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
 }
 
 pub async fn run(args: AgentArgs) -> ExitCode {
@@ -39,12 +42,20 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         eprintln!("hagw agent: only --kubernetes mode exists; for a routers file use `hagw run`");
         return ExitCode::from(EXIT_INVALID_INPUT);
     }
+    let neutron = match args.discovery.source() {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("hagw agent: {e}");
+            return ExitCode::from(EXIT_INVALID_INPUT);
+        }
+    };
     let options = match args.node_name.filter(|n| !n.is_empty()) {
         Some(node) => Options {
             node,
             state_dir: args.state_dir,
             listen: args.listen,
             ovsdb: args.ovsdb,
+            neutron,
             worker: WorkerConfig {
                 resync: Duration::from_secs(args.resync.max(1)),
                 ..WorkerConfig::default()

@@ -2,6 +2,7 @@
 
 mod agent;
 mod crd;
+mod neutron;
 mod notify;
 mod plan;
 mod reconcile;
@@ -59,7 +60,10 @@ pub enum Command {
                             notify_backup \"/usr/bin/hagw notify -c /etc/hagw/routers.yaml r1 BACKUP\"")]
     Notify(notify::NotifyArgs),
     /// Run as the per-node agent of the Kubernetes operator (DaemonSet mode).
-    #[command(after_help = "Example:\n  NODE_NAME=net-1 hagw agent --kubernetes")]
+    #[command(after_help = "Examples:\n  NODE_NAME=net-1 hagw agent --kubernetes\n  \
+                            NODE_NAME=net-1 hagw agent --kubernetes --discover-neutron \\\n      \
+                            --neutron-state-path /var/lib/neutron,/var/lib/neutron/kolla \\\n      \
+                            --neutron-process neutron-l3-agent,keepalived --backend ovs")]
     Agent(agent::AgentArgs),
     /// Print the HARouter CustomResourceDefinition (YAML).
     #[command(after_help = "Example:\n  hagw crd | kubectl apply -f -")]

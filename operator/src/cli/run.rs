@@ -7,28 +7,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::ValueEnum;
 use hagw_core::config::{self, Config, DEFAULT_OVSDB};
-use hagw_core::model::Strategy;
-use hagw_core::neutron::{BackendDefault, BridgeLookup, NeutronDefaults};
 use hagw_core::supervisor::WorkerConfig;
 
 use super::EXIT_INVALID_INPUT;
+use super::neutron::NeutronArgs;
 use crate::agent::{Agent, NeutronSource};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum BackendKind {
-    Ovs,
-    Linuxbridge,
-    Generic,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum StrategyArg {
-    L2Hold,
-    LinkDown,
-    SilenceOnly,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -44,16 +28,8 @@ pub struct RunArgs {
     /// Discover routers from this Neutron state path (`<path>/ha_confs/*/keepalived.conf`).
     #[arg(long, value_name = "STATE_PATH")]
     pub neutron: Option<PathBuf>,
-    /// With --neutron: the L2 backend of the discovered routers.
-    #[arg(long, value_enum, default_value = "ovs")]
-    pub backend: BackendKind,
-    /// With --neutron: the standby strategy of the discovered routers.
-    #[arg(long, value_enum, default_value = "l2-hold")]
-    pub strategy: StrategyArg,
-    /// With --neutron --backend linuxbridge: the bridge of every gateway tap (default: read
-    /// each tap's bridge from /sys/class/net).
-    #[arg(long)]
-    pub bridge: Option<String>,
+    #[command(flatten)]
+    pub routers: NeutronArgs,
     /// With --neutron: the OVSDB endpoint.
     #[arg(long, default_value = DEFAULT_OVSDB)]
     pub ovsdb: String,
@@ -84,25 +60,6 @@ fn parse_listen(text: &str) -> Result<Listen, String> {
         .map_err(|e| format!("{e} (expected ADDRESS:PORT or none)"))
 }
 
-impl RunArgs {
-    fn neutron_defaults(&self) -> NeutronDefaults {
-        let backend = match self.backend {
-            BackendKind::Ovs => BackendDefault::Ovs,
-            BackendKind::Generic => BackendDefault::Generic,
-            BackendKind::Linuxbridge => BackendDefault::Linuxbridge(match &self.bridge {
-                Some(bridge) => BridgeLookup::Fixed(bridge.clone()),
-                None => BridgeLookup::Sysfs("/sys/class/net".into()),
-            }),
-        };
-        let strategy = match self.strategy {
-            StrategyArg::L2Hold => Strategy::L2Hold,
-            StrategyArg::LinkDown => Strategy::LinkDown,
-            StrategyArg::SilenceOnly => Strategy::SilenceOnly,
-        };
-        NeutronDefaults { backend, strategy, ..NeutronDefaults::default() }
-    }
-}
-
 pub async fn run(args: RunArgs) -> ExitCode {
     let worker =
         WorkerConfig { resync: Duration::from_secs(args.resync.max(1)), ..WorkerConfig::default() };
@@ -116,8 +73,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         },
         (None, Some(state_path)) => {
             let config = Config { ovsdb: args.ovsdb.clone(), routers: Vec::new() };
-            let source =
-                NeutronSource { state_path: state_path.clone(), defaults: args.neutron_defaults() };
+            let source = NeutronSource::at(state_path.clone(), args.routers.defaults());
             (config, Some(source))
         }
         (None, None) => unreachable!("clap requires one source"),
@@ -147,7 +103,10 @@ pub async fn run(args: RunArgs) -> ExitCode {
             None => None,
         };
         match neutron {
-            Some(source) => agent.follow_neutron(source).await?,
+            Some(source) => {
+                let routers = agent.follow_neutron(source);
+                agent.set_routers(routers).await
+            }
             None => agent.set_routers(config.routers).await,
         }
         observer.set_sources_ready();

@@ -1,6 +1,8 @@
 //! `hagw agent --kubernetes`: the DaemonSet agent. It watches every `HARouter`, keeps the
-//! routers that list its node, and feeds them to the same event-driven agent as `hagw run`
-//! ([`crate::agent::Agent`]); each pass is reported in the router's status.
+//! routers that list its node, adds those Neutron runs here (discovered from its `ha_confs`,
+//! as `hagw run --neutron` does, when enabled; an HARouter for the same router id wins), and
+//! feeds them to the same event-driven agent as `hagw run` ([`crate::agent::Agent`]); each
+//! pass of an HARouter's router is reported in its status.
 //!
 //! The API server is an input, not a dependency: enforcement runs in the router workers
 //! and goes on from the last known specs while the watch is down (the reflector keeps its
@@ -13,6 +15,7 @@ use std::pin::pin;
 
 use futures::StreamExt;
 use hagw_backends::dataplane::HostDataplane;
+use hagw_core::RouterSpec;
 use hagw_core::config::Config;
 use hagw_core::supervisor::{RouterEvent, WorkerConfig};
 use kube::api::{ApiResource, DynamicObject};
@@ -26,10 +29,10 @@ use tracing::{debug, info, warn};
 
 use super::cache::SpecCache;
 use super::crd::HARouter;
-use super::source::{Assigned, NodeView, node_view};
+use super::source::{Assigned, NodeView, Origin, node_view};
 use super::status::{StatusWriter, Update};
 use super::{Error, handback, uninstall};
-use crate::agent::Agent;
+use crate::agent::{Agent, NEUTRON_RESCAN, NeutronSource};
 use crate::observe::{self, HEARTBEAT};
 
 /// How the agent runs.
@@ -43,6 +46,8 @@ pub struct Options {
     pub listen: SocketAddr,
     /// OVSDB endpoint for routers with the `ovs` backend.
     pub ovsdb: String,
+    /// Where to discover Neutron's routers on this node, if at all.
+    pub neutron: Option<NeutronSource>,
     pub worker: WorkerConfig,
 }
 
@@ -70,15 +75,22 @@ pub async fn run(options: Options) -> Result<(), Error> {
         agent,
         dataplane,
         node: node.clone(),
+        view: NodeView::default(),
+        discovered: Vec::new(),
         managed: HashMap::new(),
         handbacks: HashMap::new(),
         status: status_tx,
         cache: SpecCache::new(&options.state_dir),
     };
+    // Discovered routers are read from Neutron's files at every start, never cached: a
+    // cached spec could bring back a floating IP Neutron has removed since.
+    if let Some(source) = options.neutron.clone() {
+        this.discovered = this.agent.follow_neutron(source);
+    }
     let cached = this.cache.load();
-    if !cached.is_empty() {
-        info!(node = %node, routers = cached.len(), "enforcing cached specs until the API server answers");
-        this.enforce(NodeView { assigned: cached, rejected: Vec::new() }).await;
+    if !cached.is_empty() || !this.discovered.is_empty() {
+        info!(node = %node, cached = cached.len(), discovered = this.discovered.len(), "enforcing cached and discovered specs until the API server answers");
+        this.set_view(NodeView { assigned: cached, rejected: Vec::new() }).await;
         observer.set_sources_ready();
     }
 
@@ -93,10 +105,16 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let (mut synced, mut connected) = (false, true);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut rescan = tokio::time::interval(NEUTRON_RESCAN);
     loop {
         observer.beat();
         tokio::select! {
             _ = heartbeat.tick() => {}
+            _ = rescan.tick() => {
+                if let Some(routers) = this.agent.rescan_neutron() {
+                    this.set_discovered(routers).await;
+                }
+            }
             item = watch.next() => match item {
                 Some(Ok(event)) => {
                     if !connected {
@@ -113,7 +131,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
                         watcher::Event::Init | watcher::Event::InitApply(_) => false,
                     };
                     if changed {
-                        this.enforce(node_view(&store.state(), &node)).await;
+                        this.set_view(node_view(&store.state(), &node)).await;
                     }
                 }
                 Some(Err(e)) if connected => {
@@ -124,7 +142,11 @@ pub async fn run(options: Options) -> Result<(), Error> {
                 None => break,
             },
             Some(ns) = inputs.netns_changes.recv() => this.agent.namespace_changed(&ns).await,
-            Some(event) = inputs.dir_events.recv() => this.agent.dir_changed(&event).await,
+            Some(event) = inputs.dir_events.recv() => {
+                if let Some(routers) = this.agent.dir_changed(&event).await {
+                    this.set_discovered(routers).await;
+                }
+            }
             Some(event) = inputs.router_events.recv() => this.router_event(event),
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
@@ -146,11 +168,42 @@ struct NodeAgent {
     /// The same dataplane the agent's workers use, for hand-backs.
     dataplane: HostDataplane,
     node: String,
+    /// The routers HARouters assign to this node, and those they cannot.
+    view: NodeView,
+    /// The routers discovered from Neutron's files.
+    discovered: Vec<RouterSpec>,
     /// Routers enforced now, by router id.
-    managed: HashMap<String, Assigned>,
+    managed: HashMap<String, Managed>,
     handbacks: HashMap<String, JoinHandle<()>>,
     status: mpsc::UnboundedSender<Update>,
     cache: SpecCache,
+}
+
+/// A router enforced now: from an HARouter (`origin`), or discovered from Neutron's files.
+#[derive(Debug, Clone)]
+struct Managed {
+    spec: RouterSpec,
+    origin: Option<Origin>,
+}
+
+/// The HARouters' routers, and the discovered ones no HARouter names by router id or by
+/// gateway port (a hand-written HARouter wins).
+fn wanted(assigned: &[Assigned], discovered: &[RouterSpec]) -> HashMap<String, Managed> {
+    let mut wanted: HashMap<String, Managed> = assigned
+        .iter()
+        .map(|a| {
+            (a.spec.id.clone(), Managed { spec: a.spec.clone(), origin: Some(a.origin.clone()) })
+        })
+        .collect();
+    for spec in discovered {
+        let port = (&spec.namespace, &spec.gateway_device);
+        let named = wanted.contains_key(&spec.id)
+            || wanted.values().any(|m| (&m.spec.namespace, &m.spec.gateway_device) == port);
+        if !named {
+            wanted.insert(spec.id.clone(), Managed { spec: spec.clone(), origin: None });
+        }
+    }
+    wanted
 }
 
 /// How long an uninstall waits for the hand-backs: within the pod's termination grace period
@@ -177,11 +230,27 @@ impl NodeAgent {
         }
     }
 
-    /// Makes the enforced set equal to `view`: new and changed routers get (new) workers,
-    /// routers this node no longer hosts are handed back, and rejected objects are reported.
-    async fn enforce(&mut self, view: NodeView) {
-        let wanted: HashMap<String, Assigned> =
-            view.assigned.into_iter().map(|a| (a.spec.id.clone(), a)).collect();
+    /// Takes a new view of the HARouters: reports the rejected objects and enforces.
+    async fn set_view(&mut self, view: NodeView) {
+        for rejected in &view.rejected {
+            warn!(node = %self.node, harouter = %rejected.origin.name, error = %rejected.error, "HARouter rejected");
+            let _ =
+                self.status.send(Update::Rejected(rejected.origin.clone(), rejected.error.clone()));
+        }
+        self.view = view;
+        self.enforce().await;
+    }
+
+    /// Takes the routers newly discovered from Neutron's files and enforces.
+    async fn set_discovered(&mut self, routers: Vec<RouterSpec>) {
+        self.discovered = routers;
+        self.enforce().await;
+    }
+
+    /// Makes the enforced set equal to [`wanted`]: new and changed routers get (new) workers,
+    /// and routers this node no longer hosts are handed back.
+    async fn enforce(&mut self) {
+        let wanted = wanted(&self.view.assigned, &self.discovered);
         for (id, old) in &self.managed {
             if wanted.contains_key(id) {
                 continue;
@@ -191,7 +260,8 @@ impl NodeAgent {
             let taken_over =
                 wanted.values().any(|a| (&a.spec.namespace, &a.spec.gateway_device) == port);
             if !taken_over {
-                info!(router = %id, node = %self.node, harouter = %old.origin.name, "no longer hosted here; handing the port back");
+                let harouter = old.origin.as_ref().map(|o| o.name.as_str());
+                info!(router = %id, node = %self.node, ?harouter, "no longer hosted here; handing the port back");
                 let task = handback::spawn(self.dataplane.clone(), &self.node, old.spec.clone());
                 if let Some(previous) = self.handbacks.insert(id.clone(), task) {
                     previous.abort();
@@ -207,22 +277,24 @@ impl NodeAgent {
 
         let reported: Vec<_> = wanted
             .values()
-            .map(|a| a.origin.key())
-            .chain(view.rejected.iter().map(|r| r.origin.key()))
+            .filter_map(|m| m.origin.as_ref())
+            .chain(self.view.rejected.iter().map(|r| &r.origin))
+            .map(Origin::key)
             .collect();
-        for old in self.managed.values() {
-            if !reported.contains(&old.origin.key()) {
-                let _ = self.status.send(Update::Forget(old.origin.clone()));
+        for origin in self.managed.values().filter_map(|m| m.origin.as_ref()) {
+            if !reported.contains(&origin.key()) {
+                let _ = self.status.send(Update::Forget(origin.clone()));
             }
         }
-        for rejected in view.rejected {
-            warn!(node = %self.node, harouter = %rejected.origin.name, error = %rejected.error, "HARouter rejected");
-            let _ = self.status.send(Update::Rejected(rejected.origin, rejected.error));
-        }
 
-        self.agent.set_routers(wanted.values().map(|a| a.spec.clone()).collect()).await;
+        self.agent.set_routers(wanted.values().map(|m| m.spec.clone()).collect()).await;
         self.managed = wanted;
-        let mut routers: Vec<Assigned> = self.managed.values().cloned().collect();
+        // Only the HARouters' routers: discovered ones are read again at start-up.
+        let mut routers: Vec<Assigned> = self
+            .managed
+            .values()
+            .filter_map(|m| Some(Assigned { origin: m.origin.clone()?, spec: m.spec.clone() }))
+            .collect();
         routers.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
         if let Err(e) = self.cache.store(&routers) {
             warn!(node = %self.node, error = %e, "cannot write the spec cache");
@@ -231,8 +303,50 @@ impl NodeAgent {
 
     fn router_event(&self, event: RouterEvent) {
         self.agent.router_event(&event);
-        if let Some(assigned) = self.managed.get(&event.router) {
-            let _ = self.status.send(Update::Pass(assigned.origin.clone(), Box::new(event)));
+        if let Some(origin) = self.managed.get(&event.router).and_then(|m| m.origin.clone()) {
+            let _ = self.status.send(Update::Pass(origin, Box::new(event)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str, namespace: &str, strategy: &str) -> RouterSpec {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "namespace": namespace, "gatewayDevice": "qg-1", "strategy": strategy,
+            "backend": "generic", "role": {"fixed": "standby"},
+        }))
+        .expect("a valid spec")
+    }
+
+    fn assigned(spec: RouterSpec) -> Assigned {
+        let origin = Origin {
+            namespace: "default".into(),
+            name: spec.id.clone(),
+            uid: None,
+            generation: None,
+        };
+        Assigned { origin, spec }
+    }
+
+    #[test]
+    fn a_hand_written_harouter_wins_over_a_discovered_router_by_id_and_by_port() {
+        let by_id = assigned(spec("r1", "qrouter-r1", "link-down"));
+        let by_port = assigned(spec("custom", "qrouter-r2", "silence-only"));
+        let discovered = [
+            spec("r1", "qrouter-r1", "l2-hold"),
+            spec("r2", "qrouter-r2", "l2-hold"),
+            spec("r3", "qrouter-r3", "l2-hold"),
+        ];
+        let wanted = wanted(&[by_id.clone(), by_port.clone()], &discovered);
+        let mut ids: Vec<&str> = wanted.keys().map(String::as_str).collect();
+        ids.sort();
+        assert_eq!(ids, ["custom", "r1", "r3"]);
+        assert_eq!(wanted["r1"].spec, by_id.spec);
+        assert_eq!(wanted["r1"].origin, Some(by_id.origin));
+        assert_eq!(wanted["r3"].spec, discovered[2]);
+        assert_eq!(wanted["r3"].origin, None, "discovered: no HARouter, not cached");
     }
 }

@@ -67,7 +67,7 @@ pub struct Rejected {
     pub error: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct NodeView {
     pub assigned: Vec<Assigned>,
     pub rejected: Vec<Rejected>,

@@ -9,6 +9,13 @@ use crate::linuxbridge;
 /// Neutron's keepalived.conf for the router on one node (`advert_int` shortened); an
 /// IPv4-only router has no link-local VIP.
 pub fn keepalived_conf(qg: &str, ipv4_only: bool) -> String {
+    neutron_keepalived_conf(HA_DEV, qg, &[FIP], ipv4_only)
+}
+
+/// Neutron's keepalived.conf of a router whose HA device is `ha` and gateway `qg`, with these
+/// floating IPs (`advert_int` shortened); an IPv4-only router has no link-local VIP.
+pub fn neutron_keepalived_conf(ha: &str, qg: &str, fips: &[&str], ipv4_only: bool) -> String {
+    let fips: String = fips.iter().map(|f| format!("        {f}/32 dev {qg} no_track\n")).collect();
     let lla = if ipv4_only {
         String::new()
     } else {
@@ -16,11 +23,10 @@ pub fn keepalived_conf(qg: &str, ipv4_only: bool) -> String {
     };
     format!(
         "global_defs {{\n    notification_email_from neutron@openstack.local\n    router_id neutron\n}}\n\
-         vrrp_instance VR_{VRID} {{\n    state BACKUP\n    interface {HA_DEV}\n    virtual_router_id {VRID}\n    \
+         vrrp_instance VR_{VRID} {{\n    state BACKUP\n    interface {ha}\n    virtual_router_id {VRID}\n    \
          priority 50\n    garp_master_delay 60\n    nopreempt\n    advert_int {ADVERT_INT}\n    \
-         track_interface {{\n        {HA_DEV}\n    }}\n    virtual_ipaddress {{\n        {PRIMARY_VIP} dev {HA_DEV}\n    }}\n    \
-         virtual_ipaddress_excluded {{\n        {GATEWAY_CIDR} dev {qg} no_track\n        {FIP}/32 dev {qg} no_track\n\
-         {lla}    }}\n    \
+         track_interface {{\n        {ha}\n    }}\n    virtual_ipaddress {{\n        {PRIMARY_VIP} dev {ha}\n    }}\n    \
+         virtual_ipaddress_excluded {{\n        {GATEWAY_CIDR} dev {qg} no_track\n{fips}{lla}    }}\n    \
          virtual_routes {{\n        0.0.0.0/0 via {EXTERNAL_IP} dev {qg} no_track protocol static\n    }}\n}}\n"
     )
 }

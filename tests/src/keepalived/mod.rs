@@ -55,7 +55,7 @@ mod observe;
 mod report;
 mod setup;
 
-pub use config::keepalived_conf;
+pub use config::{keepalived_conf, neutron_keepalived_conf};
 pub use first_round::{BURST_ROUNDS, FirstRound};
 pub use node::KaNode;
 use node::kill_child;

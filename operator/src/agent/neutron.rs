@@ -1,0 +1,137 @@
+//! Following a Neutron node's HA routers: where its state paths are (as they are, or through
+//! the root of its L3 agent's or keepalived's processes), which routers they hold, and when
+//! to look again. What is found is the desired state: a router, address or route Neutron
+//! removed from keepalived.conf is gone from the next spec.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hagw_core::model::RouterSpec;
+use hagw_core::neutron::{DiscoveryError, Located, NeutronDefaults, StateAccess, discover, locate};
+use tracing::{info, warn};
+
+use super::watch::{DirEvent, DirWatcher};
+
+/// How often the state paths are looked for again: processes start and stop without an
+/// event hagw could watch (a replaced agent pod has a new emptyDir, a restarted container a
+/// new pid), and an `ha_confs` directory may appear after hagw started.
+pub const RESCAN: Duration = Duration::from_secs(5);
+
+/// Routers discovered from a Neutron node's `ha_confs` directories.
+#[derive(Debug, Clone)]
+pub struct NeutronSource {
+    /// Neutron's `state_path`s (each holding `ha_confs`), as the L3 agent sees them.
+    pub state_paths: Vec<PathBuf>,
+    pub access: StateAccess,
+    pub defaults: NeutronDefaults,
+}
+
+impl NeutronSource {
+    /// One state path, read as it is (`hagw run --neutron`).
+    pub fn at(state_path: PathBuf, defaults: NeutronDefaults) -> NeutronSource {
+        NeutronSource { state_paths: vec![state_path], access: StateAccess::Direct, defaults }
+    }
+}
+
+/// A source being followed: where its state paths were found last.
+pub(super) struct Following {
+    source: NeutronSource,
+    located: Located,
+}
+
+impl Following {
+    /// Starts following `source`; returns the routers found now.
+    pub(super) fn start(
+        source: NeutronSource,
+        watcher: &mut DirWatcher,
+    ) -> (Following, Vec<RouterSpec>) {
+        let mut following = Following { source, located: Located::default() };
+        following.relocate();
+        let routers = following.discover(watcher);
+        (following, routers)
+    }
+
+    /// Looks for the state paths again: the routers, if where they are changed.
+    pub(super) fn rescan(&mut self, watcher: &mut DirWatcher) -> Option<Vec<RouterSpec>> {
+        self.relocate().then(|| self.discover(watcher))
+    }
+
+    /// Whether the located state paths changed.
+    fn relocate(&mut self) -> bool {
+        let located = locate(&self.source.state_paths, &self.source.access);
+        let refused_before: Vec<u32> = self.located.refused.iter().map(|r| r.pid).collect();
+        for refused in located.refused.iter().filter(|r| !refused_before.contains(&r.pid)) {
+            warn!(
+                pid = refused.pid, process = %refused.comm, error = %refused.error,
+                "cannot look into the root of a Neutron process (hagw needs CAP_SYS_PTRACE \
+                 to read the state path of a process holding more capabilities than itself)"
+            );
+        }
+        let changed = located.state_paths != self.located.state_paths;
+        if changed {
+            if located.state_paths.is_empty() {
+                info!(
+                    looked_for = ?self.source.state_paths, access = ?self.source.access,
+                    "no Neutron state path with an ha_confs directory found"
+                );
+            } else {
+                info!(found = ?located.state_paths, "Neutron state paths");
+            }
+        }
+        self.located = located;
+        changed
+    }
+
+    /// Whether `event` is a router appearing, going or being reconfigured.
+    pub(super) fn concerns(&self, event: &DirEvent) -> bool {
+        self.located.state_paths.iter().map(|p| p.join("ha_confs")).any(|ha_confs| {
+            event.dir == ha_confs
+                || (event.dir.parent() == Some(ha_confs.as_path())
+                    && event.name.as_deref().is_some_and(|n| n == "keepalived.conf"))
+        })
+    }
+
+    /// Watches every `ha_confs` and router directory (a keepalived.conf written later is
+    /// seen) and discovers the routers; a router found under two state paths is taken from
+    /// the first. A broken router is reported and skipped, never fatal.
+    pub(super) fn discover(&self, watcher: &mut DirWatcher) -> Vec<RouterSpec> {
+        let mut routers: BTreeMap<String, (RouterSpec, PathBuf)> = BTreeMap::new();
+        for state_path in &self.located.state_paths {
+            watch_dirs(watcher, &state_path.join("ha_confs"));
+            let found = discover(state_path, &self.source.defaults);
+            for error in &found.errors {
+                match error {
+                    DiscoveryError::NotReady { .. } => info!(%error, "router not ready yet"),
+                    _ => warn!(%error, "router skipped"),
+                }
+            }
+            for router in found.routers {
+                match routers.get(&router.spec.id) {
+                    Some((_, first)) => warn!(
+                        router = %router.spec.id, used = %first.display(),
+                        ignored = %router.conf.display(), "router found twice"
+                    ),
+                    None => {
+                        routers.insert(router.spec.id.clone(), (router.spec, router.conf));
+                    }
+                }
+            }
+        }
+        routers.into_values().map(|(spec, _)| spec).collect()
+    }
+}
+
+/// Watches `ha_confs` and each router directory in it.
+fn watch_dirs(watcher: &mut DirWatcher, ha_confs: &Path) {
+    if let Err(e) = watcher.watch(ha_confs) {
+        warn!(dir = %ha_confs.display(), error = %e, "cannot watch ha_confs; relying on rescans");
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(ha_confs) else { return };
+    for dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+        if let Err(e) = watcher.watch(&dir) {
+            warn!(dir = %dir.display(), error = %e, "cannot watch router directory");
+        }
+    }
+}
