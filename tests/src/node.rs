@@ -5,7 +5,8 @@
 //! The node takes host-wide resources (an address on `lo`, a cgroup root, its ports), so one
 //! test binary uses one node, started by the first test that asks and stopped when the test
 //! process exits (a watchdog, since statics are never dropped). The API server and etcd ports
-//! are reserved like every other test port.
+//! are reserved like every other test port. A host-wide lock file makes a node wait for
+//! another test process's node (a second test run on the machine) instead of failing.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -42,7 +43,12 @@ pub struct Node {
     env: Vec<(String, String)>,
     _ports: [ReservedPort; 3],
     _state: tempfile::TempDir,
+    /// Held while this node may run; released after `Drop` has stopped it, or at exit.
+    _host: std::fs::File,
 }
+
+/// The lock file every test node holds (host-wide, like the node's names).
+const HOST_LOCK: &str = "/run/lock/hagw-k8s-node-test.lock";
 
 /// The node of this test process, started (and the image imported) on first use.
 pub fn node() -> &'static Node {
@@ -72,6 +78,16 @@ impl Node {
     }
 
     fn start_in(netns: Option<&str>) -> Result<Node> {
+        let host = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(HOST_LOCK)
+            .with_context(|| format!("opening {HOST_LOCK}"))?;
+        if host.try_lock().is_err() {
+            eprintln!("waiting for another test process's Kubernetes node ({HOST_LOCK})");
+            host.lock().with_context(|| format!("locking {HOST_LOCK}"))?;
+        }
         let ports = [ports::reserve()?, ports::reserve()?, ports::reserve()?];
         let state = tempfile::Builder::new().prefix("hagw-node-test-").tempdir()?;
         let env: Vec<(String, String)> = vec![
@@ -128,6 +144,7 @@ impl Node {
             env,
             _ports: ports,
             _state: state,
+            _host: host,
         };
         node.import_image()?;
         Ok(node)
