@@ -56,7 +56,7 @@ mod report;
 mod setup;
 
 pub use config::{keepalived_conf, neutron_keepalived_conf};
-pub use first_round::{BURST_ROUNDS, FirstRound};
+pub use first_round::{BURST_ROUNDS, FirstRound, ROUND2_DUE_MS};
 pub use node::KaNode;
 use node::kill_child;
 pub use observe::Event;
