@@ -188,9 +188,27 @@ impl Node {
     }
 
     fn import(&self, archive: &std::path::Path) -> Result<()> {
-        run(Command::new("ctr")
-            .args(["--address", &self.runtime_socket, "-n", "k8s.io", "images", "import"])
-            .arg(archive))
+        self.ctr(&["images", "import", archive.to_str().context("archive path")?]).map(drop)
+    }
+
+    /// `ctr` in the node's containerd, Kubernetes' namespace.
+    pub fn ctr(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("ctr")
+            .args(["--address", &self.runtime_socket, "-n", "k8s.io"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running ctr")?;
+        if !out.status.success() {
+            bail!("ctr {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The image under test, also as `IMAGE_REPOSITORY:to` (an upgrade's new tag).
+    pub fn tag_image(&self, from: &str, to: &str) -> Result<()> {
+        let image = |tag: &str| format!("{IMAGE_REPOSITORY}:{tag}");
+        self.ctr(&["images", "tag", "--force", &image(from), &image(to)]).map(drop)
     }
 
     fn tool(&self, name: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
