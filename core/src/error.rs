@@ -59,12 +59,4 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         self.kind == ErrorKind::Transient
     }
-
-    /// Short label for metrics.
-    pub fn kind_label(&self) -> &'static str {
-        match self.kind {
-            ErrorKind::Transient => "transient",
-            ErrorKind::Permanent => "permanent",
-        }
-    }
 }
