@@ -22,6 +22,7 @@ use hagw_core::model::AnnounceSchedule;
 use hagw_core::{Error, ErrorKind};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::linux::LinuxNet;
 use crate::linux::error::{Target, errno_kind, from_io};
 use crate::netns::Netns;
 use frame::{ETH_P_ARP, ETH_P_IPV6, Mac};
@@ -54,6 +55,29 @@ pub async fn announce(
     addresses: &[IpAddr],
     schedule: AnnounceSchedule,
 ) -> Result<(), Error> {
+    announce_with(None, netns, device, addresses, schedule).await
+}
+
+/// As [`announce`], but each later round announces only the addresses still on `device`
+/// (read with `linux`): one the primary no longer has (a floating IP Neutron removed, every
+/// address of a node turned standby) is not announced again.
+pub async fn announce_present(
+    linux: &LinuxNet,
+    netns: &Netns,
+    device: &str,
+    addresses: &[IpAddr],
+    schedule: AnnounceSchedule,
+) -> Result<(), Error> {
+    announce_with(Some(linux.clone()), netns, device, addresses, schedule).await
+}
+
+async fn announce_with(
+    linux: Option<LinuxNet>,
+    netns: &Netns,
+    device: &str,
+    addresses: &[IpAddr],
+    schedule: AnnounceSchedule,
+) -> Result<(), Error> {
     let span = info_span!("announce", netns = netns.name(), device, addresses = addresses.len());
     async move {
         let addresses = announceable(addresses);
@@ -74,8 +98,9 @@ pub async fn announce(
             addresses,
             netns: netns.name().to_owned(),
             device: device.to_owned(),
+            linux,
         };
-        let frames = announcer.round().await?;
+        let frames = announcer.round(&announcer.addresses).await?;
         let later = schedule.later_rounds();
         info!(round = 1, frames, later_rounds = later.len(), "addresses announced");
         if !later.is_empty() {
@@ -114,6 +139,8 @@ struct Announcer {
     addresses: Vec<IpAddr>,
     netns: String,
     device: String,
+    /// Reads the device's addresses before each later round, if set.
+    linux: Option<LinuxNet>,
 }
 
 impl Announcer {
@@ -123,11 +150,11 @@ impl Announcer {
 
     /// Sends one frame per address and returns how many went out. A failing address does
     /// not keep the others from being announced; the first failure is returned.
-    async fn round(&self) -> Result<usize, Error> {
+    async fn round(&self, addresses: &[IpAddr]) -> Result<usize, Error> {
         let mac = self.socket.mac().map_err(|err| self.mac_error(err))?;
         let mut sent = 0;
         let mut first_error = None;
-        for &address in &self.addresses {
+        for &address in addresses {
             match self.send(mac, address).await {
                 Ok(()) => {
                     sent += 1;
@@ -174,12 +201,36 @@ impl Announcer {
         let first = tokio::time::Instant::now();
         for (round, offset) in (2..).zip(later) {
             tokio::time::sleep_until(first + offset).await;
-            match self.round().await {
+            let addresses = self.still_present().await;
+            match self.round(&addresses).await {
                 Ok(frames) => debug!(round, frames, "addresses announced"),
                 Err(err) => warn!(round, error = %err, "announcement round failed"),
             }
         }
         debug!("announce schedule finished");
+    }
+
+    /// The addresses of this schedule still on the device (all of them without `linux`, or
+    /// if the device cannot be read: the round then reports why).
+    async fn still_present(&self) -> Vec<IpAddr> {
+        let Some(linux) = &self.linux else { return self.addresses.clone() };
+        match linux.addresses(&Netns::named(&self.netns), &self.device).await {
+            Ok(present) => {
+                let on_device = |a: &&IpAddr| present.iter().any(|p| p.addr() == **a);
+                let kept: Vec<IpAddr> = self.addresses.iter().filter(on_device).copied().collect();
+                if kept.len() < self.addresses.len() {
+                    debug!(
+                        kept = kept.len(),
+                        "addresses gone from the device: not announced again"
+                    );
+                }
+                kept
+            }
+            Err(err) => {
+                debug!(error = %err, "cannot read the device's addresses");
+                self.addresses.clone()
+            }
+        }
     }
 }
 

@@ -82,7 +82,9 @@ impl Dataplane for HostDataplane {
             Action::AddRoute { route } => self.linux.add_route(&netns, device, route).await,
             Action::Announce { addresses } => {
                 self.await_carrier(&netns, device).await;
-                crate::announce::announce(&netns, device, addresses, spec.announce).await
+                let linux = &self.linux;
+                crate::announce::announce_present(linux, &netns, device, addresses, spec.announce)
+                    .await
             }
         }
     }

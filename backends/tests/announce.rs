@@ -11,7 +11,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hagw_backends::announce::announce;
+use hagw_backends::announce::{announce, announce_present};
+use hagw_backends::linux::LinuxNet;
 use hagw_backends::netns::Netns;
 use hagw_core::model::AnnounceSchedule;
 use nix::errno::Errno;
@@ -311,6 +312,41 @@ async fn announces_every_address_on_schedule_and_neighbours_learn_the_mac() {
         let entry = pair.peer_neighbour(v6);
         assert!(entry.contains(ROUTER_MAC_TEXT), "peer did not accept the NA for {v6}: {entry:?}");
     }
+}
+
+/// The agent's announcements read the device's addresses before each later round: one removed
+/// meanwhile (a floating IP Neutron removed) is not announced again, the others are.
+#[tokio::test]
+async fn an_address_removed_meanwhile_is_not_announced_again() {
+    if !is_root() {
+        return;
+    }
+    let pair = Pair::new();
+    // Rounds at 0, 10, 50, 200, 1000 and 2000 ms; the address goes at 400 ms.
+    let schedule = AnnounceSchedule { repeats: 2, interval_ms: 1000 };
+    let v4 = Ipv4Addr::new(192, 0, 2, 1);
+    let global: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let capturing = capture(&pair.peer.netns(), Duration::from_millis(2500)).await;
+    let started = Instant::now();
+    let addresses = [IpAddr::V4(v4), IpAddr::V6(global)];
+    announce_present(
+        &LinuxNet::default(),
+        &pair.router.netns(),
+        ROUTER_DEVICE,
+        &addresses,
+        schedule,
+    )
+    .await
+    .expect("first round sent");
+    tokio::time::sleep_until((started + Duration::from_millis(400)).into()).await;
+    pair.router.ip(&["addr", "del", "2001:db8::1/64", "dev", ROUTER_DEVICE]);
+    let removed = Instant::now();
+    let frames = capturing.await.expect("capture task");
+    assert_schedule("gratuitous ARP for 192.0.2.1", &garps(&frames, v4), schedule);
+    let na = neighbour_advertisements(&frames, global);
+    assert!(!na.is_empty(), "the first round did not announce 2001:db8::1");
+    let late: Vec<Duration> = na.iter().filter(|t| **t > removed).map(|t| *t - started).collect();
+    assert!(late.is_empty(), "2001:db8::1 announced after it was removed: at {late:?}");
 }
 
 #[tokio::test]
