@@ -130,7 +130,11 @@ impl Process {
 fn liveness(proc: &Path, pid_file: &Path, program: &str) -> Liveness {
     let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|t| t.trim().parse().ok())
     else {
-        return Liveness::NotRunning;
+        return if through_a_gone_root(proc, pid_file) {
+            Liveness::CannotTell
+        } else {
+            Liveness::NotRunning
+        };
     };
     let file_name = pid_file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     // Written in this namespace (hagw on the host beside a host keepalived, or both in one
@@ -162,6 +166,22 @@ fn liveness(proc: &Path, pid_file: &Path, program: &str) -> Liveness {
     }
     // hagw in a pid namespace of its own sees neither the host's nor its siblings' processes.
     if own_namespace_is_nested(proc) { Liveness::CannotTell } else { Liveness::NotRunning }
+}
+
+/// Whether `path` is read through the root of a process that is gone
+/// (`/proc/<pid>/root/...`, a containerized Neutron's files found through its agent, which
+/// is restarting): its keepalived may well run on, seen through another process once the
+/// state paths are looked for again.
+fn through_a_gone_root(proc: &Path, path: &Path) -> bool {
+    let Ok(rest) = path.strip_prefix(proc) else { return false };
+    let mut parts = rest.components();
+    match (parts.next(), parts.next()) {
+        (Some(pid), Some(root)) if root.as_os_str() == "root" => {
+            pid.as_os_str().to_str().is_some_and(|p| p.parse::<u32>().is_ok())
+                && !proc.join(pid).exists()
+        }
+        _ => false,
+    }
 }
 
 /// The inode of the initial pid namespace (`PROC_PID_INIT_INO`): fixed by the kernel.
@@ -238,6 +258,21 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         wait_until("gone", || live() == Liveness::NotRunning);
+    }
+
+    /// A pid file read through the root of a process that has exited (Neutron's agent
+    /// restarting) cannot tell whether keepalived runs; a missing one elsewhere says it does
+    /// not.
+    #[test]
+    fn a_pid_file_behind_a_gone_process_root_cannot_tell() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path();
+        std::fs::create_dir_all(proc.join("4242/root/var/lib/neutron/ha_confs")).unwrap();
+        let live = |path: &str| liveness(proc, &proc.join(path), PROGRAM);
+        let file = "root/var/lib/neutron/ha_confs/r1.pid.keepalived-vrrp";
+        assert_eq!(live(&format!("4243/{file}")), Liveness::CannotTell, "process gone");
+        assert_eq!(live(&format!("4242/{file}")), Liveness::NotRunning, "process there, no file");
+        assert_eq!(live("elsewhere/r1.pid.keepalived-vrrp"), Liveness::NotRunning);
     }
 
     /// Another router's keepalived with the same pid in its own namespace is not this one.

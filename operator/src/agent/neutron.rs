@@ -38,6 +38,8 @@ impl NeutronSource {
 pub(super) struct Following {
     source: NeutronSource,
     located: Located,
+    /// Every state path found before is gone (logged once).
+    vanished: bool,
 }
 
 impl Following {
@@ -46,7 +48,7 @@ impl Following {
         source: NeutronSource,
         watcher: &mut DirWatcher,
     ) -> (Following, Vec<RouterSpec>) {
-        let mut following = Following { source, located: Located::default() };
+        let mut following = Following { source, located: Located::default(), vanished: false };
         following.relocate();
         let routers = following.discover(watcher);
         (following, routers)
@@ -57,7 +59,10 @@ impl Following {
         self.relocate().then(|| self.discover(watcher))
     }
 
-    /// Whether the located state paths changed.
+    /// Whether the located state paths changed. When every one found before is gone at once
+    /// (the L3 agent's process replaced: a new pod, a restarted container) its routers are
+    /// kept, held or served as before, until the state paths are found again: losing sight
+    /// of Neutron's files is no reason to hand the ports back.
     fn relocate(&mut self) -> bool {
         let located = locate(&self.source.state_paths, &self.source.access);
         let refused_before: Vec<u32> = self.located.refused.iter().map(|r| r.pid).collect();
@@ -68,6 +73,19 @@ impl Following {
                  to read the state path of a process holding more capabilities than itself)"
             );
         }
+        if located.state_paths.is_empty() && !self.located.state_paths.is_empty() {
+            if !self.vanished {
+                warn!(
+                    last = ?self.located.state_paths,
+                    "Neutron's state paths are gone (its agent restarting?): keeping its routers \
+                     until they are found again"
+                );
+                self.vanished = true;
+            }
+            self.located.refused = located.refused;
+            return false;
+        }
+        self.vanished = false;
         let changed = located.state_paths != self.located.state_paths;
         if changed {
             if located.state_paths.is_empty() {
@@ -133,5 +151,74 @@ fn watch_dirs(watcher: &mut DirWatcher, ha_confs: &Path) {
         if let Err(e) = watcher.watch(&dir) {
             warn!(dir = %dir.display(), error = %e, "cannot watch router directory");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+
+    use hagw_core::neutron::NeutronDefaults;
+
+    use super::*;
+
+    /// An agent whose state path is a tmpfs only it sees (an emptyDir), with one router.
+    fn contained_agent(state: &Path, tag: &str, conf: &str) -> std::process::Child {
+        let script = format!(
+            "mount -t tmpfs none {dir} && mkdir -p {dir}/ha_confs/r1 && printf '%s' \"$1\" > \
+             {dir}/ha_confs/r1/keepalived.conf && while :; do sleep 1; done",
+            dir = state.display()
+        );
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script, tag, conf])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The agent's process replaced: its routers are kept until their files are found again,
+    /// then read from there.
+    #[tokio::test]
+    async fn routers_are_kept_while_their_state_path_is_gone_and_reread_when_it_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("neutron");
+        std::fs::create_dir_all(&state).unwrap();
+        let tag = format!("neutron-l3-agent-{}", dir.path().display());
+        let conf = "vrrp_instance VR_1 {\n interface ha-r1\n virtual_router_id 1\n \
+                    virtual_ipaddress {\n  169.254.0.1/24 dev ha-r1\n }\n \
+                    virtual_ipaddress_excluded {\n  203.0.113.10/24 dev qg-r1\n }\n}\n";
+        let source = NeutronSource {
+            state_paths: vec![state.clone()],
+            access: StateAccess::Processes(vec![tag.clone()]),
+            defaults: NeutronDefaults::default(),
+        };
+        let (mut watcher, _events) = DirWatcher::start().unwrap();
+        let mut agent = contained_agent(&state, &tag, conf);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let (mut following, mut routers) = Following::start(source, &mut watcher);
+        while routers.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never found");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            routers = following.rescan(&mut watcher).unwrap_or_default();
+        }
+        assert_eq!(routers[0].id, "r1");
+        let first = routers[0].clone();
+        agent.kill().unwrap();
+        agent.wait().unwrap();
+        assert_eq!(following.rescan(&mut watcher), None, "kept while gone");
+        let mut agent = contained_agent(&state, &tag, conf);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let again = loop {
+            if let Some(routers) = following.rescan(&mut watcher) {
+                break routers;
+            }
+            assert!(std::time::Instant::now() < deadline, "never found again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].gateway_addresses, first.gateway_addresses);
+        assert_ne!(again[0].role, first.role, "read through the new process's root");
+        agent.kill().unwrap();
+        agent.wait().unwrap();
     }
 }
