@@ -108,6 +108,32 @@ fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> Result<bo
     }
 }
 
+/// `hagw status` run as `nobody` (a copy of the binary nobody can execute) against `agent`
+/// after a takeover: the router's line says primary, released, and the transition.
+fn assert_status_as_nobody(agent: &Agent, router: &str) -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("hagw-status-").tempdir()?;
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let bin = dir.path().join("hagw");
+    std::fs::copy(hagw_bin(), &bin)?;
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&bin)
+        .args(["status", "--addr", &agent.addr.to_string()])
+        .stdin(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("hagw status as nobody failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let line = text.lines().find(|l| l.starts_with(router)).with_context(|| text.to_string())?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    if !(words[1] == "primary" && words.contains(&"released") && line.contains("standby->primary"))
+    {
+        bail!("hagw status does not show the takeover:\n{text}");
+    }
+    Ok(())
+}
+
 fn link_up(gw: &GatewayLab) -> Result<bool> {
     Ok(gw.gateway("link")?.contains(",UP"))
 }
@@ -158,6 +184,7 @@ fn metrics_follow_a_standby_hold_and_a_failover() -> Result<()> {
     assert_eq!(agent.metric("hagw_errors_total{kind=\"transient\"}")?, 0.0);
     assert_eq!(agent.metric("hagw_errors_total{kind=\"permanent\"}")?, 0.0);
     assert_eq!(agent.get("/readyz")?.0, 200);
+    assert_status_as_nobody(&agent, &format!("r-{}", gw.lab.id))?;
 
     // Back to standby: held again, and a second transition of the other kind.
     std::fs::write(&state, "backup")?;

@@ -170,7 +170,7 @@ impl Agent {
                 self.config,
                 self.events.clone(),
             );
-            self.observer.router_started(&id);
+            self.observer.router_started(&spec);
             info!(router = %id, role = role.as_str(), "managing router");
             self.routers.insert(id, Managed { spec, handle, task });
         }

@@ -7,6 +7,7 @@ mod notify;
 mod plan;
 mod reconcile;
 mod run;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +66,11 @@ pub enum Command {
                             --neutron-state-path /var/lib/neutron,/var/lib/neutron/kolla \\\n      \
                             --neutron-process neutron-l3-agent,keepalived --backend ovs")]
     Agent(agent::AgentArgs),
+    /// Ask a running agent what it does: one line per router (role, hold and since when,
+    /// last role change, errors, leak alarm). Needs no privileges.
+    #[command(after_help = "Examples:\n  hagw status\n  \
+                            hagw status --addr 127.0.0.1:9464 -o json   # hagw agent --kubernetes")]
+    Status(status::StatusArgs),
     /// Print the HARouter CustomResourceDefinition (YAML).
     #[command(after_help = "Example:\n  hagw crd | kubectl apply -f -")]
     Crd,
@@ -101,6 +107,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => run::run(args).await,
         Command::Notify(args) => notify::run(args).await,
         Command::Agent(args) => agent::run(args).await,
+        Command::Status(args) => status::run(args),
         Command::Crd => crd::run(),
     }
 }

@@ -16,13 +16,14 @@
 
 pub mod metrics;
 pub mod server;
+pub mod status;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hagw_core::model::Role;
+use hagw_core::model::{Role, RouterSpec};
 use hagw_core::supervisor::{PassOutcome, RouterEvent, WorkerConfig};
 use tracing::warn;
 
@@ -30,6 +31,7 @@ use self::metrics::{
     ActionLabels, ActionResult, ErrorKind, ErrorLabels, Metrics, PassLabels, PassResult, RoleLabel,
     RoleLabels, RouterLabels, TransitionLabels,
 };
+use self::status::RouterStatus;
 
 /// `/healthz` fails when the event loop has not turned for this long.
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,8 +53,10 @@ struct Inner {
 }
 
 /// What the observer remembers of one router between its passes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Track {
+    /// What `/status` shows of it.
+    status: RouterStatus,
     /// End of the last pass since the worker (re)started.
     last_pass: Option<Instant>,
     role: Option<Role>,
@@ -92,12 +96,24 @@ impl Observer {
     }
 
     /// A worker was (re)started for `router`: it is not ready until its first pass.
-    pub fn router_started(&self, router: &str) {
+    pub fn router_started(&self, spec: &RouterSpec) {
         let mut routers = self.routers();
-        let track = routers.entry(router.to_string()).or_default();
+        let track = routers.entry(spec.id.clone()).or_insert_with(|| Track {
+            status: RouterStatus::new(spec),
+            last_pass: None,
+            role: None,
+            held_standby: false,
+            resting_tx: None,
+        });
+        // A changed spec restarts the worker: what it shows is the new spec's.
+        let fresh = RouterStatus::new(spec);
+        track.status.namespace = fresh.namespace;
+        track.status.gateway_device = fresh.gateway_device;
+        track.status.strategy = fresh.strategy;
+        track.status.backend = fresh.backend;
         track.last_pass = None;
         track.resting_tx = None;
-        let labels = RouterLabels { router: router.to_string() };
+        let labels = RouterLabels { router: spec.id.clone() };
         // Created at zero, so rate() and alerts see the series from the start.
         let _ = self.0.metrics.standby_tx_packets.get_or_create(&labels);
         let _ = self.0.metrics.leak_alarm.get_or_create(&labels);
@@ -134,8 +150,13 @@ impl Observer {
             .observe(event.duration.as_secs_f64());
         let action = |kind, result| m.actions.get_or_create(&ActionLabels { kind, result }).inc();
         let labels = RouterLabels { router: event.router.clone() };
+        track.status.role(event.role, event.transition_from, event.started);
         match &event.outcome {
             PassOutcome::Converged { applied, degraded, .. } => {
+                track.status.held(event.held, event.started);
+                track.status.last_error = None;
+                track.status.degraded =
+                    degraded.iter().map(|(a, why)| format!("{a}: {why}")).collect();
                 for a in applied {
                     action(a.kind(), ActionResult::Ok);
                 }
@@ -144,7 +165,8 @@ impl Observer {
                 }
                 m.degraded_settings.get_or_create(&labels).set(degraded.len() as i64);
             }
-            PassOutcome::Failed { transient, failed_action, applied_fail_safe, .. } => {
+            PassOutcome::Failed { error, transient, failed_action, applied_fail_safe } => {
+                track.status.last_error = Some(error.clone());
                 let kind = if *transient { ErrorKind::Transient } else { ErrorKind::Permanent };
                 m.errors.get_or_create(&ErrorLabels { kind }).inc();
                 if let Some(a) = failed_action {
@@ -178,6 +200,7 @@ impl Observer {
             );
         }
         m.leak_alarm.get_or_create(&labels).set(i64::from(leaked > 0));
+        track.status.leak_alarm = leaked > 0;
         track.resting_tx = if standby && converged { event.tx_packets } else { None };
 
         if track.role != Some(event.role) {
@@ -198,6 +221,14 @@ impl Observer {
             track.held_standby = held_standby;
         }
         track.last_pass = Some(Instant::now());
+    }
+
+    /// Every managed router as its last pass left it, by router id.
+    pub fn statuses(&self) -> Vec<RouterStatus> {
+        let mut all: Vec<RouterStatus> =
+            self.routers().values().map(|t| t.status.clone()).collect();
+        all.sort_by(|a, b| a.router.cmp(&b.router));
+        all
     }
 
     /// `Ok` if live, else why not.
@@ -259,6 +290,14 @@ mod tests {
 
     use super::*;
 
+    fn spec() -> RouterSpec {
+        serde_json::from_value(serde_json::json!({
+            "id": "r1", "namespace": "qrouter-1", "gatewayDevice": "qg-1",
+            "strategy": "link-down", "role": {"fixed": "standby"},
+        }))
+        .expect("a valid spec")
+    }
+
     fn event(role: Role, held: bool, tx: u64, applied: Vec<Action>) -> RouterEvent {
         RouterEvent {
             router: "r1".into(),
@@ -284,7 +323,7 @@ mod tests {
         assert!(o.readiness().is_err(), "not ready before the source is read");
         o.set_sources_ready();
         assert!(o.readiness().is_ok(), "no routers: ready");
-        o.router_started("r1");
+        o.router_started(&spec());
         assert!(o.readiness().unwrap_err().contains("r1"));
 
         o.record(&event(Role::Standby, true, 10, vec![Action::SetLinkDown]));
@@ -298,6 +337,13 @@ mod tests {
         let text = o.metrics().encode();
         assert_eq!(value(&text, "hagw_standby_tx_packets_total{router=\"r1\"}"), Some(3.0));
         assert_eq!(value(&text, "hagw_leak_alarm{router=\"r1\"}"), Some(1.0));
+        let status = &o.statuses()[0];
+        assert_eq!(
+            (status.role.as_deref(), status.held, status.leak_alarm),
+            (Some("standby"), true, true)
+        );
+        assert_eq!((status.strategy.as_str(), status.backend.as_str()), ("link-down", "generic"));
+        assert!(status.held_since.is_some() && status.last_transition.is_none());
 
         o.record(&event(Role::Standby, true, 13, vec![]));
         let text = o.metrics().encode();
@@ -315,8 +361,13 @@ mod tests {
         assert_eq!(value(&text, "hagw_held_standby_ports"), Some(0.0));
         assert_eq!(value(&text, "hagw_routers{role=\"primary\"}"), Some(1.0));
         assert_eq!(value(&text, "hagw_routers{role=\"standby\"}"), Some(0.0));
+        let status = &o.statuses()[0];
+        assert_eq!((status.role.as_deref(), status.held), (Some("primary"), false));
+        assert_eq!(status.previous_role.as_deref(), Some("standby"));
+        assert!(status.last_transition.is_some() && !status.leak_alarm);
 
         o.router_removed("r1");
+        assert!(o.statuses().is_empty());
         let text = o.metrics().encode();
         assert_eq!(value(&text, "hagw_routers{role=\"primary\"}"), Some(0.0));
         assert!(!text.contains("router=\"r1\""), "{text}");
@@ -327,7 +378,7 @@ mod tests {
     #[test]
     fn failed_passes_count_errors_and_the_failed_step() {
         let o = Observer::new(&WorkerConfig::default());
-        o.router_started("r1");
+        o.router_started(&spec());
         let mut e = event(Role::Standby, false, 0, vec![]);
         e.outcome = PassOutcome::Failed {
             error: "boom".into(),

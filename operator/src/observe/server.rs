@@ -1,4 +1,4 @@
-//! The agent's HTTP endpoint: `/metrics`, `/healthz`, `/readyz` and `/log-level`, used by
+//! The agent's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/status` and `/log-level`, used by
 //! both `hagw run` (`--metrics-addr`) and `hagw agent --kubernetes` (`--listen`).
 
 use std::net::SocketAddr;
@@ -23,6 +23,7 @@ pub async fn serve(addr: SocketAddr, observer: Observer) -> std::io::Result<Sock
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/status", get(status))
         .route("/log-level", get(get_log_level).put(put_log_level))
         .with_state(observer);
     tokio::spawn(async move {
@@ -32,6 +33,12 @@ pub async fn serve(addr: SocketAddr, observer: Observer) -> std::io::Result<Sock
         }
     });
     Ok(bound)
+}
+
+/// Every managed router as JSON (`hagw status` reads it).
+async fn status(State(observer): State<Observer>) -> impl IntoResponse {
+    let body = serde_json::to_string(&observer.statuses()).unwrap_or_else(|_| "[]".into());
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 async fn metrics(State(observer): State<Observer>) -> impl IntoResponse {
