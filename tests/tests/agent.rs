@@ -378,6 +378,44 @@ fn a_second_agent_waits_for_the_first_and_takes_over() -> Result<()> {
     Ok(())
 }
 
+/// SIGHUP re-reads the configuration: the same file again and an invalid one never lift the
+/// standby's hold (nothing leaks, the agent keeps enforcing), a changed strategy takes effect.
+#[test]
+fn sighup_reloads_the_configuration_without_lifting_a_hold() -> Result<()> {
+    let gw = GatewayLab::build()?;
+    let state = gw.lab.file("state", "backup")?;
+    let link_down = gw.config("link-down", &state);
+    let config = gw.lab.file("routers.yaml", &link_down)?;
+    gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
+    let mut agent = Agent::start(&config)?;
+    eventually(Duration::from_secs(5), "standby link down", || Ok(!link_up(&gw)?))?;
+    eventually(Duration::from_secs(5), "standby silenced", || {
+        Ok(gw.sysctl("addr_gen_mode")? == "1")
+    })?;
+
+    let capture = Capture::start(&gw.tor, &gw.tor_port, gw.lab.dir.path().join("tor.pcap"))?;
+    for content in [link_down.as_str(), "routers:\n  - id: broken\n"] {
+        std::fs::write(&config, content)?;
+        signal(agent.0.id(), "HUP")?;
+        for _ in 0..10 {
+            ensure!(!link_up(&gw)?, "a reload lifted the hold");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    ensure!(agent.0.try_wait()?.is_none(), "an invalid configuration on SIGHUP stopped the agent");
+    gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
+    eventually(Duration::from_secs(2), "still enforcing: link down again", || Ok(!link_up(&gw)?))?;
+    let frames = capture.stop_and_frames_from(GATEWAY_MAC)?;
+    ensure!(frames.is_empty(), "standby leaked around the reloads:\n{}", frames.join("\n"));
+
+    // silence-only: the standby's link is up, silent.
+    std::fs::write(&config, gw.config("silence-only", &state))?;
+    signal(agent.0.id(), "HUP")?;
+    eventually(Duration::from_secs(5), "the new strategy (link up)", || link_up(&gw))?;
+    ensure!(gw.sysctl("addr_gen_mode")? == "1", "the standby is no longer silenced");
+    Ok(())
+}
+
 fn signal(pid: u32, signal: &str) -> Result<()> {
     let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status()?;
     ensure!(status.success(), "kill -{signal} {pid}");

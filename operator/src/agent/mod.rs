@@ -228,6 +228,25 @@ impl Agent {
         self.neutron.as_mut()?.rescan(&mut self.watcher)
     }
 
+    /// The routers after a SIGHUP: `config` read again, or Neutron's files rescanned. An
+    /// invalid file is reported and changes nothing (the routers run on as they were).
+    fn reload(&mut self, config: Option<&Path>) -> Option<Vec<RouterSpec>> {
+        let Some(path) = config else {
+            info!("SIGHUP: rescanning Neutron's files");
+            return self.rescan_neutron();
+        };
+        match hagw_core::config::load(path) {
+            Ok(config) => {
+                info!(config = %path.display(), routers = config.routers.len(), "SIGHUP: configuration reloaded");
+                Some(config.routers)
+            }
+            Err(error) => {
+                warn!(config = %path.display(), %error, "SIGHUP: invalid configuration ignored; routers unchanged");
+                None
+            }
+        }
+    }
+
     /// Subscribes to a namespace's netlink events if it exists and is not yet subscribed
     /// (or was re-created since).
     async fn ensure_monitor(&mut self, namespace: &str) {
@@ -355,10 +374,12 @@ impl Agent {
         }
     }
 
-    /// Runs until interrupted.
-    pub async fn run(mut self, mut inputs: AgentInputs) -> Result<()> {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    /// Runs until interrupted. SIGHUP re-reads `config` (the routers of `hagw run -c`), or
+    /// rescans Neutron's files: unchanged routers keep their workers and their holds.
+    pub async fn run(mut self, mut inputs: AgentInputs, config: Option<&Path>) -> Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut hangup = signal(SignalKind::hangup())?;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut rescan = tokio::time::interval(NEUTRON_RESCAN);
         loop {
@@ -366,6 +387,7 @@ impl Agent {
             let discovered = tokio::select! {
                 _ = heartbeat.tick() => None,
                 _ = rescan.tick() => self.rescan_neutron(),
+                _ = hangup.recv() => self.reload(config),
                 Some(ns) = inputs.netns_changes.recv() => {
                     self.namespace_changed(&ns).await;
                     None

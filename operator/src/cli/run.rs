@@ -110,7 +110,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             None => agent.set_routers(config.routers).await,
         }
         observer.set_sources_ready();
-        agent.run(inputs).await
+        agent.run(inputs, args.config.as_deref()).await
     }
     .await;
     match result {
