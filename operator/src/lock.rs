@@ -23,6 +23,19 @@ pub struct NodeLock {
     _file: File,
 }
 
+/// Takes the lock at `path` if no agent holds it; `None` if one does.
+pub fn try_acquire(path: &Path) -> io::Result<Option<NodeLock>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(NodeLock { _file: file })),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// Takes the lock at `path`, waiting for another agent that holds it to exit. While waiting,
 /// `observer` keeps beating (alive) and reports ready.
 pub async fn acquire(path: &Path, observer: &Observer) -> io::Result<NodeLock> {

@@ -416,6 +416,41 @@ fn sighup_reloads_the_configuration_without_lifting_a_hold() -> Result<()> {
     Ok(())
 }
 
+/// `hagw release` refuses while an agent holds the node lock; once the agent is gone it hands
+/// the held standby's port back: link up, silent (no address, no link-local generation),
+/// nothing leaked on the way.
+#[test]
+fn release_hands_a_held_standby_back_once_the_agent_is_gone() -> Result<()> {
+    let gw = GatewayLab::build()?;
+    let state = gw.lab.file("state", "backup")?;
+    let config = gw.lab.file("routers.yaml", &gw.config("link-down", &state))?;
+    let lock = gw.lab.dir.path().join("hagw/agent.lock");
+    let release = |which: &str| -> Result<bool> {
+        let out = Command::new(hagw_bin())
+            .args(["release", "-c", config.to_str().unwrap(), which])
+            .args(["--lock-file", lock.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .output()?;
+        Ok(out.status.success())
+    };
+    gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
+    let agent = Agent::start_locked(&config, lock.to_str().unwrap())?;
+    eventually(Duration::from_secs(5), "standby held", || Ok(!link_up(&gw)?))?;
+    ensure!(!release("--all")?, "release went ahead while the agent ran");
+    ensure!(!link_up(&gw)?, "a refused release lifted the hold");
+
+    drop(agent);
+    let capture = Capture::start(&gw.tor, &gw.tor_port, gw.lab.dir.path().join("tor.pcap"))?;
+    ensure!(release(&format!("r-{}", gw.lab.id))?, "release failed");
+    ensure!(link_up(&gw)?, "the port was not handed back");
+    ensure!(gw.sysctl("addr_gen_mode")? == "1", "the standby is no longer silenced");
+    ensure!(!gw.gateway("addr")?.contains("inet"), "the standby has addresses");
+    std::thread::sleep(Duration::from_millis(1000));
+    let frames = capture.stop_and_frames_from(GATEWAY_MAC)?;
+    ensure!(frames.is_empty(), "the release leaked:\n{}", frames.join("\n"));
+    Ok(())
+}
+
 fn signal(pid: u32, signal: &str) -> Result<()> {
     let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status()?;
     ensure!(status.success(), "kill -{signal} {pid}");

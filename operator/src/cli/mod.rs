@@ -6,6 +6,7 @@ mod neutron;
 mod notify;
 mod plan;
 mod reconcile;
+mod release;
 mod run;
 mod status;
 
@@ -71,6 +72,12 @@ pub enum Command {
     #[command(after_help = "Examples:\n  hagw status\n  \
                             hagw status --addr 127.0.0.1:9464 -o json   # hagw agent --kubernetes")]
     Status(status::StatusArgs),
+    /// Hand routers' ports back as Neutron's agents would have them without hagw (held
+    /// standbys released once silent). Stop the agent first: it would hold them again.
+    #[command(after_help = "Examples:\n  hagw release -c /etc/hagw/routers.yaml r1 r2\n  \
+                            systemctl stop hagw && hagw release -c /etc/hagw/routers.yaml --all \\\n      \
+                            --lock-file /var/lib/hagw/agent.lock")]
+    Release(release::ReleaseArgs),
     /// Print the HARouter CustomResourceDefinition (YAML).
     #[command(after_help = "Example:\n  hagw crd | kubectl apply -f -")]
     Crd,
@@ -108,6 +115,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Notify(args) => notify::run(args).await,
         Command::Agent(args) => agent::run(args).await,
         Command::Status(args) => status::run(args),
+        Command::Release(args) => release::run(args).await,
         Command::Crd => crd::run(),
     }
 }

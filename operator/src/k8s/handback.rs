@@ -7,7 +7,8 @@
 //! convergence once more with the `silence-only` strategy and the role from the router's own
 //! source, which lifts any hold only after the port has been silent for the settle time
 //! (no leak) and leaves IPv6 silenced on a standby, then stops managing it. The port is then
-//! exactly as Neutron's agents would leave it without hagw.
+//! exactly as Neutron's agents would leave it without hagw. `hagw release` does the same for
+//! the routers of a configuration file.
 
 use std::time::Duration;
 
@@ -26,10 +27,16 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Starts handing back `spec`'s port; abort the task if the router is managed again.
 pub fn spawn(dataplane: HostDataplane, node: &str, spec: RouterSpec) -> JoinHandle<()> {
     let span = info_span!("hand_back", router = %spec.id, node, netns = %spec.namespace);
-    tokio::spawn(hand_back(dataplane, spec).instrument(span))
+    tokio::spawn(
+        async move {
+            hand_back(dataplane, spec).await;
+        }
+        .instrument(span),
+    )
 }
 
-async fn hand_back(dataplane: HostDataplane, mut spec: RouterSpec) {
+/// Hands `spec`'s port back; `false` if it did not converge (the port may still be held).
+pub async fn hand_back(dataplane: HostDataplane, mut spec: RouterSpec) -> bool {
     spec.strategy = Strategy::SilenceOnly;
     let mut memory = RouterMemory::default();
     let policy = RetryPolicy::default();
@@ -41,7 +48,7 @@ async fn hand_back(dataplane: HostDataplane, mut spec: RouterSpec) {
                 Some(Wait::SilenceSettling { remaining }) => tokio::time::sleep(remaining).await,
                 _ => {
                     info!(role = role.as_str(), "port handed back; no longer managed");
-                    return;
+                    return true;
                 }
             },
             Err(e) => {
@@ -51,4 +58,5 @@ async fn hand_back(dataplane: HostDataplane, mut spec: RouterSpec) {
         }
     }
     warn!("hand-back did not converge; the port may still be held");
+    false
 }

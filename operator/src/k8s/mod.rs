@@ -5,7 +5,7 @@
 pub mod agent;
 mod cache;
 pub mod crd;
-mod handback;
+pub(crate) mod handback;
 mod source;
 mod status;
 mod uninstall;

@@ -1,0 +1,81 @@
+//! `hagw release`: hands routers' ports back deliberately, as the agent does when a router
+//! leaves its node — held standbys are released once silent, IPv6 stays silenced on a
+//! standby, a primary is left forwarding — so that Neutron's agents and keepalived work
+//! without hagw. Refuses while an agent holds the node lock: it would hold the ports again.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use hagw_core::RouterSpec;
+
+use super::{ConfigArg, EXIT_INVALID_INPUT};
+use crate::k8s::handback;
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["routers", "all"])))]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Router ids to release.
+    pub routers: Vec<String>,
+    /// Release every router of the configuration.
+    #[arg(long)]
+    pub all: bool,
+    /// The node lock of the agents (`hagw run --lock-file`): release refuses while it is held.
+    #[arg(long, env = "HAGW_LOCK_FILE")]
+    pub lock_file: Option<PathBuf>,
+}
+
+pub async fn run(args: ReleaseArgs) -> ExitCode {
+    let config = match args.config.load() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let chosen: Vec<RouterSpec> = if args.all {
+        config.routers.clone()
+    } else {
+        let unknown: Vec<&String> =
+            args.routers.iter().filter(|id| !config.routers.iter().any(|r| &r.id == *id)).collect();
+        if !unknown.is_empty() {
+            eprintln!(
+                "hagw release: no router {unknown:?} in {}; nothing released",
+                args.config.config.display()
+            );
+            return ExitCode::from(EXIT_INVALID_INPUT);
+        }
+        config.routers.iter().filter(|r| args.routers.contains(&r.id)).cloned().collect()
+    };
+    let _lock = match &args.lock_file {
+        Some(path) => match crate::lock::try_acquire(path) {
+            Ok(Some(lock)) => Some(lock),
+            Ok(None) => {
+                eprintln!(
+                    "hagw release: an agent holds {} and would hold the ports again: stop it first",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("hagw release: cannot open the lock {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let dataplane = super::dataplane(&config);
+    let passes = chosen.iter().map(|spec| {
+        let span = tracing::info_span!("release", router = %spec.id, netns = %spec.namespace);
+        tracing::Instrument::instrument(handback::hand_back(dataplane.clone(), spec.clone()), span)
+    });
+    let done = futures::future::join_all(passes).await;
+    let mut failed = false;
+    for (spec, released) in chosen.iter().zip(done) {
+        if released {
+            println!("{}: released ({}/{})", spec.id, spec.namespace, spec.gateway_device);
+        } else {
+            println!("{}: NOT released: the port may still be held (see the log)", spec.id);
+            failed = true;
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
