@@ -2,6 +2,7 @@
 
 mod agent;
 mod crd;
+mod docs;
 mod neutron;
 mod notify;
 mod plan;
@@ -78,6 +79,14 @@ pub enum Command {
                             systemctl stop hagw && hagw release -c /etc/hagw/routers.yaml --all \\\n      \
                             --lock-file /var/lib/hagw/agent.lock")]
     Release(release::ReleaseArgs),
+    /// Write the manual pages (hagw.1 and one per subcommand) into a directory.
+    #[command(after_help = "Example:\n  hagw man /usr/share/man/man1")]
+    Man(docs::ManArgs),
+    /// Print shell completions.
+    #[command(
+        after_help = "Example:\n  hagw completions bash > /usr/share/bash-completion/completions/hagw"
+    )]
+    Completions(docs::CompletionsArgs),
     /// Print the HARouter CustomResourceDefinition (YAML).
     #[command(after_help = "Example:\n  hagw crd | kubectl apply -f -")]
     Crd,
@@ -116,6 +125,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Agent(args) => agent::run(args).await,
         Command::Status(args) => status::run(args),
         Command::Release(args) => release::run(args).await,
+        Command::Man(args) => docs::man(args),
+        Command::Completions(args) => docs::completions(args),
         Command::Crd => crd::run(),
     }
 }
