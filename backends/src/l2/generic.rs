@@ -84,13 +84,17 @@ impl GenericL2 {
         let key = key(spec, "release l2")?;
         let netns = Netns::named(&spec.namespace);
         let released = netns.run(move || {
-            for family in Family::ALL {
-                match commit(&nftables::release_batch(family, &key)) {
-                    Err(e) if e.raw_os_error() == Some(Errno::ENOENT as i32) => {}
-                    other => other?,
-                }
+            let held = held_in(&key)?;
+            let families: Vec<Family> =
+                Family::ALL.into_iter().zip(held).filter(|(_, h)| *h).map(|(f, _)| f).collect();
+            if families.is_empty() {
+                return Ok(());
             }
-            Ok(())
+            match commit(&nftables::release_batch(&families, &key)) {
+                // Deleted by someone else between the read and the write: released either way.
+                Err(e) if e.raw_os_error() == Some(Errno::ENOENT as i32) => Ok(()),
+                other => other,
+            }
         });
         match released.await {
             Ok(_) => {}
@@ -195,7 +199,7 @@ fn commit(batch: &Batch) -> io::Result<()> {
     let fd = open()?;
     send(&fd, &batch.bytes)?;
     let mut pending = batch.acked.clone();
-    read_until(&fd, |reply| {
+    let result = read_until(&fd, |reply| {
         if let Reply::Ack { seq, errno } = reply {
             if errno != 0 {
                 return Err(io::Error::from_raw_os_error(errno));
@@ -203,5 +207,15 @@ fn commit(batch: &Batch) -> io::Result<()> {
             pending.retain(|s| *s != seq);
         }
         Ok(pending.is_empty())
-    })
+    });
+    close_later(fd);
+    result
+}
+
+/// Closes a socket that has committed, off the caller's path: the close waits for
+/// nf_tables' deferred destruction of what the commit removed (an RCU grace period, 10–20 ms
+/// measured), which must not delay a takeover's announcement.
+fn close_later(fd: OwnedFd) {
+    // If no thread can be started, the closure (and the socket) is dropped here instead.
+    let _ = std::thread::Builder::new().name("nft-close".into()).spawn(move || drop(fd));
 }

@@ -350,11 +350,14 @@ pub fn hold_batch(device: &[u8; IFNAME_LEN]) -> Batch {
     batch.end()
 }
 
-/// Removes `device` from one family's set: a batch of its own, so that an element already
-/// missing in one family (ENOENT aborts its batch) does not keep it in the other.
-pub fn release_batch(family: Family, device: &[u8; IFNAME_LEN]) -> Batch {
+/// Removes `device` from the sets of `families` (those that hold it: a missing element
+/// aborts the whole batch with ENOENT, and an aborted batch costs the kernel an RCU grace
+/// period).
+pub fn release_batch(families: &[Family], device: &[u8; IFNAME_LEN]) -> Batch {
     let mut batch = Batch::new();
-    batch.push(NFT_MSG_DELSETELEM, 0, family, element_list(device));
+    for family in families {
+        batch.push(NFT_MSG_DELSETELEM, 0, *family, element_list(device));
+    }
     batch.end()
 }
 
