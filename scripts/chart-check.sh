@@ -2,7 +2,7 @@
 # chart-check.sh - renders and lints charts/hagw and validates the rendered manifests
 # against the Kubernetes schemas, offline:
 #   - helm-python-sdk (Helm v4 SDK in a wheel; no helm binary exists for this machine) for
-#     `helm lint --strict` and `helm template` (with and without the ServiceMonitor), and
+#     `helm lint --strict` and `helm template` (with and without the ServiceMonitor and PrometheusRule), and
 #     that values.schema.json rejects invalid values,
 #   - kubernetes-validate --strict for every rendered object (unknown fields are errors).
 # Both live in a venv under /var/cache/hagw/venv (HAGW_VENV), created idempotently.
@@ -52,7 +52,7 @@ failed = False
 host_paths = ["/var/lib/neutron", "/var/lib/docker/volumes/neutron_metadata_socket/_data"]
 for name, values in [
     ("default", None),
-    ("servicemonitor", {"serviceMonitor": {"enabled": True}}),
+    ("monitoring", {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}),
     ("neutron-host", {"neutron": {"root": "host", "statePaths": host_paths}}),
     ("no-discovery", {"neutron": {"discovery": False}}),
 ]:

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::lab::{Lab, hagw_bin};
+use crate::lab::{Lab, hagw_bin, sh};
 use crate::ports::{self, ReservedPort};
 
 fn repo() -> PathBuf {
@@ -302,8 +302,30 @@ impl Nodes {
         self.lab.exec(&self.netns(node), &format!("ip -o addr show dev {}", self.device))
     }
 
+    /// Adds `count` dummy gateway devices (`qg-00000`, …, up) to every node's router
+    /// namespace, for routers beyond the one on [`Nodes::device`]; returns their names.
+    pub fn add_devices(&self, count: usize) -> Result<Vec<String>> {
+        let devices: Vec<String> = (0..count).map(|i| format!("qg-{i:05}")).collect();
+        for node in &self.names {
+            let batch = self.lab.dir.path().join(format!("{node}-devices.batch"));
+            let lines: Vec<String> = devices
+                .iter()
+                .flat_map(|d| [format!("link add {d} type dummy"), format!("link set {d} up")])
+                .collect();
+            std::fs::write(&batch, lines.join("\n") + "\n")?;
+            let ns = self.netns(node);
+            sh(&format!("ip -n {ns} -batch {}", batch.display()))?;
+        }
+        Ok(devices)
+    }
+
     /// An HARouter for these nodes (link-down, generic backend, 300 ms settle).
     pub fn harouter(&self, name: &str, nodes: &[&str]) -> String {
+        self.harouter_on(name, self.device, nodes)
+    }
+
+    /// [`Nodes::harouter`] for the gateway device `device`.
+    pub fn harouter_on(&self, name: &str, device: &str, nodes: &[&str]) -> String {
         format!(
             "apiVersion: hagw.dev/v1alpha1\nkind: HARouter\nmetadata:\n  name: {name}\n  namespace: default\n\
              spec:\n  nodes: [{nodes}]\n  router:\n    id: {name}\n    namespace: {ns}\n    \
@@ -311,13 +333,23 @@ impl Nodes {
              silenceSettleMs: 300\n    announce: {{repeats: 0}}\n    role: {{stateFile: {state}}}\n",
             nodes = nodes.join(", "),
             ns = self.namespace,
-            dev = self.device,
+            dev = device,
             state = self.state_file.display(),
         )
     }
 
     /// Starts `node`'s agent against `server`; it is killed when the returned value drops.
     pub fn agent(&self, server: &ApiServer, node: &str) -> Result<AgentProcess> {
+        self.agent_with_env(server, node, &[])
+    }
+
+    /// [`Nodes::agent`] with extra environment (the agent's `HAGW_*` settings).
+    pub fn agent_with_env(
+        &self,
+        server: &ApiServer,
+        node: &str,
+        env: &[(&str, &str)],
+    ) -> Result<AgentProcess> {
         let dir = self.lab.dir.path().join(node);
         let netns_dir = dir.join("netns");
         let script = format!(
@@ -334,6 +366,7 @@ impl Nodes {
         );
         let mut command = Command::new("unshare");
         command.args(["--mount", "--propagation", "private", "bash", "-c", &script]);
+        command.envs(env.iter().copied());
         AgentProcess::spawn(server, node, command, dir.join("agent.log"))
     }
 }
@@ -361,6 +394,24 @@ impl AgentProcess {
             .spawn()
             .context("starting the agent")?;
         Ok(AgentProcess { child, log })
+    }
+
+    /// The agent's `/metrics` text (its address is in its log: agents listen on port 0).
+    pub fn metrics(&self) -> Result<String> {
+        let log = std::fs::read_to_string(&self.log)?;
+        let addr = log
+            .split("health=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .with_context(|| format!("no health address in the agent's log:\n{log}"))?;
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        use std::io::{Read, Write};
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (_, body) = response.split_once("\r\n\r\n").context("no end of headers")?;
+        Ok(body.to_string())
     }
 
     /// Fails with the agent's log if it has exited.

@@ -130,6 +130,96 @@ fn two_agents_write_their_own_entries_and_role_changes_show_within_a_second() ->
     Ok(())
 }
 
+/// The object-wide condition `type` of a HARouter: (status, reason, message).
+fn condition(name: &str, type_: &str) -> Result<Option<(String, String, String)>> {
+    let obj = harouter(name)?;
+    let found = obj["status"]["conditions"].as_array().and_then(|all| {
+        all.iter().find(|c| c["type"] == type_).map(|c| {
+            let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (text("status"), text("reason"), text("message"))
+        })
+    });
+    Ok(found)
+}
+
+fn wait_condition(name: &str, type_: &str, status: &str, reason: &str) -> Result<String> {
+    wait_for(&format!("{name}: {type_}={status} ({reason})"), Duration::from_secs(30), || {
+        Ok(condition(name, type_)?.filter(|c| c.0 == status && c.1 == reason).map(|c| c.2))
+    })
+}
+
+/// Split brain forced: both nodes' keepalived state says primary. The object's `SplitBrain`
+/// condition turns True (and `Ready` False), a Warning Event is recorded and both agents
+/// export `hagw_split_brain` 1; `kubectl get -o wide` shows both as primary. Once one steps
+/// back, all of it clears.
+#[test]
+fn a_forced_split_brain_raises_its_condition_event_and_metric() -> Result<()> {
+    let s = server();
+    let nodes = Nodes::build(&["n1", "n2"])?;
+    nodes.set_state("n1", "primary")?;
+    s.apply(&nodes.harouter("split", &["n1", "n2"]))?;
+    let mut a1 = nodes.agent(s, "n1")?;
+    let mut a2 = nodes.agent(s, "n2")?;
+    wait_role("split", "n1", "primary", false, Duration::from_secs(20))?;
+    wait_role("split", "n2", "standby", true, Duration::from_secs(20))?;
+    wait_condition("split", "Ready", "True", "OnePrimary")?;
+    wait_condition("split", "SplitBrain", "False", "AtMostOnePrimary")?;
+    let series = r#"hagw_split_brain{namespace="default",harouter="split"}"#;
+    let metric = |agent: &hagw_e2e::k8s::AgentProcess| -> Result<Option<String>> {
+        let text = agent.metrics()?;
+        Ok(text.lines().find_map(|l| l.strip_prefix(series)).map(|v| v.trim().to_string()))
+    };
+    assert_eq!(metric(&a1)?.as_deref(), Some("0"));
+
+    nodes.set_state("n2", "primary")?;
+    wait_role("split", "n2", "primary", false, Duration::from_secs(5))?;
+    let message = wait_condition("split", "SplitBrain", "True", "MultiplePrimaries")?;
+    assert_eq!(message, "primary on n1, n2");
+    wait_condition("split", "Ready", "False", "SplitBrain")?;
+    for agent in [&a1, &a2] {
+        wait_for("hagw_split_brain 1", Duration::from_secs(5), || {
+            Ok((metric(agent)?.as_deref() == Some("1")).then_some(()))
+        })?;
+    }
+    let wide = s.kubectl(&["get", "harouter", "split", "-n", "default", "-o", "wide"])?;
+    let header: Vec<&str> = wide.lines().next().unwrap_or_default().split_whitespace().collect();
+    let row: Vec<&str> = wide.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    let column =
+        |name: &str| header.iter().position(|h| *h == name).and_then(|i| row.get(i).copied());
+    assert_eq!(column("PRIMARY"), Some("n1,n2"), "{wide}");
+    assert_eq!(column("READY"), Some("False"), "{wide}");
+    assert_eq!(column("SPLITBRAIN"), Some("True"), "{wide}");
+    let events = s.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "involvedObject.name=split,reason=SplitBrain",
+    ])?;
+    assert!(events.contains("primary on n1, n2"), "{events}");
+
+    nodes.set_state("n1", "backup")?;
+    wait_condition("split", "SplitBrain", "False", "AtMostOnePrimary")?;
+    wait_condition("split", "Ready", "True", "OnePrimary")?;
+    wait_for("hagw_split_brain 0", Duration::from_secs(5), || {
+        Ok((metric(&a1)?.as_deref() == Some("0")).then_some(()))
+    })?;
+    let wide = s.kubectl(&["get", "harouter", "split", "-n", "default", "-o", "wide"])?;
+    let header: Vec<&str> = wide.lines().next().unwrap_or_default().split_whitespace().collect();
+    let row: Vec<&str> = wide.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    let column =
+        |name: &str| header.iter().position(|h| *h == name).and_then(|i| row.get(i).copied());
+    assert_eq!(
+        (column("PRIMARY"), column("STANDBY"), column("HELD")),
+        (Some("n2"), Some("n1"), Some("n1")),
+        "{wide}"
+    );
+    a1.assert_running()?;
+    a2.assert_running()?;
+    Ok(())
+}
+
 /// Removing a node from `nodes`, or deleting the HARouter, hands the port back: the hold is
 /// lifted once the port has been silent for the settle time, addresses stay off and IPv6
 /// stays silenced on a standby, and the node's status entry goes away.
@@ -208,6 +298,15 @@ fn the_rendered_chart_is_accepted_by_the_apiserver() -> Result<()> {
     assert!(can("patch", "harouters.hagw.dev/status"));
     assert!(can("create", "events.events.k8s.io"));
     assert!(!can("patch", "harouters.hagw.dev"), "the agent must not write specs");
+    // Discovered routers get their objects created in the agent's namespace, nowhere else.
+    let sa = "system:serviceaccount:hagw-system:hagw";
+    let create = |ns: &str| {
+        s.kubectl(&["auth", "can-i", "create", "harouters.hagw.dev", "-n", ns, "--as", sa])
+            .map(|o| o.trim() == "yes")
+            .unwrap_or(false)
+    };
+    assert!(create("hagw-system") && !create("default"));
+    assert!(!can("update", "harouters.hagw.dev") && !can("delete", "harouters.hagw.dev"));
     assert!(!can("list", "secrets"));
     Ok(())
 }

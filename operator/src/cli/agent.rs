@@ -10,7 +10,7 @@ use hagw_core::supervisor::WorkerConfig;
 
 use super::EXIT_INVALID_INPUT;
 use super::neutron::DiscoveryArgs;
-use crate::k8s::{self, agent::Options};
+use crate::k8s::{self, Limit, agent::Options};
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
@@ -20,6 +20,10 @@ pub struct AgentArgs {
     /// This node's name as listed in `HARouter.spec.nodes` (downward API `spec.nodeName`).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// Namespace of the HARouter objects the agent creates for the routers it discovers (the
+    /// DaemonSet's own, through the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
     /// Directory for the local copy of this node's specs (enforced at start-up before the API
     /// server answers, and used to hand back routers deleted while the agent was down).
     #[arg(long, env = "HAGW_STATE_DIR", default_value = "/var/lib/hagw")]
@@ -35,6 +39,21 @@ pub struct AgentArgs {
     pub resync: u64,
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
+    /// Sustained API writes per second (status entries, discovered routers' objects).
+    #[arg(long, env = "HAGW_API_QPS", default_value_t = 20.0)]
+    pub api_qps: f64,
+    /// API writes allowed at once after a quiet time.
+    #[arg(long, env = "HAGW_API_BURST", default_value_t = 50)]
+    pub api_burst: u32,
+    /// Milliseconds status updates are collected before they are written (a router's
+    /// passes during one failover become one write).
+    #[arg(long, env = "HAGW_STATUS_WINDOW_MS", default_value_t = 250)]
+    pub status_window_ms: u64,
+    /// Milliseconds the nodes' entries of an HARouter must be unchanged before its
+    /// Ready/Degraded/SplitBrain conditions follow (a clean failover is not reported as "no
+    /// primary" or split brain).
+    #[arg(long, env = "HAGW_CONDITIONS_SETTLE_MS", default_value_t = 2000)]
+    pub conditions_settle_ms: u64,
 }
 
 pub async fn run(args: AgentArgs) -> ExitCode {
@@ -52,6 +71,7 @@ pub async fn run(args: AgentArgs) -> ExitCode {
     let options = match args.node_name.filter(|n| !n.is_empty()) {
         Some(node) => Options {
             node,
+            namespace: args.namespace,
             state_dir: args.state_dir,
             listen: args.listen,
             ovsdb: args.ovsdb,
@@ -60,6 +80,9 @@ pub async fn run(args: AgentArgs) -> ExitCode {
                 resync: Duration::from_secs(args.resync.max(1)),
                 ..WorkerConfig::default()
             },
+            writes: Limit { qps: args.api_qps.max(0.1), burst: args.api_burst.max(1) },
+            status_window: Duration::from_millis(args.status_window_ms),
+            conditions_settle: Duration::from_millis(args.conditions_settle_ms),
         },
         None => {
             eprintln!("hagw agent: {}", k8s::Error::NoNodeName);

@@ -2,7 +2,8 @@
 //! routers that list its node, adds those Neutron runs here (discovered from its `ha_confs`,
 //! as `hagw run --neutron` does, when enabled; an HARouter for the same router id wins), and
 //! feeds them to the same event-driven agent as `hagw run` ([`crate::agent::Agent`]); each
-//! pass of an HARouter's router is reported in its status.
+//! pass is reported in the router's HARouter status (a discovered router's object is
+//! created by the agent, and its overrides applied: [`super::merge`]).
 //!
 //! The API server is an input, not a dependency: enforcement runs in the router workers
 //! and goes on from the last known specs while the watch is down (the reflector keeps its
@@ -27,10 +28,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::aggregate::Aggregator;
 use super::cache::SpecCache;
 use super::crd::HARouter;
-use super::source::{Assigned, NodeView, Origin, node_view};
+use super::merge::{Enforced, merge};
+use super::source::{Assigned, NodeView, node_view};
 use super::status::{StatusWriter, Update};
+use super::throttle::{Limit, Throttle};
 use super::{Error, handback, uninstall};
 use crate::agent::{Agent, NEUTRON_RESCAN, NeutronSource};
 use crate::observe::{self, HEARTBEAT};
@@ -40,6 +44,8 @@ use crate::observe::{self, HEARTBEAT};
 pub struct Options {
     /// This node's name, as listed in `HARouter.spec.nodes`.
     pub node: String,
+    /// The namespace the agent publishes the objects of discovered routers in.
+    pub namespace: String,
     /// Where the spec cache lives (a hostPath in the DaemonSet).
     pub state_dir: PathBuf,
     /// Address of `/metrics`, `/healthz`, `/readyz` and `/log-level`.
@@ -49,6 +55,12 @@ pub struct Options {
     /// Where to discover Neutron's routers on this node, if at all.
     pub neutron: Option<NeutronSource>,
     pub worker: WorkerConfig,
+    /// The budget of API writes.
+    pub writes: Limit,
+    /// How long status updates are collected before they are written.
+    pub status_window: std::time::Duration,
+    /// How long the nodes' entries must be still before the object's conditions follow.
+    pub conditions_settle: std::time::Duration,
 }
 
 /// Runs until SIGTERM or Ctrl-C. Ports stay as last reconciled when it stops.
@@ -67,7 +79,6 @@ pub async fn run(options: Options) -> Result<(), Error> {
         .await
         .map_err(|source| Error::Lock { path: lock_path.clone(), source })?;
     let (status_tx, status_rx) = mpsc::unbounded_channel();
-    tokio::spawn(StatusWriter::new(client.clone(), &options.node).run(status_rx));
     let node = options.node.clone();
     info!(node = %node, health = %addr, "kubernetes agent starting");
 
@@ -75,6 +86,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
         agent,
         dataplane,
         node: node.clone(),
+        home: options.namespace.clone(),
         view: NodeView::default(),
         discovered: Vec::new(),
         managed: HashMap::new(),
@@ -90,7 +102,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let cached = this.cache.load();
     if !cached.is_empty() || !this.discovered.is_empty() {
         info!(node = %node, cached = cached.len(), discovered = this.discovered.len(), "enforcing cached and discovered specs until the API server answers");
-        this.set_view(NodeView { assigned: cached, rejected: Vec::new() }).await;
+        this.set_view(NodeView { assigned: cached, ..NodeView::default() }).await;
         observer.set_sources_ready();
     }
 
@@ -99,6 +111,25 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let writer = Writer::new(resource);
     let store = writer.as_reader();
+    let throttle = Throttle::new(options.writes);
+    let aggregator = Aggregator::new(
+        client.clone(),
+        store.clone(),
+        &node,
+        throttle.clone(),
+        observer.clone(),
+        options.conditions_settle,
+    );
+    tokio::spawn(aggregator.run());
+    let status = StatusWriter::new(
+        client.clone(),
+        &node,
+        store.clone(),
+        throttle,
+        options.status_window,
+        observer.clone(),
+    );
+    tokio::spawn(status.run(status_rx));
     let mut watch = pin!(
         reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff()
     );
@@ -168,42 +199,17 @@ struct NodeAgent {
     /// The same dataplane the agent's workers use, for hand-backs.
     dataplane: HostDataplane,
     node: String,
+    /// Where objects for discovered routers are published.
+    home: String,
     /// The routers HARouters assign to this node, and those they cannot.
     view: NodeView,
     /// The routers discovered from Neutron's files.
     discovered: Vec<RouterSpec>,
     /// Routers enforced now, by router id.
-    managed: HashMap<String, Managed>,
+    managed: HashMap<String, Enforced>,
     handbacks: HashMap<String, JoinHandle<()>>,
     status: mpsc::UnboundedSender<Update>,
     cache: SpecCache,
-}
-
-/// A router enforced now: from an HARouter (`origin`), or discovered from Neutron's files.
-#[derive(Debug, Clone)]
-struct Managed {
-    spec: RouterSpec,
-    origin: Option<Origin>,
-}
-
-/// The HARouters' routers, and the discovered ones no HARouter names by router id or by
-/// gateway port (a hand-written HARouter wins).
-fn wanted(assigned: &[Assigned], discovered: &[RouterSpec]) -> HashMap<String, Managed> {
-    let mut wanted: HashMap<String, Managed> = assigned
-        .iter()
-        .map(|a| {
-            (a.spec.id.clone(), Managed { spec: a.spec.clone(), origin: Some(a.origin.clone()) })
-        })
-        .collect();
-    for spec in discovered {
-        let port = (&spec.namespace, &spec.gateway_device);
-        let named = wanted.contains_key(&spec.id)
-            || wanted.values().any(|m| (&m.spec.namespace, &m.spec.gateway_device) == port);
-        if !named {
-            wanted.insert(spec.id.clone(), Managed { spec: spec.clone(), origin: None });
-        }
-    }
-    wanted
 }
 
 /// How long an uninstall waits for the hand-backs: within the pod's termination grace period
@@ -219,7 +225,7 @@ impl NodeAgent {
         let tasks: Vec<_> = self
             .managed
             .values()
-            .map(|a| handback::spawn(self.dataplane.clone(), &self.node, a.spec.clone()))
+            .map(|e| handback::spawn(self.dataplane.clone(), &self.node, e.assigned.spec.clone()))
             .collect();
         let all = futures::future::join_all(tasks);
         if tokio::time::timeout(HAND_BACK_WITHIN, all).await.is_err() {
@@ -247,21 +253,28 @@ impl NodeAgent {
         self.enforce().await;
     }
 
-    /// Makes the enforced set equal to [`wanted`]: new and changed routers get (new) workers,
-    /// and routers this node no longer hosts are handed back.
+    /// Makes the enforced set equal to what [`merge`] makes of the view and the discovered
+    /// routers: new and changed routers get (new) workers, routers this node no longer hosts
+    /// are handed back, and discovered routers without an object get one.
     async fn enforce(&mut self) {
-        let wanted = wanted(&self.view.assigned, &self.discovered);
+        let desired = merge(self.view.clone(), &self.discovered, &self.home);
+        if !desired.publish.is_empty() {
+            let _ = self.status.send(Update::Publish(desired.publish));
+        }
+        let wanted: HashMap<String, Enforced> =
+            desired.routers.into_iter().map(|e| (e.assigned.spec.id.clone(), e)).collect();
         for (id, old) in &self.managed {
             if wanted.contains_key(id) {
                 continue;
             }
+            let old = &old.assigned;
             let port = (&old.spec.namespace, &old.spec.gateway_device);
             // A renamed router on the same port: its new worker owns the port now.
-            let taken_over =
-                wanted.values().any(|a| (&a.spec.namespace, &a.spec.gateway_device) == port);
+            let taken_over = wanted
+                .values()
+                .any(|e| (&e.assigned.spec.namespace, &e.assigned.spec.gateway_device) == port);
             if !taken_over {
-                let harouter = old.origin.as_ref().map(|o| o.name.as_str());
-                info!(router = %id, node = %self.node, ?harouter, "no longer hosted here; handing the port back");
+                info!(router = %id, node = %self.node, harouter = %old.origin.name, "no longer hosted here; handing the port back");
                 let task = handback::spawn(self.dataplane.clone(), &self.node, old.spec.clone());
                 if let Some(previous) = self.handbacks.insert(id.clone(), task) {
                     previous.abort();
@@ -277,24 +290,20 @@ impl NodeAgent {
 
         let reported: Vec<_> = wanted
             .values()
-            .filter_map(|m| m.origin.as_ref())
-            .chain(self.view.rejected.iter().map(|r| &r.origin))
-            .map(Origin::key)
+            .map(|e| e.assigned.origin.key())
+            .chain(self.view.rejected.iter().map(|r| r.origin.key()))
             .collect();
-        for origin in self.managed.values().filter_map(|m| m.origin.as_ref()) {
-            if !reported.contains(&origin.key()) {
-                let _ = self.status.send(Update::Forget(origin.clone()));
+        for old in self.managed.values() {
+            if !reported.contains(&old.assigned.origin.key()) {
+                let _ = self.status.send(Update::Forget(old.assigned.origin.clone()));
             }
         }
 
-        self.agent.set_routers(wanted.values().map(|m| m.spec.clone()).collect()).await;
+        self.agent.set_routers(wanted.values().map(|e| e.assigned.spec.clone()).collect()).await;
         self.managed = wanted;
         // Only the HARouters' routers: discovered ones are read again at start-up.
-        let mut routers: Vec<Assigned> = self
-            .managed
-            .values()
-            .filter_map(|m| Some(Assigned { origin: m.origin.clone()?, spec: m.spec.clone() }))
-            .collect();
+        let mut routers: Vec<Assigned> =
+            self.managed.values().filter(|e| !e.discovered).map(|e| e.assigned.clone()).collect();
         routers.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
         if let Err(e) = self.cache.store(&routers) {
             warn!(node = %self.node, error = %e, "cannot write the spec cache");
@@ -303,50 +312,8 @@ impl NodeAgent {
 
     fn router_event(&self, event: RouterEvent) {
         self.agent.router_event(&event);
-        if let Some(origin) = self.managed.get(&event.router).and_then(|m| m.origin.clone()) {
-            let _ = self.status.send(Update::Pass(origin, Box::new(event)));
+        if let Some(enforced) = self.managed.get(&event.router) {
+            let _ = self.status.send(Update::Pass(Box::new(enforced.clone()), Box::new(event)));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(id: &str, namespace: &str, strategy: &str) -> RouterSpec {
-        serde_json::from_value(serde_json::json!({
-            "id": id, "namespace": namespace, "gatewayDevice": "qg-1", "strategy": strategy,
-            "backend": "generic", "role": {"fixed": "standby"},
-        }))
-        .expect("a valid spec")
-    }
-
-    fn assigned(spec: RouterSpec) -> Assigned {
-        let origin = Origin {
-            namespace: "default".into(),
-            name: spec.id.clone(),
-            uid: None,
-            generation: None,
-        };
-        Assigned { origin, spec }
-    }
-
-    #[test]
-    fn a_hand_written_harouter_wins_over_a_discovered_router_by_id_and_by_port() {
-        let by_id = assigned(spec("r1", "qrouter-r1", "link-down"));
-        let by_port = assigned(spec("custom", "qrouter-r2", "silence-only"));
-        let discovered = [
-            spec("r1", "qrouter-r1", "l2-hold"),
-            spec("r2", "qrouter-r2", "l2-hold"),
-            spec("r3", "qrouter-r3", "l2-hold"),
-        ];
-        let wanted = wanted(&[by_id.clone(), by_port.clone()], &discovered);
-        let mut ids: Vec<&str> = wanted.keys().map(String::as_str).collect();
-        ids.sort();
-        assert_eq!(ids, ["custom", "r1", "r3"]);
-        assert_eq!(wanted["r1"].spec, by_id.spec);
-        assert_eq!(wanted["r1"].origin, Some(by_id.origin));
-        assert_eq!(wanted["r3"].spec, discovered[2]);
-        assert_eq!(wanted["r3"].origin, None, "discovered: no HARouter, not cached");
     }
 }

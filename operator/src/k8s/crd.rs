@@ -7,6 +7,7 @@
 //! no single writer (no leader election) is needed.
 
 use hagw_core::RouterSpec;
+use hagw_core::model::{AnnounceSchedule, L2BackendSpec, Strategy};
 use kube::CustomResource;
 use kube::core::CustomResourceExt;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -34,29 +35,130 @@ use serde_json::json;
         description = "Nodes reporting the primary role"
     ),
     printcolumn(
+        name = "Standby",
+        type_ = "string",
+        json_path = r#".status.nodes[?(@.role=="standby")].node"#,
+        description = "Nodes reporting the standby role"
+    ),
+    printcolumn(
         name = "Held",
         type_ = "string",
         json_path = ".status.nodes[?(@.held==true)].node",
         description = "Nodes whose gateway port is held silent"
     ),
     printcolumn(
-        name = "Strategy",
+        name = "Ready",
         type_ = "string",
-        json_path = ".spec.router.strategy",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#,
+        description = "One primary and every node converged"
+    ),
+    printcolumn(
+        name = "SplitBrain",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="SplitBrain")].status"#,
+        description = "More than one node reports the primary role",
         priority = 1
     ),
-    printcolumn(name = "Nodes", type_ = "string", json_path = ".spec.nodes", priority = 1),
+    printcolumn(
+        name = "Strategy",
+        type_ = "string",
+        json_path = ".status.nodes[0].strategy",
+        description = "The strategy the nodes enforce (discovered, hand-written or overridden)",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Nodes",
+        type_ = "string",
+        json_path = ".status.nodes[*].node",
+        description = "Nodes reporting this router",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Errors",
+        type_ = "string",
+        json_path = ".status.nodes[*].lastError",
+        description = "The nodes' last reconcile errors",
+        priority = 1
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HARouterSpec {
     /// Names of the Kubernetes nodes that host this router (the L3 agents keepalived runs
     /// it on). Each node's hagw agent manages the router only if its node is listed.
+    /// Required with `router`; a discovered router is hosted by the nodes that discover it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(min = 1))]
     pub nodes: Vec<String>,
-    /// The router, exactly as in the standalone `routers.yaml`.
+    /// The router, exactly as in the standalone `routers.yaml` (a hand-written router, which
+    /// wins over a discovered one with the same id). Absent: the object is the view of the
+    /// discovered router `routerId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "router_schema")]
-    pub router: RouterSpec,
+    pub router: Option<RouterSpec>,
+    /// The id of the discovered (Neutron) router this object shows and overrides; used when
+    /// `router` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub router_id: Option<String>,
+    /// Settings replacing what discovery found for `routerId`, field by field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<Overrides>,
+}
+
+/// What a user may set on a discovered router; every field absent keeps the discovered value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Overrides {
+    /// How a standby is kept from transmitting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// How the port is attached at layer 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "backend_schema")]
+    pub backend: Option<L2BackendSpec>,
+    /// Gratuitous ARP / unsolicited NA schedule after a takeover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceSchedule>,
+    /// How long (ms) a standby must have been silent before a hold on it may be lifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silence_settle_ms: Option<u64>,
+}
+
+impl Overrides {
+    /// `self` with every field `later` sets replaced.
+    pub fn then(mut self, later: &Overrides) -> Overrides {
+        if later.strategy.is_some() {
+            self.strategy = later.strategy;
+        }
+        if later.backend.is_some() {
+            self.backend = later.backend.clone();
+        }
+        if later.announce.is_some() {
+            self.announce = later.announce;
+        }
+        if later.silence_settle_ms.is_some() {
+            self.silence_settle_ms = later.silence_settle_ms;
+        }
+        self
+    }
+
+    /// `router` with these settings applied.
+    pub fn apply(&self, mut router: RouterSpec) -> RouterSpec {
+        if let Some(strategy) = self.strategy {
+            router.strategy = strategy;
+        }
+        if let Some(backend) = &self.backend {
+            router.backend = backend.clone();
+        }
+        if let Some(announce) = self.announce {
+            router.announce = announce;
+        }
+        if let Some(ms) = self.silence_settle_ms {
+            router.silence_settle_ms = ms;
+        }
+        router
+    }
 }
 
 /// [`RouterSpec`]'s own schema, made structural for the API server. Only `backend` needs
@@ -67,14 +169,20 @@ pub struct HARouterSpec {
 fn router_schema(generator: &mut SchemaGenerator) -> Schema {
     let mut schema = RouterSpec::json_schema(generator);
     if let Some(backend) = schema.get_mut("properties").and_then(|p| p.get_mut("backend")) {
-        *backend = json!({
-            "description": "How the port is attached at layer 2: `generic` (default), \
-                {\"ovs\": {\"port\": NAME}} or {\"linuxbridge\": {\"port\": TAP, \"bridge\": BRQ}}. \
-                Validated by the agent.",
-            "x-kubernetes-preserve-unknown-fields": true,
-        });
+        *backend = backend_schema(generator).into();
     }
     schema
+}
+
+fn backend_schema(_: &mut SchemaGenerator) -> Schema {
+    json!({
+        "description": "How the port is attached at layer 2: `generic` (default), \
+            {\"ovs\": {\"port\": NAME}} or {\"linuxbridge\": {\"port\": TAP, \"bridge\": BRQ}}. \
+            Validated by the agent.",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+    .try_into()
+    .expect("a JSON object is a schema")
 }
 
 /// What each hosting node's agent last reported.
@@ -85,6 +193,11 @@ pub struct HARouterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
     pub nodes: Vec<NodeStatus>,
+    /// `Ready` (one primary, every node converged), `Degraded` (a node reports an error) and
+    /// `SplitBrain` (more than one node primary), aggregated from `nodes` by the agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
 }
 
 /// One node's view of the router.
@@ -97,6 +210,9 @@ pub struct NodeStatus {
     pub role: String,
     /// Whether the gateway port is kept from transmitting (held at layer 2 or link down).
     pub held: bool,
+    /// The strategy this node enforces for the router (after overrides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
     /// When `role` last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
@@ -117,7 +233,7 @@ pub struct NodeStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// `Ready` or `Degraded`.
+    /// `Ready`, `Degraded` or (object-wide) `SplitBrain`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.

@@ -3,12 +3,17 @@
 //! operator is a thin adapter: what is reconciled, and how, is exactly the standalone mode's.
 
 pub mod agent;
+mod aggregate;
 mod cache;
 pub mod crd;
 pub(crate) mod handback;
+mod merge;
 mod source;
 mod status;
+mod throttle;
 mod uninstall;
+
+pub use throttle::Limit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -5,8 +5,13 @@
 //! manager `hagw-agent/<node>`, containing only this node's element of the `nodes` map-list:
 //! the API server merges it with the other nodes' entries, so concurrent agents never lose
 //! each other's writes and need no read-modify-write. Writes that fail (API server away)
-//! stay pending and are retried on every tick, so status catches up once it is back; the
-//! entry always carries the latest state, never a backlog.
+//! stay pending and are retried, so status catches up once it is back; the entry always
+//! carries the latest state, never a backlog.
+//!
+//! Writes are few at any scale: updates are coalesced for a short window (several passes of
+//! a router during a failover are one write), an entry is written only when it differs
+//! from what was written or what the API server already holds (a restart rewrites nothing),
+//! and every write takes a token from the agent's [`Throttle`].
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,32 +20,39 @@ use hagw_core::Role;
 use hagw_core::supervisor::{PassOutcome, RouterEvent};
 use hagw_core::{Action, Wait};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::crd::{Condition, HARouter, NodeStatus};
-use super::source::Origin;
+use super::merge::Enforced;
+use super::source::{DISCOVERED_LABEL, Origin};
+use super::throttle::Throttle;
+use crate::observe::Observer;
 
 type Key = (String, String);
 
-/// How often pending writes are retried.
-const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How long failed writes wait before they are retried.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Bound on one write, so an unreachable API server delays status, never the next write.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the agent tells the status writer.
 #[derive(Debug)]
 pub enum Update {
-    /// A reconcile pass of the router from this object.
-    Pass(Origin, Box<RouterEvent>),
+    /// A reconcile pass of a router.
+    Pass(Box<Enforced>, Box<RouterEvent>),
     /// The object lists this node but cannot be enforced.
     Rejected(Origin, String),
     /// This node no longer hosts the object's router.
     Forget(Origin),
+    /// Discovered routers whose objects must be created (with their router ids).
+    Publish(Vec<(Origin, String)>),
 }
 
 struct Entry {
@@ -58,10 +70,25 @@ pub struct StatusWriter {
     params: PatchParams,
     recorder: Recorder,
     entries: HashMap<Key, Entry>,
+    /// Objects to create, with their router ids.
+    publish: HashMap<Key, (Origin, String)>,
+    /// The watched objects: what the API server already holds.
+    store: Store<DynamicObject>,
+    throttle: Throttle,
+    /// How long updates are collected before they are written.
+    window: Duration,
+    observer: Observer,
 }
 
 impl StatusWriter {
-    pub fn new(client: Client, node: &str) -> StatusWriter {
+    pub fn new(
+        client: Client,
+        node: &str,
+        store: Store<DynamicObject>,
+        throttle: Throttle,
+        window: Duration,
+        observer: Observer,
+    ) -> StatusWriter {
         let reporter = Reporter { controller: "hagw-agent".into(), instance: Some(node.into()) };
         StatusWriter {
             recorder: Recorder::new(client.clone(), reporter),
@@ -70,30 +97,53 @@ impl StatusWriter {
             node: node.to_string(),
             params: PatchParams::apply(&format!("hagw-agent/{node}")).force(),
             entries: HashMap::new(),
+            publish: HashMap::new(),
+            store,
+            throttle,
+            window,
+            observer,
         }
     }
 
     /// Runs the writer until the agent drops its sender: updates are recorded at once and
-    /// written right after, and failed writes are retried every second.
+    /// written once the coalescing window has passed; failed writes are retried.
     pub async fn run(mut self, mut updates: mpsc::UnboundedReceiver<Update>) {
-        let mut retry = tokio::time::interval(RETRY_EVERY);
+        let mut due: Option<Instant> = None;
         loop {
+            let flush_at = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 update = updates.recv() => match update {
-                    Some(Update::Pass(origin, event)) => self.pass(&origin, &event),
-                    Some(Update::Rejected(origin, error)) => self.rejected(&origin, &error),
-                    Some(Update::Forget(origin)) => self.forget(&origin),
+                    Some(update) => {
+                        self.record(update);
+                        due.get_or_insert_with(|| Instant::now() + self.window);
+                    }
                     None => return,
                 },
-                _ = retry.tick() => {}
+                _ = tokio::time::sleep_until(flush_at), if due.is_some() => {
+                    let done = self.flush(&mut updates).await;
+                    due = (!done).then(|| Instant::now() + RETRY_AFTER);
+                }
             }
-            self.flush().await;
         }
     }
 
-    /// Records a pass of the router from `origin`; emits Events for a role transition and
-    /// for the first failure (and the recovery) of a run of failures.
-    fn pass(&mut self, origin: &Origin, event: &RouterEvent) {
+    fn record(&mut self, update: Update) {
+        match update {
+            Update::Pass(enforced, event) => self.pass(&enforced, &event),
+            Update::Rejected(origin, error) => self.rejected(&origin, &error),
+            Update::Forget(origin) => self.forget(&origin),
+            Update::Publish(objects) => {
+                for (origin, id) in objects {
+                    self.publish.insert(origin.key(), (origin, id));
+                }
+            }
+        }
+    }
+
+    /// Records a pass of a router; emits Events for a role transition and for the first
+    /// failure (and the recovery) of a run of failures.
+    fn pass(&mut self, enforced: &Enforced, event: &RouterEvent) {
+        let origin = &enforced.assigned.origin;
         let previous = self.current(origin);
         let now = now();
         let role = event.role.as_str().to_string();
@@ -101,7 +151,7 @@ impl StatusWriter {
             PassOutcome::Converged { .. } => event.held,
             PassOutcome::Failed { .. } => previous.as_ref().is_some_and(|p| p.held),
         };
-        let (ready, degraded, last_error) = match &event.outcome {
+        let (ready, mut degraded, mut last_error) = match &event.outcome {
             PassOutcome::Converged { wait, degraded, .. } => {
                 let ready = match wait {
                     Some(Wait::DeviceMissing) => ("False", "DeviceMissing", describe_wait(wait)),
@@ -130,6 +180,17 @@ impl StatusWriter {
                 (("False", "ReconcileFailed", message.clone()), failed, Some(message))
             }
         };
+        if let Some(note) = &enforced.ignored {
+            // The router runs with what discovery found; the ignored overrides are the error.
+            let message = match &last_error {
+                Some(error) => format!("{error}; {note}"),
+                None => note.clone(),
+            };
+            if degraded.0 == "False" {
+                degraded = ("True", "OverridesIgnored", message.clone());
+            }
+            last_error = Some(message);
+        }
         let was_failing = previous.as_ref().is_some_and(|p| p.last_error.is_some());
         match (&last_error, was_failing) {
             (Some(error), false) => self.event(origin, EventType::Warning, degraded.1, error),
@@ -155,6 +216,7 @@ impl StatusWriter {
             node: self.node.clone(),
             role,
             held,
+            strategy: Some(enforced.strategy().as_str().to_string()),
             last_transition_time: transition,
             last_error,
             observed_generation: origin.generation,
@@ -185,6 +247,7 @@ impl StatusWriter {
             node: self.node.clone(),
             role: Role::Unknown.as_str().into(),
             held: false,
+            strategy: None,
             last_transition_time: previous.and_then(|p| p.last_transition_time),
             last_error: Some(error.to_string()),
             observed_generation: origin.generation,
@@ -199,11 +262,39 @@ impl StatusWriter {
         self.set(origin, None);
     }
 
-    /// Writes every entry not yet written; failures stay pending for the next call.
-    async fn flush(&mut self) {
-        let pending: Vec<Key> =
+    /// Creates the objects to publish, then writes every entry not yet written, taking in
+    /// the updates that arrive meanwhile. Returns whether nothing is left pending.
+    async fn flush(&mut self, updates: &mut mpsc::UnboundedReceiver<Update>) -> bool {
+        let creates: Vec<Key> = self.publish.keys().cloned().collect();
+        for key in creates {
+            if self.stored(&key).is_some() {
+                self.publish.remove(&key);
+                continue;
+            }
+            self.throttle.acquire().await;
+            if let Some((origin, id)) = self.publish.get(&key).cloned()
+                && self.create(&origin, &id).await
+            {
+                self.publish.remove(&key);
+            }
+        }
+        let mut pending: Vec<Key> =
             self.entries.iter().filter(|(_, e)| !e.written).map(|(k, _)| k.clone()).collect();
+        pending.sort();
         for key in pending {
+            while let Ok(update) = updates.try_recv() {
+                self.record(update);
+            }
+            let Some(entry) = self.entries.get(&key) else { continue };
+            if entry.written {
+                continue;
+            }
+            if self.on_server(&key) == entry.desired {
+                // Already there (written before a restart, or by the previous write).
+                self.written(&key);
+                continue;
+            }
+            self.throttle.acquire().await;
             let Some(entry) = self.entries.get(&key) else { continue };
             let nodes: Vec<&NodeStatus> = entry.desired.iter().collect();
             let patch = json!({
@@ -215,14 +306,12 @@ impl StatusWriter {
                 Api::namespaced_with(self.client.clone(), &key.0, &self.resource);
             let patch = Patch::Apply(&patch);
             let write = api.patch_status(&key.1, &self.params, &patch);
-            match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
+            self.observer.kubernetes_write("status", matches!(result, Ok(Ok(_))));
+            match result {
                 Ok(Ok(_)) => {
                     debug!(harouter = %key.1, namespace = %key.0, node = %self.node, "status written");
-                    if entry.desired.is_none() {
-                        self.entries.remove(&key);
-                    } else if let Some(e) = self.entries.get_mut(&key) {
-                        e.written = true;
-                    }
+                    self.written(&key);
                 }
                 // The object is gone: nothing left to write.
                 Ok(Err(kube::Error::Api(e))) if e.code == 404 => {
@@ -236,10 +325,79 @@ impl StatusWriter {
                 }
             }
         }
+        self.publish.is_empty() && self.entries.values().all(|e| e.written)
     }
 
+    /// Creates the object of a discovered router: its id and the label, nothing a user could
+    /// have set. Returns whether it exists now.
+    async fn create(&self, origin: &Origin, id: &str) -> bool {
+        let object = json!({
+            "apiVersion": HARouter::api_version(&()),
+            "kind": HARouter::kind(&()),
+            "metadata": {
+                "name": origin.name,
+                "namespace": origin.namespace,
+                "labels": { DISCOVERED_LABEL: "true" },
+            },
+            "spec": { "routerId": id },
+        });
+        let object: DynamicObject = match serde_json::from_value(object) {
+            Ok(object) => object,
+            Err(e) => {
+                warn!(router = %id, error = %e, "cannot build the object of a discovered router");
+                return false;
+            }
+        };
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &origin.namespace, &self.resource);
+        let params = PostParams::default();
+        let create = api.create(&params, &object);
+        let result = tokio::time::timeout(WRITE_TIMEOUT, create).await;
+        self.observer.kubernetes_write("create", matches!(result, Ok(Ok(_))));
+        match result {
+            Ok(Ok(_)) => {
+                info!(router = %id, harouter = %origin.name, namespace = %origin.namespace, node = %self.node, "published the discovered router");
+                true
+            }
+            // Another node's agent was first.
+            Ok(Err(kube::Error::Api(e))) if e.code == 409 => true,
+            Ok(Err(e)) => {
+                warn!(router = %id, harouter = %origin.name, namespace = %origin.namespace, error = %e, "cannot publish the discovered router; will retry");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn written(&mut self, key: &Key) {
+        match self.entries.get_mut(key) {
+            Some(e) if e.desired.is_none() => {
+                self.entries.remove(key);
+            }
+            Some(e) => e.written = true,
+            None => {}
+        }
+    }
+
+    /// This node's entry as the API server last sent it (through the watch).
+    fn on_server(&self, key: &Key) -> Option<NodeStatus> {
+        let object = self.stored(key)?;
+        let entries = object.data["status"]["nodes"].as_array()?;
+        let entry = entries.iter().find(|e| e["node"] == self.node.as_str())?;
+        serde_json::from_value(entry.clone()).ok()
+    }
+
+    fn stored(&self, (namespace, name): &Key) -> Option<std::sync::Arc<DynamicObject>> {
+        self.store.get(&ObjectRef::new_with(name, self.resource.clone()).within(namespace))
+    }
+
+    /// The entry as last recorded, or as the API server holds it (after a restart), so
+    /// transition times carry over.
     fn current(&self, origin: &Origin) -> Option<NodeStatus> {
-        self.entries.get(&origin.key()).and_then(|e| e.desired.clone())
+        match self.entries.get(&origin.key()) {
+            Some(entry) => entry.desired.clone(),
+            None => self.on_server(&origin.key()),
+        }
     }
 
     fn set(&mut self, origin: &Origin, desired: Option<NodeStatus>) {
@@ -319,6 +477,6 @@ fn steps(outcome: &PassOutcome) -> String {
 }
 
 /// RFC 3339 with second precision, as Kubernetes writes times.
-fn now() -> String {
+pub(super) fn now() -> String {
     Timestamp::from_second(Timestamp::now().as_second()).map(|t| t.to_string()).unwrap_or_default()
 }

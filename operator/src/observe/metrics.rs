@@ -88,6 +88,21 @@ pub struct RoleLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// `status` (a node's entry), `create` (a discovered router's object), `conditions`
+    /// (the aggregated conditions).
+    pub kind: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ObjectLabels {
+    pub namespace: String,
+    pub harouter: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RouterLabels {
     pub router: String,
 }
@@ -105,6 +120,8 @@ pub struct Metrics {
     pub standby_tx_packets: Family<RouterLabels, Counter>,
     pub leak_alarm: Family<RouterLabels, Gauge>,
     pub degraded_settings: Family<RouterLabels, Gauge>,
+    pub kubernetes_writes: Family<WriteLabels, Counter>,
+    pub split_brain: Family<ObjectLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -163,6 +180,18 @@ impl Metrics {
             "Side settings (IPv6 sysctls) the last pass could not apply; a primary forwards and a standby stays guarded without them, and they are retried",
             degraded_settings.clone(),
         );
+        let kubernetes_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "hagw_kubernetes_writes",
+            "Writes of the Kubernetes agent to the API server, by kind and result",
+            kubernetes_writes.clone(),
+        );
+        let split_brain = Family::<ObjectLabels, Gauge>::default();
+        registry.register(
+            "hagw_split_brain",
+            "1 while more than one node reports the primary role for an HARouter (after the settle time), 0 otherwise; exported by every agent hosting it",
+            split_brain.clone(),
+        );
         registry.register_collector(Box::new(AnnouncementFrames));
         Metrics {
             registry,
@@ -175,6 +204,8 @@ impl Metrics {
             standby_tx_packets,
             leak_alarm,
             degraded_settings,
+            kubernetes_writes,
+            split_brain,
         }
     }
 
@@ -229,6 +260,9 @@ mod tests {
         m.standby_tx_packets.get_or_create(&RouterLabels { router: "r1".into() }).inc_by(3);
         m.leak_alarm.get_or_create(&RouterLabels { router: "r1".into() }).set(1);
         m.held_standby_ports.set(2);
+        m.kubernetes_writes.get_or_create(&WriteLabels { kind: "status", result: "ok" }).inc();
+        let object = ObjectLabels { namespace: "ns".into(), harouter: "r1".into() };
+        m.split_brain.get_or_create(&object).set(1);
         let text = m.encode();
         for line in [
             "hagw_actions_total{kind=\"link-down\",result=\"ok\"} 1",
@@ -238,6 +272,8 @@ mod tests {
             "hagw_standby_tx_packets_total{router=\"r1\"} 3",
             "hagw_leak_alarm{router=\"r1\"} 1",
             "hagw_held_standby_ports 2",
+            "hagw_kubernetes_writes_total{kind=\"status\",result=\"ok\"} 1",
+            "hagw_split_brain{namespace=\"ns\",harouter=\"r1\"} 1",
             "# TYPE hagw_announcement_frames counter",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");

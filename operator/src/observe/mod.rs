@@ -28,8 +28,8 @@ use hagw_core::supervisor::{PassOutcome, RouterEvent, WorkerConfig};
 use tracing::warn;
 
 use self::metrics::{
-    ActionLabels, ActionResult, ErrorKind, ErrorLabels, Metrics, PassLabels, PassResult, RoleLabel,
-    RoleLabels, RouterLabels, TransitionLabels,
+    ActionLabels, ActionResult, ErrorKind, ErrorLabels, Metrics, ObjectLabels, PassLabels,
+    PassResult, RoleLabel, RoleLabels, RouterLabels, TransitionLabels, WriteLabels,
 };
 use self::status::RouterStatus;
 
@@ -93,6 +93,25 @@ impl Observer {
     /// The event loop is turning.
     pub fn beat(&self) {
         *self.0.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// One write of the Kubernetes agent to the API server.
+    pub fn kubernetes_write(&self, kind: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.0.metrics.kubernetes_writes.get_or_create(&WriteLabels { kind, result }).inc();
+    }
+
+    /// Whether an HARouter is in split brain; `None` removes its series.
+    pub fn split_brain(&self, namespace: &str, harouter: &str, split: Option<bool>) {
+        let labels = ObjectLabels { namespace: namespace.into(), harouter: harouter.into() };
+        match split {
+            Some(split) => {
+                self.0.metrics.split_brain.get_or_create(&labels).set(i64::from(split));
+            }
+            None => {
+                self.0.metrics.split_brain.remove(&labels);
+            }
+        }
     }
 
     /// A worker was (re)started for `router`: it is not ready until its first pass.

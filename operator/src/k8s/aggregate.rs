@@ -1,0 +1,366 @@
+//! The object-wide conditions of an `HARouter`, aggregated from its nodes' entries:
+//! `Ready` (exactly one primary, every node converged), `Degraded` (a node reports an error)
+//! and `SplitBrain` (more than one node primary).
+//!
+//! [`conditions`] is the pure rule. [`Aggregator`] runs it in every agent on the objects
+//! its node has an entry in, once the entries have been still for a settle time (a clean
+//! failover passes through "no primary" or, for an instant, "two primaries": neither is
+//! reported). It writes only when the result differs from what the object holds, under one
+//! shared field manager. The node first in name order writes at once; the others only if
+//! the object is still not right several settle times later (that node's agent may be
+//! gone), so one write per change is the rule, not one per node. Every hosting agent exports
+//! the split-brain state as a metric; the writer of a split-brain transition records an
+//! Event.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::crd::{Condition, HARouter, NodeStatus};
+use super::throttle::Throttle;
+use crate::observe::Observer;
+
+/// The conditions for `nodes`, keeping each condition's transition time from `previous`
+/// while its status stays the same.
+pub fn conditions(
+    nodes: &[NodeStatus],
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &str,
+) -> Vec<Condition> {
+    let primaries: Vec<&str> =
+        nodes.iter().filter(|n| n.role == "primary").map(|n| n.node.as_str()).collect();
+    let not_ready: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| {
+            let ready = n.conditions.iter().find(|c| c.type_ == "Ready")?;
+            (ready.status != "True").then(|| format!("{}: {}", n.node, ready.reason))
+        })
+        .collect();
+    let errors: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| n.last_error.as_ref().map(|e| format!("{}: {e}", n.node)))
+        .collect();
+    let split = if primaries.len() > 1 {
+        ("True", "MultiplePrimaries", format!("primary on {}", primaries.join(", ")))
+    } else {
+        ("False", "AtMostOnePrimary", String::new())
+    };
+    let ready = if nodes.is_empty() {
+        ("False", "NoNodes", "no node reports this router".to_string())
+    } else if primaries.len() > 1 {
+        ("False", "SplitBrain", split.2.clone())
+    } else if primaries.is_empty() {
+        let all: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
+        ("False", "NoPrimary", format!("no node is primary ({})", all.join(", ")))
+    } else if !not_ready.is_empty() {
+        ("False", "NodesNotReady", not_ready.join("; "))
+    } else {
+        ("True", "OnePrimary", String::new())
+    };
+    let degraded = if errors.is_empty() {
+        ("False", "AsConfigured", String::new())
+    } else {
+        ("True", "NodeErrors", errors.join("; "))
+    };
+    [("Ready", ready), ("Degraded", degraded), ("SplitBrain", split)]
+        .into_iter()
+        .map(|(type_, (status, reason, message))| {
+            let before = previous.iter().find(|c| c.type_ == type_);
+            let last_transition_time = match before {
+                Some(c) if c.status == status => c.last_transition_time.clone(),
+                _ => now.to_string(),
+            };
+            Condition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: message.chars().take(1000).collect(),
+                last_transition_time,
+                observed_generation: generation,
+            }
+        })
+        .collect()
+}
+
+/// Whether `conditions` say split brain.
+pub fn split_brain(conditions: &[Condition]) -> bool {
+    conditions.iter().any(|c| c.type_ == "SplitBrain" && c.status == "True")
+}
+
+/// Whether `a` and `b` say the same, transition times aside.
+fn same(a: &[Condition], b: &[Condition]) -> bool {
+    let key = |c: &Condition| {
+        (
+            c.type_.clone(),
+            c.status.clone(),
+            c.reason.clone(),
+            c.message.clone(),
+            c.observed_generation,
+        )
+    };
+    let mut a: Vec<_> = a.iter().map(key).collect();
+    let mut b: Vec<_> = b.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    a == b
+}
+
+/// How often the objects are looked at.
+const TICK: Duration = Duration::from_millis(500);
+/// How many settle times a node other than the first waits before it writes.
+const STANDIN_FACTOR: u32 = 4;
+
+/// What the aggregator remembers of one object.
+struct Seen {
+    /// The node entries, serialized, as last seen.
+    nodes: String,
+    since: Instant,
+}
+
+pub struct Aggregator {
+    client: Client,
+    resource: ApiResource,
+    store: Store<DynamicObject>,
+    node: String,
+    throttle: Throttle,
+    observer: Observer,
+    recorder: Recorder,
+    /// How long the entries must be still before they are aggregated.
+    settle: Duration,
+    seen: HashMap<(String, String), Seen>,
+    /// Objects with a split-brain series.
+    exported: HashSet<(String, String)>,
+}
+
+impl Aggregator {
+    pub fn new(
+        client: Client,
+        store: Store<DynamicObject>,
+        node: &str,
+        throttle: Throttle,
+        observer: Observer,
+        settle: Duration,
+    ) -> Aggregator {
+        let reporter = Reporter { controller: "hagw-agent".into(), instance: Some(node.into()) };
+        Aggregator {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            resource: ApiResource::erase::<HARouter>(&()),
+            store,
+            node: node.to_string(),
+            throttle,
+            observer,
+            settle,
+            seen: HashMap::new(),
+            exported: HashSet::new(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tick.tick().await;
+            self.pass().await;
+        }
+    }
+
+    async fn pass(&mut self) {
+        let now = Instant::now();
+        let objects = self.store.state();
+        let mut present = Vec::with_capacity(objects.len());
+        for object in objects {
+            let key = (object.namespace().unwrap_or_default(), object.name_any());
+            let nodes: Vec<NodeStatus> =
+                serde_json::from_value(object.data["status"]["nodes"].clone()).unwrap_or_default();
+            let Some(rank) = rank(&nodes, &self.node) else { continue };
+            present.push(key.clone());
+            let text = serde_json::to_string(&nodes).unwrap_or_default();
+            let seen =
+                self.seen.entry(key.clone()).or_insert(Seen { nodes: text.clone(), since: now });
+            if seen.nodes != text {
+                *seen = Seen { nodes: text, since: now };
+            }
+            if now.duration_since(seen.since) < self.settle {
+                continue;
+            }
+            let previous: Vec<Condition> =
+                serde_json::from_value(object.data["status"]["conditions"].clone())
+                    .unwrap_or_default();
+            let computed =
+                conditions(&nodes, &previous, object.meta().generation, &super::status::now());
+            self.observer.split_brain(&key.0, &key.1, Some(split_brain(&computed)));
+            self.exported.insert(key.clone());
+            let wait = self.settle * (1 + STANDIN_FACTOR * rank);
+            if same(&computed, &previous) || now.duration_since(seen.since) < wait {
+                continue;
+            }
+            self.write(&key, &computed, split_brain(&previous)).await;
+        }
+        self.seen.retain(|key, _| present.contains(key));
+        for key in self.exported.extract_if(|key| !present.contains(key)) {
+            self.observer.split_brain(&key.0, &key.1, None);
+        }
+    }
+
+    async fn write(&self, key: &(String, String), computed: &[Condition], was_split: bool) {
+        self.throttle.acquire().await;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &key.0, &self.resource);
+        let patch = json!({
+            "apiVersion": HARouter::api_version(&()),
+            "kind": HARouter::kind(&()),
+            "status": { "conditions": computed },
+        });
+        let params = PatchParams::apply("hagw-agent/conditions").force();
+        let result = api.patch_status(&key.1, &params, &Patch::Apply(&patch)).await;
+        self.observer.kubernetes_write("conditions", result.is_ok());
+        match result {
+            Ok(object) => {
+                debug!(harouter = %key.1, namespace = %key.0, node = %self.node, "conditions written");
+                let split = computed.iter().find(|c| c.type_ == "SplitBrain");
+                match split {
+                    Some(c) if c.status == "True" && !was_split => {
+                        warn!(harouter = %key.1, namespace = %key.0, message = %c.message, "split brain");
+                        self.event(&object, EventType::Warning, "SplitBrain", &c.message).await;
+                    }
+                    Some(c) if c.status != "True" && was_split => {
+                        info!(harouter = %key.1, namespace = %key.0, "split brain resolved");
+                        self.event(
+                            &object,
+                            EventType::Normal,
+                            "SplitBrainResolved",
+                            "at most one primary again",
+                        )
+                        .await;
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                debug!(harouter = %key.1, namespace = %key.0, error = %e, "conditions write failed; will retry")
+            }
+        }
+    }
+
+    async fn event(&self, object: &DynamicObject, type_: EventType, reason: &str, note: &str) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.into()),
+            action: "Aggregate".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&self.resource)).await {
+            warn!(error = %e, "cannot publish event");
+        }
+    }
+}
+
+/// This node's place among the object's nodes in name order; `None` if it has no entry.
+fn rank(nodes: &[NodeStatus], node: &str) -> Option<u32> {
+    let mut names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
+    names.sort();
+    names.iter().position(|n| *n == node).map(|i| i as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(node: &str, role: &str, ready: &str, error: Option<&str>) -> NodeStatus {
+        NodeStatus {
+            node: node.into(),
+            role: role.into(),
+            held: role != "primary",
+            strategy: None,
+            last_transition_time: None,
+            last_error: error.map(str::to_string),
+            observed_generation: None,
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: ready.into(),
+                reason: if ready == "True" { "Converged".into() } else { "DeviceMissing".into() },
+                message: String::new(),
+                last_transition_time: "t0".into(),
+                observed_generation: None,
+            }],
+        }
+    }
+
+    fn get<'a>(conditions: &'a [Condition], type_: &str) -> (&'a str, &'a str) {
+        let c = conditions.iter().find(|c| c.type_ == type_).expect(type_);
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn one_primary_and_converged_standbys_is_ready() {
+        let nodes = [entry("n1", "primary", "True", None), entry("n2", "standby", "True", None)];
+        let c = conditions(&nodes, &[], Some(3), "t1");
+        assert_eq!(get(&c, "Ready"), ("True", "OnePrimary"));
+        assert_eq!(get(&c, "Degraded"), ("False", "AsConfigured"));
+        assert_eq!(get(&c, "SplitBrain"), ("False", "AtMostOnePrimary"));
+        assert!(
+            c.iter().all(|c| c.observed_generation == Some(3) && c.last_transition_time == "t1")
+        );
+        assert!(!split_brain(&c));
+    }
+
+    #[test]
+    fn two_primaries_are_split_brain_and_not_ready() {
+        let nodes = [entry("n2", "primary", "True", None), entry("n1", "primary", "True", None)];
+        let c = conditions(&nodes, &[], None, "t1");
+        assert_eq!(get(&c, "SplitBrain"), ("True", "MultiplePrimaries"));
+        assert_eq!(get(&c, "Ready"), ("False", "SplitBrain"));
+        assert!(c.iter().any(|c| c.message == "primary on n2, n1"), "{c:?}");
+        assert!(split_brain(&c));
+    }
+
+    #[test]
+    fn no_primary_no_nodes_an_unready_node_and_errors_are_named() {
+        let c = conditions(&[entry("n1", "standby", "True", None)], &[], None, "t");
+        assert_eq!(get(&c, "Ready"), ("False", "NoPrimary"));
+        assert_eq!(get(&conditions(&[], &[], None, "t"), "Ready"), ("False", "NoNodes"));
+        let nodes =
+            [entry("n1", "primary", "True", None), entry("n2", "unknown", "False", Some("boom"))];
+        let c = conditions(&nodes, &[], None, "t");
+        assert_eq!(get(&c, "Ready"), ("False", "NodesNotReady"));
+        assert_eq!(get(&c, "Degraded"), ("True", "NodeErrors"));
+        assert!(c.iter().any(|c| c.message == "n2: boom"), "{c:?}");
+    }
+
+    #[test]
+    fn transition_times_stay_while_the_status_stays() {
+        let nodes = [entry("n1", "primary", "True", None)];
+        let first = conditions(&nodes, &[], None, "t1");
+        let again = conditions(&nodes, &first, None, "t2");
+        assert_eq!(first, again);
+        assert!(same(&first, &again));
+        let split = conditions(
+            &[entry("n1", "primary", "True", None), entry("n2", "primary", "True", None)],
+            &first,
+            None,
+            "t3",
+        );
+        assert!(!same(&first, &split));
+        let ready = split.iter().find(|c| c.type_ == "Ready").expect("Ready");
+        assert_eq!(ready.last_transition_time, "t3");
+        let degraded = split.iter().find(|c| c.type_ == "Degraded").expect("Degraded");
+        assert_eq!(degraded.last_transition_time, "t1");
+    }
+
+    #[test]
+    fn the_first_node_in_name_order_writes_first() {
+        let nodes = [entry("n2", "primary", "True", None), entry("n1", "standby", "True", None)];
+        assert_eq!(rank(&nodes, "n1"), Some(0));
+        assert_eq!(rank(&nodes, "n2"), Some(1));
+        assert_eq!(rank(&nodes, "n3"), None);
+    }
+}
