@@ -248,6 +248,10 @@ pub struct Nodes {
     /// The state file path in the spec (the same on every node).
     pub state_file: PathBuf,
     names: Vec<String>,
+    /// Routers added by [`Nodes::add_routers`].
+    extra: usize,
+    /// The agents' `--log-level`.
+    pub log_level: &'static str,
 }
 
 impl Nodes {
@@ -275,6 +279,8 @@ impl Nodes {
             device,
             state_file,
             names: names.iter().map(|s| s.to_string()).collect(),
+            extra: 0,
+            log_level: "info,hagw=debug",
         })
     }
 
@@ -302,21 +308,42 @@ impl Nodes {
         self.lab.exec(&self.netns(node), &format!("ip -o addr show dev {}", self.device))
     }
 
-    /// Adds `count` dummy gateway devices (`qg-00000`, …, up) to every node's router
-    /// namespace, for routers beyond the one on [`Nodes::device`]; returns their names.
-    pub fn add_devices(&self, count: usize) -> Result<Vec<String>> {
-        let devices: Vec<String> = (0..count).map(|i| format!("qg-{i:05}")).collect();
-        for node in &self.names {
-            let batch = self.lab.dir.path().join(format!("{node}-devices.batch"));
-            let lines: Vec<String> = devices
+    /// Adds `count` more routers, each in its own router namespace
+    /// (`qrouter-<lab>-<j>`, as Neutron has one per router) with its own gateway device
+    /// (`qg-<j>`, a veth whose peer stays in the namespace), up, on every node. Returns the
+    /// (namespace, device) of each; agents started afterwards see them.
+    pub fn add_routers(&mut self, count: usize) -> Result<Vec<(String, String)>> {
+        let id = self.lab.id.clone();
+        for (i, _) in self.names.iter().enumerate() {
+            let hosts: Vec<String> = (0..count).map(|j| format!("q{i}-{id}-{j}")).collect();
+            let batch = self.lab.dir.path().join(format!("routers-{i}.batch"));
+            let lines: Vec<String> = hosts
                 .iter()
-                .flat_map(|d| [format!("link add {d} type dummy"), format!("link set {d} up")])
+                .enumerate()
+                .flat_map(|(j, h)| {
+                    [
+                        format!("netns add {h}"),
+                        format!(
+                            "link add qg-{j:05} netns {h} type veth peer name qp-{j:05} netns {h}"
+                        ),
+                    ]
+                })
                 .collect();
             std::fs::write(&batch, lines.join("\n") + "\n")?;
-            let ns = self.netns(node);
-            sh(&format!("ip -n {ns} -batch {}", batch.display()))?;
+            for h in &hosts {
+                self.lab.adopt_netns(h);
+            }
+            sh(&format!("ip -batch {}", batch.display()))?;
+            let up = format!(
+                "for j in $(seq 0 {last}); do n=$(printf %05d $j); \
+                 ip -n q{i}-{id}-$j link set lo up && ip -n q{i}-{id}-$j link set qp-$n up && \
+                 ip -n q{i}-{id}-$j link set qg-$n up || exit 1; done",
+                last = count - 1
+            );
+            sh(&up)?;
         }
-        Ok(devices)
+        self.extra = count;
+        Ok((0..count).map(|j| (format!("qrouter-{id}-{j}"), format!("qg-{j:05}"))).collect())
     }
 
     /// An HARouter for these nodes (link-down, generic backend, 300 ms settle).
@@ -352,10 +379,22 @@ impl Nodes {
     ) -> Result<AgentProcess> {
         let dir = self.lab.dir.path().join(node);
         let netns_dir = dir.join("netns");
+        let extra = match self.extra {
+            0 => String::new(),
+            n => format!(
+                "for j in $(seq 0 {last}); do touch {nd}/qrouter-{id}-$j; \
+                 mount --bind /run/netns/q{i}-{id}-$j {nd}/qrouter-{id}-$j; done; ",
+                last = n - 1,
+                nd = netns_dir.display(),
+                id = self.lab.id,
+                i = self.index(node),
+            ),
+        };
         let script = format!(
-            "set -e; touch {nd}/{ns}; mount --bind /run/netns/{host} {nd}/{ns}; \
+            "set -e; touch {nd}/{ns}; mount --bind /run/netns/{host} {nd}/{ns}; {extra}\
              mount --rbind {nd} /run/netns; mount --bind {ha} {shared}; \
-             exec {hagw} --log-level info,hagw=debug agent --kubernetes --state-dir {state} --listen 127.0.0.1:0 --resync 5",
+             exec {hagw} --log-level {level} agent --kubernetes --state-dir {state} --listen 127.0.0.1:0 --resync 5",
+            level = self.log_level,
             nd = netns_dir.display(),
             ns = self.namespace,
             host = self.netns(node),
@@ -398,7 +437,7 @@ impl AgentProcess {
 
     /// The agent's `/metrics` text (its address is in its log: agents listen on port 0).
     pub fn metrics(&self) -> Result<String> {
-        let log = std::fs::read_to_string(&self.log)?;
+        let log = strip_ansi(&std::fs::read_to_string(&self.log)?);
         let addr = log
             .split("health=")
             .nth(1)
@@ -428,6 +467,24 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `text` without terminal colour codes (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The status entry of `node` in a HARouter, if present.

@@ -62,6 +62,12 @@ impl Lab {
         Ok(name)
     }
 
+    /// Takes a namespace created otherwise (e.g. in an `ip -batch`) into this lab: it is
+    /// deleted when the lab drops.
+    pub fn adopt_netns(&mut self, name: &str) {
+        self.namespaces.push(name.to_string());
+    }
+
     /// Runs a shell command inside a namespace.
     pub fn exec(&self, ns: &str, cmd: &str) -> Result<String> {
         sh(&format!("ip netns exec {ns} bash -c {}", shell_quote(cmd)))

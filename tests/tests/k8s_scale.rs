@@ -93,16 +93,18 @@ fn api_requests_per_failover_of_many_routers() -> Result<()> {
         std::env::var("HAGW_SCALE_ROUTERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let s = ApiServer::start()?;
     s.install_crd()?;
-    let nodes = Nodes::build(&["n1", "n2"])?;
-    let devices = nodes.add_devices(n)?;
+    let mut nodes = Nodes::build(&["n1", "n2"])?;
+    nodes.log_level = "info";
+    let routers = nodes.add_routers(n)?;
     nodes.set_state("n1", "primary")?;
-    let yaml: Vec<String> = devices
+    let yaml: Vec<String> = routers
         .iter()
         .enumerate()
-        .map(|(i, d)| {
-            nodes
-                .harouter_on(&format!("r{i:05}"), d, &["n1", "n2"])
-                .replace("203.0.113.10/24", &format!("10.{}.{}.1/24", i / 256, i % 256))
+        .map(|(i, (ns, dev))| {
+            nodes.harouter_on(&format!("r{i:05}"), dev, &["n1", "n2"]).replace(
+                &format!("namespace: {}\n", nodes.namespace),
+                &format!("namespace: {ns}\n"),
+            )
         })
         .collect();
     s.kubectl_stdin(&["create", "-f", "-"], Some(&yaml.join("---\n")))?;
@@ -128,6 +130,12 @@ fn api_requests_per_failover_of_many_routers() -> Result<()> {
     a2.assert_running()?;
 
     let failover = diff(&after, &before);
+    for (node, agent) in [("n1", &a1), ("n2", &a2)] {
+        let text = agent.metrics()?;
+        let writes: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("hagw_kubernetes_writes_total")).collect();
+        eprintln!("{node} since start: {writes:?}");
+    }
     let total: u64 = failover.values().sum();
     eprintln!("routers: {n}, two nodes");
     eprintln!("start-up: every status after {start_status:.1?}; writes {start_writes:?}");

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use futures::StreamExt;
 use hagw_backends::dataplane::HostDataplane;
@@ -112,6 +114,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let writer = Writer::new(resource);
     let store = writer.as_reader();
     let throttle = Throttle::new(options.writes);
+    let backlog = Arc::new(AtomicBool::new(false));
     let aggregator = Aggregator::new(
         client.clone(),
         store.clone(),
@@ -119,6 +122,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
         throttle.clone(),
         observer.clone(),
         options.conditions_settle,
+        backlog.clone(),
     );
     tokio::spawn(aggregator.run());
     let status = StatusWriter::new(
@@ -128,6 +132,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
         throttle,
         options.status_window,
         observer.clone(),
+        backlog,
     );
     tokio::spawn(status.run(status_rx));
     let mut watch = pin!(

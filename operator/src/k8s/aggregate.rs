@@ -1,6 +1,7 @@
 //! The object-wide conditions of an `HARouter`, aggregated from its nodes' entries:
 //! `Ready` (exactly one primary, every node converged), `Degraded` (a node reports an error)
-//! and `SplitBrain` (more than one node primary).
+//! and `SplitBrain` (more than one node primary), and the one-line role summary
+//! `kubectl get` shows.
 //!
 //! [`conditions`] is the pure rule. [`Aggregator`] runs it in every agent on the objects
 //! its node has an entry in, once the entries have been still for a settle time (a clean
@@ -13,6 +14,8 @@
 //! Event.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
@@ -35,6 +38,9 @@ pub fn conditions(
     generation: Option<i64>,
     now: &str,
 ) -> Vec<Condition> {
+    let mut sorted: Vec<&NodeStatus> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.node.cmp(&b.node));
+    let nodes = sorted;
     let primaries: Vec<&str> =
         nodes.iter().filter(|n| n.role == "primary").map(|n| n.node.as_str()).collect();
     let not_ready: Vec<String> = nodes
@@ -90,6 +96,21 @@ pub fn conditions(
         .collect()
 }
 
+/// The one-line summary of the nodes' roles for `kubectl get` (a printer column shows one
+/// value per object, so the per-node entries cannot be listed there directly): the primary
+/// nodes, and every node as `node=role`, `(held)` when its port is kept silent.
+pub fn summary(nodes: &[NodeStatus]) -> (String, String) {
+    let mut sorted: Vec<&NodeStatus> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.node.cmp(&b.node));
+    let primary: Vec<&str> =
+        sorted.iter().filter(|n| n.role == "primary").map(|n| n.node.as_str()).collect();
+    let roles: Vec<String> = sorted
+        .iter()
+        .map(|n| format!("{}={}{}", n.node, n.role, if n.held { "(held)" } else { "" }))
+        .collect();
+    (primary.join(","), roles.join(","))
+}
+
 /// Whether `conditions` say split brain.
 pub fn split_brain(conditions: &[Condition]) -> bool {
     conditions.iter().any(|c| c.type_ == "SplitBrain" && c.status == "True")
@@ -120,9 +141,17 @@ const STANDIN_FACTOR: u32 = 4;
 
 /// What the aggregator remembers of one object.
 struct Seen {
-    /// The node entries, serialized, as last seen.
+    /// The generation and node entries, serialized, as last seen.
     nodes: String,
     since: Instant,
+    /// Whether this agent wrote what they aggregate to.
+    written: bool,
+}
+
+impl Seen {
+    fn new(nodes: &str, since: Instant) -> Seen {
+        Seen { nodes: nodes.to_string(), since, written: false }
+    }
 }
 
 pub struct Aggregator {
@@ -136,6 +165,8 @@ pub struct Aggregator {
     /// How long the entries must be still before they are aggregated.
     settle: Duration,
     seen: HashMap<(String, String), Seen>,
+    /// Set by the status writer while this node's entries are not all written.
+    backlog: Arc<AtomicBool>,
     /// Objects with a split-brain series.
     exported: HashSet<(String, String)>,
 }
@@ -148,6 +179,7 @@ impl Aggregator {
         throttle: Throttle,
         observer: Observer,
         settle: Duration,
+        backlog: Arc<AtomicBool>,
     ) -> Aggregator {
         let reporter = Reporter { controller: "hagw-agent".into(), instance: Some(node.into()) };
         Aggregator {
@@ -160,6 +192,7 @@ impl Aggregator {
             observer,
             settle,
             seen: HashMap::new(),
+            backlog,
             exported: HashSet::new(),
         }
     }
@@ -173,6 +206,11 @@ impl Aggregator {
     }
 
     async fn pass(&mut self) {
+        if self.backlog.load(Ordering::Relaxed) {
+            // This node's own entries are not all written yet: what the objects show of it is
+            // behind, and a failover half-reported would look like split brain.
+            return;
+        }
         let now = Instant::now();
         let objects = self.store.state();
         let mut present = Vec::with_capacity(objects.len());
@@ -182,11 +220,15 @@ impl Aggregator {
                 serde_json::from_value(object.data["status"]["nodes"].clone()).unwrap_or_default();
             let Some(rank) = rank(&nodes, &self.node) else { continue };
             present.push(key.clone());
-            let text = serde_json::to_string(&nodes).unwrap_or_default();
-            let seen =
-                self.seen.entry(key.clone()).or_insert(Seen { nodes: text.clone(), since: now });
+            let generation = object.meta().generation;
+            let text =
+                format!("{generation:?} {}", serde_json::to_string(&nodes).unwrap_or_default());
+            let seen = self.seen.entry(key.clone()).or_insert_with(|| Seen::new(&text, now));
             if seen.nodes != text {
-                *seen = Seen { nodes: text, since: now };
+                *seen = Seen::new(&text, now);
+            }
+            if seen.written {
+                continue;
             }
             if now.duration_since(seen.since) < self.settle {
                 continue;
@@ -196,13 +238,24 @@ impl Aggregator {
                     .unwrap_or_default();
             let computed =
                 conditions(&nodes, &previous, object.meta().generation, &super::status::now());
+            let (primary, roles) = summary(&nodes);
             self.observer.split_brain(&key.0, &key.1, Some(split_brain(&computed)));
             self.exported.insert(key.clone());
             let wait = self.settle * (1 + STANDIN_FACTOR * rank);
-            if same(&computed, &previous) || now.duration_since(seen.since) < wait {
+            let status = &object.data["status"];
+            let unchanged = same(&computed, &previous)
+                && status["primary"].as_str().unwrap_or_default() == primary
+                && status["roles"].as_str().unwrap_or_default() == roles;
+            if unchanged || now.duration_since(seen.since) < wait {
                 continue;
             }
-            self.write(&key, &computed, split_brain(&previous)).await;
+            let patch = json!({"conditions": computed, "primary": primary, "roles": roles});
+            if self.write(&key, &patch, &computed, split_brain(&previous)).await
+                && let Some(seen) = self.seen.get_mut(&key)
+            {
+                // Until the entries change, this is right, whatever the watch shows meanwhile.
+                seen.written = true;
+            }
         }
         self.seen.retain(|key, _| present.contains(key));
         for key in self.exported.extract_if(|key| !present.contains(key)) {
@@ -210,18 +263,25 @@ impl Aggregator {
         }
     }
 
-    async fn write(&self, key: &(String, String), computed: &[Condition], was_split: bool) {
+    async fn write(
+        &self,
+        key: &(String, String),
+        status: &serde_json::Value,
+        computed: &[Condition],
+        was_split: bool,
+    ) -> bool {
         self.throttle.acquire().await;
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &key.0, &self.resource);
         let patch = json!({
             "apiVersion": HARouter::api_version(&()),
             "kind": HARouter::kind(&()),
-            "status": { "conditions": computed },
+            "status": status,
         });
         let params = PatchParams::apply("hagw-agent/conditions").force();
         let result = api.patch_status(&key.1, &params, &Patch::Apply(&patch)).await;
         self.observer.kubernetes_write("conditions", result.is_ok());
+        let ok = result.is_ok();
         match result {
             Ok(object) => {
                 debug!(harouter = %key.1, namespace = %key.0, node = %self.node, "conditions written");
@@ -248,6 +308,7 @@ impl Aggregator {
                 debug!(harouter = %key.1, namespace = %key.0, error = %e, "conditions write failed; will retry")
             }
         }
+        ok
     }
 
     async fn event(&self, object: &DynamicObject, type_: EventType, reason: &str, note: &str) {
@@ -319,7 +380,7 @@ mod tests {
         let c = conditions(&nodes, &[], None, "t1");
         assert_eq!(get(&c, "SplitBrain"), ("True", "MultiplePrimaries"));
         assert_eq!(get(&c, "Ready"), ("False", "SplitBrain"));
-        assert!(c.iter().any(|c| c.message == "primary on n2, n1"), "{c:?}");
+        assert!(c.iter().any(|c| c.message == "primary on n1, n2"), "{c:?}");
         assert!(split_brain(&c));
     }
 
@@ -354,6 +415,15 @@ mod tests {
         assert_eq!(ready.last_transition_time, "t3");
         let degraded = split.iter().find(|c| c.type_ == "Degraded").expect("Degraded");
         assert_eq!(degraded.last_transition_time, "t1");
+    }
+
+    #[test]
+    fn the_summary_lists_primaries_and_every_node_in_name_order() {
+        let nodes = [entry("n2", "primary", "True", None), entry("n1", "standby", "True", None)];
+        assert_eq!(summary(&nodes), ("n2".into(), "n1=standby(held),n2=primary".into()));
+        let split = [entry("n2", "primary", "True", None), entry("n1", "primary", "True", None)];
+        assert_eq!(summary(&split).0, "n1,n2");
+        assert_eq!(summary(&[]), (String::new(), String::new()));
     }
 
     #[test]

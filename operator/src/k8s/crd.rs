@@ -31,20 +31,14 @@ use serde_json::json;
     printcolumn(
         name = "Primary",
         type_ = "string",
-        json_path = r#".status.nodes[?(@.role=="primary")].node"#,
-        description = "Nodes reporting the primary role"
+        json_path = ".status.primary",
+        description = "Nodes reporting the primary role (two or more: split brain)"
     ),
     printcolumn(
-        name = "Standby",
+        name = "Roles",
         type_ = "string",
-        json_path = r#".status.nodes[?(@.role=="standby")].node"#,
-        description = "Nodes reporting the standby role"
-    ),
-    printcolumn(
-        name = "Held",
-        type_ = "string",
-        json_path = ".status.nodes[?(@.held==true)].node",
-        description = "Nodes whose gateway port is held silent"
+        json_path = ".status.roles",
+        description = "Every node's role; (held): its gateway port is kept silent"
     ),
     printcolumn(
         name = "Ready",
@@ -67,17 +61,10 @@ use serde_json::json;
         priority = 1
     ),
     printcolumn(
-        name = "Nodes",
-        type_ = "string",
-        json_path = ".status.nodes[*].node",
-        description = "Nodes reporting this router",
-        priority = 1
-    ),
-    printcolumn(
         name = "Errors",
         type_ = "string",
-        json_path = ".status.nodes[*].lastError",
-        description = "The nodes' last reconcile errors",
+        json_path = r#".status.conditions[?(@.type=="Degraded")].message"#,
+        description = "The nodes' last errors",
         priority = 1
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
@@ -198,6 +185,12 @@ pub struct HARouterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The nodes reporting the primary role, comma-separated (aggregated, for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// Every node's role, `node=role`, `(held)` when its port is kept silent (aggregated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<String>,
 }
 
 /// One node's view of the router.

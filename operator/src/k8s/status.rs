@@ -14,6 +14,8 @@
 //! and every write takes a token from the agent's [`Throttle`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hagw_core::Role;
@@ -78,6 +80,8 @@ pub struct StatusWriter {
     /// How long updates are collected before they are written.
     window: Duration,
     observer: Observer,
+    /// Set while entries or objects wait to be written (the aggregator waits for it).
+    backlog: Arc<AtomicBool>,
 }
 
 impl StatusWriter {
@@ -88,6 +92,7 @@ impl StatusWriter {
         throttle: Throttle,
         window: Duration,
         observer: Observer,
+        backlog: Arc<AtomicBool>,
     ) -> StatusWriter {
         let reporter = Reporter { controller: "hagw-agent".into(), instance: Some(node.into()) };
         StatusWriter {
@@ -102,6 +107,7 @@ impl StatusWriter {
             throttle,
             window,
             observer,
+            backlog,
         }
     }
 
@@ -121,6 +127,7 @@ impl StatusWriter {
                 },
                 _ = tokio::time::sleep_until(flush_at), if due.is_some() => {
                     let done = self.flush(&mut updates).await;
+                    self.backlog.store(!done, Ordering::Relaxed);
                     due = (!done).then(|| Instant::now() + RETRY_AFTER);
                 }
             }
@@ -135,6 +142,7 @@ impl StatusWriter {
             Update::Publish(objects) => {
                 for (origin, id) in objects {
                     self.publish.insert(origin.key(), (origin, id));
+                    self.backlog.store(true, Ordering::Relaxed);
                 }
             }
         }
@@ -199,7 +207,9 @@ impl StatusWriter {
             }
             _ => {}
         }
-        if let Some(from) = event.transition_from {
+        // One Event per failover, from the node taking over (a demotion alone shows in the
+        // conditions as "no primary"): with 1,000 routers, every Event is a write.
+        if let Some(from) = event.transition_from.filter(|_| event.role == Role::Primary) {
             let note =
                 format!("{}: {} -> {}{}", self.node, from.as_str(), role, steps(&event.outcome));
             self.event(origin, EventType::Normal, "RoleChanged", &note);
@@ -387,7 +397,7 @@ impl StatusWriter {
         serde_json::from_value(entry.clone()).ok()
     }
 
-    fn stored(&self, (namespace, name): &Key) -> Option<std::sync::Arc<DynamicObject>> {
+    fn stored(&self, (namespace, name): &Key) -> Option<Arc<DynamicObject>> {
         self.store.get(&ObjectRef::new_with(name, self.resource.clone()).within(namespace))
     }
 
@@ -411,6 +421,9 @@ impl StatusWriter {
             entry.origin = origin.clone();
             entry.written = false;
         }
+        if !entry.written {
+            self.backlog.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Publishes an Event without waiting: Events are best effort and must never hold up
@@ -418,6 +431,7 @@ impl StatusWriter {
     fn event(&self, origin: &Origin, type_: EventType, reason: &str, note: &str) {
         info!(harouter = %origin.name, namespace = %origin.namespace, node = %self.node, reason, note, "event");
         let recorder = self.recorder.clone();
+        let throttle = self.throttle.clone();
         let reference = origin.object_ref();
         let event = Event {
             type_,
@@ -427,6 +441,7 @@ impl StatusWriter {
             secondary: None,
         };
         tokio::spawn(async move {
+            throttle.acquire().await;
             if let Err(e) = recorder.publish(&event, &reference).await {
                 warn!(error = %e, "cannot publish event");
             }
