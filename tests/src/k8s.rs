@@ -141,13 +141,19 @@ impl ApiServer {
             &["apply", "--server-side", "-f", "-"],
             Some(&String::from_utf8(out.stdout)?),
         )?;
-        self.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/harouters.hagw.dev",
-        ])?;
-        Ok(())
+        // (`kubectl wait` fails outright while the new CRD has no conditions yet.)
+        let established = r#"{.status.conditions[?(@.type=="Established")].status}"#;
+        wait_for("the HARouter CRD established", Duration::from_secs(30), || {
+            let out = self.kubectl(&[
+                "get",
+                "crd",
+                "harouters.hagw.dev",
+                "-o",
+                &format!("jsonpath={established}"),
+            ])?;
+            Ok((out.trim() == "True").then_some(()))
+        })
+        .map(drop)
     }
 }
 
@@ -252,6 +258,8 @@ pub struct Nodes {
     extra: usize,
     /// The agents' `--log-level`.
     pub log_level: &'static str,
+    /// The agents' `--resync` (seconds).
+    pub resync: u32,
 }
 
 impl Nodes {
@@ -281,6 +289,7 @@ impl Nodes {
             names: names.iter().map(|s| s.to_string()).collect(),
             extra: 0,
             log_level: "info,hagw=debug",
+            resync: 5,
         })
     }
 
@@ -393,8 +402,9 @@ impl Nodes {
         let script = format!(
             "set -e; touch {nd}/{ns}; mount --bind /run/netns/{host} {nd}/{ns}; {extra}\
              mount --rbind {nd} /run/netns; mount --bind {ha} {shared}; \
-             exec {hagw} --log-level {level} agent --kubernetes --state-dir {state} --listen 127.0.0.1:0 --resync 5",
+             exec {hagw} --log-level {level} agent --kubernetes --state-dir {state} --listen 127.0.0.1:0 --resync {resync}",
             level = self.log_level,
+            resync = self.resync,
             nd = netns_dir.display(),
             ns = self.namespace,
             host = self.netns(node),

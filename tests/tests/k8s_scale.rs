@@ -95,6 +95,9 @@ fn api_requests_per_failover_of_many_routers() -> Result<()> {
     s.install_crd()?;
     let mut nodes = Nodes::build(&["n1", "n2"])?;
     nodes.log_level = "info";
+    // Each agent re-observes every router every resync: the default (60 s), not the other
+    // tests' 5 s, or 1,000 routers keep the machine busy with resyncs alone.
+    nodes.resync = 60;
     let routers = nodes.add_routers(n)?;
     nodes.set_state("n1", "primary")?;
     let yaml: Vec<String> = routers

@@ -296,8 +296,14 @@ impl NodeAgent {
         let reported: Vec<_> = wanted
             .values()
             .map(|e| e.assigned.origin.key())
-            .chain(self.view.rejected.iter().map(|r| r.origin.key()))
+            .chain(desired.rejected.iter().map(|r| r.origin.key()))
             .collect();
+        for (id, now) in &wanted {
+            let before = self.managed.get(id);
+            if before.is_some_and(|b| b.assigned == now.assigned && b.ignored != now.ignored) {
+                let _ = self.status.send(Update::Report(Box::new(now.clone())));
+            }
+        }
         for old in self.managed.values() {
             if !reported.contains(&old.assigned.origin.key()) {
                 let _ = self.status.send(Update::Forget(old.assigned.origin.clone()));

@@ -49,6 +49,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Update {
     /// A reconcile pass of a router.
     Pass(Box<Enforced>, Box<RouterEvent>),
+    /// What is reported with a router changed (its ignored overrides) while its spec did not:
+    /// no new pass comes, its last one is reported again.
+    Report(Box<Enforced>),
     /// The object lists this node but cannot be enforced.
     Rejected(Origin, String),
     /// This node no longer hosts the object's router.
@@ -72,6 +75,8 @@ pub struct StatusWriter {
     params: PatchParams,
     recorder: Recorder,
     entries: HashMap<Key, Entry>,
+    /// Each router's last pass, by object.
+    last: HashMap<Key, Box<RouterEvent>>,
     /// Objects to create, with their router ids.
     publish: HashMap<Key, (Origin, String)>,
     /// The watched objects: what the API server already holds.
@@ -102,6 +107,7 @@ impl StatusWriter {
             node: node.to_string(),
             params: PatchParams::apply(&format!("hagw-agent/{node}")).force(),
             entries: HashMap::new(),
+            last: HashMap::new(),
             publish: HashMap::new(),
             store,
             throttle,
@@ -136,7 +142,16 @@ impl StatusWriter {
 
     fn record(&mut self, update: Update) {
         match update {
-            Update::Pass(enforced, event) => self.pass(&enforced, &event),
+            Update::Pass(enforced, event) => {
+                self.pass(&enforced, &event);
+                self.last.insert(enforced.assigned.origin.key(), event);
+            }
+            Update::Report(enforced) => {
+                if let Some(mut event) = self.last.get(&enforced.assigned.origin.key()).cloned() {
+                    event.transition_from = None;
+                    self.pass(&enforced, &event);
+                }
+            }
             Update::Rejected(origin, error) => self.rejected(&origin, &error),
             Update::Forget(origin) => self.forget(&origin),
             Update::Publish(objects) => {
@@ -269,6 +284,7 @@ impl StatusWriter {
     /// This node no longer hosts the router of `origin`: its entry is removed (the write
     /// of an empty list drops what this field manager owned).
     fn forget(&mut self, origin: &Origin) {
+        self.last.remove(&origin.key());
         self.set(origin, None);
     }
 
