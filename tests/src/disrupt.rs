@@ -28,25 +28,6 @@ pub enum Disruption {
 pub const ALL: [Disruption; 4] =
     [Disruption::DeletePod, Disruption::Upgrade, Disruption::Kill, Disruption::OomKill];
 
-/// The release's one pod, as the API server has it.
-pub fn pod(node: &Node, release: &Release) -> Result<Value> {
-    let pods: Value = serde_json::from_str(&node.kubectl(&[
-        "get",
-        "pods",
-        "-n",
-        &release.namespace,
-        "-o",
-        "json",
-    ])?)?;
-    let items = pods["items"].as_array().context("a pod list")?;
-    let live: Vec<&Value> =
-        items.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
-    match live.as_slice() {
-        [pod] => Ok((*pod).clone()),
-        other => bail!("{} live pods in {}", other.len(), release.namespace),
-    }
-}
-
 /// The agent's container as `(container id, restart count)`, once it is ready.
 fn ready_container(pod: &Value) -> Option<(String, u64)> {
     let status = &pod["status"]["containerStatuses"][0];
@@ -58,9 +39,9 @@ fn ready_container(pod: &Value) -> Option<(String, u64)> {
 }
 
 /// Waits until the release runs a ready agent container other than `old`.
-fn wait_replaced(node: &Node, release: &Release, old: &str) -> Result<Value> {
+fn wait_replaced(release: &Release, old: &str) -> Result<Value> {
     wait_for("the next agent container ready", Duration::from_secs(180), || {
-        let pod = match pod(node, release) {
+        let pod = match release.pod() {
             Ok(pod) => pod,
             Err(_) => return Ok(None),
         };
@@ -88,7 +69,7 @@ pub fn disrupt(
     what: Disruption,
     tag: &mut String,
 ) -> Result<Value> {
-    let before = pod(node, release)?;
+    let before = release.pod()?;
     let (id, _) = ready_container(&before).context("the agent is not ready before")?;
     match what {
         Disruption::DeletePod => {
@@ -119,7 +100,7 @@ pub fn disrupt(
         }
         Disruption::OomKill => oom_kill(node, &id)?,
     }
-    let after = wait_replaced(node, release, &id)?;
+    let after = wait_replaced(release, &id)?;
     if what == Disruption::OomKill {
         let reason = &after["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"];
         ensure!(reason == "OOMKilled", "the agent ended as {reason}, not OOMKilled");

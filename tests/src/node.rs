@@ -284,6 +284,27 @@ pub struct Release<'a> {
     pub namespace: String,
 }
 
+impl Release<'_> {
+    /// The release's one live pod, as the API server has it.
+    pub fn pod(&self) -> Result<Value> {
+        let pods: Value = serde_json::from_str(&self.node.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            &self.namespace,
+            "-o",
+            "json",
+        ])?)?;
+        let items = pods["items"].as_array().context("a pod list")?;
+        let live: Vec<&Value> =
+            items.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
+        match live.as_slice() {
+            [pod] => Ok((*pod).clone()),
+            other => bail!("{} live pods in {}", other.len(), self.namespace),
+        }
+    }
+}
+
 impl Drop for Release<'_> {
     fn drop(&mut self) {
         let _ = self.node.helm(&["uninstall", &self.name, "-n", &self.namespace, "--wait"]);

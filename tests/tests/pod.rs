@@ -12,7 +12,6 @@ use hagw_e2e::keepalived::{KaLab, Wiring};
 use hagw_e2e::node::{
     HaRouter, IMAGE_REPOSITORY, IMAGE_TAG, Node, Release, node, pod_served_reboot_and_failover,
 };
-use serde_json::Value;
 
 fn link_up(gw: &GatewayLab) -> Result<bool> {
     Ok(gw.gateway("link")?.contains(",UP"))
@@ -84,15 +83,7 @@ fn the_helm_installed_pod_holds_a_standby_and_takes_over() -> Result<()> {
     let release = router.install(node, &[])?;
 
     // The pod runs the image under test with the chart's own securityContext (not privileged).
-    let pods: Value = serde_json::from_str(&node.kubectl(&[
-        "get",
-        "pods",
-        "-n",
-        &release.namespace,
-        "-o",
-        "json",
-    ])?)?;
-    let pod = &pods["items"][0];
+    let pod = &release.pod()?;
     let container = &pod["spec"]["containers"][0];
     assert_eq!(container["image"], format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}"), "{pod}");
     assert_eq!(container["securityContext"]["privileged"], false, "{pod}");

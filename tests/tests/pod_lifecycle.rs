@@ -93,7 +93,7 @@ fn an_absent_agent_keeps_a_promoted_standby_dark_until_it_returns() -> Result<()
 
     select(r#"{"hagw.test/absent":"true"}"#)?;
     wait_for("the agent gone", Duration::from_secs(60), || {
-        Ok(disrupt::pod(node, &release).is_err().then_some(()))
+        Ok(release.pod().is_err().then_some(()))
     })?;
     lab.nodes[0].crash_keepalived();
     wait_vip(&lab, 1)?;
@@ -105,8 +105,8 @@ fn an_absent_agent_keeps_a_promoted_standby_dark_until_it_returns() -> Result<()
     let back = Instant::now();
     select(r#"{"hagw.test/absent":null}"#)?;
     wait_for("the agent back", Duration::from_secs(120), || {
-        let ready = disrupt::pod(node, &release)
-            .is_ok_and(|p| p["status"]["containerStatuses"][0]["ready"] == true);
+        let ready =
+            release.pod().is_ok_and(|p| p["status"]["containerStatuses"][0]["ready"] == true);
         Ok(ready.then_some(()))
     })?;
     let ready = back.elapsed();
