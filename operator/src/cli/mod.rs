@@ -145,3 +145,91 @@ fn describe_wait(wait: &hagw_core::Wait) -> String {
         hagw_core::Wait::L2NotWired => "the L2 agent to wire the port before release".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The project rule: every subcommand's `--help` ends with an example of its use.
+    #[test]
+    fn every_subcommand_shows_an_example() {
+        let command = Cli::command();
+        let missing: Vec<&str> = command
+            .get_subcommands()
+            .filter(|sub| sub.get_name() != "help")
+            .filter(|sub| {
+                let after = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+                !(after.starts_with("Example") && after.contains("hagw "))
+            })
+            .map(|sub| sub.get_name())
+            .collect();
+        assert!(missing.is_empty(), "subcommands without an example: {missing:?}");
+    }
+
+    #[test]
+    fn every_example_parses_with_the_current_flags() {
+        for sub in Cli::command().get_subcommands().filter(|s| s.get_name() != "help") {
+            let after = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            let lines = example_lines(&after);
+            assert!(!lines.is_empty(), "`{}` has no `hagw …` example line", sub.get_name());
+            for line in lines {
+                let words = shell_words(&line);
+                Cli::try_parse_from(&words).unwrap_or_else(|e| {
+                    panic!("example of `{}` does not parse: {line}\n{e}", sub.get_name())
+                });
+            }
+        }
+    }
+
+    /// The `hagw …` command lines of an example text: continuation lines joined, comments,
+    /// environment assignments, redirections and anything after `&&` or `|` dropped.
+    fn example_lines(text: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut pending = String::new();
+        for raw in text.lines().skip(1) {
+            let part = raw.split(" #").next().unwrap_or_default().trim();
+            pending.push_str(part.trim_end_matches('\\'));
+            pending.push(' ');
+            if part.ends_with('\\') {
+                continue;
+            }
+            let command = std::mem::take(&mut pending);
+            let command = command.split(" > ").next().unwrap_or_default();
+            let command = command.rsplit("&& ").next().unwrap_or_default();
+            if let Some(start) = command.find("hagw ") {
+                let line = command[start..].split(" | ").next().unwrap_or_default();
+                let words: Vec<&str> =
+                    line.trim_end().trim_end_matches('"').split_whitespace().collect();
+                lines.push(words.join(" "));
+            }
+        }
+        lines
+    }
+
+    fn shell_words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(|w| w.trim_matches('"').to_string()).collect()
+    }
+
+    #[test]
+    fn example_lines_are_extracted_as_a_shell_would_run_them() {
+        let text = "Examples:\n  NODE_NAME=n hagw agent --kubernetes \\\n      --backend ovs\n  \
+                    systemctl stop hagw && hagw release --all   # note\n  \
+                    hagw completions bash > /tmp/x\n  notify_master \"/usr/bin/hagw notify r1 MASTER\"";
+        assert_eq!(
+            example_lines(text),
+            [
+                "hagw agent --kubernetes --backend ovs",
+                "hagw release --all",
+                "hagw completions bash",
+                "hagw notify r1 MASTER",
+            ]
+        );
+    }
+}

@@ -136,3 +136,84 @@ impl DiscoveryArgs {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Discovery {
+        #[command(flatten)]
+        args: DiscoveryArgs,
+    }
+
+    fn source(argv: &[&str]) -> Result<Option<NeutronSource>, String> {
+        let argv = std::iter::once("hagw").chain(argv.iter().copied());
+        Discovery::try_parse_from(argv).expect("parses").args.source()
+    }
+
+    #[test]
+    fn without_the_flag_there_is_no_source() {
+        assert!(source(&[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_defaults_find_kolla_and_openstack_helm_through_the_agents_root() {
+        let found = source(&["--discover-neutron"]).unwrap().unwrap();
+        assert_eq!(
+            found.state_paths,
+            [PathBuf::from("/var/lib/neutron"), PathBuf::from("/var/lib/neutron/kolla")]
+        );
+        assert_eq!(
+            found.access,
+            StateAccess::Processes(vec!["neutron-l3-agent".into(), "keepalived".into()])
+        );
+        assert_eq!(found.defaults.strategy, Strategy::L2Hold);
+        assert_eq!(found.defaults.backend, BackendDefault::Ovs);
+    }
+
+    #[test]
+    fn a_relative_state_path_is_refused_by_name() {
+        let err = source(&["--discover-neutron", "--neutron-state-path", "/ok,var/lib/neutron"])
+            .unwrap_err();
+        assert!(err.starts_with("--neutron-state-path (HAGW_NEUTRON_STATE_PATH)"), "{err}");
+    }
+
+    #[test]
+    fn process_roots_need_a_process_to_look_for() {
+        let err = source(&["--discover-neutron", "--neutron-process", ","]).unwrap_err();
+        assert!(err.starts_with("--neutron-process (HAGW_NEUTRON_PROCESS)"), "{err}");
+        let host =
+            source(&["--discover-neutron", "--neutron-process", ",", "--neutron-root", "host"])
+                .unwrap()
+                .unwrap();
+        assert_eq!(host.access, StateAccess::Direct);
+    }
+
+    #[test]
+    fn a_linux_bridge_is_fixed_by_flag_or_read_per_tap() {
+        let fixed = source(&[
+            "--discover-neutron",
+            "--backend",
+            "linuxbridge",
+            "--bridge",
+            "brq1",
+            "--strategy",
+            "silence-only",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            fixed.defaults.backend,
+            BackendDefault::Linuxbridge(BridgeLookup::Fixed("brq1".into()))
+        );
+        assert_eq!(fixed.defaults.strategy, Strategy::SilenceOnly);
+        let per_tap = source(&["--discover-neutron", "--backend", "linuxbridge"]).unwrap().unwrap();
+        assert_eq!(
+            per_tap.defaults.backend,
+            BackendDefault::Linuxbridge(BridgeLookup::Sysfs("/sys/class/net".into()))
+        );
+    }
+}
