@@ -49,8 +49,9 @@ impl Ovs {
         self.vswitchd = Some(self.daemon(&[
             "ovs-vswitchd",
             &format!("unix:{d}/db.sock"),
-            &format!("--pidfile={d}/vswitchd.pid"),
-            &format!("--unixctl={d}/vswitchd.ctl"),
+            // The standard names (control socket `ovs-vswitchd.<pid>.ctl` in the run dir),
+            // through which hagw finds the control socket as `ovs-appctl` does.
+            &format!("--pidfile={d}/ovs-vswitchd.pid"),
             &format!("--log-file={d}/vswitchd.log"),
             "-vconsole:off",
         ])?);

@@ -9,17 +9,21 @@
 //!   bridge's management socket by [`openflow`] (`ovs-ofctl` as the fallback),
 //! - [`watch`]: the monitor that reports retagged ports at once, and the re-hold task,
 //! - [`restarts`]: ovs-vswitchd (re)starting, which drops `no-receive` behind OVSDB's back,
-//! - [`applied`]: waiting until ovs-vswitchd has applied a release before it is announced.
+//! - [`applied`]: waiting until ovs-vswitchd has applied a release before it is announced,
+//! - [`dpflows`]: then forgetting the datapath flows the port had while held (its cached
+//!   `drop`), over ovs-vswitchd's control socket ([`unixctl`]).
 //!
 //! A hold is both the dead-VLAN triple in the Port row and `no-receive` on the OpenFlow port;
 //! either alone keeps the port's frames off the uplink, so the port counts as held while
 //! either is in place (a primary then still releases both), and every hold puts both back.
 
 pub mod applied;
+pub mod dpflows;
 pub mod ofport;
 pub mod openflow;
 pub mod port;
 pub mod restarts;
+pub mod unixctl;
 pub mod watch;
 
 use std::collections::BTreeSet;
@@ -35,6 +39,7 @@ use crate::ovsdb::{
     ClientConfig, Condition, Endpoint, InterfaceRow, Op, OvsdbClient, OvsdbError, PortRow,
     VSWITCH_DB, Value,
 };
+use dpflows::DatapathFlows;
 use ofport::{Ofctl, OfctlError};
 
 pub use watch::{
@@ -78,6 +83,8 @@ pub struct OvsBackend {
     client: Arc<OnceCell<OvsdbClient>>,
     /// `None`: the OVSDB triple only (see [`OvsBackend::ovsdb_only`]).
     ofctl: Option<Ofctl>,
+    /// The datapath flows of released ports, purged through ovs-vswitchd's control socket.
+    flows: DatapathFlows,
     /// Ports this process has held and not released since (see [`OvsBackend::holding`]).
     holding: Arc<tokio::sync::watch::Sender<BTreeSet<String>>>,
 }
@@ -94,12 +101,15 @@ impl OvsBackend {
     pub fn with_config(endpoint: impl Into<String>, config: ClientConfig) -> Self {
         let endpoint = endpoint.into();
         let env = std::env::var("OVS_RUNDIR").ok();
-        let ofctl = Ofctl::new(ofport::rundir_for(&endpoint, env.as_deref()));
+        let rundir = ofport::rundir_for(&endpoint, env.as_deref());
+        let flows = DatapathFlows::new(rundir.clone());
+        let ofctl = Ofctl::new(rundir);
         Self {
             endpoint,
             config,
             client: Arc::new(OnceCell::new()),
             ofctl: Some(ofctl),
+            flows,
             holding: Arc::new(tokio::sync::watch::Sender::new(BTreeSet::new())),
         }
     }
@@ -156,7 +166,7 @@ impl OvsBackend {
         let bridges = Op::Select {
             table: "Bridge".into(),
             conditions: vec![],
-            columns: Some(vec!["name".into(), "ports".into()]),
+            columns: Some(vec!["name".into(), "ports".into(), "datapath_type".into()]),
         };
         let interfaces = InterfaceRow::select(vec![Condition::eq("name", port)]);
         let results = client
@@ -180,7 +190,8 @@ impl OvsBackend {
         let attached = interfaces.iter().any(|iface| {
             InterfaceRow::from_row(None, iface).is_ok_and(|i| i.ofport.is_some_and(|n| n > 0))
         });
-        Ok(Some(Located { bridge: bridge_of(&bridges, &row), row, attached }))
+        let (bridge, datapath) = bridge_of(&bridges, &row).unzip();
+        Ok(Some(Located { bridge, datapath, row, attached }))
     }
 
     /// Whether the port's OpenFlow `no-receive` is set. Unreadable (ovs-vswitchd down, the port
@@ -304,7 +315,8 @@ impl OvsBackend {
         let Some(target) = applied::target_cfg(&results) else { return Ok(()) };
         match applied::wait_applied(client, target, VSWITCHD_APPLY_WAIT).await {
             Ok(applied::Applied::After(took)) => {
-                debug!(us = took.as_micros() as u64, "ovs-vswitchd applied the release")
+                debug!(us = took.as_micros() as u64, "ovs-vswitchd applied the release");
+                self.purge_held_flows(port, located.datapath.as_deref()).await;
             }
             Ok(applied::Applied::TimedOut) => warn!(
                 ms = VSWITCHD_APPLY_WAIT.as_millis() as u64,
@@ -313,6 +325,25 @@ impl OvsBackend {
             Err(e) => warn!(error = %e, "cannot tell whether ovs-vswitchd applied the release"),
         }
         Ok(())
+    }
+
+    /// Deletes the datapath flows the port had while held (see [`dpflows`]), so round 1 of
+    /// the announcement is translated anew instead of matching a cached `drop`. A failure
+    /// only costs that round: it is logged, the release stands.
+    async fn purge_held_flows(&self, port: &str, datapath: Option<&str>) {
+        let Some(datapath) = datapath else { return };
+        let start = tokio::time::Instant::now();
+        match self.flows.purge(datapath, port).await {
+            Ok(p) => info!(
+                flows = p.flows,
+                dropping = p.dropping,
+                deleted = p.deleted,
+                batch = p.batch,
+                us = start.elapsed().as_micros() as u64,
+                "datapath flows of the held port purged"
+            ),
+            Err(e) => warn!(error = %e, "cannot purge the held port's datapath flows"),
+        }
     }
 
     async fn commit(&self, operation: &str, port: &str, ops: &[Op]) -> Result<(), Error> {
@@ -349,8 +380,10 @@ fn ofctl_error(operation: &str, port: &str, e: OfctlError) -> Error {
     }
 }
 
-/// The bridge whose `ports` hold `port_uuid`, from a select of every Bridge's `name`, `ports`.
-fn bridge_of(bridges: &[crate::ovsdb::JsonRow], port: &PortRow) -> Option<String> {
+/// The bridge whose `ports` hold `port_uuid` and the name of its datapath
+/// ([`dpflows::datapath_name`]), from a select of every Bridge's `name`, `ports`,
+/// `datapath_type`.
+fn bridge_of(bridges: &[crate::ovsdb::JsonRow], port: &PortRow) -> Option<(String, String)> {
     let atoms = |row: &crate::ovsdb::JsonRow, column: &str| {
         Value::from_json(row.get(column)?).ok()?.into_atoms().ok()
     };
@@ -359,7 +392,9 @@ fn bridge_of(bridges: &[crate::ovsdb::JsonRow], port: &PortRow) -> Option<String
         if !ports.iter().any(|atom| atom.as_uuid() == Some(&port.uuid)) {
             return None;
         }
-        atoms(row, "name")?.first()?.as_str().map(str::to_owned)
+        let name = atoms(row, "name")?.first()?.as_str()?.to_owned();
+        let kind = atoms(row, "datapath_type").and_then(|t| Some(t.first()?.as_str()?.to_owned()));
+        Some((name, dpflows::datapath_name(kind.as_deref().unwrap_or_default())))
     })
 }
 
@@ -368,6 +403,8 @@ fn bridge_of(bridges: &[crate::ovsdb::JsonRow], port: &PortRow) -> Option<String
 struct Located {
     row: PortRow,
     bridge: Option<String>,
+    /// The bridge's datapath ([`dpflows::datapath_name`]), with `bridge`.
+    datapath: Option<String>,
     /// ovs-vswitchd has attached the port (its Interface has an OpenFlow port number), so
     /// `no-receive` can be read and set.
     attached: bool,

@@ -45,7 +45,7 @@ impl KaLab {
                 (
                     format!("ovsdb: {}\n", node.ovs.endpoint()),
                     format!("{{ovs: {{port: {}}}}}", node.port),
-                    "l2-hold",
+                    self.strategy,
                 )
             }
             (Base::Lb(_), Wiring::Linuxbridge) => (
@@ -55,9 +55,9 @@ impl KaLab {
                     linuxbridge::TAP,
                     linuxbridge::BRQ
                 ),
-                "l2-hold",
+                self.strategy,
             ),
-            (Base::Lb(_), _) => (String::new(), "generic".to_owned(), "link-down"),
+            (Base::Lb(_), _) => (String::new(), "generic".to_owned(), self.strategy),
         };
         let lla = if self.ipv4_only { String::new() } else { format!(", \"{GATEWAY_LLA}\"") };
         format!(

@@ -100,6 +100,16 @@ impl fmt::Display for Wiring {
     }
 }
 
+impl Wiring {
+    /// The strategy hagw uses on this wiring unless a test picks another.
+    pub fn strategy(self) -> &'static str {
+        match self {
+            Wiring::Ovs | Wiring::Linuxbridge => "l2-hold",
+            Wiring::Generic => "link-down",
+        }
+    }
+}
+
 impl FromStr for Wiring {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Wiring> {
@@ -133,6 +143,9 @@ pub struct KaLab {
     /// Routers without IPv6 addresses (no link-local VIP): nothing but ARP tells the ToR
     /// where a new primary is, so its first announcement round is what moves the FDB.
     pub ipv4_only: bool,
+    /// hagw's strategy on both nodes: the wiring's own ([`Wiring::strategy`]) unless built
+    /// with [`KaLab::build_ipv4_only_with`].
+    pub strategy: &'static str,
     pub nodes: Vec<KaNode>,
     pub tor: String,
     pub external: String,
@@ -157,17 +170,28 @@ impl KaLab {
     /// The testbed up to the moment the routers are plugged: nodes, observers and the host
     /// agents named in `host_hagw`, so that another agent can be started before [`KaLab::boot`].
     pub fn prepare(wiring: Wiring, host_hagw: [bool; 2]) -> Result<KaLab> {
-        KaLab::prepare_routers(wiring, host_hagw, false)
+        KaLab::prepare_routers(wiring, host_hagw, false, wiring.strategy())
     }
 
     /// [`KaLab::build`] with IPv4-only routers.
     pub fn build_ipv4_only(wiring: Wiring) -> Result<KaLab> {
-        let mut lab = KaLab::prepare_routers(wiring, [true; 2], true)?;
+        KaLab::build_ipv4_only_with(wiring, wiring.strategy())
+    }
+
+    /// [`KaLab::build_ipv4_only`] with hagw's `strategy` instead of the wiring's own (on OVS:
+    /// `l2-hold`, `link-down` or `silence-only`, all three on the same dead-VLAN backend).
+    pub fn build_ipv4_only_with(wiring: Wiring, strategy: &'static str) -> Result<KaLab> {
+        let mut lab = KaLab::prepare_routers(wiring, [true; 2], true, strategy)?;
         lab.boot()?;
         Ok(lab)
     }
 
-    fn prepare_routers(wiring: Wiring, host_hagw: [bool; 2], ipv4_only: bool) -> Result<KaLab> {
+    fn prepare_routers(
+        wiring: Wiring,
+        host_hagw: [bool; 2],
+        ipv4_only: bool,
+        strategy: &'static str,
+    ) -> Result<KaLab> {
         let base = match wiring {
             Wiring::Ovs => Base::Ovs(OvsLab::build(2)?),
             Wiring::Linuxbridge => Base::Lb(LbLab::build(2, "l2-hold")?),
@@ -182,6 +206,7 @@ impl KaLab {
             host_hagw,
             legacy: true,
             ipv4_only,
+            strategy,
             nodes: Vec::new(),
             tor,
             external,
