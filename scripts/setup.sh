@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   iproute2 tcpdump tshark iputils-ping iputils-arping ethtool nftables
   openvswitch-switch keepalived python3-venv
+  mmdebstrap binutils prometheus
 )
 
 if [[ $EUID -ne 0 ]]; then

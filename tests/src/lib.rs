@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod capture;
+pub mod debroot;
 pub mod disrupt;
 pub mod gateway;
 pub mod k8s;

@@ -26,15 +26,15 @@ pub struct RunArgs {
     )]
     pub config: Option<PathBuf>,
     /// Discover routers from this Neutron state path (`<path>/ha_confs/*/keepalived.conf`).
-    #[arg(long, value_name = "STATE_PATH")]
+    #[arg(long, env = "HAGW_NEUTRON", value_name = "STATE_PATH")]
     pub neutron: Option<PathBuf>,
     #[command(flatten)]
     pub routers: NeutronArgs,
     /// With --neutron: the OVSDB endpoint.
-    #[arg(long, default_value = DEFAULT_OVSDB)]
+    #[arg(long, env = "HAGW_OVSDB", default_value = DEFAULT_OVSDB)]
     pub ovsdb: String,
     /// Seconds between full re-observations of every router, even without events.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "HAGW_RESYNC", default_value_t = 60)]
     pub resync: u64,
     /// Address serving /metrics (Prometheus), /healthz, /readyz and /log-level; `none` to
     /// serve nothing. If it cannot be bound, the agent logs an error and runs without it.
