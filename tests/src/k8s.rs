@@ -363,7 +363,7 @@ impl Nodes {
     /// [`Nodes::harouter`] for the gateway device `device`.
     pub fn harouter_on(&self, name: &str, device: &str, nodes: &[&str]) -> String {
         format!(
-            "apiVersion: hagw.dev/v1alpha1\nkind: HARouter\nmetadata:\n  name: {name}\n  namespace: default\n\
+            "apiVersion: hagw.dev/v1beta1\nkind: HARouter\nmetadata:\n  name: {name}\n  namespace: default\n\
              spec:\n  nodes: [{nodes}]\n  router:\n    id: {name}\n    namespace: {ns}\n    \
              gatewayDevice: {dev}\n    gatewayAddresses: [203.0.113.10/24]\n    strategy: link-down\n    \
              silenceSettleMs: 300\n    announce: {{repeats: 0}}\n    role: {{stateFile: {state}}}\n",

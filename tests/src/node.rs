@@ -380,7 +380,7 @@ impl Node {
     /// (YAML lines indented by four spaces).
     pub fn harouter(&self, name: &str, router: &str) -> Result<HaRouter<'_>> {
         self.apply(&format!(
-            "apiVersion: hagw.dev/v1alpha1\nkind: HARouter\nmetadata: {{name: {name}, namespace: default}}\n\
+            "apiVersion: hagw.dev/v1beta1\nkind: HARouter\nmetadata: {{name: {name}, namespace: default}}\n\
              spec:\n  nodes: [{node}]\n  router:\n{router}",
             node = self.name
         ))?;

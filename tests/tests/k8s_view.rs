@@ -78,7 +78,7 @@ fn a_discovered_router_gets_its_object_and_takes_overrides() -> Result<()> {
 
     // A user-written object overrides the strategy of the discovered router.
     let mine = format!(
-        "apiVersion: hagw.dev/v1alpha1\nkind: HARouter\nmetadata: {{name: mine, namespace: default}}\n\
+        "apiVersion: hagw.dev/v1beta1\nkind: HARouter\nmetadata: {{name: mine, namespace: default}}\n\
          spec:\n  routerId: \"{id}\"\n  overrides: {{strategy: silence-only}}\n"
     );
     s.apply(&mine)?;

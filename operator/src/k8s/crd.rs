@@ -9,7 +9,6 @@
 use hagw_core::RouterSpec;
 use hagw_core::model::{AnnounceSchedule, L2BackendSpec, Strategy};
 use kube::CustomResource;
-use kube::core::CustomResourceExt;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -20,7 +19,7 @@ use serde_json::json;
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "hagw.dev",
-    version = "v1alpha1",
+    version = "v1beta1",
     kind = "HARouter",
     doc = "An HA router whose gateway port hagw keeps silent on its standby nodes.",
     plural = "harouters",
@@ -242,7 +241,8 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
-/// The CRD manifest as YAML, as `hagw crd` prints it and the chart ships it.
+/// The CRD manifest as YAML (both served versions, see [`super::versions`]), as `hagw crd`
+/// prints it and the chart ships it.
 pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
-    serde_saphyr::to_string(&HARouter::crd())
+    serde_saphyr::to_string(&super::versions::crd())
 }

@@ -12,6 +12,7 @@ mod source;
 mod status;
 mod throttle;
 mod uninstall;
+mod versions;
 
 pub use throttle::Limit;
 

@@ -16,6 +16,7 @@ use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use super::crd::{HARouter, HARouterSpec, Overrides};
+use super::versions::denormalize;
 
 /// The `HARouter` a router spec came from: where its status and Events go.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -174,9 +175,10 @@ fn lists_node(obj: &DynamicObject, node: &str) -> bool {
 
 /// The object's spec, checked as `routers.yaml` is: a `router` with its `nodes`, or the
 /// `routerId` of a discovered router with optional overrides.
-fn parse(obj: &DynamicObject) -> Result<HARouterSpec, String> {
-    let spec: HARouterSpec =
-        serde_json::from_value(obj.data["spec"].clone()).map_err(|e| format!("spec: {e}"))?;
+pub(super) fn parse(obj: &DynamicObject) -> Result<HARouterSpec, String> {
+    let mut spec = obj.data["spec"].clone();
+    denormalize(&mut spec);
+    let spec: HARouterSpec = serde_json::from_value(spec).map_err(|e| format!("spec: {e}"))?;
     match (&spec.router, &spec.router_id) {
         (Some(router), _) => {
             validate_router(router)
