@@ -131,6 +131,19 @@ impl ApiServer {
         Ok(serde_json::from_str(&out)?)
     }
 
+    /// The value etcd holds under `key` (e.g. `/registry/hagw.dev/harouters/<ns>/<name>`),
+    /// read through etcd's JSON gateway: what the API server stored, in the version it
+    /// stored it in.
+    pub fn etcd_get(&self, key: &str) -> Result<String> {
+        let script = format!(
+            "set -o pipefail; k=$(printf %s '{key}' | base64 -w0); \
+             curl -sf -X POST http://127.0.0.1:{port}/v3/kv/range -d \"{{\\\"key\\\": \\\"$k\\\"}}\" \
+             | python3 -c 'import base64, json, sys; print(base64.b64decode(json.load(sys.stdin)[\"kvs\"][0][\"value\"]).decode())'",
+            port = self.ports[1].port,
+        );
+        sh(&script).with_context(|| format!("reading {key} from etcd"))
+    }
+
     /// Installs the HARouter CRD from `hagw crd` and waits until it is served.
     pub fn install_crd(&self) -> Result<()> {
         let out = Command::new(hagw_bin()).arg("crd").output()?;

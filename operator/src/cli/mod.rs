@@ -3,6 +3,7 @@
 mod agent;
 mod crd;
 mod docs;
+mod migrate;
 mod neutron;
 mod notify;
 mod plan;
@@ -88,8 +89,14 @@ pub enum Command {
     )]
     Completions(docs::CompletionsArgs),
     /// Print the HARouter CustomResourceDefinition (YAML).
-    #[command(after_help = "Example:\n  hagw crd | kubectl apply -f -")]
+    #[command(after_help = "Example:\n  hagw crd | kubectl apply --server-side -f -")]
     Crd,
+    /// Store every HARouter as v1beta1 and drop v1alpha1 from the CRD's storedVersions (once,
+    /// after applying the new CRD; needs update on harouters and on the CRD's status).
+    #[command(
+        after_help = "Examples:\n  hagw migrate --dry-run\n  KUBECONFIG=admin.conf hagw migrate"
+    )]
+    Migrate(migrate::MigrateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -128,6 +135,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Man(args) => docs::man(args),
         Command::Completions(args) => docs::completions(args),
         Command::Crd => crd::run(),
+        Command::Migrate(args) => migrate::run(args).await,
     }
 }
 

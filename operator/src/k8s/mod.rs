@@ -8,6 +8,7 @@ mod cache;
 pub mod crd;
 pub(crate) mod handback;
 mod merge;
+pub mod migrate;
 mod source;
 mod status;
 mod throttle;

@@ -29,6 +29,8 @@ use serde_json::{Value, json};
 
 use super::crd::HARouter;
 
+/// The version the agent reads and the API server stores.
+pub const STORAGE: &str = "v1beta1";
 /// The earlier version, still served.
 pub const V1ALPHA1: &str = "v1alpha1";
 
