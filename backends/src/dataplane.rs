@@ -17,6 +17,7 @@ use tracing::{debug, instrument};
 
 use crate::l2::L2Backends;
 use crate::linux::LinuxNet;
+use crate::linux::forwarding::{self, Forwarding};
 use crate::netns::Netns;
 
 /// Applies plans to the host's namespaces and switch. Cheap to clone.
@@ -81,7 +82,7 @@ impl Dataplane for HostDataplane {
             }
             Action::AddRoute { route } => self.linux.add_route(&netns, device, route).await,
             Action::Announce { addresses } => {
-                self.await_carrier(&netns, device).await;
+                self.await_forwarding(&netns, device).await;
                 let linux = &self.linux;
                 crate::announce::announce_present(linux, &netns, device, addresses, spec.announce)
                     .await
@@ -90,24 +91,31 @@ impl Dataplane for HostDataplane {
     }
 }
 
-/// How long an announcement waits for the gateway's carrier after its link was raised.
-const CARRIER_WAIT: Duration = Duration::from_millis(500);
+/// How long an announcement waits for the gateway's link to forward after it was raised.
+const FORWARDING_WAIT: Duration = Duration::from_millis(500);
 
 impl HostDataplane {
-    /// Waits (bounded) until the device has carrier: frames sent on a link that was raised
-    /// a moment ago but has no carrier yet are dropped, and the first, most useful round of
-    /// gratuitous ARPs would be lost. On timeout the announcement goes ahead anyway; its
-    /// later rounds still count.
-    async fn await_carrier(&self, netns: &Netns, device: &str) {
-        let deadline = tokio::time::Instant::now() + CARRIER_WAIT;
-        loop {
-            match self.linux.link(netns, device).await {
-                Ok(Some(link)) if link.oper_up => return,
-                Ok(_) | Err(_) if tokio::time::Instant::now() >= deadline => {
-                    debug!(netns = netns.name(), device, "no carrier yet; announcing anyway");
-                    return;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+    /// Waits (bounded) until the gateway's link forwards: it and the device it is linked to
+    /// (a veth's peer, whose bridge port is enabled with it) are operationally up (see
+    /// [`crate::linux::forwarding`]). Frames sent before that are dropped, and the first,
+    /// most useful round of gratuitous ARPs would be lost. On timeout the announcement goes
+    /// ahead anyway; its later rounds still count.
+    async fn await_forwarding(&self, netns: &Netns, device: &str) {
+        match forwarding::await_forwarding(netns, device, FORWARDING_WAIT).await {
+            Forwarding::Up { waited, linked } => {
+                debug!(
+                    netns = netns.name(),
+                    device,
+                    us = waited.as_micros() as u64,
+                    linked,
+                    "link forwards"
+                )
+            }
+            Forwarding::TimedOut => {
+                debug!(netns = netns.name(), device, "link not forwarding yet; announcing anyway")
+            }
+            Forwarding::Unknown => {
+                debug!(netns = netns.name(), device, "cannot watch the link; announcing now")
             }
         }
     }

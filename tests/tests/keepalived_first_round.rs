@@ -53,12 +53,9 @@ fn first_round_every_takeover(wiring: Wiring, strategy: &'static str) -> Result<
     Ok(())
 }
 
-/// Loses round 1 in some takeovers since the namespace hold's release got fast (6762b64):
-/// the pass raises the link and announces within a few ms, before the bridge behind the veth
-/// forwards the port; round 2 (10 ms) arrives. The release's former 27 ms had hidden that
-/// (0 of 200 at ee5d73f). docs/benchmarks.md. Run with `--include-ignored`.
+/// Lost round 1 in some takeovers when the pass announced as soon as `qg` was up: the
+/// bridge behind its veth peer enabled the port only after (backends/src/linux/forwarding.rs).
 #[test]
-#[ignore = "link-down: round 1 races the switch port coming up after the link is raised (docs/benchmarks.md)"]
 fn generic_link_down_first_round_reaches_the_tor() -> Result<()> {
     first_round_every_takeover(Wiring::Generic, "link-down")
 }

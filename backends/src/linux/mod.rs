@@ -10,6 +10,7 @@
 pub mod address;
 pub mod connection;
 pub mod error;
+pub mod forwarding;
 pub mod link;
 pub mod observe;
 pub mod route;
