@@ -7,9 +7,15 @@
 #   - kubernetes-validate --strict for every rendered object (unknown fields are errors).
 # Both live in a venv under /var/cache/hagw/venv (HAGW_VENV), created idempotently.
 #
-# Usage: scripts/chart-check.sh [--render-to FILE]
+# Also: deploy/prometheus/hagw-rules.yaml (the alert rules for a Prometheus without the
+# operator) must be the chart's PrometheusRule rules exactly, and `promtool check rules`
+# must accept it.
+#
+# Usage: scripts/chart-check.sh [--render-to FILE] [--write-rules]
 #   --render-to FILE   also write the default rendering (CRD first, as `helm install` applies
 #                      it) to FILE, for applying to a test API server.
+#   --write-rules      write deploy/prometheus/hagw-rules.yaml from the chart (after editing
+#                      charts/hagw/templates/prometheusrule.yaml).
 # Environment: HAGW_VENV (venv dir), HAGW_K8S_VALIDATE_VERSION (schema version, default 1.33.0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,10 +23,12 @@ cd "$(dirname "$0")/.."
 VENV=${HAGW_VENV:-/var/cache/hagw/venv}
 K8S_VERSION=${HAGW_K8S_VALIDATE_VERSION:-1.33.0}
 RENDER_TO=
+WRITE_RULES=no
 while (($#)); do
   case $1 in
     --render-to) RENDER_TO=${2:?--render-to needs a file}; shift 2 ;;
-    *) echo "usage: $0 [--render-to FILE]" >&2; exit 2 ;;
+    --write-rules) WRITE_RULES=yes; shift ;;
+    *) echo "usage: $0 [--render-to FILE] [--write-rules]" >&2; exit 2 ;;
   esac
 done
 
@@ -40,11 +48,12 @@ flock -u 9
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-"$VENV/bin/python" - "$work" <<'PY'
+"$VENV/bin/python" - "$work" "$WRITE_RULES" <<'PY'
 import json, sys
 import helm_python as helm
+import yaml
 
-work = sys.argv[1]
+work, write_rules = sys.argv[1], sys.argv[2] == "yes"
 chart_dir = "charts/hagw"
 failed = False
 # Neutron discovery read from host paths (kolla-ansible's volume mounted beside the default
@@ -77,7 +86,23 @@ for bad in [{"backend": "ovn"}, {"metricsPortt": 9464}, {"log": {"format": "xml"
         failed = True
 if failed:
     sys.exit("helm lint --strict failed")
+# The plain rule file is the chart's PrometheusRule's spec (release name hagw), nothing else.
+with open(f"{work}/monitoring.yaml") as f:
+    rule = next(d for d in yaml.safe_load_all(f) if d and d.get("kind") == "PrometheusRule")
+rules_file = "deploy/prometheus/hagw-rules.yaml"
+if write_rules:
+    with open(rules_file, "w") as f:
+        f.write("# hagw's alert rules for a Prometheus without the operator: generated from the chart's\n"
+                "# PrometheusRule (charts/hagw/templates/prometheusrule.yaml) by\n"
+                "# `scripts/chart-check.sh --write-rules`; CI fails if the two differ.\n")
+        yaml.safe_dump(rule["spec"], f, sort_keys=False, width=100)
+with open(rules_file) as f:
+    if yaml.safe_load(f) != rule["spec"]:
+        sys.exit(f"{rules_file} differs from the chart's PrometheusRule: "
+                 "run scripts/chart-check.sh --write-rules")
 PY
+promtool check rules deploy/prometheus/hagw-rules.yaml >&2 \
+  || { say "promtool check rules failed"; exit 1; }
 
 for f in "$work"/*.yaml charts/hagw/crds/*.yaml; do
   "$VENV/bin/kubernetes-validate" -k "$K8S_VERSION" --strict "$f" >&2 \

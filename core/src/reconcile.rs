@@ -105,6 +105,10 @@ pub struct PassReport {
     /// [`Action::is_side_setting`]): a primary carries traffic without them, a standby stays
     /// guarded; the router is degraded, and the next pass tries them again.
     pub degraded: Vec<StepFailure>,
+    /// How long after the pass lifted the port's guard (released the L2 hold or raised the
+    /// link, whichever came last) its first announcement went out: the takeover's own
+    /// latency. `None` if the pass did not announce after lifting a guard.
+    pub takeover: Option<std::time::Duration>,
 }
 
 /// A step that failed after retries.
@@ -224,13 +228,17 @@ pub async fn reconcile_router<D: Dataplane>(
         let (_, mut plan) = dry_run(dataplane, spec, role, memory, policy, wake).await?;
         let mut applied = Vec::with_capacity(plan.actions.len());
         let mut failed: Vec<StepFailure> = Vec::new();
+        let mut takeover = Takeover::default();
         let mut round = 0;
         loop {
             let round_actions = plan.actions;
             let mut cut_short = false;
             for action in &round_actions {
                 match apply_one(dataplane, spec, memory, policy, wake, action).await {
-                    Ok(()) => applied.push(action.clone()),
+                    Ok(()) => {
+                        takeover.step(action);
+                        applied.push(action.clone());
+                    }
                     Err(source) if role.is_standby() && !action.is_side_setting() => {
                         let fail_safe = fail_safe(dataplane, spec, action, policy, wake).await;
                         return Err(ReconcileError::Apply {
@@ -254,7 +262,13 @@ pub async fn reconcile_router<D: Dataplane>(
                 let (observed, next) =
                     dry_run_skipping(dataplane, spec, role, memory, policy, wake, &failed).await?;
                 if next.is_converged() {
-                    return finish(PassReport { applied, wait: next.wait, observed, degraded: failed });
+                    return finish(PassReport {
+                        applied,
+                        wait: next.wait,
+                        observed,
+                        degraded: failed,
+                        takeover: takeover.duration,
+                    });
                 }
                 plan = next;
                 continue;
@@ -264,7 +278,13 @@ pub async fn reconcile_router<D: Dataplane>(
                 .await?
             {
                 Verified::Converged { observed, wait } => {
-                    return finish(PassReport { applied, wait, observed, degraded: failed });
+                    return finish(PassReport {
+                        applied,
+                        wait,
+                        observed,
+                        degraded: failed,
+                        takeover: takeover.duration,
+                    });
                 }
                 Verified::FollowUp(next) if round < MAX_ROUNDS => {
                     debug!(round, next = %describe(&next.actions), "steps made more possible");
@@ -278,6 +298,26 @@ pub async fn reconcile_router<D: Dataplane>(
     }
     .instrument(span)
     .await
+}
+
+/// When a pass lifted a guard and when it first announced after that.
+#[derive(Default)]
+struct Takeover {
+    lifted: Option<Instant>,
+    duration: Option<std::time::Duration>,
+}
+
+impl Takeover {
+    /// `action` was just applied.
+    fn step(&mut self, action: &Action) {
+        match action {
+            Action::ReleaseL2 | Action::SetLinkUp => self.lifted = Some(Instant::now()),
+            Action::Announce { .. } if self.duration.is_none() => {
+                self.duration = self.lifted.map(|at| at.elapsed());
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A pass whose failed steps were all side settings is degraded; any other failed step fails

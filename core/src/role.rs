@@ -76,17 +76,82 @@ impl RoleInputs {
     /// own word to a notify script decides (it adds or removes the VIPs before it runs the
     /// script, so the two agree whenever both are there), and without that the state file.
     pub fn resolve(&self, source: &RoleSource) -> Role {
+        self.decide(source).0
+    }
+
+    /// [`RoleInputs::resolve`] with the input that decided it.
+    pub fn decide(&self, source: &RoleSource) -> (Role, RoleReason) {
         if let RoleSource::Fixed(role) = source {
-            return *role;
+            return (*role, RoleReason::Fixed);
         }
-        if self.keepalived.is_some_and(|k| !k.is_some_and(|k| k.past_startup())) {
-            return Role::Standby;
+        match self.keepalived {
+            Some(None) => return (Role::Standby, RoleReason::KeepalivedDown),
+            Some(Some(k)) if !k.past_startup() => {
+                return (Role::Standby, RoleReason::KeepalivedStarting);
+            }
+            _ => {}
         }
         match (self.vip_present, self.notified) {
-            (Some(true), _) => Role::Primary,
-            (Some(false), _) => Role::Standby,
-            (None, Some(word)) => word,
-            (None, None) => self.configured.unwrap_or(Role::Unknown),
+            (Some(true), _) => (Role::Primary, RoleReason::Vip),
+            (Some(false), _) => (Role::Standby, RoleReason::Vip),
+            (None, Some(word)) => (word, RoleReason::Notify),
+            (None, None) => match self.configured {
+                Some(role) => (role, RoleReason::StateFile),
+                None => (Role::Unknown, RoleReason::NoSource),
+            },
+        }
+    }
+
+    /// Whether the node's own sources contradict each other: one of the primary VIP, the
+    /// state file and keepalived's liveness says primary while another says standby (a
+    /// keepalived that is not running says standby; a fixed role is no source here). During
+    /// a failover this holds for the moment between keepalived adding the VIP and Neutron
+    /// rewriting the state file; for longer, one of them is stale.
+    pub fn disagree(&self, source: &RoleSource) -> bool {
+        let state_file = match source {
+            RoleSource::StateFile(_) => self.configured,
+            RoleSource::Fixed(_) => None,
+        };
+        let vip = self.vip_present.map(|on| if on { Role::Primary } else { Role::Standby });
+        let keepalived = matches!(self.keepalived, Some(None)).then_some(Role::Standby);
+        let says: Vec<Role> = [vip, state_file, keepalived]
+            .into_iter()
+            .flatten()
+            .filter(|r| *r != Role::Unknown)
+            .collect();
+        says.contains(&Role::Primary) && says.contains(&Role::Standby)
+    }
+}
+
+/// Which input decided a router's role ([`RoleInputs::decide`]), as `hagw status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleReason {
+    /// `role: {fixed: …}`.
+    Fixed,
+    /// The router's keepalived is not running: standby whatever else says.
+    KeepalivedDown,
+    /// Its keepalived started less than [`KEEPALIVED_STARTUP`] ago.
+    KeepalivedStarting,
+    /// The primary VIP is on the HA device (primary), or not (standby).
+    Vip,
+    /// keepalived's word to `hagw notify`.
+    Notify,
+    /// Neutron's state file (its last non-empty reading).
+    StateFile,
+    /// No input could be read: unknown, handled as standby.
+    NoSource,
+}
+
+impl RoleReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleReason::Fixed => "fixed",
+            RoleReason::KeepalivedDown => "keepalived-down",
+            RoleReason::KeepalivedStarting => "keepalived-starting",
+            RoleReason::Vip => "vip",
+            RoleReason::Notify => "notify",
+            RoleReason::StateFile => "state-file",
+            RoleReason::NoSource => "no-source",
         }
     }
 }
@@ -115,6 +180,38 @@ mod tests {
         assert_eq!(RoleInputs::default().resolve(&file), Role::Unknown);
         let fixed = RoleSource::Fixed(Role::Standby);
         assert_eq!(early.resolve(&fixed), Role::Standby);
+    }
+
+    #[test]
+    fn the_deciding_input_is_named_and_contradicting_inputs_are_told() {
+        let file = RoleSource::StateFile("/nonexistent".into());
+        let stale_primary = RoleInputs {
+            configured: Some(Role::Primary),
+            vip_present: Some(false),
+            ..RoleInputs::default()
+        };
+        assert_eq!(stale_primary.decide(&file), (Role::Standby, RoleReason::Vip));
+        assert!(stale_primary.disagree(&file), "VIP absent, state file primary");
+        let agreeing = RoleInputs { vip_present: Some(true), ..stale_primary };
+        assert_eq!(agreeing.decide(&file), (Role::Primary, RoleReason::Vip));
+        assert!(!agreeing.disagree(&file));
+        let dead = RoleInputs { keepalived: Some(None), ..agreeing };
+        assert_eq!(dead.decide(&file), (Role::Standby, RoleReason::KeepalivedDown));
+        assert!(dead.disagree(&file), "keepalived dead, VIP and state file primary");
+        let starting = RoleInputs {
+            keepalived: Some(Some(RunningProcess { pid: 1, age: Duration::ZERO })),
+            ..agreeing
+        };
+        assert_eq!(starting.decide(&file), (Role::Standby, RoleReason::KeepalivedStarting));
+        let no_vip = RoleInputs { configured: Some(Role::Standby), ..RoleInputs::default() };
+        assert_eq!(no_vip.decide(&file), (Role::Standby, RoleReason::StateFile));
+        assert!(!no_vip.disagree(&file));
+        let notified = RoleInputs { notified: Some(Role::Primary), ..no_vip };
+        assert_eq!(notified.decide(&file), (Role::Primary, RoleReason::Notify));
+        assert_eq!(RoleInputs::default().decide(&file), (Role::Unknown, RoleReason::NoSource));
+        let fixed = RoleSource::Fixed(Role::Primary);
+        assert_eq!(stale_primary.decide(&fixed), (Role::Primary, RoleReason::Fixed));
+        assert!(!stale_primary.disagree(&fixed), "a fixed role is not a source to contradict");
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub enum PassOutcome {
         /// Side settings a primary could not apply (the step and why): it forwards without
         /// them, degraded, and the worker retries them with backoff.
         degraded: Vec<(Action, String)>,
+        /// Guard lifted → first announcement, if the pass took the port over.
+        takeover: Option<Duration>,
     },
     Failed {
         error: String,
@@ -185,6 +187,7 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
                         applied: report.applied,
                         wait: report.wait,
                         degraded,
+                        takeover: report.takeover,
                     };
                     (outcome, next, held, tx)
                 }

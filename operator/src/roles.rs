@@ -11,8 +11,18 @@ use hagw_backends::linux::LinuxNet;
 use hagw_backends::netns::Netns;
 use hagw_core::liveness::keepalived_liveness;
 use hagw_core::model::{Role, RoleSource, RouterSpec};
-use hagw_core::role::{RoleInputs, RunningProcess, read_state_file};
+use hagw_core::role::{RoleInputs, RoleReason, RunningProcess, read_state_file};
 use tracing::debug;
+
+/// A router's role, why, and whether its inputs agree.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolved {
+    pub role: Role,
+    pub reason: RoleReason,
+    pub disagree: bool,
+    /// Its keepalived, when the spec names a pid file and it runs.
+    pub keepalived: Option<RunningProcess>,
+}
 
 pub struct RoleReader {
     linux: LinuxNet,
@@ -39,28 +49,43 @@ impl RoleReader {
         spec: &RouterSpec,
         notified: Option<Role>,
     ) -> (Role, Option<RunningProcess>) {
+        let resolved = self.explain(spec, notified).await;
+        (resolved.role, resolved.keepalived)
+    }
+
+    /// The role with the input that decided it and whether the inputs contradict each
+    /// other (what `/status` and the metrics show).
+    pub async fn explain(&self, spec: &RouterSpec, notified: Option<Role>) -> Resolved {
         // Where keepalived's liveness cannot be told (it runs in a pid namespace hagw cannot
         // see), the rule goes on as if no pid file were named.
         let keepalived =
             spec.keepalived_pid_file.as_deref().and_then(|f| keepalived_liveness(f).known());
         let inputs = RoleInputs {
-            configured: Some(self.configured(&spec.role)),
+            configured: self.configured(&spec.role),
             vip_present: self.vip_present(spec).await,
             keepalived,
             notified,
         };
-        (inputs.resolve(&spec.role), keepalived.flatten())
+        let (role, reason) = inputs.decide(&spec.role);
+        Resolved {
+            role,
+            reason,
+            disagree: inputs.disagree(&spec.role),
+            keepalived: keepalived.flatten(),
+        }
     }
 
-    fn configured(&self, source: &RoleSource) -> Role {
+    /// The configured role: the fixed one, or the state file's last non-empty reading
+    /// (`None` before the first).
+    fn configured(&self, source: &RoleSource) -> Option<Role> {
         let path = match source {
-            RoleSource::Fixed(role) => return *role,
+            RoleSource::Fixed(role) => return Some(*role),
             RoleSource::StateFile(path) => path,
         };
         let mut last = self.last_reading.lock().unwrap_or_else(|p| p.into_inner());
         match read_state_file(path) {
-            Some(role) => *last.entry(path.clone()).insert_entry(role).get(),
-            None => last.get(path).copied().unwrap_or(Role::Unknown),
+            Some(role) => Some(*last.entry(path.clone()).insert_entry(role).get()),
+            None => last.get(path).copied(),
         }
     }
 

@@ -159,7 +159,8 @@ impl Agent {
                 }
             }
             self.ensure_monitor(&spec.namespace).await;
-            let (role, keepalived) = self.roles.resolve(&spec).await;
+            let resolved = self.roles.explain(&spec, None).await;
+            let (role, keepalived) = (resolved.role, resolved.keepalived);
             self.keepalived_exits.set(&id, &spec.namespace, keepalived);
             let memory = RouterMemory::retiring(retired.remove(&id).unwrap_or_default());
             let (handle, task) = spawn_router(
@@ -171,6 +172,7 @@ impl Agent {
                 self.events.clone(),
             );
             self.observer.router_started(&spec);
+            self.observer.role_inputs(&id, resolved.reason, resolved.disagree);
             info!(router = %id, role = role.as_str(), "managing router");
             self.routers.insert(id, Managed { spec, handle, task });
         }
@@ -295,8 +297,10 @@ impl Agent {
 
     async fn refresh_role(&mut self, id: &str) {
         let Some(m) = self.routers.get(id) else { return };
-        let (role, keepalived) = self.roles.resolve(&m.spec).await;
+        let resolved = self.roles.explain(&m.spec, None).await;
+        let (role, keepalived) = (resolved.role, resolved.keepalived);
         self.keepalived_exits.set(id, &m.spec.namespace, keepalived);
+        self.observer.role_inputs(id, resolved.reason, resolved.disagree);
         let before = m.handle.role();
         if before != role {
             // Says why a router with leftovers of a primary is standby: its keepalived is gone.

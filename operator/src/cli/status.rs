@@ -67,14 +67,27 @@ fn render(routers: &[RouterStatus], output: Output) -> Result<String> {
 }
 
 fn table(routers: &[RouterStatus]) -> String {
-    let header =
-        ["ROUTER", "ROLE", "PORT", "STRATEGY", "BACKEND", "HOLD", "SINCE", "LAST CHANGE", "NOTES"];
-    let rows: Vec<[String; 9]> = routers
+    let header = [
+        "ROUTER",
+        "ROLE",
+        "WHY",
+        "PORT",
+        "STRATEGY",
+        "BACKEND",
+        "HOLD",
+        "SINCE",
+        "LAST CHANGE",
+        "NOTES",
+    ];
+    let rows: Vec<[String; 10]> = routers
         .iter()
         .map(|r| {
             let mut notes = Vec::new();
             if r.leak_alarm {
                 notes.push("LEAK ALARM".to_string());
+            }
+            if r.role_sources_disagree {
+                notes.push("role sources disagree".to_string());
             }
             if let Some(e) = &r.last_error {
                 notes.push(format!("error: {e}"));
@@ -83,6 +96,7 @@ fn table(routers: &[RouterStatus]) -> String {
             [
                 r.router.clone(),
                 r.role.clone().unwrap_or_else(|| "-".into()),
+                r.role_reason.clone().unwrap_or_else(|| "-".into()),
                 format!("{}/{}", r.namespace, r.gateway_device),
                 r.strategy.clone(),
                 r.backend.clone(),
@@ -124,20 +138,27 @@ mod tests {
     fn the_table_shows_role_hold_and_alarms() {
         let routers: Vec<RouterStatus> = serde_json::from_value(serde_json::json!([
             {"router": "r1", "namespace": "qrouter-1", "gatewayDevice": "qg-1",
-             "strategy": "l2-hold", "backend": "ovs", "role": "primary", "held": false,
+             "strategy": "l2-hold", "backend": "ovs", "role": "primary", "roleReason": "vip",
+             "held": false,
              "heldSince": "2026-12-02T17:00:00Z", "lastTransition": "2026-12-02T17:00:00Z",
              "previousRole": "standby", "leakAlarm": false},
             {"router": "r2", "namespace": "qrouter-2", "gatewayDevice": "qg-2",
              "strategy": "silence-only", "backend": "generic", "role": "standby",
-             "held": false, "leakAlarm": true, "lastError": "set link down: EPERM"},
+             "held": false, "leakAlarm": true, "lastError": "set link down: EPERM",
+             "roleReason": "keepalived-down", "roleSourcesDisagree": true},
         ]))
         .unwrap();
         let text = table(&routers);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("ROUTER  ROLE"), "{text}");
+        assert!(lines[0].starts_with("ROUTER  ROLE     WHY"), "{text}");
+        assert!(lines[1].contains("primary  vip "), "{text}");
+        assert!(lines[2].contains("standby  keepalived-down "), "{text}");
         assert!(lines[1].contains("primary") && lines[1].contains("standby->primary"), "{text}");
         assert!(lines[1].contains("qrouter-1/qg-1") && lines[1].contains("released"), "{text}");
-        assert!(lines[2].contains("LEAK ALARM; error: set link down: EPERM"), "{text}");
+        assert!(
+            lines[2].contains("LEAK ALARM; role sources disagree; error: set link down: EPERM"),
+            "{text}"
+        );
         let yaml = render(&routers, Output::Yaml).unwrap();
         assert!(yaml.contains("leakAlarm: true"), "{yaml}");
     }

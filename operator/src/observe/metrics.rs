@@ -2,7 +2,9 @@
 //! in `docs/observability.md`; names here are registered without the `_total` suffix, which
 //! the encoder appends to counters.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -12,6 +14,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// Result of an action: applied, or failed after the reconcile loop's retries.
@@ -107,6 +110,12 @@ pub struct RouterLabels {
     pub router: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouterRoleLabels {
+    pub router: String,
+    pub role: RoleLabel,
+}
+
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -122,6 +131,11 @@ pub struct Metrics {
     pub degraded_settings: Family<RouterLabels, Gauge>,
     pub kubernetes_writes: Family<WriteLabels, Counter>,
     pub split_brain: Family<ObjectLabels, Gauge>,
+    pub router_role: Family<RouterRoleLabels, Gauge>,
+    pub router_held: Family<RouterLabels, Gauge>,
+    pub role_since: Family<RouterLabels, Gauge<f64, AtomicU64>>,
+    pub role_sources_disagree: Family<RouterLabels, Gauge>,
+    pub takeover_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -192,6 +206,41 @@ impl Metrics {
             "1 while more than one node reports the primary role for an HARouter (after the settle time), 0 otherwise; exported by every agent hosting it",
             split_brain.clone(),
         );
+        let router_role = Family::<RouterRoleLabels, Gauge>::default();
+        registry.register(
+            "hagw_router_role",
+            "1 for the role of a router's last pass (primary, standby, unknown), 0 for the others",
+            router_role.clone(),
+        );
+        let router_held = Family::<RouterLabels, Gauge>::default();
+        registry.register(
+            "hagw_router_held",
+            "1 while a router's gateway port is held at layer 2 or down after its last converged pass",
+            router_held.clone(),
+        );
+        let role_since = Family::<RouterLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "hagw_router_last_transition_timestamp_seconds",
+            "When a router's current role began (its last role change, or its first pass), Unix time",
+            role_since.clone(),
+        );
+        let role_sources_disagree = Family::<RouterLabels, Gauge>::default();
+        registry.register(
+            "hagw_role_sources_disagree",
+            "1 while a router's role inputs on this node contradict each other (primary VIP, state file, keepalived running)",
+            role_sources_disagree.clone(),
+        );
+        let takeover_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "hagw_takeover_duration_seconds",
+            "Takeovers: from lifting the port's guard (hold released or link raised) to the first announcement sent",
+            takeover_duration.clone(),
+        );
+        registry.register(
+            "hagw_build",
+            "The running hagw's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
         registry.register_collector(Box::new(AnnouncementFrames));
         Metrics {
             registry,
@@ -206,6 +255,11 @@ impl Metrics {
             degraded_settings,
             kubernetes_writes,
             split_brain,
+            router_role,
+            router_held,
+            role_since,
+            role_sources_disagree,
+            takeover_duration,
         }
     }
 
@@ -214,6 +268,45 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The same metrics in the Prometheus text format (0.0.4), for scrapers that do not ask
+    /// for OpenMetrics (curl, `promtool check metrics`): the samples are the same; a
+    /// counter's HELP and TYPE name its samples' `_total` name, an info metric is a gauge
+    /// named `<name>_info`, and there is no `# UNIT` or `# EOF`.
+    pub fn encode_prometheus_text(&self) -> String {
+        let open = self.encode();
+        let mut types: HashMap<&str, &str> = HashMap::new();
+        for line in open.lines() {
+            if let Some((name, kind)) = line.strip_prefix("# TYPE ").and_then(|r| r.split_once(' '))
+            {
+                types.insert(name, kind);
+            }
+        }
+        let rename = |name: &str| match types.get(name) {
+            Some(&"counter") => format!("{name}_total"),
+            Some(&"info") => format!("{name}_info"),
+            _ => name.to_string(),
+        };
+        let mut out = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            if let Some((name, help)) = line.strip_prefix("# HELP ").and_then(|r| r.split_once(' '))
+            {
+                let _ = writeln!(out, "# HELP {} {help}", rename(name));
+            } else if let Some((name, kind)) =
+                line.strip_prefix("# TYPE ").and_then(|r| r.split_once(' '))
+            {
+                let kind = if kind == "info" { "gauge" } else { kind };
+                let _ = writeln!(out, "# TYPE {} {kind}", rename(name));
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
         out
     }
 }
@@ -280,5 +373,18 @@ mod tests {
         }
         assert!(text.contains("hagw_announcement_frames_total "), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("hagw_build_info{version=\""), "{text}");
+    }
+
+    #[test]
+    fn the_prometheus_text_format_names_counters_by_their_samples() {
+        let m = Metrics::new();
+        m.errors.get_or_create(&ErrorLabels { kind: ErrorKind::Transient }).inc();
+        let text = m.encode_prometheus_text();
+        assert!(text.contains("# TYPE hagw_errors_total counter\n"), "{text}");
+        assert!(text.contains("# HELP hagw_errors_total Failed"), "{text}");
+        assert!(text.contains("hagw_errors_total{kind=\"transient\"} 1\n"), "{text}");
+        assert!(text.contains("# TYPE hagw_build_info gauge\n"), "{text}");
+        assert!(!text.contains("# EOF") && !text.contains("# TYPE hagw_errors counter"), "{text}");
     }
 }

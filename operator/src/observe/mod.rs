@@ -24,12 +24,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hagw_core::model::{Role, RouterSpec};
+use hagw_core::role::RoleReason;
 use hagw_core::supervisor::{PassOutcome, RouterEvent, WorkerConfig};
 use tracing::warn;
 
 use self::metrics::{
     ActionLabels, ActionResult, ErrorKind, ErrorLabels, Metrics, ObjectLabels, PassLabels,
-    PassResult, RoleLabel, RoleLabels, RouterLabels, TransitionLabels, WriteLabels,
+    PassResult, RoleLabel, RoleLabels, RouterLabels, RouterRoleLabels, TransitionLabels,
+    WriteLabels,
 };
 use self::status::RouterStatus;
 
@@ -137,6 +139,19 @@ impl Observer {
         let _ = self.0.metrics.standby_tx_packets.get_or_create(&labels);
         let _ = self.0.metrics.leak_alarm.get_or_create(&labels);
         let _ = self.0.metrics.degraded_settings.get_or_create(&labels);
+        let _ = self.0.metrics.router_held.get_or_create(&labels);
+        let _ = self.0.metrics.role_sources_disagree.get_or_create(&labels);
+    }
+
+    /// What decided a router's role, and whether its inputs contradict each other, as the
+    /// agent last read them.
+    pub fn role_inputs(&self, router: &str, reason: RoleReason, disagree: bool) {
+        let mut routers = self.routers();
+        let Some(track) = routers.get_mut(router) else { return };
+        track.status.role_reason = Some(reason.as_str().to_string());
+        track.status.role_sources_disagree = disagree;
+        let labels = RouterLabels { router: router.to_string() };
+        self.0.metrics.role_sources_disagree.get_or_create(&labels).set(i64::from(disagree));
     }
 
     /// `router` is no longer managed: its series go away and it no longer counts anywhere.
@@ -153,6 +168,13 @@ impl Observer {
         m.standby_tx_packets.remove(&labels);
         m.leak_alarm.remove(&labels);
         m.degraded_settings.remove(&labels);
+        m.router_held.remove(&labels);
+        m.role_since.remove(&labels);
+        m.role_sources_disagree.remove(&labels);
+        for role in [Role::Primary, Role::Standby, Role::Unknown] {
+            let labels = RouterRoleLabels { router: router.to_string(), role: RoleLabel(role) };
+            m.router_role.remove(&labels);
+        }
     }
 
     /// Accounts for one pass of one router. Events of routers no longer managed (from a
@@ -171,8 +193,12 @@ impl Observer {
         let labels = RouterLabels { router: event.router.clone() };
         track.status.role(event.role, event.transition_from, event.started);
         match &event.outcome {
-            PassOutcome::Converged { applied, degraded, .. } => {
+            PassOutcome::Converged { applied, degraded, takeover, .. } => {
                 track.status.held(event.held, event.started);
+                m.router_held.get_or_create(&labels).set(i64::from(event.held));
+                if let Some(took) = takeover {
+                    m.takeover_duration.observe(took.as_secs_f64());
+                }
                 track.status.last_error = None;
                 track.status.degraded =
                     degraded.iter().map(|(a, why)| format!("{a}: {why}")).collect();
@@ -228,6 +254,13 @@ impl Observer {
             }
             m.routers.get_or_create(&RoleLabels { role: RoleLabel(event.role) }).inc();
             track.role = Some(event.role);
+            for role in [Role::Primary, Role::Standby, Role::Unknown] {
+                let labels =
+                    RouterRoleLabels { router: event.router.clone(), role: RoleLabel(role) };
+                m.router_role.get_or_create(&labels).set(i64::from(role == event.role));
+            }
+            let since = event.started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            m.role_since.get_or_create(&labels).set(since.as_secs_f64());
         }
         // A failed pass observed nothing reliable: the hold is as it was.
         let held_standby = standby && if converged { event.held } else { track.held_standby };
@@ -324,7 +357,12 @@ mod tests {
             transition_from: None,
             started: SystemTime::now(),
             duration: Duration::from_millis(2),
-            outcome: PassOutcome::Converged { applied, wait: None, degraded: Vec::new() },
+            outcome: PassOutcome::Converged {
+                applied,
+                wait: None,
+                degraded: Vec::new(),
+                takeover: None,
+            },
             held,
             tx_packets: Some(tx),
         }
@@ -380,10 +418,24 @@ mod tests {
         assert_eq!(value(&text, "hagw_held_standby_ports"), Some(0.0));
         assert_eq!(value(&text, "hagw_routers{role=\"primary\"}"), Some(1.0));
         assert_eq!(value(&text, "hagw_routers{role=\"standby\"}"), Some(0.0));
+        assert_eq!(value(&text, "hagw_router_role{router=\"r1\",role=\"primary\"}"), Some(1.0));
+        assert_eq!(value(&text, "hagw_router_role{router=\"r1\",role=\"standby\"}"), Some(0.0));
+        assert_eq!(value(&text, "hagw_router_held{router=\"r1\"}"), Some(0.0));
+        let since = value(&text, "hagw_router_last_transition_timestamp_seconds{router=\"r1\"}");
+        assert!(since.is_some_and(|t| t > 1.7e9), "{text}");
         let status = &o.statuses()[0];
         assert_eq!((status.role.as_deref(), status.held), (Some("primary"), false));
         assert_eq!(status.previous_role.as_deref(), Some("standby"));
         assert!(status.last_transition.is_some() && !status.leak_alarm);
+
+        o.role_inputs("r1", RoleReason::Vip, true);
+        let text = o.metrics().encode();
+        assert_eq!(value(&text, "hagw_role_sources_disagree{router=\"r1\"}"), Some(1.0));
+        let status = &o.statuses()[0];
+        assert_eq!(
+            (status.role_reason.as_deref(), status.role_sources_disagree),
+            (Some("vip"), true)
+        );
 
         o.router_removed("r1");
         assert!(o.statuses().is_empty());

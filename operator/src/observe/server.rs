@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use super::Observer;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Binds `addr` and serves in a background task; returns the bound address (for port 0).
 pub async fn serve(addr: SocketAddr, observer: Observer) -> std::io::Result<SocketAddr> {
@@ -41,8 +42,19 @@ async fn status(State(observer): State<Observer>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
-async fn metrics(State(observer): State<Observer>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, OPENMETRICS)], observer.metrics().encode())
+/// OpenMetrics for a scraper that asks for it (Prometheus does), else the Prometheus text
+/// format.
+async fn metrics(State(observer): State<Observer>, headers: HeaderMap) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], observer.metrics().encode())
+    } else {
+        ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], observer.metrics().encode_prometheus_text())
+    }
 }
 
 fn probe(result: Result<(), String>) -> (StatusCode, String) {

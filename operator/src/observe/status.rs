@@ -19,6 +19,13 @@ pub struct RouterStatus {
     /// `primary`, `standby` or `unknown`; absent until the first pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Which input decided the role: `fixed`, `keepalived-down`, `keepalived-starting`,
+    /// `vip`, `notify`, `state-file`, `no-source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_reason: Option<String>,
+    /// The node's role inputs contradict each other (VIP, state file, keepalived).
+    #[serde(default)]
+    pub role_sources_disagree: bool,
     /// The port is held (L2 hold, or link down) after the last converged pass.
     pub held: bool,
     /// When `held` last changed (RFC 3339).
@@ -48,6 +55,8 @@ impl RouterStatus {
             strategy: spec.strategy.as_str().to_string(),
             backend: spec.backend.kind().to_string(),
             role: None,
+            role_reason: None,
+            role_sources_disagree: false,
             held: false,
             held_since: None,
             last_transition: None,
