@@ -64,6 +64,7 @@ for name, values in [
     ("monitoring", {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}),
     ("neutron-host", {"neutron": {"root": "host", "statePaths": host_paths}}),
     ("no-discovery", {"neutron": {"discovery": False}}),
+    ("no-ready-file", {"readyFile": ""}),
 ]:
     report = helm.lint(chart_dir, values, strict=True, namespace="hagw-system")
     for m in report.get("messages", []):
@@ -79,7 +80,8 @@ for name, values in [
         f.write("\n---\n".join(docs) + "\n")
 # values.schema.json rejects what the templates cannot use: a misspelt key, a wrong enum.
 for bad in [{"backend": "ovn"}, {"metricsPortt": 9464}, {"log": {"format": "xml"}},
-            {"neutron": {"root": "container"}}, {"neutron": {"statePaths": ["var/lib/neutron"]}}]:
+            {"neutron": {"root": "container"}}, {"neutron": {"statePaths": ["var/lib/neutron"]}},
+            {"readyFile": "run/hagw/ready"}, {"readyFile": "/run/hagw/"}]:
     report = helm.lint(chart_dir, bad, strict=True, namespace="hagw-system")
     if not report.get("errors"):
         print(f"values.schema.json accepted invalid values {bad}", file=sys.stderr)

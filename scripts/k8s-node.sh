@@ -30,6 +30,10 @@
 #                                 # that /proc/sys is read-only in non-privileged containers,
 #                                 # kubectl exec/logs, helm install/uninstall; cleans up after itself
 #   scripts/k8s-node.sh start-control-plane   # = HAGW_K8S_NODE_KUBELET=0 start (below)
+#   scripts/k8s-node.sh power-off # the node's kubelet, containerd and containers SIGKILLed (a power
+#                                 # loss; the control plane stays), then what a boot clears removed
+#   scripts/k8s-node.sh power-on  # containerd and the kubelet started again: the pods restart as
+#                                 # after a reboot (tests/tests/pod_reboot.rs)
 #
 # Control plane only (HAGW_K8S_NODE_KUBELET=0): `start` runs etcd, kube-apiserver,
 # kube-controller-manager and kube-scheduler on 127.0.0.1 with their state in the state dir, and
@@ -836,6 +840,24 @@ start_control_plane() { # $1 = start time
   ours scheduler || { tail -n 30 "$STATE/scheduler.log" >&2; fail "kube-scheduler exited (log: $STATE/scheduler.log)"; }
 }
 
+launch_containerd() {
+  launch containerd "$CTR_BIN" --config "$STATE/containerd/config.toml"
+  wait_for containerd "socket" ctr --address "$SOCK" version
+}
+
+launch_kubelet() { # waits for the node to be Ready
+  local kubelet_args=(--config="$STATE/kubelet-config.yaml" --kubeconfig="$STATE/kubelet.kubeconfig"
+    --root-dir="$STATE/kubelet" --cert-dir="$STATE/kubelet/pki" --hostname-override="$NODE_NAME"
+    --node-ip="$NODE_IP" --v=1)
+  # Still accepted by 1.34 (only keeps the image from image GC); dropped in later releases.
+  if [[ $("$BIN/kubelet" --help 2>&1) == *--pod-infra-container-image* ]]; then
+    kubelet_args+=(--pod-infra-container-image="$PAUSE_IMAGE")
+  fi
+  launch kubelet "$BIN/kubelet" "${kubelet_args[@]}"
+  wait_for kubelet "healthz" curl -sf --max-time 2 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
+  wait_for kubelet "Ready node $NODE_NAME" node_ready
+}
+
 cmd_start() {
   local t0=$SECONDS
   binaries_current 2>/dev/null || cmd_install
@@ -893,8 +915,7 @@ cmd_start() {
   rm -rf "$STATE/etcd-data"
 
   # --- containerd first: importing the images overlaps with the control plane starting
-  launch containerd "$CTR_BIN" --config "$STATE/containerd/config.toml"
-  wait_for containerd "socket" ctr --address "$SOCK" version
+  launch_containerd
 
   launch_etcd
 
@@ -912,16 +933,7 @@ cmd_start() {
   launch_controllers
 
   setup_node_host
-  local kubelet_args=(--config="$STATE/kubelet-config.yaml" --kubeconfig="$STATE/kubelet.kubeconfig"
-    --root-dir="$STATE/kubelet" --cert-dir="$STATE/kubelet/pki" --hostname-override="$NODE_NAME"
-    --node-ip="$NODE_IP" --v=1)
-  # Still accepted by 1.34 (only keeps the image from image GC); dropped in later releases.
-  if [[ $("$BIN/kubelet" --help 2>&1) == *--pod-infra-container-image* ]]; then
-    kubelet_args+=(--pod-infra-container-image="$PAUSE_IMAGE")
-  fi
-  launch kubelet "$BIN/kubelet" "${kubelet_args[@]}"
-  wait_for kubelet "healthz" curl -sf --max-time 2 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
-  wait_for kubelet "Ready node $NODE_NAME" node_ready
+  launch_kubelet
   say "node $NODE_NAME Ready after $((SECONDS - t0))s"
   wait_for kcm "default ServiceAccount" api_get /api/v1/namespaces/default/serviceaccounts/default
   ours scheduler || { tail -n 30 "$STATE/scheduler.log" >&2; fail "kube-scheduler exited (log: $STATE/scheduler.log)"; }
@@ -1101,6 +1113,50 @@ cmd_stop() {
   remove_state "$CACHE/current-state"
 }
 
+# The node loses power: its own services die at once (SIGKILL: no container gets SIGTERM, so
+# no agent hands anything back), the control plane (another machine in a real cluster) stays.
+# Then what a boot clears goes: the runtime's state dir and runc's root (tmpfs /run), the
+# pods' mounts and cgroups. What is on disk stays: images and containerd's metadata, the
+# kubelet's root, the CNI IPAM data, the pods' hostPath volumes.
+cmd_power_off() {
+  resolve_state
+  ((KUBELET)) && [[ -n $STATE && -d $STATE ]] || fail "no whole node to power off"
+  local comp pid pids=()
+  for comp in kubelet containerd; do
+    ours "$comp" && pids+=("$(cat "$STATE/$comp.pid")")
+  done
+  pids+=($(our_shims))
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  kill_cgroup_procs
+  for pid in "${pids[@]}"; do # gone, or a zombie nobody reaps yet: dead either way
+    while [[ -e /proc/$pid && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; do sleep 0.05; done
+  done
+  rm -f "$STATE/kubelet.pid" "$STATE/containerd.pid"
+  kill_cgroup_procs
+  umount_under "$STATE/containerd/state"
+  umount_under "$STATE/run"
+  umount_under "$STATE/kubelet"
+  rm -rf "$STATE/containerd/state" "$STATE/run"
+  mkdir -p "$STATE/run"
+  local d # the pods' cgroups, not the node's root (kept, as setup_node_host made it)
+  while read -r d; do
+    [[ $d == *"$CGROUP_ROOT" ]] || rmdir "$d" 2>/dev/null || true
+  done < <(cgroup_dirs)
+  say "powered off the node's kubelet, containerd and containers (state $STATE)"
+}
+
+# The node boots again after `power-off`: containerd, then the kubelet, which starts the pods
+# bound to this node afresh, as after a reboot.
+cmd_power_on() {
+  resolve_state
+  ((KUBELET)) && [[ -n $STATE && -f $STATE/kubelet-config.yaml ]] || fail "no whole node to power on"
+  ours containerd || ours kubelet && fail "containerd or the kubelet already runs"
+  local t0=$SECONDS
+  launch_containerd
+  launch_kubelet
+  say "node $NODE_NAME Ready again after $((SECONDS - t0))s"
+}
+
 cmd_status() {
   resolve_state
   local comp rc=0
@@ -1239,6 +1295,8 @@ case ${1:-} in
   status)   cmd_status ;;
   env)      cmd_env ;;
   selftest) cmd_selftest ;;
+  power-off) cmd_power_off ;;
+  power-on)  cmd_power_on ;;
   -h|--help|help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
-  *) fail "usage: $0 install|start|start-control-plane|stop|status|env|selftest (see $0 --help)" ;;
+  *) fail "usage: $0 install|start|start-control-plane|stop|status|env|selftest|power-off|power-on (see $0 --help)" ;;
 esac

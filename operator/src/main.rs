@@ -7,6 +7,7 @@ mod k8s;
 mod lock;
 mod logging;
 mod observe;
+mod ready;
 mod roles;
 
 use std::process::ExitCode;

@@ -29,7 +29,7 @@ pub const ALL: [Disruption; 4] =
     [Disruption::DeletePod, Disruption::Upgrade, Disruption::Kill, Disruption::OomKill];
 
 /// The agent's container as `(container id, restart count)`, once it is ready.
-fn ready_container(pod: &Value) -> Option<(String, u64)> {
+pub(crate) fn ready_container(pod: &Value) -> Option<(String, u64)> {
     let status = &pod["status"]["containerStatuses"][0];
     if status["ready"] != true {
         return None;
@@ -39,7 +39,7 @@ fn ready_container(pod: &Value) -> Option<(String, u64)> {
 }
 
 /// Waits until the release runs a ready agent container other than `old`.
-fn wait_replaced(release: &Release, old: &str) -> Result<Value> {
+pub(crate) fn wait_replaced(release: &Release, old: &str) -> Result<Value> {
     wait_for("the next agent container ready", Duration::from_secs(180), || {
         let pod = match release.pod() {
             Ok(pod) => pod,

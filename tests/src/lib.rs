@@ -16,6 +16,7 @@ pub mod neutron;
 pub mod node;
 pub mod ovs;
 pub mod ports;
+pub mod reboot;
 
 pub use capture::Capture;
 pub use lab::{Lab, hagw_bin, sh};

@@ -254,6 +254,24 @@ impl Node {
     pub fn chart(&self) -> PathBuf {
         repo().join("charts/hagw")
     }
+
+    /// The node loses power (`k8s-node.sh power-off`): its kubelet, containerd and every
+    /// container SIGKILLed, what a boot clears removed; the control plane stays.
+    pub fn power_off(&self) -> Result<()> {
+        self.script("power-off")
+    }
+
+    /// The node boots again (`k8s-node.sh power-on`): containerd and the kubelet start, and
+    /// the kubelet restarts the pods bound to the node. Returns once the node is Ready.
+    pub fn power_on(&self) -> Result<()> {
+        self.script("power-on")
+    }
+
+    fn script(&self, action: &str) -> Result<()> {
+        run(command_in(self.netns.as_deref(), repo().join("scripts/k8s-node.sh"))
+            .arg(action)
+            .envs(self.env.iter().cloned()))
+    }
 }
 
 impl Drop for Node {

@@ -28,6 +28,11 @@ pub struct AgentArgs {
     /// server answers, and used to hand back routers deleted while the agent was down).
     #[arg(long, env = "HAGW_STATE_DIR", default_value = "/var/lib/hagw")]
     pub state_dir: PathBuf,
+    /// A file to create once this node's routers are enforced (their first pass done), for
+    /// Neutron's agents to wait for at boot; on a tmpfs such as /run, so that a boot clears
+    /// it. Never removed by the agent.
+    #[arg(long, env = "HAGW_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
     /// Address serving /metrics (Prometheus), /healthz, /readyz and /log-level.
     #[arg(long, env = "HAGW_LISTEN", default_value = "0.0.0.0:9464")]
     pub listen: SocketAddr,
@@ -73,6 +78,7 @@ pub async fn run(args: AgentArgs) -> ExitCode {
             node,
             namespace: args.namespace,
             state_dir: args.state_dir,
+            ready_file: args.ready_file.filter(|p| !p.as_os_str().is_empty()),
             listen: args.listen,
             ovsdb: args.ovsdb,
             neutron,

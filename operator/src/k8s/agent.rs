@@ -40,6 +40,7 @@ use super::throttle::{Limit, Throttle};
 use super::{Error, handback, uninstall};
 use crate::agent::{Agent, NEUTRON_RESCAN, NeutronSource};
 use crate::observe::{self, HEARTBEAT};
+use crate::ready::ReadyFile;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -50,6 +51,9 @@ pub struct Options {
     pub namespace: String,
     /// Where the spec cache lives (a hostPath in the DaemonSet).
     pub state_dir: PathBuf,
+    /// Created once the cached, discovered or listed routers have had their first pass, for
+    /// Neutron's agents to start after at boot ([`crate::ready`]).
+    pub ready_file: Option<PathBuf>,
     /// Address of `/metrics`, `/healthz`, `/readyz` and `/log-level`.
     pub listen: SocketAddr,
     /// OVSDB endpoint for routers with the `ovs` backend.
@@ -142,8 +146,11 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let (mut synced, mut connected) = (false, true);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let mut rescan = tokio::time::interval(NEUTRON_RESCAN);
+    let mut ready = ReadyFile::new(options.ready_file.clone());
     loop {
         observer.beat();
+        // Checked after every event: a router's first pass arrives as one.
+        ready.update(&observer);
         tokio::select! {
             _ = heartbeat.tick() => {}
             _ = rescan.tick() => {

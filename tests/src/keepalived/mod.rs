@@ -52,6 +52,7 @@ mod config;
 mod first_round;
 mod node;
 mod observe;
+mod power;
 mod report;
 mod setup;
 

@@ -26,20 +26,11 @@ pub(super) type Events = Arc<Mutex<Vec<(f64, Event)>>>;
 impl KaLab {
     pub(super) fn start_observers(&mut self) -> Result<()> {
         self.started = now();
-        for node in &mut self.nodes {
-            node.capture = Some(Capture::start(&self.tor, &node.tor_port, node.pcap.clone())?);
-            let index = node.index;
-            let monitor = ["-n", &node.qrouter, "monitor", "address"];
-            node.vip_monitor = Some(follow_lines(&monitor, &self.events, move |line| {
-                if !line.contains(PRIMARY_VIP) {
-                    return None;
-                }
-                Some(if line.starts_with("Deleted") {
-                    Event::VipDown(index)
-                } else {
-                    Event::VipUp(index)
-                })
-            })?);
+        for i in 0..self.nodes.len() {
+            let node = &self.nodes[i];
+            let capture = Capture::start(&self.tor, &node.tor_port, node.pcap.clone())?;
+            self.nodes[i].capture = Some(capture);
+            self.watch_vip(i)?;
         }
         let monitor = ["netns", "exec", &self.tor, "stdbuf", "-oL", "bridge", "monitor", "fdb"];
         self.fdb_monitor = Some(follow_lines(&monitor, &self.events, |line| {
@@ -53,6 +44,25 @@ impl KaLab {
         })?);
         // Give the monitors a moment to subscribe.
         std::thread::sleep(Duration::from_millis(200));
+        Ok(())
+    }
+
+    /// Follows the primary VIP in node `i`'s router namespace (again, once it is re-created).
+    pub(super) fn watch_vip(&mut self, i: usize) -> Result<()> {
+        let node = &self.nodes[i];
+        let index = node.index;
+        let monitor = ["-n", &node.qrouter, "monitor", "address"];
+        let child = follow_lines(&monitor, &self.events, move |line| {
+            if !line.contains(PRIMARY_VIP) {
+                return None;
+            }
+            Some(if line.starts_with("Deleted") {
+                Event::VipDown(index)
+            } else {
+                Event::VipUp(index)
+            })
+        })?;
+        self.nodes[i].vip_monitor = Some(child);
         Ok(())
     }
 }

@@ -65,18 +65,7 @@ impl KaLab {
             )?;
             let config = dir.join("routers.yaml");
             std::fs::write(&config, self.hagw_config(index, &qrouter, &qg, &ha_confs))?;
-            let r = &qrouter;
-            self.lab().exec(
-                r,
-                "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=0 \
-                 net.ipv6.conf.default.forwarding=0",
-            )?;
-            if self.legacy {
-                self.lab().exec(
-                    r,
-                    "sysctl -qw net.ipv6.conf.all.forwarding=1 net.ipv6.conf.default.forwarding=1",
-                )?;
-            }
+            self.router_sysctls(&qrouter)?;
             let pcap = dir.join("tor-port.pcap");
             self.nodes.push(KaNode {
                 index,
@@ -116,6 +105,22 @@ impl KaLab {
         std::thread::sleep(Duration::from_millis(500));
         self.nodes[1].start_keepalived()?;
         self.wait_primary(0, Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    /// The router namespace's sysctls as the L3 agent sets them.
+    pub(super) fn router_sysctls(&self, qrouter: &str) -> Result<()> {
+        self.lab().exec(
+            qrouter,
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=0 \
+             net.ipv6.conf.default.forwarding=0",
+        )?;
+        if self.legacy {
+            self.lab().exec(
+                qrouter,
+                "sysctl -qw net.ipv6.conf.all.forwarding=1 net.ipv6.conf.default.forwarding=1",
+            )?;
+        }
         Ok(())
     }
 
