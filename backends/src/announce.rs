@@ -19,11 +19,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hagw_core::model::AnnounceSchedule;
+use hagw_core::observed::Ipv6Sysctl;
 use hagw_core::{Error, ErrorKind};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::linux::LinuxNet;
 use crate::linux::error::{Target, errno_kind, from_io};
+use crate::linux::sysctl::ipv6_conf_path;
 use crate::netns::Netns;
 use frame::{ETH_P_ARP, ETH_P_IPV6, Mac};
 use socket::{MacError, OpenedSocket, PacketSocket};
@@ -46,9 +48,10 @@ pub fn frames_sent() -> u64 {
 /// missing namespace or device is transient, missing privileges permanent) and no repeats
 /// are scheduled then: the caller's retry starts a full schedule of its own. Errors of later
 /// rounds are only logged. IPv4 addresses get a gratuitous ARP request, IPv6 addresses
-/// (global and link-local) an unsolicited neighbour advertisement with the router and
-/// override flags; addresses that cannot be owned by a host (unspecified, multicast,
-/// loopback, broadcast) are skipped.
+/// (global and link-local) an unsolicited neighbour advertisement with the override flag,
+/// and the router flag while the device forwards IPv6: the frames keepalived sends at its
+/// transition (docs/backends.md, "Announcements"). Addresses that cannot be owned by a host
+/// (unspecified, multicast, loopback, broadcast) are skipped.
 pub async fn announce(
     netns: &Netns,
     device: &str,
@@ -60,7 +63,8 @@ pub async fn announce(
 
 /// As [`announce`], but each later round announces only the addresses still on `device`
 /// (read with `linux`): one the primary no longer has (a floating IP Neutron removed, every
-/// address of a node turned standby) is not announced again.
+/// address of a node turned standby) is not announced again; and its router flag follows
+/// the device's IPv6 `forwarding` as it is then (keepalived reads it for every frame).
 pub async fn announce_present(
     linux: &LinuxNet,
     netns: &Netns,
@@ -87,8 +91,10 @@ async fn announce_with(
         }
         let target = Target::dev(netns.name(), device);
         let owned_device = device.to_owned();
-        let (opened, _) = netns
-            .run(move || OpenedSocket::open(&owned_device))
+        let ((opened, router), _) = netns
+            .run(move || {
+                OpenedSocket::open(&owned_device).map(|s| (s, forwards_ipv6(&owned_device)))
+            })
             .await
             .map_err(|err| from_io("open packet socket", target, &err))?;
         let socket = PacketSocket::register(opened)
@@ -100,11 +106,11 @@ async fn announce_with(
             device: device.to_owned(),
             linux,
         };
-        let frames = announcer.round(&announcer.addresses).await?;
+        let frames = announcer.round(&announcer.addresses, router).await?;
         let later = schedule.later_rounds();
         info!(round = 1, frames, later_rounds = later.len(), "addresses announced");
         if !later.is_empty() {
-            tokio::spawn(announcer.repeat(later).in_current_span());
+            tokio::spawn(announcer.repeat(later, router).in_current_span());
         }
         Ok(())
     }
@@ -133,6 +139,16 @@ fn announceable(addresses: &[IpAddr]) -> Vec<IpAddr> {
     kept
 }
 
+/// Whether `device` forwards IPv6 (its `forwarding` sysctl), which is what keepalived's NA
+/// router flag says (`get_ipv6_forwarding`). Reads `/proc/sys/net`, so it must run on a thread
+/// inside the device's namespace. Unreadable means no IPv6 on the device: no NA goes out.
+fn forwards_ipv6(device: &str) -> bool {
+    ipv6_conf_path(device, Ipv6Sysctl::Forwarding.key())
+        .ok()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .is_some_and(|value| value.trim() != "0")
+}
+
 /// One announcement schedule's state, moved into the background task after round 1.
 struct Announcer {
     socket: PacketSocket,
@@ -150,12 +166,13 @@ impl Announcer {
 
     /// Sends one frame per address and returns how many went out. A failing address does
     /// not keep the others from being announced; the first failure is returned.
-    async fn round(&self, addresses: &[IpAddr]) -> Result<usize, Error> {
+    /// `router`: whether the device forwards IPv6 (the NA's router flag).
+    async fn round(&self, addresses: &[IpAddr], router: bool) -> Result<usize, Error> {
         let mac = self.socket.mac().map_err(|err| self.mac_error(err))?;
         let mut sent = 0;
         let mut first_error = None;
         for &address in addresses {
-            match self.send(mac, address).await {
+            match self.send(mac, address, router).await {
                 Ok(()) => {
                     sent += 1;
                     FRAMES_SENT.fetch_add(1, Ordering::Relaxed);
@@ -172,11 +189,11 @@ impl Announcer {
         }
     }
 
-    async fn send(&self, mac: Mac, address: IpAddr) -> Result<(), Error> {
+    async fn send(&self, mac: Mac, address: IpAddr, router: bool) -> Result<(), Error> {
         let (frame, ethertype, dst, what) = match address {
             IpAddr::V4(v4) => (frame::gratuitous_arp(mac, v4), ETH_P_ARP, [0xff; 6], "ARP"),
             IpAddr::V6(v6) => (
-                frame::unsolicited_na(mac, v6),
+                frame::unsolicited_na(mac, v6, router),
                 ETH_P_IPV6,
                 [0x33, 0x33, 0, 0, 0, 1],
                 "unsolicited NA",
@@ -197,17 +214,31 @@ impl Announcer {
 
     /// The rounds after the first, each at its offset from the first (so a slow round does
     /// not shift the rest of the schedule).
-    async fn repeat(self, later: Vec<Duration>) {
+    async fn repeat(self, later: Vec<Duration>, mut router: bool) {
         let first = tokio::time::Instant::now();
         for (round, offset) in (2..).zip(later) {
             tokio::time::sleep_until(first + offset).await;
             let addresses = self.still_present().await;
-            match self.round(&addresses).await {
+            router = self.forwarding().await.unwrap_or(router);
+            match self.round(&addresses, router).await {
                 Ok(frames) => debug!(round, frames, "addresses announced"),
                 Err(err) => warn!(round, error = %err, "announcement round failed"),
             }
         }
         debug!("announce schedule finished");
+    }
+
+    /// Whether the device forwards IPv6 now, from its link message (no namespace thread);
+    /// `None` without `linux` or if it cannot be read, and the last value holds.
+    async fn forwarding(&self) -> Option<bool> {
+        let linux = self.linux.as_ref()?;
+        match linux.link(&Netns::named(&self.netns), &self.device).await {
+            Ok(link) => Some(link?.ipv6?.forwarding != 0),
+            Err(err) => {
+                debug!(error = %err, "cannot read the device's IPv6 forwarding");
+                None
+            }
+        }
     }
 
     /// The addresses of this schedule still on the device (all of them without `linux`, or

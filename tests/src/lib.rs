@@ -7,6 +7,7 @@ pub mod bench;
 pub mod capture;
 pub mod debroot;
 pub mod disrupt;
+pub mod frames;
 pub mod gateway;
 pub mod k8s;
 pub mod keepalived;

@@ -27,8 +27,9 @@ const ETH_HEADER: usize = 14;
 
 const ICMPV6: u8 = 58;
 const NEIGHBOR_ADVERTISEMENT: u8 = 136;
-/// NA flags (RFC 4861 §4.4): R(outer) and O(verride). S(olicited) must stay clear in an
-/// unsolicited advertisement, and receivers drop multicast NAs that set it.
+/// NA flags (RFC 4861 §4.4): R(outer), set as keepalived sets it (see [`unsolicited_na`]), and
+/// O(verride). S(olicited) must stay clear in an unsolicited advertisement, and receivers drop
+/// multicast NAs that set it.
 const NA_ROUTER: u8 = 0x80;
 const NA_OVERRIDE: u8 = 0x20;
 /// Option type Target Link-Layer Address, 1 unit of 8 bytes long for Ethernet.
@@ -44,10 +45,14 @@ fn ethernet_header(frame: &mut Vec<u8>, dst: Mac, src: Mac, ethertype: u16) {
     frame.extend_from_slice(&ethertype.to_be_bytes());
 }
 
-/// A gratuitous ARP request for `address` (RFC 5227 "ARP announcement"): broadcast, sender
-/// and target protocol address both `address`, sender hardware address `mac`, target
-/// hardware address zero. A request rather than a reply because every stack updates an
-/// existing cache entry from a broadcast request, while some ignore unsolicited replies.
+/// A gratuitous ARP request for `address`, field for field what keepalived sends at its
+/// transition (`vrrp_arp.c`): broadcast, sender and target protocol address both `address`,
+/// sender hardware address `mac`, target hardware address broadcast (RFC 5227 asks for zero;
+/// every receiver ignores it, and the ToRs and firewalls in front of Neutron routers have only
+/// ever seen keepalived's broadcast there). A request rather than a reply because every stack
+/// updates an existing cache entry from a broadcast request, while some ignore unsolicited
+/// replies. Unlike keepalived's 42 bytes it is padded to the Ethernet minimum: a NIC pads
+/// keepalived's frame on the wire too, but not every driver pads short frames.
 pub fn gratuitous_arp(mac: Mac, address: Ipv4Addr) -> Vec<u8> {
     let mut frame = Vec::with_capacity(MIN_FRAME);
     ethernet_header(&mut frame, BROADCAST, mac, ETH_P_ARP);
@@ -58,22 +63,26 @@ pub fn gratuitous_arp(mac: Mac, address: Ipv4Addr) -> Vec<u8> {
     frame.extend_from_slice(&1u16.to_be_bytes()); // operation: request
     frame.extend_from_slice(&mac);
     frame.extend_from_slice(&address.octets());
-    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&BROADCAST);
     frame.extend_from_slice(&address.octets());
     frame.resize(MIN_FRAME, 0);
     frame
 }
 
-/// An unsolicited neighbour advertisement for `address` from `mac` (RFC 4861 §7.2.6): sent
-/// from the address itself to all-nodes with hop limit 255, router and override flags set
-/// (the gateway is a router, and the new primary's MAC must replace the old one), solicited
-/// flag clear, and the Target Link-Layer Address option carrying `mac`.
-pub fn unsolicited_na(mac: Mac, address: Ipv6Addr) -> Vec<u8> {
+/// An unsolicited neighbour advertisement for `address` from `mac` (RFC 4861 §7.2.6), field
+/// for field what keepalived sends at its transition (`vrrp_ndisc.c`): from the address
+/// itself to all-nodes with hop limit 255, override flag set (the new primary's MAC must
+/// replace the old one), solicited flag clear, the Target Link-Layer Address option carrying
+/// `mac`, and the router flag set exactly when the device forwards IPv6 (`router`, its
+/// `forwarding` sysctl): what the kernel's own advertisements from that device say too, so
+/// neighbours never see the flag flip between hagw's, keepalived's and the kernel's.
+pub fn unsolicited_na(mac: Mac, address: Ipv6Addr, router: bool) -> Vec<u8> {
     let mut icmp = Vec::with_capacity(NA_LEN);
     icmp.push(NEIGHBOR_ADVERTISEMENT);
     icmp.push(0); // code
     icmp.extend_from_slice(&[0, 0]); // checksum, filled below
-    icmp.extend_from_slice(&[NA_ROUTER | NA_OVERRIDE, 0, 0, 0]);
+    let flags = if router { NA_ROUTER | NA_OVERRIDE } else { NA_OVERRIDE };
+    icmp.extend_from_slice(&[flags, 0, 0, 0]);
     icmp.extend_from_slice(&address.octets());
     icmp.push(OPT_TARGET_LLADDR);
     icmp.push(1); // option length in units of 8 bytes
@@ -145,8 +154,8 @@ mod tests {
             0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01,
             // sender MAC, sender IP
             0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, 192, 0, 2, 10,
-            // target MAC zero, target IP = sender IP
-            0, 0, 0, 0, 0, 0, 192, 0, 2, 10,
+            // target MAC broadcast (as keepalived), target IP = sender IP
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 192, 0, 2, 10,
         ];
         assert_eq!(frame.len(), 60);
         assert_eq!(frame[..42], expected);
@@ -156,7 +165,7 @@ mod tests {
     #[test]
     fn unsolicited_na_bytes() {
         let address: Ipv6Addr = "2001:db8::1".parse().unwrap();
-        let frame = unsolicited_na(MAC, address);
+        let frame = unsolicited_na(MAC, address, true);
         #[rustfmt::skip]
         let expected: [u8; 86] = [
             // Ethernet: 33:33:00:00:00:01, from MAC, IPv6
@@ -180,12 +189,17 @@ mod tests {
     }
 
     #[test]
-    fn na_flags_are_router_and_override_only() {
-        let frame = unsolicited_na(MAC, "fe80::1".parse().unwrap());
-        let flags = frame[ETH_HEADER + 40 + 4];
-        assert_eq!(flags & NA_ROUTER, NA_ROUTER);
-        assert_eq!(flags & NA_OVERRIDE, NA_OVERRIDE);
-        assert_eq!(flags & 0x40, 0, "solicited flag must be clear");
+    fn na_flags_are_override_and_router_if_forwarding() {
+        for router in [true, false] {
+            let frame = unsolicited_na(MAC, "fe80::1".parse().unwrap(), router);
+            let flags = frame[ETH_HEADER + 40 + 4];
+            assert_eq!(flags & NA_ROUTER == NA_ROUTER, router);
+            assert_eq!(flags & NA_OVERRIDE, NA_OVERRIDE);
+            assert_eq!(flags & 0x40, 0, "solicited flag must be clear");
+            let icmp = &frame[ETH_HEADER + 40..];
+            let address = "fe80::1".parse().unwrap();
+            assert_eq!(icmpv6_checksum(address, ALL_NODES, icmp), 0, "router={router}");
+        }
     }
 
     /// A receiver's check: summing pseudo-header and message with the checksum in place
@@ -194,7 +208,7 @@ mod tests {
     fn na_checksum_verifies() {
         for address in ["2001:db8::1", "fe80::1", "fe80::ff:fe00:1", "2001:db8:ffff:ffff::ffff"] {
             let address: Ipv6Addr = address.parse().unwrap();
-            let frame = unsolicited_na(MAC, address);
+            let frame = unsolicited_na(MAC, address, true);
             let icmp = &frame[ETH_HEADER + 40..];
             assert_eq!(icmpv6_checksum(address, ALL_NODES, icmp), 0, "{address}");
         }

@@ -3,10 +3,11 @@
 //! says it sent, and the time from the release to the first of them at the ToR.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use super::KaLab;
+use crate::frames::{Announcement, Frame, Mac, read_pcap};
 use crate::gateway::{GATEWAY_IP, GATEWAY_MAC};
-use crate::lab::sh;
 
 /// Rounds due within [`BURST_WINDOW`] of the first: 0, 10, 50 and 200 ms
 /// (`hagw_core::model::ANNOUNCE_BURST_MS`); the next one is due 1 s after the first.
@@ -14,6 +15,8 @@ pub const BURST_ROUNDS: usize = 4;
 /// When round 2 is due after the first (`hagw_core::model::ANNOUNCE_BURST_MS[0]`; the test
 /// checks they agree).
 pub const ROUND2_DUE_MS: u64 = 10;
+/// hagw's ARP frame: padded to the Ethernet minimum (without FCS).
+const HAGW_ARP_LEN: usize = 60;
 /// After the first round's log line: long enough for the burst under load, well before the
 /// first regular round (1 s).
 const BURST_WINDOW: f64 = 0.6;
@@ -91,21 +94,28 @@ impl KaLab {
             }
         }
         let round1_logged = round1?;
-        let cmd = format!(
-            "tcpdump -tt -nn -r {} 'ether src {GATEWAY_MAC} and arp' 2>/dev/null || true",
-            node.pcap.display()
-        );
-        // hagw's request: `who-has IP tell IP` (keepalived's shows the target MAC too).
-        let hagw_garp = format!("Request who-has {GATEWAY_IP} tell {GATEWAY_IP},");
-        let captured = sh(&cmd)
+        let gateway: IpAddr = GATEWAY_IP.parse().ok()?;
+        let captured = read_pcap(&node.pcap)
             .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&hagw_garp))
-            .filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+            .into_iter()
+            .filter(|f| is_hagw_garp(f, gateway))
+            .map(|f| f.time)
             .filter(|t| *t >= round1_logged - 0.1 && *t <= round1_logged + BURST_WINDOW)
             .collect();
         Some(FirstRound { node: node.index, round1_logged, released, captured })
     }
+}
+
+/// hagw's gratuitous ARP for `gateway` from the gateway MAC. Its fields are keepalived's
+/// (tests/tests/keepalived_frames.rs), but hagw pads it to the Ethernet minimum of 60 bytes and
+/// keepalived does not (42), and no veth or bridge here pads: the length tells them apart.
+fn is_hagw_garp(frame: &Frame, gateway: IpAddr) -> bool {
+    frame.bytes.len() == HAGW_ARP_LEN
+        && matches!(
+            Announcement::decode(&frame.bytes),
+            Some(a @ Announcement::Arp(_))
+                if a.address() == gateway && Some(a.eth_src()) == Mac::parse(GATEWAY_MAC)
+        )
 }
 
 fn strip_ansi(line: &str) -> String {

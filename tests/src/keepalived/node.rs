@@ -26,7 +26,8 @@ pub struct KaNode {
     pub(super) hagw: Option<Child>,
     pub(super) vip_monitor: Option<Child>,
     pub(super) capture: Option<Capture>,
-    pub(super) pcap: PathBuf,
+    /// The capture of what this node put on the wire at its ToR port (`tcpdump -Q in`).
+    pub pcap: PathBuf,
     pub(super) dir: PathBuf,
 }
 
