@@ -213,9 +213,11 @@ fn garps(frames: &[Captured], address: Ipv4Addr) -> Vec<Instant> {
         .collect()
 }
 
-/// Neighbour advertisements for `target` from the router's MAC; panics on one that is not
-/// the announcement the router must send (flags, addresses, hop limit, option, checksum).
-fn neighbour_advertisements(frames: &[Captured], target: Ipv6Addr) -> Vec<Instant> {
+/// Neighbour advertisements for `target` from the router's MAC, with whether each had the
+/// router flag (set exactly while the device forwards IPv6, as keepalived sets it); panics on
+/// one that is not the announcement the router must send (the other flags, addresses, hop
+/// limit, option, checksum).
+fn neighbour_advertisements_flagged(frames: &[Captured], target: Ipv6Addr) -> Vec<(Instant, bool)> {
     let mut seen = Vec::new();
     for c in frames {
         let f = &c.frame;
@@ -236,13 +238,20 @@ fn neighbour_advertisements(frames: &[Captured], target: Ipv6Addr) -> Vec<Instan
         let flags = f[58];
         assert_eq!(flags & 0x20, 0x20, "NA for {target}: override flag");
         assert_eq!(flags & 0x40, 0, "NA for {target}: solicited flag");
-        assert_eq!(flags & 0x80, 0x80, "NA for {target}: router flag");
         assert_eq!(f[78..80], [2, 1], "NA for {target}: target link-layer address option");
         assert_eq!(f[80..86], ROUTER_MAC, "NA for {target}: option MAC");
         assert!(icmpv6_checksum_ok(f), "NA for {target}: bad checksum");
-        seen.push(c.at);
+        seen.push((c.at, flags & 0x80 != 0));
     }
     seen
+}
+
+/// [`neighbour_advertisements_flagged`] from a device that does not forward IPv6 (a new
+/// namespace's default): none may have the router flag.
+fn neighbour_advertisements(frames: &[Captured], target: Ipv6Addr) -> Vec<Instant> {
+    let seen = neighbour_advertisements_flagged(frames, target);
+    assert!(seen.iter().all(|(_, router)| !router), "NA for {target}: router flag set");
+    seen.into_iter().map(|(at, _)| at).collect()
 }
 
 /// Receiver-side check: the one's complement sum of the pseudo-header and the ICMPv6
@@ -347,6 +356,36 @@ async fn an_address_removed_meanwhile_is_not_announced_again() {
     assert!(!na.is_empty(), "the first round did not announce 2001:db8::1");
     let late: Vec<Duration> = na.iter().filter(|t| **t > removed).map(|t| *t - started).collect();
     assert!(late.is_empty(), "2001:db8::1 announced after it was removed: at {late:?}");
+}
+
+/// The router flag of the agent's advertisements follows the device's IPv6 `forwarding` as it
+/// is at each round, read from the link message (keepalived reads it for every frame).
+#[tokio::test]
+async fn the_router_flag_follows_forwarding_round_by_round() {
+    if !is_root() {
+        return;
+    }
+    let pair = Pair::new();
+    // Rounds at 0, 10, 50, 200 and 1000 ms; forwarding goes on at 100 ms.
+    let schedule = AnnounceSchedule { repeats: 1, interval_ms: 1000 };
+    let global: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let capturing = capture(&pair.peer.netns(), Duration::from_millis(1400)).await;
+    let started = Instant::now();
+    let linux = LinuxNet::default();
+    let addresses = [IpAddr::V6(global)];
+    announce_present(&linux, &pair.router.netns(), ROUTER_DEVICE, &addresses, schedule)
+        .await
+        .expect("first round sent");
+    tokio::time::sleep_until((started + Duration::from_millis(100)).into()).await;
+    pair.router.sysctl(&format!("net.ipv6.conf.{ROUTER_DEVICE}.forwarding=1"));
+    let forwarding = Instant::now();
+    let frames = capturing.await.expect("capture task");
+    let na = neighbour_advertisements_flagged(&frames, global);
+    assert_eq!(na.len(), 5, "rounds seen: {na:?}");
+    for (at, router) in na {
+        let when = at - started;
+        assert_eq!(router, at > forwarding, "NA at {when:?}: router flag {router}");
+    }
 }
 
 #[tokio::test]

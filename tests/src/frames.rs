@@ -92,8 +92,10 @@ pub struct Na {
     pub solicited: bool,
     pub override_: bool,
     pub target: Ipv6Addr,
-    /// The options as (type, bytes after type and length): Target Link-Layer Address is 2.
-    pub options: Vec<(u8, Vec<u8>)>,
+    /// The Target Link-Layer Address option (type 2).
+    pub target_lladdr: Option<Mac>,
+    /// Any other option, as (type, bytes after type and length).
+    pub other_options: Vec<(u8, Vec<u8>)>,
 }
 
 /// An announcement frame, decoded.
@@ -140,14 +142,17 @@ impl Announcement {
                 let v6 = |b: &[u8]| -> Ipv6Addr {
                     Ipv6Addr::from(<[u8; 16]>::try_from(b).expect("16 bytes"))
                 };
-                let mut options = Vec::new();
+                let (mut target_lladdr, mut other_options) = (None, Vec::new());
                 let mut rest = &icmp[24..];
                 while let [kind, units, ..] = *rest {
                     let len = usize::from(units) * 8;
                     if len == 0 || rest.len() < len {
                         break;
                     }
-                    options.push((kind, rest[2..len].to_vec()));
+                    match <[u8; 6]>::try_from(&rest[2..len]) {
+                        Ok(mac) if kind == 2 => target_lladdr = Some(Mac(mac)),
+                        _ => other_options.push((kind, rest[2..len].to_vec())),
+                    }
                     rest = &rest[len..];
                 }
                 Some(Announcement::Na(Na {
@@ -160,7 +165,8 @@ impl Announcement {
                     solicited: icmp[4] & 0x40 != 0,
                     override_: icmp[4] & 0x20 != 0,
                     target: v6(&icmp[8..24]),
-                    options,
+                    target_lladdr,
+                    other_options,
                 }))
             }
             _ => None,
