@@ -144,7 +144,7 @@ fn in_promotion(events: &[(f64, Event)], index: usize, t: f64) -> bool {
 
 fn is_garp(line: &str) -> bool {
     [GATEWAY_IP, FIP].iter().any(|ip| {
-        // keepalived's: `who-has IP (ff:ff:ff:ff:ff:ff) tell IP`; hagw's: `who-has IP tell IP`.
+        // keepalived's and hagw's: `who-has IP (ff:ff:ff:ff:ff:ff) tell IP` (docs/backends.md).
         (line.contains(&format!("who-has {ip} ")) && line.contains(&format!("tell {ip},")))
             || line.contains(&format!("Reply {ip} is-at"))
     })
