@@ -7,8 +7,9 @@
 //! order, and it must still take over afterwards.
 //!
 //! Knobs: `HAGW_REBOOT_ORDERS=before,together,after` (the default: all three) picks the
-//! orders; `HAGW_REBOOT_GATE=0` starts Neutron's agents without waiting for the ready file and
-//! only prints what leaked (the measurement without the operator's configuration).
+//! orders; `HAGW_REBOOT_GATE=0` starts Neutron's agents without waiting for the ready file (the
+//! measurement without the operator's configuration): what leaked is printed, and only the
+//! "after" order must be silent (hagw enforces its cached specs before the ports appear).
 
 use std::time::Duration;
 
@@ -77,12 +78,11 @@ fn a_node_reboot_leaks_nothing_whichever_starts_first() -> Result<()> {
         let entry = node.entry(&harouter.name)?;
         Ok(entry.filter(|e| e["role"] == "primary" && e["held"] == false).map(drop))
     })?;
-    if gated {
-        ensure!(
-            leaked.iter().all(|(_, frames, moves)| *frames == 0 && *moves == 0),
-            "the rebooted standby leaked (order, frames, FDB moves): {leaked:?}\n{}",
-            lab.report()
-        );
-    }
+    let judged = |order: &Order| gated || *order == Order::After;
+    ensure!(
+        leaked.iter().filter(|(o, ..)| judged(o)).all(|(_, frames, moves)| *frames + *moves == 0),
+        "the rebooted standby leaked (order, frames, FDB moves): {leaked:?}\n{}",
+        lab.report()
+    );
     Ok(())
 }
