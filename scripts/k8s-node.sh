@@ -1121,17 +1121,24 @@ cmd_stop() {
 cmd_power_off() {
   resolve_state
   ((KUBELET)) && [[ -n $STATE && -d $STATE ]] || fail "no whole node to power off"
-  local comp pid pids=()
+  local comp pid pids=() shims sockets=()
   for comp in kubelet containerd; do
     ours "$comp" && pids+=("$(cat "$STATE/$comp.pid")")
   done
-  pids+=($(our_shims))
+  shims=$(our_shims)
+  pids+=($shims)
+  # A killed shim leaves its socket in /run/containerd/s (docs/k8s-node.md); a boot would clear it.
+  for pid in $shims; do
+    mapfile -t -O "${#sockets[@]}" sockets < <(ss -xlpn 2>/dev/null |
+      awk -v p="pid=$pid," 'index($0, p) && $5 ~ "^/run/containerd/s/" {print $5}')
+  done
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   kill_cgroup_procs
   for pid in "${pids[@]}"; do # gone, or a zombie nobody reaps yet: dead either way
     while [[ -e /proc/$pid && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; do sleep 0.05; done
   done
   rm -f "$STATE/kubelet.pid" "$STATE/containerd.pid"
+  ((${#sockets[@]} == 0)) || rm -f "${sockets[@]}"
   kill_cgroup_procs
   umount_under "$STATE/containerd/state"
   umount_under "$STATE/run"
