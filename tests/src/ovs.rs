@@ -63,8 +63,13 @@ impl Ovs {
     pub fn restart_vswitchd(&mut self) -> Result<()> {
         kill(&mut self.vswitchd);
         self.start_vswitchd()?;
-        // `ovs-vsctl` without --no-wait returns once vswitchd has applied the database.
-        self.vsctl("set open_vswitch . external_ids:hagw-test-restart=1")?;
+        // `ovs-vsctl` without --no-wait returns once vswitchd has applied the database; a
+        // value it already has would be no change to wait for (a second restart).
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        self.vsctl(&format!("set open_vswitch . external_ids:hagw-test-restart={stamp}"))?;
         Ok(())
     }
 

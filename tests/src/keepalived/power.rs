@@ -9,13 +9,18 @@ use crate::lab::sh;
 impl KaLab {
     /// Node `i` (0-based) loses power, as far as its router goes: keepalived dies without a
     /// word, the router namespace goes with its HA and gateway ports, and the OVS port record
-    /// with it (a boot re-plugs it). The ToR capture and the other node go on.
+    /// with it (a boot re-plugs it); on OVS, ovs-vswitchd starts again without its OpenFlow
+    /// state and the OVS agent installs its flows (it need not wait for hagw: nothing of the
+    /// router is plugged yet). The ToR capture and the other node go on.
     pub fn power_off_router(&mut self, i: usize) -> Result<()> {
         self.nodes[i].crash_keepalived();
         kill_child(&mut self.nodes[i].vip_monitor);
-        match &self.base {
-            Base::Ovs(l) => l.nodes[i].unplug(self.lab())?,
-            Base::Lb(l) => l.nodes[i].delete_veth(self.lab())?,
+        match &mut self.base {
+            Base::Ovs(l) => {
+                l.nodes[i].unplug(&l.lab)?;
+                l.nodes[i].restart_vswitchd()?;
+            }
+            Base::Lb(l) => l.nodes[i].delete_veth(&l.lab)?,
         }
         sh(&format!("ip netns del {}", self.nodes[i].qrouter))?;
         Ok(())
