@@ -1134,8 +1134,12 @@ cmd_power_off() {
   done
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   kill_cgroup_procs
+  local _
   for pid in "${pids[@]}"; do # gone, or a zombie nobody reaps yet: dead either way
-    while [[ -e /proc/$pid && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; do sleep 0.05; done
+    for _ in $(seq 200); do
+      [[ -e /proc/$pid && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] || break
+      sleep 0.05
+    done
   done
   rm -f "$STATE/kubelet.pid" "$STATE/containerd.pid"
   ((${#sockets[@]} == 0)) || rm -f "${sockets[@]}"
