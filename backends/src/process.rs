@@ -48,7 +48,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!watching.is_finished(), "reported an exit of a running process");
         child.kill().unwrap();
-        tokio::time::timeout(Duration::from_secs(5), watching).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), watching).await.unwrap().unwrap().unwrap();
         child.wait().unwrap();
     }
 

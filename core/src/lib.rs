@@ -17,6 +17,8 @@ pub mod planner;
 pub mod reconcile;
 pub mod role;
 pub mod supervisor;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use action::Action;
 pub use error::{Error, ErrorKind};

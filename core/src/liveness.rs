@@ -196,17 +196,10 @@ fn own_namespace_is_nested(proc: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     use super::*;
-
-    fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !check() {
-            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    use crate::testing::{Spawned, wait_until};
 
     #[test]
     fn a_pid_file_counts_while_its_process_runs_that_program() {
@@ -214,17 +207,17 @@ mod tests {
         let pid_file = dir.path().join("r.pid");
         let live = |program| liveness(Path::new("/proc"), &pid_file, program);
         assert_eq!(live("sleep"), Liveness::NotRunning, "no pid file");
-        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = Spawned::start(Command::new("sleep").arg("30"));
         std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
         let Liveness::Running(fresh) = live("sleep") else { panic!("not running") };
         assert_eq!(fresh.pid, child.id());
         assert!(fresh.startup_left().is_some(), "just started: {fresh:?}");
         assert_eq!(live("keepalived"), Liveness::NotRunning, "another program");
-        child.kill().unwrap();
+        child.kill();
         wait_until("a killed, unreaped child no longer counts", || {
             live("sleep") == Liveness::NotRunning
         });
-        child.wait().unwrap();
+        child.stop();
         std::fs::write(&pid_file, "not a pid").unwrap();
         assert_eq!(live("sleep"), Liveness::NotRunning);
     }
@@ -238,13 +231,12 @@ mod tests {
         std::fs::write(&pid_file, "1").unwrap();
         // A shell naming the pid file on its command line as Neutron's keepalived does, which
         // tells it apart from other tests' pid-1 shells.
-        let mut child = Command::new("unshare")
-            .args(["--pid", "--fork", "--kill-child", "sh", "-c", "while :; do sleep 1; done"])
-            .args(["x", "-r"])
-            .arg(&pid_file)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = Spawned::start(
+            Command::new("unshare")
+                .args(["--pid", "--fork", "--kill-child", "sh", "-c", "while :; do sleep 1; done"])
+                .args(["x", "-r"])
+                .arg(&pid_file),
+        );
         let live = || liveness(Path::new("/proc"), &pid_file, "sh");
         wait_until("the namespaced sleep to run", || matches!(live(), Liveness::Running(_)));
         let Liveness::Running(found) = live() else { unreachable!() };
@@ -255,8 +247,7 @@ mod tests {
             "{status}"
         );
         assert_ne!(found.pid, 1, "the host pid, for the exit watch");
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.stop();
         wait_until("gone", || live() == Liveness::NotRunning);
     }
 

@@ -108,32 +108,28 @@ fn locate_in(proc: &Path, state_paths: &[PathBuf], access: &StateAccess) -> Loca
 
 #[cfg(test)]
 mod tests {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::process::Command;
 
     use super::*;
+    use crate::testing::{Spawned, wait_until};
 
     /// A process in a mount namespace of its own, where `state` holds `ha_confs` on a tmpfs
     /// nobody else sees (as an emptyDir or a named volume in a container), its command line
     /// naming `tag`.
-    fn contained(state: &Path, tag: &str) -> std::process::Child {
+    fn contained(state: &Path, tag: &str) -> Spawned {
         let script = format!(
             "mount -t tmpfs none {dir} && mkdir -p {dir}/ha_confs && while :; do sleep 1; done",
             dir = state.display()
         );
-        Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script, tag])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap()
-    }
-
-    fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !check() {
-            assert!(Instant::now() < deadline, "timed out: {what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        Spawned::start(Command::new("unshare").args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            tag,
+        ]))
     }
 
     #[test]
@@ -147,7 +143,7 @@ mod tests {
             |n: &[&str]| StateAccess::Processes(n.iter().map(|s| s.to_string()).collect());
         let paths = [PathBuf::from("/nonexistent"), state.clone()];
         let located = || locate(&paths, &needles(&[&tag]));
-        wait_for("the contained state path", || !located().state_paths.is_empty());
+        wait_until("the contained state path", || !located().state_paths.is_empty());
         let found = located();
         let through = PathBuf::from(format!("/proc/{}/root", agent.id()));
         assert_eq!(found.state_paths, vec![through.join(state.strip_prefix("/").unwrap())]);
@@ -156,8 +152,7 @@ mod tests {
         assert!(locate(&paths, &StateAccess::Direct).state_paths.is_empty());
         // A process matching nothing is not looked into.
         assert!(locate(&paths, &needles(&["no-such-program-anywhere"])).state_paths.is_empty());
-        agent.kill().unwrap();
-        agent.wait().unwrap();
+        agent.stop();
         assert!(located().state_paths.is_empty(), "gone with its process");
     }
 

@@ -156,24 +156,33 @@ fn watch_dirs(watcher: &mut DirWatcher, ha_confs: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     use hagw_core::neutron::NeutronDefaults;
+    use hagw_core::testing::{PATIENCE, Spawned};
 
     use super::*;
 
     /// An agent whose state path is a tmpfs only it sees (an emptyDir), with one router.
-    fn contained_agent(state: &Path, tag: &str, conf: &str) -> std::process::Child {
+    /// `ha_confs` appears with the router's file in it (renamed into place): a state path
+    /// found before its files are written would read as "no routers" in the test's rescan.
+    fn contained_agent(state: &Path, tag: &str, conf: &str) -> Spawned {
         let script = format!(
-            "mount -t tmpfs none {dir} && mkdir -p {dir}/ha_confs/r1 && printf '%s' \"$1\" > \
-             {dir}/ha_confs/r1/keepalived.conf && while :; do sleep 1; done",
+            "mount -t tmpfs none {dir} && mkdir -p {dir}/staged/r1 && printf '%s' \"$1\" > \
+             {dir}/staged/r1/keepalived.conf && mv {dir}/staged {dir}/ha_confs && \
+             while :; do sleep 1; done",
             dir = state.display()
         );
-        Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script, tag, conf])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap()
+        Spawned::start(Command::new("unshare").args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            tag,
+            conf,
+        ]))
     }
 
     /// The agent's process replaced: its routers are kept until their files are found again,
@@ -194,7 +203,7 @@ mod tests {
         };
         let (mut watcher, _events) = DirWatcher::start().unwrap();
         let mut agent = contained_agent(&state, &tag, conf);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + PATIENCE;
         let (mut following, mut routers) = Following::start(source, &mut watcher);
         while routers.is_empty() {
             assert!(std::time::Instant::now() < deadline, "never found");
@@ -203,11 +212,10 @@ mod tests {
         }
         assert_eq!(routers[0].id, "r1");
         let first = routers[0].clone();
-        agent.kill().unwrap();
-        agent.wait().unwrap();
+        agent.stop();
         assert_eq!(following.rescan(&mut watcher), None, "kept while gone");
-        let mut agent = contained_agent(&state, &tag, conf);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let _agent = contained_agent(&state, &tag, conf);
+        let deadline = std::time::Instant::now() + PATIENCE;
         let again = loop {
             if let Some(routers) = following.rescan(&mut watcher) {
                 break routers;
@@ -218,7 +226,5 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].gateway_addresses, first.gateway_addresses);
         assert_ne!(again[0].role, first.role, "read through the new process's root");
-        agent.kill().unwrap();
-        agent.wait().unwrap();
     }
 }

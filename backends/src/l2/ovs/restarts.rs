@@ -73,7 +73,7 @@ mod tests {
         std::fs::write(dir.path().join("ovs-vswitchd.pid"), "1").unwrap();
         let _snoop = UnixListener::bind(dir.path().join("br-ex.snoop")).unwrap();
         let _mgmt = UnixListener::bind(dir.path().join("br-ex.mgmt")).unwrap();
-        let next = tokio::time::timeout(Duration::from_secs(5), starts.next()).await.unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(60), starts.next()).await.unwrap();
         assert_eq!(next.as_deref(), Some("br-ex"));
     }
 

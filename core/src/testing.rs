@@ -1,0 +1,52 @@
+//! Fixtures for unit tests that start real processes (this crate's and the operator's, through
+//! the `testing` feature).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for another process before it fails. Generous on purpose: CI shares
+/// two cores with the whole suite, and a deadline here only bounds a hang, it measures nothing.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `check` until it holds; panics naming `what` after [`PATIENCE`].
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A child process killed and reaped when it goes out of scope, also when the test panics: a
+/// looping helper left behind runs forever and keeps the test harness's output pipe open.
+#[derive(Debug)]
+pub struct Spawned(Child);
+
+impl Spawned {
+    /// Starts `command` with stdin closed.
+    pub fn start(command: &mut Command) -> Self {
+        Self(command.stdin(Stdio::null()).spawn().expect("spawning a test process"))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Sends SIGKILL and leaves it unreaped (a zombie) until [`stop`](Self::stop) or drop.
+    pub fn kill(&mut self) {
+        // Already exited is fine: reaping is what matters, and stop does it.
+        let _ = self.0.kill();
+    }
+
+    /// Kills and reaps it now.
+    pub fn stop(&mut self) {
+        self.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
