@@ -79,7 +79,7 @@ for name, values in [
     with open(f"{work}/{name}.yaml", "w") as f:
         f.write("\n---\n".join(docs) + "\n")
 # values.schema.json rejects what the templates cannot use: a misspelt key, a wrong enum.
-for bad in [{"backend": "ovn"}, {"metricsPortt": 9464}, {"log": {"format": "xml"}},
+for bad in [{"backend": "ovn"}, {"metricsPortt": 9477}, {"log": {"format": "xml"}},
             {"neutron": {"root": "container"}}, {"neutron": {"statePaths": ["var/lib/neutron"]}},
             {"readyFile": "run/hagw/ready"}, {"readyFile": "/run/hagw/"}]:
     report = helm.lint(chart_dir, bad, strict=True, namespace="hagw-system")

@@ -11,7 +11,7 @@ use hagw_e2e::{Capture, hagw_bin};
 
 /// These tests run hagw in the host's network namespace, in parallel: the default metrics
 /// port would be contended (tests/tests/metrics.rs covers the endpoint).
-const NO_ENDPOINT: [&str; 2] = ["--metrics-addr", "none"];
+const NO_ENDPOINT: [&str; 2] = ["--listen", "none"];
 
 /// `hagw run` in the background, killed on drop.
 struct Agent(Child);

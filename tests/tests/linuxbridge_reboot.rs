@@ -36,7 +36,7 @@ impl HagwRun {
             .arg(hagw_bin())
             .args(["run", "-c"])
             .arg(&node.config)
-            .args(["--log-level", "info,hagw=debug", "--metrics-addr", "none"])
+            .args(["--log-level", "info,hagw=debug", "--listen", "none"])
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -27,7 +27,7 @@ impl Agent {
         let addr = SocketAddr::from(([127, 0, 0, 1], port.port));
         let child = Command::new(hagw_bin())
             .args(["run", "-c", config.to_str().unwrap(), "--log-level", "info"])
-            .args(["--metrics-addr", &addr.to_string()])
+            .args(["--listen", &addr.to_string()])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

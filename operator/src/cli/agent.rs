@@ -1,6 +1,5 @@
 //! `hagw agent --kubernetes`: the per-node agent of the Kubernetes operator.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,6 +8,7 @@ use hagw_core::config::DEFAULT_OVSDB;
 use hagw_core::supervisor::WorkerConfig;
 
 use super::EXIT_INVALID_INPUT;
+use super::listen::ListenArgs;
 use super::neutron::DiscoveryArgs;
 use crate::k8s::{self, Limit, agent::Options};
 
@@ -33,9 +33,9 @@ pub struct AgentArgs {
     /// it. Never removed by the agent.
     #[arg(long, env = "HAGW_READY_FILE")]
     pub ready_file: Option<PathBuf>,
-    /// Address serving /metrics (Prometheus), /healthz, /readyz and /log-level.
-    #[arg(long, env = "HAGW_LISTEN", default_value = "0.0.0.0:9464")]
-    pub listen: SocketAddr,
+    /// The kubelet's probes use the endpoint: an address that cannot be bound stops the agent.
+    #[command(flatten)]
+    pub endpoint: ListenArgs,
     /// OVSDB endpoint for routers with the `ovs` backend.
     #[arg(long, env = "HAGW_OVSDB", default_value = DEFAULT_OVSDB)]
     pub ovsdb: String,
@@ -79,7 +79,7 @@ pub async fn run(args: AgentArgs) -> ExitCode {
             namespace: args.namespace,
             state_dir: args.state_dir,
             ready_file: args.ready_file.filter(|p| !p.as_os_str().is_empty()),
-            listen: args.listen,
+            listen: args.endpoint.listen.0,
             ovsdb: args.ovsdb,
             neutron,
             worker: WorkerConfig {

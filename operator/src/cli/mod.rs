@@ -3,6 +3,7 @@
 mod agent;
 mod crd;
 mod docs;
+mod listen;
 mod migrate;
 mod neutron;
 mod notify;
@@ -72,7 +73,7 @@ pub enum Command {
     /// Ask a running agent what it does: one line per router (role, hold and since when,
     /// last role change, errors, leak alarm). Needs no privileges.
     #[command(after_help = "Examples:\n  hagw status\n  \
-                            hagw status --addr 127.0.0.1:9464 -o json   # hagw agent --kubernetes")]
+                            hagw status --addr 10.0.0.5:9477 -o json")]
     Status(status::StatusArgs),
     /// Hand routers' ports back as Neutron's agents would have them without hagw (held
     /// standbys released once silent). Stop the agent first: it would hold them again.

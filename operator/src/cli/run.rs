@@ -1,7 +1,6 @@
 //! `hagw run`: the long-running, event-driven agent, fed by a configuration file or by
 //! discovering the HA routers of a Neutron network node.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,6 +10,7 @@ use hagw_core::config::{self, Config, DEFAULT_OVSDB};
 use hagw_core::supervisor::WorkerConfig;
 
 use super::EXIT_INVALID_INPUT;
+use super::listen::{Listen, ListenArgs};
 use super::neutron::NeutronArgs;
 use crate::agent::{Agent, NeutronSource};
 
@@ -36,28 +36,14 @@ pub struct RunArgs {
     /// Seconds between full re-observations of every router, even without events.
     #[arg(long, env = "HAGW_RESYNC", default_value_t = 60)]
     pub resync: u64,
-    /// Address serving /metrics (Prometheus), /healthz, /readyz and /log-level; `none` to
-    /// serve nothing. If it cannot be bound, the agent logs an error and runs without it.
-    #[arg(long, env = "HAGW_METRICS_ADDR", default_value = "0.0.0.0:9477", value_parser = parse_listen)]
-    pub metrics_addr: Listen,
+    /// If the endpoint's address cannot be bound, the agent logs an error and runs without it.
+    #[command(flatten)]
+    pub endpoint: ListenArgs,
     /// A lock file that makes this the only agent on the node: another agent holding it
     /// (the chart's pod locks `<stateDir>/agent.lock`) is waited for, and taken over from
     /// when it exits. Without it, no lock is taken.
     #[arg(long, env = "HAGW_LOCK_FILE", value_name = "PATH")]
     pub lock_file: Option<PathBuf>,
-}
-
-/// An optional listening address: `none` disables the endpoint.
-#[derive(Debug, Clone, Copy)]
-pub struct Listen(pub Option<SocketAddr>);
-
-fn parse_listen(text: &str) -> Result<Listen, String> {
-    if text.eq_ignore_ascii_case("none") {
-        return Ok(Listen(None));
-    }
-    text.parse()
-        .map(|a| Listen(Some(a)))
-        .map_err(|e| format!("{e} (expected ADDRESS:PORT or none)"))
 }
 
 pub async fn run(args: RunArgs) -> ExitCode {
@@ -82,7 +68,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let result = async {
         let (mut agent, inputs) = Agent::new(dataplane, worker)?;
         let observer = agent.observer();
-        if let Listen(Some(addr)) = args.metrics_addr {
+        if let Listen(Some(addr)) = args.endpoint.listen {
             // Enforcement matters more than its metrics: a taken port is reported, not fatal.
             match crate::observe::server::serve(addr, observer.clone()).await {
                 Ok(bound) => {

@@ -21,7 +21,7 @@ pub enum Output {
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// The agent's metrics/health address (`hagw run --metrics-addr`, `hagw agent --listen`).
+    /// The agent's `--listen` address (`hagw run` and `hagw agent` alike).
     #[arg(long, env = "HAGW_STATUS_ADDR", default_value = "127.0.0.1:9477")]
     pub addr: SocketAddr,
     /// Output format.

@@ -54,8 +54,8 @@ pub struct Options {
     /// Created once the cached, discovered or listed routers have had their first pass, for
     /// Neutron's agents to start after at boot ([`crate::ready`]).
     pub ready_file: Option<PathBuf>,
-    /// Address of `/metrics`, `/healthz`, `/readyz` and `/log-level`.
-    pub listen: SocketAddr,
+    /// Address of `/metrics`, `/healthz`, `/readyz`, `/status` and `/log-level`, if served.
+    pub listen: Option<SocketAddr>,
     /// OVSDB endpoint for routers with the `ovs` backend.
     pub ovsdb: String,
     /// Where to discover Neutron's routers on this node, if at all.
@@ -77,16 +77,24 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let (agent, mut inputs) = Agent::new(dataplane.clone(), options.worker)
         .map_err(|e| Error::Agent(format!("{e:#}")))?;
     let observer = agent.observer();
-    let addr = observe::server::serve(options.listen, observer.clone())
-        .await
-        .map_err(|source| Error::Health { addr: options.listen, source })?;
+    let health = match options.listen {
+        Some(addr) => Some(
+            observe::server::serve(addr, observer.clone())
+                .await
+                .map_err(|source| Error::Health { addr, source })?,
+        ),
+        None => None,
+    };
     let lock_path = options.state_dir.join("agent.lock");
     let _lock = crate::lock::acquire(&lock_path, &observer)
         .await
         .map_err(|source| Error::Lock { path: lock_path.clone(), source })?;
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     let node = options.node.clone();
-    info!(node = %node, health = %addr, "kubernetes agent starting");
+    match health {
+        Some(bound) => info!(node = %node, health = %bound, "kubernetes agent starting"),
+        None => info!(node = %node, "kubernetes agent starting; no /metrics, /healthz, /readyz"),
+    }
 
     let mut this = NodeAgent {
         agent,

@@ -1,5 +1,5 @@
-//! The agent's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/status` and `/log-level`, used by
-//! both `hagw run` (`--metrics-addr`) and `hagw agent --kubernetes` (`--listen`).
+//! The agent's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/status` and `/log-level`,
+//! at `--listen` in both `hagw run` and `hagw agent --kubernetes`.
 
 use std::net::SocketAddr;
 

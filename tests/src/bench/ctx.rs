@@ -31,8 +31,11 @@ impl Ctx {
         let help = Command::new(&hagw).args(["run", "--help"]).output()?;
         let mut hagw_args = vec!["--log-format".into(), "json".into()];
         hagw_args.extend(["--log-level".into(), "info".into()]);
-        if String::from_utf8_lossy(&help.stdout).contains("--metrics-addr") {
-            hagw_args.extend(["--metrics-addr".into(), "none".into()]);
+        // No endpoint: its port would be shared by the runs. Older builds (compared in
+        // docs/benchmarks.md) named the flag --metrics-addr, the oldest had none.
+        let help = String::from_utf8_lossy(&help.stdout);
+        if let Some(flag) = ["--listen", "--metrics-addr"].into_iter().find(|f| help.contains(f)) {
+            hagw_args.extend([flag.into(), "none".into()]);
         }
         if let Some(resync) = opts.resync {
             hagw_args.extend(["--resync".into(), resync.to_string()]);
