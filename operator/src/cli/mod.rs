@@ -10,6 +10,7 @@ mod notify;
 mod plan;
 mod reconcile;
 mod release;
+mod routers;
 mod run;
 mod status;
 
@@ -47,7 +48,8 @@ pub enum Command {
     Validate(ConfigArg),
     /// Observe this host and print the ordered actions per router, changing nothing.
     #[command(after_help = "Examples:\n  hagw plan -c /etc/hagw/routers.yaml\n  \
-                            hagw plan -c routers.yaml --output json")]
+                            hagw plan -c routers.yaml --output json\n  \
+                            hagw plan --neutron /var/lib/neutron --backend ovs --strategy l2-hold")]
     Plan(plan::PlanArgs),
     /// Apply the plans, then re-observe and verify. Exit 1 if any router fails.
     #[command(after_help = "Examples:\n  hagw reconcile -c /etc/hagw/routers.yaml --once\n  \
@@ -79,7 +81,8 @@ pub enum Command {
     /// standbys released once silent). Stop the agent first: it would hold them again.
     #[command(after_help = "Examples:\n  hagw release -c /etc/hagw/routers.yaml r1 r2\n  \
                             systemctl stop hagw && hagw release -c /etc/hagw/routers.yaml --all \\\n      \
-                            --lock-file /var/lib/hagw/agent.lock")]
+                            --lock-file /var/lib/hagw/agent.lock\n  \
+                            hagw release --neutron /var/lib/neutron --backend ovs --all")]
     Release(release::ReleaseArgs),
     /// Write the manual pages (hagw.1 and one per subcommand) into a directory.
     #[command(after_help = "Example:\n  hagw man /usr/share/man/man1")]

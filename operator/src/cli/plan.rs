@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::roles::RoleReader;
 
-use super::ConfigArg;
+use super::routers::RoutersArg;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Output {
@@ -20,7 +20,7 @@ pub enum Output {
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub routers: RoutersArg,
     /// Output format.
     #[arg(long, short, value_enum, default_value = "text")]
     pub output: Output,
@@ -39,7 +39,7 @@ struct RouterPlan<'a> {
 }
 
 pub async fn run(args: PlanArgs) -> ExitCode {
-    let config = match args.config.load() {
+    let config = match args.routers.load() {
         Ok(c) => c,
         Err(code) => return code,
     };

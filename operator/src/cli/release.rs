@@ -8,14 +8,15 @@ use std::process::ExitCode;
 
 use hagw_core::RouterSpec;
 
-use super::{ConfigArg, EXIT_INVALID_INPUT};
+use super::EXIT_INVALID_INPUT;
+use super::routers::RoutersArg;
 use crate::k8s::handback;
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["routers", "all"])))]
 pub struct ReleaseArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub source: RoutersArg,
     /// Router ids to release.
     pub routers: Vec<String>,
     /// Release every router of the configuration.
@@ -27,7 +28,7 @@ pub struct ReleaseArgs {
 }
 
 pub async fn run(args: ReleaseArgs) -> ExitCode {
-    let config = match args.config.load() {
+    let config = match args.source.load() {
         Ok(config) => config,
         Err(code) => return code,
     };
@@ -39,7 +40,7 @@ pub async fn run(args: ReleaseArgs) -> ExitCode {
         if !unknown.is_empty() {
             eprintln!(
                 "hagw release: no router {unknown:?} in {}; nothing released",
-                args.config.config.display()
+                args.source.origin()
             );
             return ExitCode::from(EXIT_INVALID_INPUT);
         }

@@ -1,0 +1,63 @@
+//! Where the one-shot commands (`plan`, `release`) take their routers from: a routers file,
+//! or Neutron's files on this node, read once as `hagw run --neutron` reads them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use hagw_core::config::{self, Config, DEFAULT_OVSDB};
+use hagw_core::neutron::{DiscoveryError, discover};
+
+use super::EXIT_INVALID_INPUT;
+use super::neutron::NeutronArgs;
+
+const DEFAULT_CONFIG: &str = "/etc/hagw/routers.yaml";
+
+#[derive(Debug, clap::Args)]
+pub struct RoutersArg {
+    /// Router configuration file (YAML) [default: /etc/hagw/routers.yaml].
+    #[arg(short, long, env = "HAGW_CONFIG", conflicts_with = "neutron")]
+    pub config: Option<PathBuf>,
+    /// Take the routers from this Neutron state path instead
+    /// (`<path>/ha_confs/*/keepalived.conf`), as `hagw run --neutron` finds them.
+    #[arg(long, env = "HAGW_NEUTRON", value_name = "STATE_PATH")]
+    pub neutron: Option<PathBuf>,
+    #[command(flatten)]
+    pub discovered: NeutronArgs,
+    /// With --neutron: the OVSDB endpoint.
+    #[arg(long, env = "HAGW_OVSDB", default_value = DEFAULT_OVSDB)]
+    pub ovsdb: String,
+}
+
+impl RoutersArg {
+    /// Where the routers come from, for messages.
+    pub fn origin(&self) -> String {
+        match (&self.neutron, &self.config) {
+            (Some(state_path), _) => format!("{} (Neutron)", state_path.display()),
+            (None, Some(config)) => config.display().to_string(),
+            (None, None) => DEFAULT_CONFIG.to_string(),
+        }
+    }
+
+    /// Loads the routers, printing the error and returning the exit code if there are none
+    /// to load: an invalid file, or a state path without `ha_confs`. A Neutron router that
+    /// cannot be read is reported and left out, as the agent does.
+    pub fn load(&self) -> Result<Config, ExitCode> {
+        let Some(state_path) = &self.neutron else {
+            let path = self.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
+            return config::load(&path).map_err(|e| {
+                eprintln!("hagw: invalid configuration: {e}");
+                ExitCode::from(EXIT_INVALID_INPUT)
+            });
+        };
+        let found = discover(state_path, &self.discovered.defaults());
+        for error in &found.errors {
+            if let DiscoveryError::Io { .. } = error {
+                eprintln!("hagw: no Neutron routers: {error}");
+                return Err(ExitCode::from(EXIT_INVALID_INPUT));
+            }
+            eprintln!("hagw: router left out: {error}");
+        }
+        let routers = found.routers.into_iter().map(|r| r.spec).collect();
+        Ok(Config { ovsdb: self.ovsdb.clone(), routers })
+    }
+}
