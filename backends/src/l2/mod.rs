@@ -79,10 +79,6 @@ pub struct L2Backends {
 }
 
 impl L2Backends {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Enables the OVS backend on `endpoint` (`Config::ovsdb`); it connects on first use.
     pub fn with_ovsdb(endpoint: impl Into<String>) -> Self {
         Self { ovs: Some(OvsBackend::new(endpoint)), ..Self::default() }

@@ -220,13 +220,6 @@ impl OvsBackend {
         Ok(port::l2_state_with(&located.row, no_receive))
     }
 
-    /// Whether both halves of the hold are in place (what [`OvsBackend::hold_port`] makes).
-    pub async fn fully_held(&self, port: &str) -> Result<bool, Error> {
-        let Some(located) = self.read(port).await? else { return Ok(false) };
-        let no_receive = self.ofctl.is_none() || self.no_receive(&located).await;
-        Ok(port::is_held(&located.row) && no_receive)
-    }
-
     /// Holds the port: the dead-VLAN triple in one guarded transaction (see
     /// [`port::hold_ops`]), then `no-receive` on its OpenFlow port, which the OVS agent's
     /// retag cannot lift. Idempotent; fails (transiently) until both are in place.
