@@ -10,13 +10,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::lab::{Lab, hagw_bin, sh};
 use crate::ports::{self, ReservedPort};
+pub use crate::wait::wait_for;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -232,27 +233,6 @@ pub fn export(exports: &str, key: &str) -> Result<String> {
         .find_map(|l| l.strip_prefix(&format!("export {key}=")))
         .map(str::to_string)
         .with_context(|| format!("k8s-node.sh start printed no {key}:\n{exports}"))
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    let mut last_error = None;
-    loop {
-        match check() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error:?})");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Emulated network nodes on one machine. Every node has the same router namespace and

@@ -18,6 +18,7 @@ pub mod node;
 pub mod ovs;
 pub mod ports;
 pub mod reboot;
+pub mod wait;
 
 pub use capture::Capture;
 pub use lab::{Lab, hagw_bin, sh};

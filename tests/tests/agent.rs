@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, ensure};
 use hagw_e2e::gateway::{GATEWAY_IP, GATEWAY_MAC, GatewayLab};
+use hagw_e2e::wait::eventually;
 use hagw_e2e::{Capture, hagw_bin};
 
 /// These tests run hagw in the host's network namespace, in parallel: the default metrics
@@ -117,18 +118,6 @@ impl Drop for StandInKeepalived {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Polls `check` until it holds or `within` passes.
-fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check()? {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("timed out waiting for {what}")
 }
 
 /// A state file saying primary, the router's keepalived pid file (not written yet) and a

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use hagw_e2e::gateway::{EXTERNAL_IP, GATEWAY_IP, GatewayLab};
 use hagw_e2e::hagw_bin;
 use hagw_e2e::ports::{self, ReservedPort};
+use hagw_e2e::wait::eventually;
 
 /// `hagw run` in the background with its endpoint on a loopback port reserved for it;
 /// killed on drop.
@@ -88,24 +89,6 @@ fn value(exposition: &str, series: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// Polls `check` until it holds or `within` passes.
-fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + within;
-    let mut last_error = None;
-    while Instant::now() < deadline {
-        match check() {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last_error = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    match last_error {
-        Some(e) => bail!("timed out waiting for {what} (last error: {e:#})"),
-        None => bail!("timed out waiting for {what}"),
-    }
 }
 
 /// `hagw status` run as `nobody` (a copy of the binary nobody can execute) against `agent`

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use hagw_e2e::debroot::repo_root;
@@ -226,22 +226,13 @@ fn process_sandbox(pid: u32) -> Result<(u64, bool, bool)> {
     Ok((eff, nnp, root_ro))
 }
 
-fn eventually(
-    what: &str,
-    logs: &[&Sandboxed],
-    mut check: impl FnMut() -> Result<bool>,
-) -> Result<()> {
-    // A bound on a hang, not a speed: the sandbox remounts every mount of the machine
-    // read-only (ProtectSystem=strict), thousands while the pod tests run beside it.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !check()? {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = logs.iter().map(|s| s.log()).collect();
-            bail!("timed out waiting for {what}; hagw's logs:\n{}", logs.join("\n---\n"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+/// [`hagw_e2e::wait::eventually`], with both agents' logs in the error.
+fn eventually(what: &str, logs: &[&Sandboxed], check: impl FnMut() -> Result<bool>) -> Result<()> {
+    // A bound on a hang, not a speed: the sandbox remounts the machine's mounts read-only.
+    hagw_e2e::wait::eventually(Duration::from_secs(120), what, check).map_err(|e| {
+        let logs: Vec<String> = logs.iter().map(|s| s.log()).collect();
+        anyhow::anyhow!("{e:#}; hagw's logs:\n{}", logs.join("\n---\n"))
+    })
 }
 
 #[test]
