@@ -1,10 +1,10 @@
 //! Layer-2 backends: how the switch side of a gateway port is observed, held and released.
 //!
 //! [`L2Backend`] is a closed enum dispatched by `match` rather than a trait object: async
-//! methods are not object-safe, and the set of backends is small and known (generic now;
-//! Open vSwitch and Linux bridge to come). Adding one means a variant, a module with its
-//! `observe`/`hold`/`release`, one arm per method here, and its construction in
-//! [`L2Backends::for_router`].
+//! methods are not object-safe, and the set of backends is small and known: generic (a hold
+//! inside the router namespace), Open vSwitch (OVSDB + OpenFlow) and Linux bridge (nftables).
+//! Adding one means a variant, a module with its `observe`/`hold`/`release`, one arm per
+//! method here, and its construction in [`L2Backends::for_router`].
 
 pub mod generic;
 pub mod linuxbridge;
