@@ -20,6 +20,10 @@ pub struct Resolved {
     pub role: Role,
     pub reason: RoleReason,
     pub disagree: bool,
+    /// Whether keepalived's primary VIP is on the HA device, as a live keepalived put it
+    /// there: `None` when it cannot be read, or when keepalived is down or just started (a
+    /// VIP it left behind then is stale and does not count).
+    pub vip: Option<bool>,
     /// Its keepalived, when the spec names a pid file and it runs.
     pub keepalived: Option<RunningProcess>,
 }
@@ -67,10 +71,12 @@ impl RoleReader {
             notified,
         };
         let (role, reason) = inputs.decide(&spec.role);
+        let stale = matches!(reason, RoleReason::KeepalivedDown | RoleReason::KeepalivedStarting);
         Resolved {
             role,
             reason,
             disagree: inputs.disagree(&spec.role),
+            vip: inputs.vip_present.filter(|_| !stale),
             keepalived: keepalived.flatten(),
         }
     }

@@ -223,6 +223,65 @@ fn a_forced_split_brain_raises_its_condition_event_and_metric() -> Result<()> {
     Ok(())
 }
 
+/// The other split brain, forced: no node primary (the role is pinned to standby) while one
+/// node's keepalived holds the primary VIP (put on its HA device by hand, as keepalived would).
+/// No other node takes over then, and nothing in keepalived says anything is wrong: the
+/// entries carry `vipPresent`, the `SplitBrain` condition turns True with reason
+/// `VipWithoutPrimary`, a Warning Event is recorded and `hagw_split_brain` is 1; removing the
+/// VIP clears it all.
+#[test]
+fn no_primary_while_a_node_holds_the_vip_is_split_brain() -> Result<()> {
+    let s = server();
+    let nodes = Nodes::build(&["vw1", "vw2"])?;
+    for node in ["vw1", "vw2"] {
+        nodes.lab.exec(
+            &nodes.netns(node),
+            "ip link add ha-k8s type veth peer name ha-peer && ip link set ha-k8s up",
+        )?;
+    }
+    let yaml = nodes.harouter("novip", &["vw1", "vw2"]).replace(
+        &format!("role: {{stateFile: {}}}", nodes.state_file.display()),
+        "role: {fixed: standby}\n    haDevice: ha-k8s\n    primaryVip: 169.254.0.1/24",
+    );
+    s.apply(&yaml)?;
+    let a1 = nodes.agent(s, "vw1")?;
+    let mut a2 = nodes.agent(s, "vw2")?;
+    wait_role("novip", "vw1", "standby", true, Duration::from_secs(20))?;
+    wait_role("novip", "vw2", "standby", true, Duration::from_secs(20))?;
+    wait_condition("novip", "Ready", "False", "NoPrimary")?;
+    wait_condition("novip", "SplitBrain", "False", "AtMostOnePrimary")?;
+
+    nodes.lab.exec(&nodes.netns("vw1"), "ip addr add 169.254.0.1/24 dev ha-k8s")?;
+    let message = wait_condition("novip", "SplitBrain", "True", "VipWithoutPrimary")?;
+    assert_eq!(message, "no node is primary while the primary VIP is on vw1");
+    wait_condition("novip", "Ready", "False", "SplitBrain")?;
+    assert_eq!(
+        node_entry(&harouter("novip")?, "vw1").map(|e| e["vipPresent"].clone()),
+        Some(Value::Bool(true))
+    );
+    let series = r#"hagw_split_brain{namespace="default",harouter="novip"} "#;
+    wait_for("hagw_split_brain 1", Duration::from_secs(5), || {
+        Ok(a1.metrics()?.lines().any(|l| l == format!("{series}1")).then_some(()))
+    })?;
+    let events = s.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "involvedObject.name=novip,reason=SplitBrain",
+    ])?;
+    assert!(events.contains("the primary VIP is on vw1"), "{events}");
+
+    nodes.lab.exec(&nodes.netns("vw1"), "ip addr del 169.254.0.1/24 dev ha-k8s")?;
+    wait_condition("novip", "SplitBrain", "False", "AtMostOnePrimary")?;
+    wait_for("hagw_split_brain 0", Duration::from_secs(5), || {
+        Ok(a1.metrics()?.lines().any(|l| l == format!("{series}0")).then_some(()))
+    })?;
+    a2.assert_running()?;
+    Ok(())
+}
+
 /// Removing a node from `nodes`, or deleting the HARouter, hands the port back: the hold is
 /// lifted once the port has been silent for the settle time, addresses stay off and IPv6
 /// stays silenced on a standby, and the node's status entry goes away.

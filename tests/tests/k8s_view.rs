@@ -2,7 +2,8 @@
 //! plane: a router found in Neutron's files (real keepalived, no HARouter written by anyone)
 //! gets its object, created by the agent, with the node's status and the columns of
 //! `kubectl get -o wide`; a user-written object overrides its strategy; overrides that make
-//! it invalid are ignored and named; the agent never rewrites what a user set on its object.
+//! it invalid are ignored and named; the agent never rewrites what a user set on its object;
+//! once the router is gone from Neutron, its published object is deleted, a user's is not.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -57,7 +58,7 @@ fn a_discovered_router_gets_its_object_and_takes_overrides() -> Result<()> {
     let ha_confs = gw.lab.dir.path().join("neutron/ha_confs");
     std::fs::create_dir_all(&ha_confs)?;
     router.write_conf(&ha_confs, &[FIP])?;
-    let _keepalived = Killed(router.keepalived_command(&ha_confs).stdin(Stdio::null()).spawn()?);
+    let keepalived = Killed(router.keepalived_command(&ha_confs).stdin(Stdio::null()).spawn()?);
     gw.lab.exec(&gw.qrouter, &format!("ip link set {} up", gw.qg))?;
     let mut first = agent(&s, &router, 1)?;
     let id = router.id.as_str();
@@ -123,5 +124,22 @@ fn a_discovered_router_gets_its_object_and_takes_overrides() -> Result<()> {
     wait_entry(&s, id, "still overridden after the restart", |e| {
         e["strategy"] == "silence-only" && e["role"] == "primary"
     })?;
+
+    // Neutron removes the router from the node (keepalived stopped, its files deleted): the
+    // published object goes once no node hosts the router, unless a user set something on
+    // it; a user-written object for the router is never deleted.
+    let remove = r#"[{"op": "remove", "path": "/spec/overrides"}]"#;
+    s.kubectl(&["patch", "harouter", id, "-n", "default", "--type", "json", "-p", remove])?;
+    s.apply(&mine)?;
+    wait_entry(&s, id, "the user's object's override", |e| e["strategy"] == "silence-only")?;
+    drop(keepalived);
+    std::fs::remove_dir_all(ha_confs.join(id))?;
+    let names = || s.kubectl(&["get", "harouters", "-n", "default", "-o", "name"]);
+    wait_for("the published object deleted", Duration::from_secs(30), || {
+        Ok((!names()?.contains(&format!("harouter.hagw.dev/{id}"))).then_some(()))
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(names()?.contains("harouter.hagw.dev/mine"), "the user's object was deleted");
+    second.assert_running()?;
     Ok(())
 }

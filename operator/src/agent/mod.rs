@@ -172,7 +172,7 @@ impl Agent {
                 self.events.clone(),
             );
             self.observer.router_started(&spec);
-            self.observer.role_inputs(&id, resolved.reason, resolved.disagree);
+            self.observer.role_inputs(&id, &resolved);
             info!(router = %id, role = role.as_str(), "managing router");
             self.routers.insert(id, Managed { spec, handle, task });
         }
@@ -300,7 +300,7 @@ impl Agent {
         let resolved = self.roles.explain(&m.spec, None).await;
         let (role, keepalived) = (resolved.role, resolved.keepalived);
         self.keepalived_exits.set(id, &m.spec.namespace, keepalived);
-        self.observer.role_inputs(id, resolved.reason, resolved.disagree);
+        self.observer.role_inputs(id, &resolved);
         let before = m.handle.role();
         if before != role {
             // Says why a router with leftovers of a primary is standby: its keepalived is gone.

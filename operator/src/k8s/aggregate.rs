@@ -1,7 +1,7 @@
 //! The object-wide conditions of an `HARouter`, aggregated from its nodes' entries:
 //! `Ready` (exactly one primary, every node converged), `Degraded` (a node reports an error)
-//! and `SplitBrain` (more than one node primary), and the one-line role summary
-//! `kubectl get` shows.
+//! and `SplitBrain` (more than one node primary, or none while a node's keepalived holds the
+//! primary VIP), and the one-line role summary `kubectl get` shows.
 //!
 //! [`conditions`] is the pure rule. [`Aggregator`] runs it in every agent on the objects
 //! its node has an entry in, once the entries have been still for a settle time (a clean
@@ -9,7 +9,9 @@
 //! reported). It writes only when the result differs from what the object holds, under one
 //! shared field manager. The node first in name order writes at once; the others only if
 //! the object is still not right several settle times later (that node's agent may be
-//! gone), so one write per change is the rule, not one per node. Every hosting agent exports
+//! gone), so one write per change is the rule, not one per node. The summary is also written
+//! by each node with its own entry (see `status`), so after a clean failover the aggregator
+//! usually finds nothing to write. Every hosting agent exports
 //! the split-brain state as a metric; the writer of a split-brain transition records an
 //! Event.
 
@@ -54,14 +56,25 @@ pub fn conditions(
         .iter()
         .filter_map(|n| n.last_error.as_ref().map(|e| format!("{}: {e}", n.node)))
         .collect();
+    // keepalived elected a master (the VIP is there, so no other node takes over) while no
+    // node acts as primary: the router forwards nowhere, and nothing in keepalived says so.
+    let vip_on: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.role != "primary" && n.vip_present == Some(true))
+        .map(|n| n.node.as_str())
+        .collect();
     let split = if primaries.len() > 1 {
         ("True", "MultiplePrimaries", format!("primary on {}", primaries.join(", ")))
+    } else if primaries.is_empty() && !vip_on.is_empty() {
+        let message =
+            format!("no node is primary while the primary VIP is on {}", vip_on.join(", "));
+        ("True", "VipWithoutPrimary", message)
     } else {
         ("False", "AtMostOnePrimary", String::new())
     };
     let ready = if nodes.is_empty() {
         ("False", "NoNodes", "no node reports this router".to_string())
-    } else if primaries.len() > 1 {
+    } else if split.0 == "True" {
         ("False", "SplitBrain", split.2.clone())
     } else if primaries.is_empty() {
         let all: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
@@ -341,6 +354,7 @@ mod tests {
             node: node.into(),
             role: role.into(),
             held: role != "primary",
+            vip_present: None,
             strategy: None,
             last_transition_time: None,
             last_error: error.map(str::to_string),
@@ -382,6 +396,20 @@ mod tests {
         assert_eq!(get(&c, "Ready"), ("False", "SplitBrain"));
         assert!(c.iter().any(|c| c.message == "primary on n1, n2"), "{c:?}");
         assert!(split_brain(&c));
+    }
+
+    #[test]
+    fn no_primary_while_a_node_holds_the_vip_is_split_brain() {
+        let mut holder = entry("n2", "standby", "True", None);
+        holder.vip_present = Some(true);
+        let nodes = [entry("n1", "standby", "True", None), holder.clone()];
+        let c = conditions(&nodes, &[], None, "t");
+        assert_eq!(get(&c, "SplitBrain"), ("True", "VipWithoutPrimary"));
+        assert_eq!(get(&c, "Ready"), ("False", "SplitBrain"));
+        assert!(c.iter().any(|c| c.message.ends_with("the primary VIP is on n2")), "{c:?}");
+        // With a primary elsewhere it is that node's keepalived that counts: not split brain.
+        let c = conditions(&[entry("n1", "primary", "True", None), holder], &[], None, "t");
+        assert_eq!(get(&c, "SplitBrain"), ("False", "AtMostOnePrimary"));
     }
 
     #[test]

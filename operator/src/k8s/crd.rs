@@ -202,6 +202,11 @@ pub struct NodeStatus {
     pub role: String,
     /// Whether the gateway port is kept from transmitting (held at layer 2 or link down).
     pub held: bool,
+    /// Whether the router's keepalived holds its primary VIP on this node (a VIP left by a
+    /// keepalived that is down or just started is stale and not counted); absent when the
+    /// router names no VIP or it cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_present: Option<bool>,
     /// The strategy this node enforces for the router (after overrides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,

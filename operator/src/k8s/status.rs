@@ -21,6 +21,7 @@ use std::time::Duration;
 use hagw_core::Role;
 use hagw_core::supervisor::{PassOutcome, RouterEvent};
 use hagw_core::{Action, Wait};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -31,7 +32,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::aggregate::summary;
 use super::crd::{Condition, HARouter, NodeStatus};
+use super::gc;
 use super::merge::Enforced;
 use super::source::{DISCOVERED_LABEL, Origin};
 use super::throttle::Throttle;
@@ -43,6 +46,8 @@ type Key = (String, String);
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Bound on one write, so an unreachable API server delays status, never the next write.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Takeovers in one flush above which they are one Event, not one per router.
+const TAKEOVER_EVENTS: usize = 10;
 
 /// What the agent tells the status writer.
 #[derive(Debug)]
@@ -79,6 +84,8 @@ pub struct StatusWriter {
     last: HashMap<Key, Box<RouterEvent>>,
     /// Objects to create, with their router ids.
     publish: HashMap<Key, (Origin, String)>,
+    /// Takeovers not yet announced, with their Events' notes.
+    takeovers: Vec<(Origin, String)>,
     /// The watched objects: what the API server already holds.
     store: Store<DynamicObject>,
     throttle: Throttle,
@@ -109,6 +116,7 @@ impl StatusWriter {
             entries: HashMap::new(),
             last: HashMap::new(),
             publish: HashMap::new(),
+            takeovers: Vec::new(),
             store,
             throttle,
             window,
@@ -216,18 +224,23 @@ impl StatusWriter {
         }
         let was_failing = previous.as_ref().is_some_and(|p| p.last_error.is_some());
         match (&last_error, was_failing) {
-            (Some(error), false) => self.event(origin, EventType::Warning, degraded.1, error),
-            (None, true) => {
-                self.event(origin, EventType::Normal, "Recovered", "reconcile succeeds again")
+            (Some(error), false) => {
+                self.event(origin.object_ref(), EventType::Warning, degraded.1, error)
             }
+            (None, true) => self.event(
+                origin.object_ref(),
+                EventType::Normal,
+                "Recovered",
+                "reconcile succeeds again",
+            ),
             _ => {}
         }
         // One Event per failover, from the node taking over (a demotion alone shows in the
-        // conditions as "no primary"): with 1,000 routers, every Event is a write.
+        // conditions as "no primary"), sent with the next writes ([`Self::announce`]).
         if let Some(from) = event.transition_from.filter(|_| event.role == Role::Primary) {
             let note =
                 format!("{}: {} -> {}{}", self.node, from.as_str(), role, steps(&event.outcome));
-            self.event(origin, EventType::Normal, "RoleChanged", &note);
+            self.takeovers.push((origin.clone(), note));
         }
         let transition = match &previous {
             Some(p) if p.role == role => p.last_transition_time.clone(),
@@ -241,6 +254,7 @@ impl StatusWriter {
             node: self.node.clone(),
             role,
             held,
+            vip_present: self.observer.vip_present(&enforced.assigned.spec.id),
             strategy: Some(enforced.strategy().as_str().to_string()),
             last_transition_time: transition,
             last_error,
@@ -254,7 +268,7 @@ impl StatusWriter {
     fn rejected(&mut self, origin: &Origin, error: &str) {
         let previous = self.current(origin);
         if previous.as_ref().and_then(|p| p.last_error.as_deref()) != Some(error) {
-            self.event(origin, EventType::Warning, "InvalidSpec", error);
+            self.event(origin.object_ref(), EventType::Warning, "InvalidSpec", error);
         }
         let now = now();
         let failed = ("False", "InvalidSpec", error.to_string());
@@ -272,6 +286,7 @@ impl StatusWriter {
             node: self.node.clone(),
             role: Role::Unknown.as_str().into(),
             held: false,
+            vip_present: None,
             strategy: None,
             last_transition_time: previous.and_then(|p| p.last_transition_time),
             last_error: Some(error.to_string()),
@@ -307,6 +322,13 @@ impl StatusWriter {
         let mut pending: Vec<Key> =
             self.entries.iter().filter(|(_, e)| !e.written).map(|(k, _)| k.clone()).collect();
         pending.sort();
+        // Each node starts the round at its own place: when several nodes write the same
+        // routers at once (a failover), they write each router at different times, so the
+        // later write sees the earlier one and its summary is right.
+        if !pending.is_empty() {
+            let start = (stable_hash(&self.node) % pending.len() as u64) as usize;
+            pending.rotate_left(start);
+        }
         for key in pending {
             while let Ok(update) = updates.try_recv() {
                 self.record(update);
@@ -322,21 +344,32 @@ impl StatusWriter {
             }
             self.throttle.acquire().await;
             let Some(entry) = self.entries.get(&key) else { continue };
-            let nodes: Vec<&NodeStatus> = entry.desired.iter().collect();
-            let patch = json!({
-                "apiVersion": HARouter::api_version(&()),
-                "kind": HARouter::kind(&()),
-                "status": { "nodes": nodes },
-            });
+            let desired = entry.desired.clone();
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), &key.0, &self.resource);
-            let patch = Patch::Apply(&patch);
-            let write = api.patch_status(&key.1, &self.params, &patch);
-            let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
-            self.observer.kubernetes_write("status", matches!(result, Ok(Ok(_))));
+            // The summary goes in the same write: when the other nodes' entries are already
+            // seen (they changed earlier), the aggregator has nothing left to write for it.
+            let seen = summary(&self.with_entry(&key, desired.as_ref()));
+            let mut result = self.write(&api, &key.1, desired.as_ref(), &seen).await;
+            // The answer holds every node's entry as it is now: if another node wrote since
+            // the watch showed it, the summary just written is behind, and one more write
+            // puts it right at once (rather than the aggregator, and perhaps its stand-ins,
+            // seconds later).
+            if let Ok(Ok(object)) = &result {
+                let right = summary(&nodes_of(object));
+                if right != summary_of(object) {
+                    self.throttle.acquire().await;
+                    result = self.write(&api, &key.1, desired.as_ref(), &right).await;
+                }
+            }
             match result {
-                Ok(Ok(_)) => {
+                Ok(Ok(object)) => {
                     debug!(harouter = %key.1, namespace = %key.0, node = %self.node, "status written");
+                    let removed = self.entries.get(&key).is_some_and(|e| e.desired.is_none());
+                    if removed && gc::unused(&object) {
+                        self.throttle.acquire().await;
+                        gc::delete(&api, &object, &self.observer).await;
+                    }
                     self.written(&key);
                 }
                 // The object is gone: nothing left to write.
@@ -351,7 +384,61 @@ impl StatusWriter {
                 }
             }
         }
+        self.announce();
         self.publish.is_empty() && self.entries.values().all(|e| e.written)
+    }
+
+    /// Applies this node's entry (none: removes it) and the object's summary.
+    async fn write(
+        &self,
+        api: &Api<DynamicObject>,
+        name: &str,
+        entry: Option<&NodeStatus>,
+        (primary, roles): &(String, String),
+    ) -> Result<Result<DynamicObject, kube::Error>, tokio::time::error::Elapsed> {
+        let nodes: Vec<&NodeStatus> = entry.into_iter().collect();
+        let patch = json!({
+            "apiVersion": HARouter::api_version(&()),
+            "kind": HARouter::kind(&()),
+            "status": { "nodes": nodes, "primary": primary, "roles": roles },
+        });
+        let patch = Patch::Apply(&patch);
+        let write = api.patch_status(name, &self.params, &patch);
+        let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
+        self.observer.kubernetes_write("status", matches!(result, Ok(Ok(_))));
+        result
+    }
+
+    /// Sends the `RoleChanged` Events of the takeovers recorded since the last flush: one per
+    /// router, or, past [`TAKEOVER_EVENTS`], one on this node for all of them. Every Event is
+    /// a write: a mass failover of 1,000 routers is one thing that happened, and each
+    /// router's status already carries its transition time.
+    fn announce(&mut self) {
+        let takeovers = std::mem::take(&mut self.takeovers);
+        if takeovers.len() <= TAKEOVER_EVENTS {
+            for (origin, note) in takeovers {
+                self.event(origin.object_ref(), EventType::Normal, "RoleChanged", &note);
+            }
+            return;
+        }
+        let first: Vec<String> = takeovers
+            .iter()
+            .take(TAKEOVER_EVENTS)
+            .map(|(o, _)| format!("{}/{}", o.namespace, o.name))
+            .collect();
+        let note = format!(
+            "{}: took over {} routers ({}, ...); each HARouter's status has its transition time",
+            self.node,
+            takeovers.len(),
+            first.join(", ")
+        );
+        let node = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(self.node.clone()),
+            ..ObjectReference::default()
+        };
+        self.event(node, EventType::Normal, "RoleChanged", &note);
     }
 
     /// Creates the object of a discovered router: its id and the label, nothing a user could
@@ -413,6 +500,15 @@ impl StatusWriter {
         serde_json::from_value(entry.clone()).ok()
     }
 
+    /// The object's entries as the API server holds them, with this node's replaced by
+    /// `entry` (or removed).
+    fn with_entry(&self, key: &Key, entry: Option<&NodeStatus>) -> Vec<NodeStatus> {
+        let mut nodes = self.stored(key).map(|o| nodes_of(&o)).unwrap_or_default();
+        nodes.retain(|e| e.node != self.node);
+        nodes.extend(entry.cloned());
+        nodes
+    }
+
     fn stored(&self, (namespace, name): &Key) -> Option<Arc<DynamicObject>> {
         self.store.get(&ObjectRef::new_with(name, self.resource.clone()).within(namespace))
     }
@@ -444,11 +540,11 @@ impl StatusWriter {
 
     /// Publishes an Event without waiting: Events are best effort and must never hold up
     /// enforcement while the API server is slow or away.
-    fn event(&self, origin: &Origin, type_: EventType, reason: &str, note: &str) {
-        info!(harouter = %origin.name, namespace = %origin.namespace, node = %self.node, reason, note, "event");
+    fn event(&self, reference: ObjectReference, type_: EventType, reason: &str, note: &str) {
+        let (kind, name) = (reference.kind.as_deref(), reference.name.as_deref());
+        info!(kind, name, namespace = reference.namespace.as_deref(), node = %self.node, reason, note, "event");
         let recorder = self.recorder.clone();
         let throttle = self.throttle.clone();
-        let reference = origin.object_ref();
         let event = Event {
             type_,
             reason: reason.into(),
@@ -505,6 +601,23 @@ fn steps(outcome: &PassOutcome) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// The object's node entries.
+fn nodes_of(object: &DynamicObject) -> Vec<NodeStatus> {
+    serde_json::from_value(object.data["status"]["nodes"].clone()).unwrap_or_default()
+}
+
+/// The summary the object holds.
+fn summary_of(object: &DynamicObject) -> (String, String) {
+    let text = |field: &str| object.data["status"][field].as_str().unwrap_or_default().to_string();
+    (text("primary"), text("roles"))
+}
+
+/// FNV-1a: the same for a name in every agent and every run (std's hasher is seeded).
+fn stable_hash(text: &str) -> u64 {
+    text.bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// RFC 3339 with second precision, as Kubernetes writes times.

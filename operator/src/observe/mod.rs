@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hagw_core::model::{Role, RouterSpec};
-use hagw_core::role::RoleReason;
 use hagw_core::supervisor::{PassOutcome, RouterEvent, WorkerConfig};
 use tracing::warn;
 
@@ -34,6 +33,7 @@ use self::metrics::{
     WriteLabels,
 };
 use self::status::RouterStatus;
+use crate::roles::Resolved;
 
 /// `/healthz` fails when the event loop has not turned for this long.
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -143,15 +143,22 @@ impl Observer {
         let _ = self.0.metrics.role_sources_disagree.get_or_create(&labels);
     }
 
-    /// What decided a router's role, and whether its inputs contradict each other, as the
-    /// agent last read them.
-    pub fn role_inputs(&self, router: &str, reason: RoleReason, disagree: bool) {
+    /// What decided a router's role, whether its inputs contradict each other, and whether
+    /// its keepalived holds the primary VIP here, as the agent last read them.
+    pub fn role_inputs(&self, router: &str, resolved: &Resolved) {
+        let &Resolved { reason, disagree, vip, .. } = resolved;
         let mut routers = self.routers();
         let Some(track) = routers.get_mut(router) else { return };
         track.status.role_reason = Some(reason.as_str().to_string());
         track.status.role_sources_disagree = disagree;
+        track.status.vip_present = vip;
         let labels = RouterLabels { router: router.to_string() };
         self.0.metrics.role_sources_disagree.get_or_create(&labels).set(i64::from(disagree));
+    }
+
+    /// Whether `router`'s keepalived holds the primary VIP here ([`Resolved::vip`]).
+    pub fn vip_present(&self, router: &str) -> Option<bool> {
+        self.routers().get(router).and_then(|t| t.status.vip_present)
     }
 
     /// `router` is no longer managed: its series go away and it no longer counts anywhere.
@@ -339,6 +346,7 @@ mod tests {
     use std::time::SystemTime;
 
     use hagw_core::action::Action;
+    use hagw_core::role::RoleReason;
 
     use super::*;
 
@@ -428,7 +436,15 @@ mod tests {
         assert_eq!(status.previous_role.as_deref(), Some("standby"));
         assert!(status.last_transition.is_some() && !status.leak_alarm);
 
-        o.role_inputs("r1", RoleReason::Vip, true);
+        let resolved = Resolved {
+            role: Role::Primary,
+            reason: RoleReason::Vip,
+            disagree: true,
+            vip: Some(true),
+            keepalived: None,
+        };
+        o.role_inputs("r1", &resolved);
+        assert_eq!(o.vip_present("r1"), Some(true));
         let text = o.metrics().encode();
         assert_eq!(value(&text, "hagw_role_sources_disagree{router=\"r1\"}"), Some(1.0));
         let status = &o.statuses()[0];

@@ -26,6 +26,9 @@ pub struct RouterStatus {
     /// The node's role inputs contradict each other (VIP, state file, keepalived).
     #[serde(default)]
     pub role_sources_disagree: bool,
+    /// The router's live keepalived holds the primary VIP on this node; absent when unread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_present: Option<bool>,
     /// The port is held (L2 hold, or link down) after the last converged pass.
     pub held: bool,
     /// When `held` last changed (RFC 3339).
@@ -57,6 +60,7 @@ impl RouterStatus {
             role: None,
             role_reason: None,
             role_sources_disagree: false,
+            vip_present: None,
             held: false,
             held_since: None,
             last_transition: None,
