@@ -28,6 +28,17 @@ impl Spawned {
         Self(command.stdin(Stdio::null()).spawn().expect("spawning a test process"))
     }
 
+    /// A shell in a mount namespace of its own (as a container's), running `setup` and then
+    /// staying until stopped; `args` are its `$0`, `$1`… (`$0` shows on its command line).
+    pub fn contained(setup: &str, args: &[&str]) -> Self {
+        let script = format!("{setup} && while :; do sleep 1; done");
+        Self::start(
+            Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+                .args(args),
+        )
+    }
+
     pub fn id(&self) -> u32 {
         self.0.id()
     }

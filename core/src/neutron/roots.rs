@@ -108,8 +108,6 @@ fn locate_in(proc: &Path, state_paths: &[PathBuf], access: &StateAccess) -> Loca
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use super::*;
     use crate::testing::{Spawned, wait_until};
 
@@ -117,19 +115,8 @@ mod tests {
     /// nobody else sees (as an emptyDir or a named volume in a container), its command line
     /// naming `tag`.
     fn contained(state: &Path, tag: &str) -> Spawned {
-        let script = format!(
-            "mount -t tmpfs none {dir} && mkdir -p {dir}/ha_confs && while :; do sleep 1; done",
-            dir = state.display()
-        );
-        Spawned::start(Command::new("unshare").args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            tag,
-        ]))
+        let dir = state.display();
+        Spawned::contained(&format!("mount -t tmpfs none {dir} && mkdir -p {dir}/ha_confs"), &[tag])
     }
 
     #[test]

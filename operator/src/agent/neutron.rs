@@ -156,8 +156,6 @@ fn watch_dirs(watcher: &mut DirWatcher, ha_confs: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use hagw_core::neutron::NeutronDefaults;
     use hagw_core::testing::{PATIENCE, Spawned};
 
@@ -167,22 +165,12 @@ mod tests {
     /// `ha_confs` appears with the router's file in it (renamed into place): a state path
     /// found before its files are written would read as "no routers" in the test's rescan.
     fn contained_agent(state: &Path, tag: &str, conf: &str) -> Spawned {
-        let script = format!(
+        let setup = format!(
             "mount -t tmpfs none {dir} && mkdir -p {dir}/staged/r1 && printf '%s' \"$1\" > \
-             {dir}/staged/r1/keepalived.conf && mv {dir}/staged {dir}/ha_confs && \
-             while :; do sleep 1; done",
+             {dir}/staged/r1/keepalived.conf && mv {dir}/staged {dir}/ha_confs",
             dir = state.display()
         );
-        Spawned::start(Command::new("unshare").args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            tag,
-            conf,
-        ]))
+        Spawned::contained(&setup, &[tag, conf])
     }
 
     /// The agent's process replaced: its routers are kept until their files are found again,
