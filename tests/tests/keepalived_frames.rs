@@ -18,12 +18,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use hagw_e2e::frames::{Announcement, Mac, read_pcap};
 use hagw_e2e::gateway::{GATEWAY_IP, GATEWAY_MAC};
 use hagw_e2e::keepalived::{FIP, GATEWAY_LLA, KaLab, Wiring};
+use hagw_e2e::wait::eventually;
 
 fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
@@ -55,13 +56,8 @@ fn announcements(
 fn hagw_announces(lab: &mut KaLab, i: usize) -> Result<f64> {
     let started = now();
     lab.nodes[i].start_hagw()?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while lab.first_round(i, started).is_none() {
-        if Instant::now() > deadline {
-            bail!("hagw on node{} logged no announcement", i + 1);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let what = format!("hagw on node{} to log its first announcement round", i + 1);
+    eventually(Duration::from_secs(15), &what, || Ok(lab.first_round(i, started).is_some()))?;
     std::thread::sleep(Duration::from_millis(600));
     Ok(started)
 }
