@@ -18,10 +18,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use hagw_e2e::Capture;
 use hagw_e2e::gateway::{GATEWAY_IP, GATEWAY_MAC};
-use hagw_e2e::k8s::wait_for;
+use hagw_e2e::k8s::{node_entry, wait_for};
 use hagw_e2e::neutron::{FIP, FIP_ADDED, NeutronRouter};
 use hagw_e2e::node::{Node, Release, STANDIN_IMAGE, node};
 use serde_json::json;
+
+/// The label of the objects the agents publish (`operator/src/k8s/source.rs`).
+const DISCOVERED_LABEL: &str = "hagw.dev/discovered";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -264,7 +267,32 @@ fn the_pod_discovers_containerized_neutron_routers_and_serves_them() -> Result<(
         })
         .with_context(log)?;
     }
-    ensure!(node.kubectl(&["get", "harouters", "-A", "-o", "name"])?.trim().is_empty());
+    // Nobody wrote an HARouter: the objects there are the ones the agent publishes for the
+    // routers it discovered (`kubectl get harouters` shows them), this node's entry standby.
+    let published = || -> Result<Vec<serde_json::Value>> {
+        let out = node.kubectl(&["get", "harouters", "-A", "-o", "json"])?;
+        let list: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(list["items"].as_array().cloned().unwrap_or_default())
+    };
+    for d in &deployments {
+        wait_for(&format!("{}'s published object", d.name()), Duration::from_secs(60), || {
+            let objects = published()?;
+            let object = objects.iter().find(|o| o["metadata"]["name"] == d.router.id.as_str());
+            let entry = object.and_then(|o| node_entry(o, &node.name));
+            Ok(entry.filter(|e| e["role"] == "standby" && e["held"] == true).map(drop))
+        })
+        .with_context(log)?;
+    }
+    let objects = published()?;
+    let written: Vec<&serde_json::Value> = objects
+        .iter()
+        .filter(|o| o["metadata"]["labels"][DISCOVERED_LABEL] != "true")
+        .map(|o| &o["metadata"]["name"])
+        .collect();
+    ensure!(
+        written.is_empty() && objects.len() == 2,
+        "not only the published objects: {objects:#?}"
+    );
 
     // The L3 agent raises the gateway link: held again, and not a frame at the ToR.
     let mut captures = Vec::new();
