@@ -345,7 +345,8 @@ impl Drop for HaRouter<'_> {
 
 impl Node {
     /// Installs the chart as release `hagw-<id>` with the image under test, the API server
-    /// address a hostNetwork pod needs here (no kube-proxy), a reserved metrics port, `sets`
+    /// address a hostNetwork pod needs here (no kube-proxy), a reserved metrics port, no ready
+    /// file, `sets`
     /// (`--set` values) and then `raw` helm arguments, and waits for the pod to be ready.
     pub fn install(&self, id: &str, sets: &[String], raw: &[&str]) -> Result<Release<'_>> {
         let release =
@@ -362,6 +363,9 @@ impl Node {
             format!("image.tag={IMAGE_TAG}"),
             "image.pullPolicy=Never".into(),
             format!("metricsPort={}", metrics.port),
+            // The host's /run/hagw is not a test's to write: a test of the ready file gives
+            // its own (tests/tests/pod_reboot.rs).
+            "readyFile=".into(),
         ];
         all_sets.extend(sets.iter().cloned());
         let mut args = vec![
