@@ -126,6 +126,12 @@ fn api_requests_per_failover_of_many_routers() -> Result<()> {
     let t1 = Instant::now();
     wait_for("every router's status after the failover", Duration::from_secs(600), || {
         Ok((settled(&s, "n2", "n1")? == n).then_some(()))
+    })
+    .with_context(|| {
+        // How far it got, for the record when a run does not finish.
+        let done = settled(&s, "n2", "n1").map(|d| d.to_string()).unwrap_or_default();
+        let writes = writes(&s).map(|w| diff(&w, &before)).unwrap_or_default();
+        format!("{done} of {n} routers failed over; writes meanwhile: {writes:?}")
     })?;
     let failover_status = t1.elapsed();
     let after = quiet(&s, Duration::from_secs(5))?;
