@@ -106,12 +106,13 @@ fn sandbox_script(sandbox: &Sandbox, writable: &[PathBuf]) -> String {
     }
     // ProtectSystem=strict: every mount read-only except /dev, /proc and /sys. Namespace
     // files (nsfs, thousands under /run/netns on a busy node) have no data to protect, and
-    // remounting each would take minutes.
+    // remounting each would take minutes. A mount other tests remove meanwhile (propagated
+    // here) is gone, not writable.
     script.push_str(
         "findmnt -rn -o TARGET,FSTYPE | while read -r m fstype; do\n\
          \x20 [ \"$fstype\" = nsfs ] && continue\n\
          \x20 case $m in /dev|/dev/*|/proc|/proc/*|/sys|/sys/*) continue;; esac\n\
-         \x20 mount -o remount,bind,ro \"$m\"\n\
+         \x20 mount -o remount,bind,ro \"$m\" || ! mountpoint -q \"$m\"\n\
          done\n",
     );
     for dir in writable {
