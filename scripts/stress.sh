@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-50}
 LOOPS=${2:-2}
 OUT=${OUT:-$(mktemp -d /tmp/hagw-stress.XXXXXX)}
+mkdir -p "$OUT"
 
 cargo build -q -p hagw --locked
 cargo test -q -p hagw-core -p hagw -p hagw-e2e --locked --no-run 2>/dev/null

@@ -227,7 +227,10 @@ mod tests {
     #[test]
     fn a_process_in_another_pid_namespace_is_found_by_its_own_pid() {
         let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("r1.pid.keepalived-vrrp");
+        // Named after a router id of this test's own: another process's test runs the same
+        // pid-1 shell, and a shared file name would make the two indistinguishable.
+        let router = dir.path().file_name().unwrap().to_string_lossy().replace('.', "");
+        let pid_file = dir.path().join(format!("{router}.pid.keepalived-vrrp"));
         std::fs::write(&pid_file, "1").unwrap();
         // A shell naming the pid file on its command line as Neutron's keepalived does, which
         // tells it apart from other tests' pid-1 shells.
