@@ -87,7 +87,9 @@ impl LinuxbridgeBackend {
     }
 
     /// Whether `port` is held and whether it is a forwarding port of `bridge`.
-    #[instrument(skip(self), err)]
+    // A failure here is the reconcile loop's to report (each retry at debug, the last at
+    // warn): an optimistic-lock conflict with the L2 agent is retried, not an error.
+    #[instrument(skip(self), err(level = "debug"))]
     pub async fn observe_port(&self, port: &str, bridge: &str) -> Result<L2State, Error> {
         let table = self.table().await?;
         let hold = match (table.holds(port), table.is_complete()) {
@@ -107,7 +109,7 @@ impl LinuxbridgeBackend {
     }
 
     /// Adds `port` to the held set, (re)building the table in the same transaction.
-    #[instrument(skip(self), err)]
+    #[instrument(skip(self), err(level = "debug"))]
     pub async fn hold_port(&self, port: &str) -> Result<(), Error> {
         self.nft
             .apply(&hold_script(port))
@@ -119,7 +121,7 @@ impl LinuxbridgeBackend {
 
     /// Deletes `port` from the held set. Releasing a port that is not held is a no-op, so
     /// a retry after a lost reply, or a flushed ruleset, does not fail.
-    #[instrument(skip(self), err)]
+    #[instrument(skip(self), err(level = "debug"))]
     pub async fn release_port(&self, port: &str) -> Result<(), Error> {
         if !self.table().await?.holds(port) {
             debug!("not held");

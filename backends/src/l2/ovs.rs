@@ -213,7 +213,9 @@ impl OvsBackend {
     /// The port's hold state: held while the dead-VLAN triple or `no-receive` is in place
     /// (either alone keeps its frames off the uplink); a missing Port row is
     /// [`L2Hold::Unknown`](hagw_core::observed::L2Hold).
-    #[instrument(skip(self), err)]
+    // A failure here is the reconcile loop's to report (each retry at debug, the last at
+    // warn): an optimistic-lock conflict with the L2 agent is retried, not an error.
+    #[instrument(skip(self), err(level = "debug"))]
     pub async fn observe_port(&self, port: &str) -> Result<L2State, Error> {
         let Some(located) = self.read(port).await? else { return Ok(port::l2_state(None)) };
         let no_receive = self.no_receive(&located).await;
@@ -223,7 +225,7 @@ impl OvsBackend {
     /// Holds the port: the dead-VLAN triple in one guarded transaction (see
     /// [`port::hold_ops`]), then `no-receive` on its OpenFlow port, which the OVS agent's
     /// retag cannot lift. Idempotent; fails (transiently) until both are in place.
-    #[instrument(skip(self), err)]
+    #[instrument(skip(self), err(level = "debug"))]
     pub async fn hold_port(&self, port: &str) -> Result<(), Error> {
         let located = self.read(port).await?.ok_or_else(|| missing("hold", port))?;
         self.hold_located(port, &located).await
@@ -266,7 +268,7 @@ impl OvsBackend {
     /// Releases the port: clears `no-receive`, then restores the local VLAN in one guarded
     /// transaction. Refuses (transiently, the agent may still wire it) while no real local
     /// VLAN is known; then the port stays fully held, `no-receive` included.
-    #[instrument(skip(self), err)]
+    #[instrument(skip(self), err(level = "debug"))]
     pub async fn release_port(&self, port: &str) -> Result<(), Error> {
         let located = self.read(port).await?.ok_or_else(|| missing("release", port))?;
         let row = &located.row;
