@@ -68,6 +68,11 @@ impl Lab {
         self.namespaces.push(name.to_string());
     }
 
+    /// The namespaces this lab deletes when it drops.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
     /// Runs a shell command inside a namespace.
     pub fn exec(&self, ns: &str, cmd: &str) -> Result<String> {
         sh(&format!("ip netns exec {ns} bash -c {}", shell_quote(cmd)))

@@ -27,6 +27,7 @@ impl Ctx {
         let dir = std::env::temp_dir().join(format!("hagw-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("pids"), "")?;
+        std::fs::write(dir.join("netns"), "")?;
         let hagw = hagw_bin()?;
         let help = Command::new(&hagw).args(["run", "--help"]).output()?;
         let mut hagw_args = vec!["--log-format".into(), "json".into()];
@@ -45,6 +46,7 @@ impl Ctx {
             "trap '' INT TERM HUP; cat >/dev/null\n\
              xargs -r kill -9 < {d}/pids 2>/dev/null\n\
              ip netns list | awk '{{print $1}}' | grep '^{prefix}-' | sed 's/^/netns del /' > {d}/del\n\
+             sed 's/^/netns del /' {d}/netns >> {d}/del 2>/dev/null\n\
              ip -force -batch {d}/del >/dev/null 2>&1\n\
              rm -rf {d}\n"
         );
@@ -68,6 +70,23 @@ impl Ctx {
         let mut pids = OpenOptions::new().append(true).open(self.dir.join("pids"))?;
         writeln!(pids, "{}", child.id())?;
         Ok(child)
+    }
+
+    /// Has the guardian kill `pid` (a daemon started otherwise) if we die.
+    pub(super) fn adopt_pid(&self, pid: &str) -> Result<()> {
+        let mut pids = OpenOptions::new().append(true).open(self.dir.join("pids"))?;
+        writeln!(pids, "{pid}")?;
+        Ok(())
+    }
+
+    /// Has the guardian delete `lab`'s namespaces if we die before it drops (it deletes them
+    /// itself when it does).
+    pub(super) fn adopt_lab(&self, lab: &crate::lab::Lab) -> Result<()> {
+        let mut file = OpenOptions::new().append(true).open(self.dir.join("netns"))?;
+        for ns in lab.namespaces() {
+            writeln!(file, "{ns}")?;
+        }
+        Ok(())
     }
 
     pub(super) fn start_hagw(&self, config: &Path) -> Result<Child> {

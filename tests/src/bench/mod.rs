@@ -12,6 +12,9 @@
 //! 3. `cold`: `hagw run` starts with those routers: time until every router's first
 //!    reconcile pass is done (from hagw's JSON logs).
 //! 4. `idle`: RSS and CPU of the agent with those routers idle for `--idle-secs`.
+//! 5. `retag`: on real OVS (one node: ovsdb-server, ovs-vswitchd, br-int), a held standby's
+//!    port is retagged `--retags` times as the OVS agent does after a restart: time until
+//!    hagw has held it again, as an independent OVSDB monitor sees it.
 //!
 //! Timestamps are CLOCK_REALTIME everywhere: this process, `ip -ts monitor` (run with
 //! TZ=UTC), tcpdump's packet timestamps and hagw's JSON log timestamps.
@@ -32,6 +35,7 @@ mod fleet;
 mod idle;
 mod log;
 mod mass;
+mod retag;
 mod stats;
 mod takeover;
 
@@ -40,14 +44,15 @@ use fleet::build_fleet;
 use stats::Table;
 
 const USAGE: &str = "\
-usage: hagw-bench [--only takeover|mass|cold|idle] [--failovers N] [--routers N]
-                  [--idle-secs S] [--baseline-rounds N] [--resync S]
+usage: hagw-bench [--only takeover|mass|cold|idle|retag] [--failovers N] [--routers N]
+                  [--idle-secs S] [--baseline-rounds N] [--resync S] [--retags N]
 
   --failovers N        takeover rounds (default 200)
   --baseline-rounds N  rounds of the emulated Neutron L3 agent path (default 10; 0 = skip)
   --routers N          routers for mass/cold/idle (default 1000)
   --idle-secs S        idle window for RSS/CPU (default 60)
   --resync S           hagw run --resync (default: hagw's default, 60)
+  --retags N           OVS retags to measure hagw's re-hold on (default 100; 0 = skip)
   --only WHAT          run one measurement (cold and idle come with the fleet anyway)
 
 The hagw binary is HAGW_BIN or `hagw` next to this executable (cargo build --release).";
@@ -63,6 +68,7 @@ struct Opts {
     routers: usize,
     idle_secs: u64,
     resync: Option<u64>,
+    retags: usize,
     only: Option<String>,
 }
 
@@ -74,6 +80,7 @@ impl Opts {
             routers: 1000,
             idle_secs: 60,
             resync: None,
+            retags: 100,
             only: None,
         };
         let mut args = std::env::args().skip(1);
@@ -90,9 +97,10 @@ impl Opts {
                 "--routers" => opts.routers = num()?.clamp(1, 65535) as usize,
                 "--idle-secs" => opts.idle_secs = num()?,
                 "--resync" => opts.resync = Some(num()?),
+                "--retags" => opts.retags = num()? as usize,
                 "--only" => {
-                    if !["takeover", "mass", "cold", "idle"].contains(&value.as_str()) {
-                        bail!("--only takeover|mass|cold|idle, not {value}");
+                    if !["takeover", "mass", "cold", "idle", "retag"].contains(&value.as_str()) {
+                        bail!("--only takeover|mass|cold|idle|retag, not {value}");
                     }
                     opts.only = Some(value);
                 }
@@ -138,6 +146,9 @@ fn load() -> String {
 fn run(ctx: &Ctx, opts: &Opts, table: &mut Table, notes: &mut Vec<String>) -> Result<()> {
     if opts.wants("takeover") && opts.failovers > 0 {
         takeover::measure(ctx, opts, table, notes)?;
+    }
+    if opts.wants("retag") && opts.retags > 0 {
+        retag::measure(ctx, opts, table, notes)?;
     }
     if !(opts.wants("mass") || opts.wants("cold") || opts.wants("idle")) {
         return Ok(());
