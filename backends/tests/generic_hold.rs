@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hagw_backends::l2::GenericL2;
 use hagw_core::model::{AnnounceSchedule, L2BackendSpec, Role, RoleSource, RouterSpec, Strategy};
-use hagw_core::observed::L2Hold;
+use hagw_core::observed::HoldState;
 use linux_support::{DEVICE, PEER_DEVICE, TempNetns, can_run};
 use serde_json::Value;
 
@@ -60,11 +60,11 @@ async fn a_name_held_before_its_device_exists_sends_nothing_until_released() {
     let spec = spec(&router);
     let backend = GenericL2;
 
-    assert_eq!(backend.observe(&spec).await.unwrap().hold, L2Hold::Released);
+    assert_eq!(backend.observe(&spec).await.unwrap().hold, HoldState::Released);
     backend.hold(&spec).await.expect("hold before the device exists");
     backend.hold(&spec).await.expect("a second hold is a no-op");
     let state = backend.observe(&spec).await.unwrap();
-    assert_eq!(state.hold, L2Hold::Held);
+    assert_eq!(state.hold, HoldState::Held);
     assert!(state.wired);
 
     // What nft itself reads from the kernel: the shape the module documents, one rule.
@@ -99,7 +99,7 @@ async fn a_name_held_before_its_device_exists_sends_nothing_until_released() {
     assert_eq!(peer_rx(&peer), 0, "a held device sent frames");
 
     backend.release(&spec).await.expect("release");
-    assert_eq!(backend.observe(&spec).await.unwrap().hold, L2Hold::Released);
+    assert_eq!(backend.observe(&spec).await.unwrap().hold, HoldState::Released);
     backend.release(&spec).await.expect("releasing a released name is a no-op");
     router.exec(&["ping", "-c", "1", "-W", "1", "192.0.2.1"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -115,7 +115,7 @@ async fn a_missing_namespace_has_nothing_to_hold_or_release() {
     let spec = spec(&gone);
     drop(gone);
     let backend = GenericL2;
-    assert_eq!(backend.observe(&spec).await.unwrap().hold, L2Hold::Unknown);
+    assert_eq!(backend.observe(&spec).await.unwrap().hold, HoldState::Unknown);
     backend.release(&spec).await.expect("nothing to release");
     let err = backend.hold(&spec).await.unwrap_err();
     assert!(err.is_transient(), "{err}");

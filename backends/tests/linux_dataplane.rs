@@ -10,7 +10,7 @@ use hagw_backends::linux::LinuxNet;
 use hagw_core::model::{
     AnnounceSchedule, L2BackendSpec, Role, RoleSource, RouteSpec, RouterSpec, Strategy,
 };
-use hagw_core::observed::L2Hold;
+use hagw_core::observed::HoldState;
 use hagw_core::reconcile::{Dataplane, RetryPolicy, RouterMemory, reconcile_router};
 use linux_support::{DEVICE, Fixture, can_run};
 
@@ -62,7 +62,7 @@ async fn standby_then_primary_with_link_down_strategy() {
     fx.router.ip(&["link", "set", DEVICE, "up"]);
     let port = dataplane.observe(&spec).await.unwrap();
     assert!(port.is_exposed() && !port.is_silent());
-    assert_eq!(port.l2.hold, L2Hold::Released);
+    assert_eq!(port.l2.hold, HoldState::Released);
 
     let report = reconcile_router(&dataplane, &spec, Role::Standby, &mut memory, &policy, None)
         .await
@@ -76,7 +76,7 @@ async fn standby_then_primary_with_link_down_strategy() {
         report.applied
     );
     let port = dataplane.observe(&spec).await.unwrap();
-    assert_eq!(port.l2.hold, L2Hold::Held, "link-down layers the namespace hold");
+    assert_eq!(port.l2.hold, HoldState::Held, "link-down layers the namespace hold");
     let link = port.link.as_ref().unwrap();
     assert!(!link.admin_up, "link-down strategy keeps the standby down");
     assert!(link.addresses.is_empty(), "{link:?}");
@@ -102,7 +102,7 @@ async fn standby_then_primary_with_link_down_strategy() {
         .expect("primary pass converges");
     assert!(report.applied.iter().any(|a| a.kind() == "announce"), "{:?}", report.applied);
     assert!(report.applied.contains(&hagw_core::Action::ReleaseL2), "{:?}", report.applied);
-    assert_eq!(dataplane.observe(&spec).await.unwrap().l2.hold, L2Hold::Released);
+    assert_eq!(dataplane.observe(&spec).await.unwrap().l2.hold, HoldState::Released);
     let link = dataplane.observe(&spec).await.unwrap().link.unwrap();
     assert!(link.admin_up && link.oper_up);
     for address in &spec.gateway_addresses {

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use hagw_backends::l2::LinuxbridgeBackend;
 use hagw_backends::l2::linuxbridge::Nft;
-use hagw_core::observed::{L2Hold, L2State};
+use hagw_core::observed::{HoldState, L2State};
 use linux_support::can_run;
 use nix::sched::{CloneFlags, unshare};
 
@@ -70,16 +70,16 @@ fn a_port_held_before_its_tap_exists_stays_held_when_plugged_and_is_released() {
     in_fresh_netns(|| async {
         let lb = LinuxbridgeBackend::new();
         bridge();
-        assert_eq!(state(&lb).await, L2State { hold: L2Hold::Released, wired: false });
+        assert_eq!(state(&lb).await, L2State { hold: HoldState::Released, wired: false });
 
         lb.hold_port(TAP).await.expect("hold without a tap");
-        assert_eq!(state(&lb).await, L2State { hold: L2Hold::Held, wired: false });
+        assert_eq!(state(&lb).await, L2State { hold: HoldState::Held, wired: false });
 
         plug();
-        assert_eq!(state(&lb).await, L2State { hold: L2Hold::Held, wired: true });
+        assert_eq!(state(&lb).await, L2State { hold: HoldState::Held, wired: true });
 
         lb.release_port(TAP).await.expect("release");
-        assert_eq!(state(&lb).await, L2State { hold: L2Hold::Released, wired: true });
+        assert_eq!(state(&lb).await, L2State { hold: HoldState::Released, wired: true });
         lb.release_port(TAP).await.expect("releasing twice is a no-op");
     })
 }
@@ -101,11 +101,11 @@ fn the_hold_survives_carrier_replug_and_recreation_of_tap_and_bridge() {
         ];
         for (what, cmd) in steps {
             sh(&cmd);
-            assert_eq!(state(&lb).await.hold, L2Hold::Held, "after {what}");
+            assert_eq!(state(&lb).await.hold, HoldState::Held, "after {what}");
         }
         bridge();
         plug();
-        assert_eq!(state(&lb).await, L2State { hold: L2Hold::Held, wired: true });
+        assert_eq!(state(&lb).await, L2State { hold: HoldState::Held, wired: true });
     })
 }
 
@@ -132,10 +132,10 @@ fn a_flushed_ruleset_reads_as_released_and_hold_rebuilds_it() {
         let lb = LinuxbridgeBackend::new();
         lb.hold_port(TAP).await.unwrap();
         sh("nft flush ruleset");
-        assert_eq!(state(&lb).await.hold, L2Hold::Released);
+        assert_eq!(state(&lb).await.hold, HoldState::Released);
         lb.release_port(TAP).await.expect("release without a table is a no-op");
         lb.hold_port(TAP).await.unwrap();
-        assert_eq!(state(&lb).await.hold, L2Hold::Held);
+        assert_eq!(state(&lb).await.hold, HoldState::Held);
     })
 }
 
@@ -146,16 +146,16 @@ fn a_tampered_chain_is_not_a_hold_and_hold_repairs_it() {
         lb.hold_port(TAP).await.unwrap();
         // An accept before our drop would let the port through.
         sh("nft insert rule bridge hagw hold accept");
-        assert_eq!(state(&lb).await.hold, L2Hold::Unknown);
+        assert_eq!(state(&lb).await.hold, HoldState::Unknown);
         lb.hold_port(TAP).await.unwrap();
-        assert_eq!(state(&lb).await.hold, L2Hold::Held);
+        assert_eq!(state(&lb).await.hold, HoldState::Held);
         assert_eq!(sh("nft list chain bridge hagw hold").matches("accept;").count(), 1);
         assert!(!sh("nft list chain bridge hagw hold").contains("\t\taccept"));
 
         sh("nft flush chain bridge hagw hold");
-        assert_eq!(state(&lb).await.hold, L2Hold::Unknown, "element without a rule");
+        assert_eq!(state(&lb).await.hold, HoldState::Unknown, "element without a rule");
         lb.hold_port(TAP).await.unwrap();
-        assert_eq!(state(&lb).await.hold, L2Hold::Held);
+        assert_eq!(state(&lb).await.hold, HoldState::Held);
     })
 }
 

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hagw_backends::l2::ovs::{Guarded, OvsBackend, PortChange, keep_held, port::SAVED_TAG_KEY};
 use hagw_backends::ovsdb::ClientConfig;
-use hagw_core::observed::{L2Hold, L2State};
+use hagw_core::observed::{HoldState, L2State};
 use tempfile::TempDir;
 use tokio::sync::watch;
 
 const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 const PORT: &str = "qg-ovs1";
-const HELD: L2State = L2State { hold: L2Hold::Held, wired: true };
+const HELD: L2State = L2State { hold: HoldState::Held, wired: true };
 
 /// One ovsdb-server on a unix socket in a temp dir, killed on drop.
 struct Server {
@@ -150,20 +150,27 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Duration {
 async fn hold_and_release_follow_neutron_and_survive_a_hagw_restart() {
     let server = Server::start();
     let ovs = backend(&server);
-    assert_eq!(ovs.observe_port(PORT).await.unwrap().hold, L2Hold::Unknown);
+    assert_eq!(ovs.observe_port(PORT).await.unwrap().hold, HoldState::Unknown);
     assert!(ovs.hold_port(PORT).await.unwrap_err().is_transient(), "missing port");
 
     server.plug();
     let plugged = ovs.observe_port(PORT).await.unwrap();
-    assert_eq!(plugged, L2State { hold: L2Hold::Released, wired: false }, "tag alone is no hold");
+    assert_eq!(
+        plugged,
+        L2State { hold: HoldState::Released, wired: false },
+        "tag alone is no hold"
+    );
     ovs.hold_port(PORT).await.unwrap();
-    assert_eq!(ovs.observe_port(PORT).await.unwrap(), L2State { hold: L2Hold::Held, wired: false });
+    assert_eq!(
+        ovs.observe_port(PORT).await.unwrap(),
+        L2State { hold: HoldState::Held, wired: false }
+    );
     let not_wired = ovs.release_port(PORT).await.unwrap_err();
     assert!(not_wired.is_transient() && not_wired.message.contains("not wired"), "{not_wired}");
 
     // The agent wires the port (lifting the hold); hagw holds again and remembers VLAN 7.
     server.agent_wire(7);
-    assert_eq!(ovs.observe_port(PORT).await.unwrap().hold, L2Hold::Released);
+    assert_eq!(ovs.observe_port(PORT).await.unwrap().hold, HoldState::Released);
     ovs.hold_port(PORT).await.unwrap();
     assert_eq!(ovs.observe_port(PORT).await.unwrap(), HELD);
     assert_eq!(server.get("trunks"), "[4095]");
@@ -182,7 +189,7 @@ async fn hold_and_release_follow_neutron_and_survive_a_hagw_restart() {
     assert_eq!(server.get("external_ids"), "{}");
     assert_eq!(
         ovs.observe_port(PORT).await.unwrap(),
-        L2State { hold: L2Hold::Released, wired: true }
+        L2State { hold: HoldState::Released, wired: true }
     );
     ovs.release_port(PORT).await.unwrap();
 }

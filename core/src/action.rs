@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::model::RouteSpec;
-use crate::observed::{ADDR_GEN_MODE_NONE, Ipv6Sysctl, L2Hold, LinkState, PortState};
+use crate::observed::{ADDR_GEN_MODE_NONE, HoldState, Ipv6Sysctl, LinkState, PortState};
 
 /// One change to a gateway port. Backends apply them in the order the planner gives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -69,8 +69,8 @@ impl Action {
     /// property tests use it to step through plans.
     pub fn apply_to(&self, port: &mut PortState) {
         match self {
-            Action::HoldL2 => port.l2.hold = L2Hold::Held,
-            Action::ReleaseL2 => port.l2.hold = L2Hold::Released,
+            Action::HoldL2 => port.l2.hold = HoldState::Held,
+            Action::ReleaseL2 => port.l2.hold = HoldState::Released,
             Action::Announce { .. } => {}
             _ => {
                 if let Some(link) = port.link.as_mut() {

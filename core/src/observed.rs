@@ -104,7 +104,7 @@ pub struct LinkCounters {
 /// Whether the switch side of the port is held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum L2Hold {
+pub enum HoldState {
     /// Frames from the port cannot reach the uplink (generic backend: the kernel sends
     /// nothing out of the device; only packet sockets bypass that hold).
     Held,
@@ -120,7 +120,7 @@ pub enum L2Hold {
 /// The switch side of the port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct L2State {
-    pub hold: L2Hold,
+    pub hold: HoldState,
     /// The L2 agent has wired the port (OVS: a real local VLAN is known; Linux bridge: the
     /// port is in its bridge). Releasing a hold needs this.
     pub wired: bool,
@@ -129,7 +129,7 @@ pub struct L2State {
 impl PortState {
     /// The port can put frames on the wire: its link is up and nothing holds it at layer 2.
     pub fn is_exposed(&self) -> bool {
-        self.link.as_ref().is_some_and(|l| l.admin_up) && self.l2.hold != L2Hold::Held
+        self.link.as_ref().is_some_and(|l| l.admin_up) && self.l2.hold != HoldState::Held
     }
 
     /// The kernel will originate nothing from the port: no addresses at all (so no DAD, MLD

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::action::Action;
 use crate::model::{Role, RouterSpec, Strategy};
-use crate::observed::{ADDR_GEN_MODE_NONE, Ipv6Sysctl, L2Hold, Observed, PortState};
+use crate::observed::{ADDR_GEN_MODE_NONE, HoldState, Ipv6Sysctl, Observed, PortState};
 
 /// The ordered actions for one router, and what (if anything) it is still waiting for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -100,7 +100,7 @@ impl PlanBuilder<'_> {
         let settled = observed.port.link.is_some()
             && observed.port.is_silent()
             && observed.silent_for >= settle;
-        let can_hold = self.state.l2.hold != L2Hold::Unsupported;
+        let can_hold = self.state.l2.hold != HoldState::Unsupported;
 
         // 1. Close exposure before anything makes the kernel talk. A backend that can hold
         // holds a standby whenever it is not settled into silence, even while the device is
@@ -108,10 +108,10 @@ impl PlanBuilder<'_> {
         // (the kernel queues MLD reports on a down link and sends them at the next link up).
         // Only silence-only lets go of the hold, once settled. There is nothing to hold while
         // neither the device nor the switch port exists.
-        let nothing_to_hold = self.state.link.is_none() && self.state.l2.hold == L2Hold::Unknown;
+        let nothing_to_hold = self.state.link.is_none() && self.state.l2.hold == HoldState::Unknown;
         let wants_hold =
             can_hold && !nothing_to_hold && (spec.strategy != Strategy::SilenceOnly || !settled);
-        if wants_hold && self.state.l2.hold != L2Hold::Held {
+        if wants_hold && self.state.l2.hold != HoldState::Held {
             self.push(Action::HoldL2);
         } else if self.state.is_exposed() && !settled {
             self.push(Action::SetLinkDown);
@@ -139,14 +139,14 @@ impl PlanBuilder<'_> {
         let remaining = settle.saturating_sub(if settled { settle } else { observed.silent_for });
         let settling = Wait::SilenceSettling { remaining: remaining.max(Duration::from_millis(1)) };
         if spec.strategy != Strategy::LinkDown && !self.admin_up() {
-            if self.state.l2.hold == L2Hold::Held || settled {
+            if self.state.l2.hold == HoldState::Held || settled {
                 self.push(Action::SetLinkUp);
             } else {
                 self.wait(settling);
             }
         }
         if spec.strategy == Strategy::SilenceOnly
-            && self.state.l2.hold == L2Hold::Held
+            && self.state.l2.hold == HoldState::Held
             && self.state.l2.wired
         {
             if settled {
@@ -193,7 +193,7 @@ impl PlanBuilder<'_> {
                 self.push(Action::AddRoute { route: route.clone() });
             }
         }
-        if self.state.l2.hold == L2Hold::Held {
+        if self.state.l2.hold == HoldState::Held {
             if self.state.l2.wired {
                 self.push(Action::ReleaseL2);
             } else {

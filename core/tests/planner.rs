@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use hagw_core::action::Action;
 use hagw_core::model::{L2BackendSpec, Role, Strategy};
-use hagw_core::observed::{Ipv6Sysctl, L2Hold};
+use hagw_core::observed::{HoldState, Ipv6Sysctl};
 use hagw_core::planner::{Wait, plan};
 
 fn kinds(actions: &[Action]) -> Vec<&'static str> {
@@ -15,7 +15,7 @@ fn kinds(actions: &[Action]) -> Vec<&'static str> {
 #[test]
 fn standby_boot_race_holds_before_touching_anything() {
     let spec = spec(Strategy::L2Hold, ovs());
-    let p = plan(&spec, Role::Standby, &observed(noisy_port(L2Hold::Released), 0, false));
+    let p = plan(&spec, Role::Standby, &observed(noisy_port(HoldState::Released), 0, false));
     assert_eq!(
         kinds(&p.actions),
         ["hold-l2", "set-sysctl", "set-sysctl", "set-sysctl", "delete-address"]
@@ -31,14 +31,14 @@ fn standby_boot_race_holds_before_touching_anything() {
 #[test]
 fn unknown_role_is_handled_as_standby() {
     let spec = spec(Strategy::L2Hold, ovs());
-    let obs = observed(noisy_port(L2Hold::Released), 0, false);
+    let obs = observed(noisy_port(HoldState::Released), 0, false);
     assert_eq!(plan(&spec, Role::Unknown, &obs), plan(&spec, Role::Standby, &obs));
 }
 
 #[test]
 fn link_down_strategy_without_nf_tables_takes_the_link_down_first() {
     let spec = spec(Strategy::LinkDown, L2BackendSpec::Generic);
-    let p = plan(&spec, Role::Standby, &observed(noisy_port(L2Hold::Unsupported), 0, false));
+    let p = plan(&spec, Role::Standby, &observed(noisy_port(HoldState::Unsupported), 0, false));
     assert_eq!(p.actions[0], Action::SetLinkDown);
     assert!(!p.actions.contains(&Action::SetLinkUp));
 }
@@ -46,12 +46,12 @@ fn link_down_strategy_without_nf_tables_takes_the_link_down_first() {
 #[test]
 fn silence_only_on_generic_without_nf_tables_guards_with_link_down_then_waits_to_settle() {
     let spec = spec(Strategy::SilenceOnly, L2BackendSpec::Generic);
-    let p = plan(&spec, Role::Standby, &observed(noisy_port(L2Hold::Unsupported), 0, false));
+    let p = plan(&spec, Role::Standby, &observed(noisy_port(HoldState::Unsupported), 0, false));
     assert_eq!(p.actions[0], Action::SetLinkDown);
     assert!(matches!(p.wait, Some(Wait::SilenceSettling { .. })));
 
     // Silent and down, but not long enough: nothing to do yet.
-    let mut port = noisy_port(L2Hold::Unsupported);
+    let mut port = noisy_port(HoldState::Unsupported);
     for a in &p.actions {
         a.apply_to(&mut port);
     }
@@ -73,13 +73,13 @@ fn silence_only_on_generic_without_nf_tables_guards_with_link_down_then_waits_to
 #[test]
 fn generic_link_down_standby_is_held_before_its_device_exists() {
     let spec = spec(Strategy::LinkDown, generic());
-    let mut port = noisy_port(L2Hold::Released);
+    let mut port = noisy_port(HoldState::Released);
     port.link = None;
     let p = plan(&spec, Role::Standby, &observed(port, 0, false));
     assert_eq!(p.actions, [Action::HoldL2]);
     assert_eq!(p.wait, Some(Wait::DeviceMissing));
 
-    let p = plan(&spec, Role::Standby, &observed(noisy_port(L2Hold::Released), 0, false));
+    let p = plan(&spec, Role::Standby, &observed(noisy_port(HoldState::Released), 0, false));
     assert_eq!(
         kinds(&p.actions),
         ["hold-l2", "link-down", "set-sysctl", "set-sysctl", "set-sysctl", "delete-address"]
@@ -143,7 +143,7 @@ fn takeover_configures_then_releases_then_announces() {
 fn takeover_with_link_down_raises_link_before_routes() {
     let spec = spec(Strategy::LinkDown, L2BackendSpec::Generic);
     let mut port = quiet_held_port();
-    port.l2.hold = L2Hold::Unsupported;
+    port.l2.hold = HoldState::Unsupported;
     port.link.as_mut().unwrap().admin_up = false;
     let p = plan(&spec, Role::Primary, &observed(port, 0, true));
     let up = p.actions.iter().position(|a| *a == Action::SetLinkUp).unwrap();
@@ -166,7 +166,7 @@ fn primary_keeps_the_hold_until_the_l2_agent_wired_the_port() {
 #[test]
 fn primary_does_not_remove_addresses_it_does_not_know() {
     let spec = spec(Strategy::L2Hold, ovs());
-    let mut port = noisy_port(L2Hold::Released);
+    let mut port = noisy_port(HoldState::Released);
     port.link.as_mut().unwrap().addresses.push("198.51.100.7/32".parse().unwrap());
     let p = plan(&spec, Role::Primary, &observed(port, 0, false));
     assert!(!p.actions.iter().any(|a| a.kind() == "delete-address"));
@@ -175,7 +175,7 @@ fn primary_does_not_remove_addresses_it_does_not_know() {
 #[test]
 fn missing_device_waits_but_still_holds_a_standby() {
     let spec = spec(Strategy::L2Hold, ovs());
-    let mut port = noisy_port(L2Hold::Released);
+    let mut port = noisy_port(HoldState::Released);
     port.link = None;
     let p = plan(&spec, Role::Standby, &observed(port.clone(), 0, false));
     assert_eq!(p.actions, [Action::HoldL2]);
@@ -189,7 +189,7 @@ fn missing_device_waits_but_still_holds_a_standby() {
 fn a_holding_backend_holds_a_standby_whose_device_does_not_exist_yet() {
     let lb = L2BackendSpec::Linuxbridge { port: "tap1".into(), bridge: "brq1".into() };
     for strategy in [Strategy::L2Hold, Strategy::LinkDown, Strategy::SilenceOnly] {
-        let mut port = noisy_port(L2Hold::Released);
+        let mut port = noisy_port(HoldState::Released);
         port.link = None;
         port.l2.wired = false;
         let p = plan(&spec(strategy, lb.clone()), Role::Standby, &observed(port, 0, false));
@@ -201,7 +201,7 @@ fn a_holding_backend_holds_a_standby_whose_device_does_not_exist_yet() {
 #[test]
 fn link_down_keeps_the_hold_it_can_have_because_the_kernel_queues_mld_on_a_down_link() {
     let spec = spec(Strategy::LinkDown, ovs());
-    let p = plan(&spec, Role::Standby, &observed(noisy_port(L2Hold::Released), 0, false));
+    let p = plan(&spec, Role::Standby, &observed(noisy_port(HoldState::Released), 0, false));
     assert_eq!(kinds(&p.actions)[..2], ["hold-l2", "link-down"]);
     let mut rest = quiet_held_port();
     rest.link.as_mut().unwrap().admin_up = false;
@@ -217,7 +217,7 @@ fn a_primary_deletes_retired_addresses_and_never_announces_them() {
     let spec = spec(Strategy::L2Hold, ovs());
     let removed: ipnet::IpNet = "203.0.113.51/32".parse().unwrap();
     let mut port = quiet_held_port();
-    port.l2.hold = L2Hold::Released;
+    port.l2.hold = HoldState::Released;
     let link = port.link.as_mut().unwrap();
     link.addresses = vec![spec.gateway_addresses[0], spec.gateway_addresses[2], removed];
     link.routes = spec.routes.clone();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hagw_core::action::Action;
 use hagw_core::model::{L2BackendSpec, Role, RouteSpec, RouterSpec, Strategy as PortStrategy};
 use hagw_core::observed::{
-    Ipv6Conf, L2Hold, L2State, LinkCounters, LinkState, Observed, PortState,
+    HoldState, Ipv6Conf, L2State, LinkCounters, LinkState, Observed, PortState,
 };
 use hagw_core::planner::{Wait, plan};
 use ipnet::IpNet;
@@ -90,10 +90,10 @@ fn arb_case(
         proptest::sample::select(roles),
         proptest::option::weighted(0.9, arb_link()),
         prop_oneof![
-            Just(L2Hold::Held),
-            Just(L2Hold::Released),
-            Just(L2Hold::Unknown),
-            Just(L2Hold::Unsupported)
+            Just(HoldState::Held),
+            Just(HoldState::Released),
+            Just(HoldState::Unknown),
+            Just(HoldState::Unsupported)
         ],
         any::<bool>(),
         prop_oneof![Just(0u64), 0u64..6000, Just(60_000)],
@@ -101,7 +101,8 @@ fn arb_case(
     )
         .prop_map(|(spec, role, link, hold, wired, silent_ms, pending)| {
             let generic = spec.backend == L2BackendSpec::Generic;
-            let hold = if generic || hold != L2Hold::Unsupported { hold } else { L2Hold::Released };
+            let hold =
+                if generic || hold != HoldState::Unsupported { hold } else { HoldState::Released };
             let wired = wired || generic;
             let port = PortState { link, l2: L2State { hold, wired } };
             let silent_for =
@@ -216,19 +217,23 @@ fn check_resting_state(
     let hold = rest.port.l2.hold;
     if role.is_standby() {
         prop_assert!(link.is_silent());
-        let can_hold = hold != L2Hold::Unsupported;
+        let can_hold = hold != HoldState::Unsupported;
         match spec.strategy {
-            PortStrategy::L2Hold => prop_assert_eq!(hold, L2Hold::Held),
+            PortStrategy::L2Hold => prop_assert_eq!(hold, HoldState::Held),
             PortStrategy::LinkDown => {
                 prop_assert!(!link.admin_up);
                 if can_hold {
-                    prop_assert_eq!(hold, L2Hold::Held, "link-down layers the hold where it can");
+                    prop_assert_eq!(
+                        hold,
+                        HoldState::Held,
+                        "link-down layers the hold where it can"
+                    );
                 }
             }
             PortStrategy::SilenceOnly => {
                 prop_assert!(link.admin_up);
                 if rest.port.l2.wired {
-                    prop_assert_ne!(hold, L2Hold::Held);
+                    prop_assert_ne!(hold, HoldState::Held);
                 }
             }
         }
@@ -240,7 +245,7 @@ fn check_resting_state(
         for r in &spec.routes {
             prop_assert!(link.routes.contains(r));
         }
-        if hold == L2Hold::Held {
+        if hold == HoldState::Held {
             prop_assert!(!rest.port.l2.wired);
             prop_assert_eq!(wait, Some(Wait::L2NotWired));
         } else {

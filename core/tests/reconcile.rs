@@ -9,7 +9,7 @@ use common::*;
 use hagw_core::action::Action;
 use hagw_core::error::{Error, ErrorKind};
 use hagw_core::model::{Role, RouterSpec, Strategy};
-use hagw_core::observed::{L2Hold, PortState};
+use hagw_core::observed::{HoldState, PortState};
 use hagw_core::reconcile::{
     Dataplane, PassReport, ReconcileError, RetryPolicy, RouterMemory, reconcile_router,
 };
@@ -98,7 +98,7 @@ fn attempts_of(dp: &ModelDataplane, kind: &str) -> usize {
 
 #[tokio::test(start_paused = true)]
 async fn standby_pass_holds_silences_and_verifies() {
-    let dp = ModelDataplane::new(noisy_port(L2Hold::Released));
+    let dp = ModelDataplane::new(noisy_port(HoldState::Released));
     let spec = spec(Strategy::L2Hold, ovs());
     let mut memory = RouterMemory::default();
     let report =
@@ -111,7 +111,7 @@ async fn standby_pass_holds_silences_and_verifies() {
 
 #[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_within_the_bound() {
-    let dp = ModelDataplane::new(noisy_port(L2Hold::Released)).failing(
+    let dp = ModelDataplane::new(noisy_port(HoldState::Released)).failing(
         "hold-l2",
         ErrorKind::Transient,
         2,
@@ -143,7 +143,7 @@ async fn permanent_failures_are_not_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn failed_hold_on_an_exposed_standby_falls_back_to_link_down() {
-    let dp = ModelDataplane::new(noisy_port(L2Hold::Unknown)).failing(
+    let dp = ModelDataplane::new(noisy_port(HoldState::Unknown)).failing(
         "hold-l2",
         ErrorKind::Transient,
         u32::MAX,
@@ -208,7 +208,7 @@ async fn a_retry_comes_when_a_change_is_reported_not_after_the_backoff() {
     let spec = spec(Strategy::L2Hold, ovs());
     let policy = RetryPolicy { backoff: Duration::from_secs(10), ..RetryPolicy::default() };
     for woken in [false, true] {
-        let dp = ModelDataplane::new(noisy_port(L2Hold::Unknown)).failing(
+        let dp = ModelDataplane::new(noisy_port(HoldState::Unknown)).failing(
             "hold-l2",
             ErrorKind::Transient,
             1,
@@ -231,7 +231,7 @@ async fn a_retry_comes_when_a_change_is_reported_not_after_the_backoff() {
 async fn a_step_undone_during_verification_is_applied_again_when_reported() {
     let spec = spec(Strategy::LinkDown, ovs());
     for woken in [false, true] {
-        let dp = ModelDataplane::new(noisy_port(L2Hold::Released));
+        let dp = ModelDataplane::new(noisy_port(HoldState::Released));
         dp.undone_once.lock().unwrap().push("link-down");
         let wake = Notify::new();
         wake.notify_one();
@@ -322,7 +322,7 @@ async fn a_failed_side_setting_leaves_a_standby_guarded() {
         (Strategy::SilenceOnly, generic()),
         (Strategy::L2Hold, ovs()),
     ] {
-        let mut port = noisy_port(L2Hold::Released);
+        let mut port = noisy_port(HoldState::Released);
         port.link.as_mut().unwrap().addresses.push("203.0.113.10/24".parse().unwrap());
         let dp = ModelDataplane::new(port).failing("set-sysctl", ErrorKind::Permanent, u32::MAX);
         let spec = spec(strategy, backend);

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use hagw_backends::l2::ovs::ofport::Ofctl;
+use hagw_backends::l2::ovs::ofport::NoReceive;
 use hagw_backends::l2::ovs::openflow::{self, OpenFlowError};
 use hagw_e2e::ovs::OvsLab;
 
@@ -56,10 +56,10 @@ async fn a_bridge_without_openflow_1_0_falls_back_to_ovs_ofctl() -> Result<()> {
     let refused = openflow::port(&socket, &node.port).await;
     ensure!(matches!(refused, Err(OpenFlowError::VersionRefused)), "{refused:?}");
 
-    let ofctl = Ofctl::new(&node.ovs.dir);
-    ofctl.set_no_receive("br-int", &node.port, true).await?;
-    ensure!(ofctl.no_receive("br-int", &node.port).await?, "set through the fallback");
-    ofctl.set_no_receive("br-int", &node.port, false).await?;
-    ensure!(!ofctl.no_receive("br-int", &node.port).await?, "cleared through the fallback");
+    let no_recv = NoReceive::new(&node.ovs.dir);
+    no_recv.set("br-int", &node.port, true).await?;
+    ensure!(no_recv.get("br-int", &node.port).await?, "set through the fallback");
+    no_recv.set("br-int", &node.port, false).await?;
+    ensure!(!no_recv.get("br-int", &node.port).await?, "cleared through the fallback");
     Ok(())
 }

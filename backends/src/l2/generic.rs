@@ -7,7 +7,7 @@
 //! at the next link up): link-down alone cannot be in place before the device is.
 //!
 //! The port always counts as wired (there is nothing to wait for). A kernel without
-//! nf_tables (or its `inet`/`arp` families) reads as [`L2Hold::Unsupported`], and the planner
+//! nf_tables (or its `inet`/`arp` families) reads as [`HoldState::Unsupported`], and the planner
 //! guards a standby with link-down alone, as before this hold existed.
 
 pub mod nftables;
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use hagw_core::Error;
 use hagw_core::model::RouterSpec;
-use hagw_core::observed::{L2Hold, L2State};
+use hagw_core::observed::{HoldState, L2State};
 use nix::errno::Errno;
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
@@ -47,17 +47,17 @@ impl GenericL2 {
         let key = key(spec, "observe l2")?;
         let netns = Netns::named(&spec.namespace);
         if !netns.is_mounted() {
-            return Ok(L2State { hold: L2Hold::Unknown, wired: true });
+            return Ok(L2State { hold: HoldState::Unknown, wired: true });
         }
         let hold = match netns.run(move || held_in(&key)).await {
-            Ok((held, _)) if held.iter().any(|h| *h) => L2Hold::Held,
-            Ok(_) => L2Hold::Released,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => L2Hold::Unknown,
+            Ok((held, _)) if held.iter().any(|h| *h) => HoldState::Held,
+            Ok(_) => HoldState::Released,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => HoldState::Unknown,
             // No nf_tables, or not allowed to read it (no CAP_NET_ADMIN: then every other
             // step fails too, with its own error): guarded as if this hold did not exist.
             Err(e) if unsupported(&e) || e.raw_os_error() == Some(Errno::EPERM as i32) => {
                 debug!(error = %e, "cannot read the router-namespace hold");
-                L2Hold::Unsupported
+                HoldState::Unsupported
             }
             Err(e) => return Err(Error::transient("observe l2", target(spec), e)),
         };

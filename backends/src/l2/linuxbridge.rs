@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use hagw_core::Error;
 use hagw_core::model::{L2BackendSpec, RouterSpec};
-use hagw_core::observed::{L2Hold, L2State};
+use hagw_core::observed::{HoldState, L2State};
 use tracing::{debug, info, instrument, warn};
 
 pub use nft::{HoldTable, Nft};
@@ -93,14 +93,14 @@ impl LinuxbridgeBackend {
     pub async fn observe_port(&self, port: &str, bridge: &str) -> Result<L2State, Error> {
         let table = self.table().await?;
         let hold = match (table.holds(port), table.is_complete()) {
-            (true, true) => L2Hold::Held,
-            (false, _) => L2Hold::Released,
+            (true, true) => HoldState::Held,
+            (false, _) => HoldState::Released,
             (true, false) => {
                 // The name is listed but the rule that acts on it is broken (someone edited
                 // the chain): not a hold. Unknown makes the planner re-hold a standby and
                 // keeps it from "releasing" a primary that forwards anyway.
                 warn!(?table, "hold table is incomplete");
-                L2Hold::Unknown
+                HoldState::Unknown
             }
         };
         let wired = self.netlink.is_wired(port, bridge).await?;

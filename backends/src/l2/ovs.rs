@@ -40,7 +40,7 @@ use crate::ovsdb::{
     VSWITCH_DB, Value,
 };
 use dpflows::DatapathFlows;
-use ofport::{Ofctl, OfctlError};
+use ofport::{NoReceive, NoReceiveError};
 
 pub use watch::{
     Guarded, OvsFeed, PortChange, PortChanges, PortKeys, RECHECK_INTERVAL, keep_held,
@@ -82,7 +82,7 @@ pub struct OvsBackend {
     config: ClientConfig,
     client: Arc<OnceCell<OvsdbClient>>,
     /// `None`: the OVSDB triple only (see [`OvsBackend::ovsdb_only`]).
-    ofctl: Option<Ofctl>,
+    no_recv: Option<NoReceive>,
     /// The datapath flows of released ports, purged through ovs-vswitchd's control socket.
     flows: DatapathFlows,
     /// Ports this process has held and not released since (see [`OvsBackend::holding`]).
@@ -96,19 +96,19 @@ impl OvsBackend {
     }
 
     /// As [`OvsBackend::new`], with the client's timing knobs (tests shorten them).
-    /// `ovs-ofctl` reaches the bridges through `OVS_RUNDIR`, else the endpoint's directory
+    /// `no-receive` reaches the bridges through `OVS_RUNDIR`, else the endpoint's directory
     /// (see [`ofport::rundir_for`]).
     pub fn with_config(endpoint: impl Into<String>, config: ClientConfig) -> Self {
         let endpoint = endpoint.into();
         let env = std::env::var("OVS_RUNDIR").ok();
         let rundir = ofport::rundir_for(&endpoint, env.as_deref());
         let flows = DatapathFlows::new(rundir.clone());
-        let ofctl = Ofctl::new(rundir);
+        let no_recv = NoReceive::new(rundir);
         Self {
             endpoint,
             config,
             client: Arc::new(OnceCell::new()),
-            ofctl: Some(ofctl),
+            no_recv: Some(no_recv),
             flows,
             holding: Arc::new(tokio::sync::watch::Sender::new(BTreeSet::new())),
         }
@@ -132,13 +132,13 @@ impl OvsBackend {
     /// ovs-vswitchd (the backend's database tests). The OVS agent's retag then lifts the hold
     /// until the re-hold lands.
     pub fn ovsdb_only(mut self) -> Self {
-        self.ofctl = None;
+        self.no_recv = None;
         self
     }
 
-    /// The run directory whose `<bridge>.mgmt` sockets `ovs-ofctl` uses, if it is used.
+    /// The run directory whose `<bridge>.mgmt` sockets carry `no-receive`, if it is used.
     pub fn rundir(&self) -> Option<&std::path::Path> {
-        self.ofctl.as_ref().map(Ofctl::rundir)
+        self.no_recv.as_ref().map(NoReceive::rundir)
     }
 
     pub fn endpoint(&self) -> &str {
@@ -197,11 +197,11 @@ impl OvsBackend {
     /// Whether the port's OpenFlow `no-receive` is set. Unreadable (ovs-vswitchd down, the port
     /// not attached yet, no bridge) counts as not set: hagw never relies on what it cannot see.
     async fn no_receive(&self, port: &Located) -> bool {
-        let (Some(ofctl), Some(bridge)) = (&self.ofctl, &port.bridge) else { return false };
+        let (Some(no_recv), Some(bridge)) = (&self.no_recv, &port.bridge) else { return false };
         if !port.attached {
             return false;
         }
-        match ofctl.no_receive(bridge, &port.row.name).await {
+        match no_recv.get(bridge, &port.row.name).await {
             Ok(set) => set,
             Err(e) => {
                 debug!(error = %e, "no-receive unreadable, taken as not set");
@@ -212,7 +212,7 @@ impl OvsBackend {
 
     /// The port's hold state: held while the dead-VLAN triple or `no-receive` is in place
     /// (either alone keeps its frames off the uplink); a missing Port row is
-    /// [`L2Hold::Unknown`](hagw_core::observed::L2Hold).
+    /// [`HoldState::Unknown`](hagw_core::observed::HoldState).
     // A failure here is the reconcile loop's to report (each retry at debug, the last at
     // warn): an optimistic-lock conflict with the L2 agent is retried, not an error.
     #[instrument(skip(self), err(level = "debug"))]
@@ -236,7 +236,7 @@ impl OvsBackend {
     /// not attached yet gets the triple now and `no-receive` on its attach.
     pub async fn hold_if_present(&self, port: &str) -> Result<Rehold, Error> {
         let Some(located) = self.read(port).await? else { return Ok(Rehold::Absent) };
-        if self.ofctl.is_some() && !located.attached {
+        if self.no_recv.is_some() && !located.attached {
             self.hold_triple(port, &located.row).await?;
             return Ok(Rehold::AwaitingAttach);
         }
@@ -255,12 +255,12 @@ impl OvsBackend {
 
     async fn hold_located(&self, port: &str, located: &Located) -> Result<(), Error> {
         self.hold_triple(port, &located.row).await?;
-        let Some(ofctl) = &self.ofctl else { return Ok(()) };
+        let Some(no_recv) = &self.no_recv else { return Ok(()) };
         let bridge = located.bridge.as_deref().filter(|_| located.attached).ok_or_else(|| {
             Error::transient("hold", target(port), "ovs-vswitchd has not attached the port yet")
         })?;
         // Written unconditionally: `mod-port` is idempotent and as cheap as reading it first.
-        ofctl.set_no_receive(bridge, port, true).await.map_err(|e| ofctl_error("hold", port, e))?;
+        no_recv.set(bridge, port, true).await.map_err(|e| no_receive_error("hold", port, e))?;
         debug!(port, bridge, "no-receive set");
         Ok(())
     }
@@ -281,11 +281,11 @@ impl OvsBackend {
         })?;
         self.mark_holding(port, false);
         // A port ovs-vswitchd has not attached has no OpenFlow port state to clear.
-        match (&self.ofctl, located.bridge.as_deref().filter(|_| located.attached)) {
-            (Some(ofctl), Some(bridge)) => match ofctl.set_no_receive(bridge, port, false).await {
+        match (&self.no_recv, located.bridge.as_deref().filter(|_| located.attached)) {
+            (Some(no_recv), Some(bridge)) => match no_recv.set(bridge, port, false).await {
                 // Detached since the read: nothing to clear either.
-                Ok(()) | Err(OfctlError::NoSuchPort { .. }) => {}
-                Err(e) => return Err(ofctl_error("release", port, e)),
+                Ok(()) | Err(NoReceiveError::NoSuchPort { .. }) => {}
+                Err(e) => return Err(no_receive_error("release", port, e)),
             },
             (Some(_), None) => debug!("not attached to a bridge, no no-receive to clear"),
             (None, _) => {}
@@ -294,7 +294,7 @@ impl OvsBackend {
             debug!("already released");
             return Ok(());
         };
-        if self.ofctl.is_none() {
+        if self.no_recv.is_none() {
             // Database only (no ovs-vswitchd to wait for).
             self.commit("release", port, &ops).await?;
             info!(local_vlan = ?port::local_vlan(row), "released to local VLAN");
@@ -366,8 +366,8 @@ impl OvsBackend {
 /// How long a release waits for ovs-vswitchd to apply it before the announcement goes out.
 const VSWITCHD_APPLY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Maps an `ovs-ofctl` failure to the loop's error kind.
-fn ofctl_error(operation: &str, port: &str, e: OfctlError) -> Error {
+/// Maps a failure to read or set `no-receive` to the loop's error kind.
+fn no_receive_error(operation: &str, port: &str, e: NoReceiveError) -> Error {
     if e.is_transient() {
         Error::transient(operation, target(port), e)
     } else {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hagw_core::model::{AnnounceSchedule, L2BackendSpec, Role, RoleSource, RouterSpec, Strategy};
 use hagw_core::observed::{
-    Ipv6Conf, L2Hold, L2State, LinkCounters, LinkState, Observed, PortState,
+    HoldState, Ipv6Conf, L2State, LinkCounters, LinkState, Observed, PortState,
 };
 
 pub fn spec(strategy: Strategy, backend: L2BackendSpec) -> RouterSpec {
@@ -43,7 +43,7 @@ pub fn ovs() -> L2BackendSpec {
 
 /// A freshly plugged port as the L3 agent leaves it on a node that boots: link up, kernel
 /// link-local address, default sysctls, switch side wired and not held.
-pub fn noisy_port(hold: L2Hold) -> PortState {
+pub fn noisy_port(hold: HoldState) -> PortState {
     PortState {
         link: Some(LinkState {
             admin_up: true,
@@ -68,7 +68,7 @@ pub fn quiet_held_port() -> PortState {
             routes: vec![],
             counters: LinkCounters::default(),
         }),
-        l2: L2State { hold: L2Hold::Held, wired: true },
+        l2: L2State { hold: HoldState::Held, wired: true },
     }
 }
 

@@ -29,9 +29,9 @@ pub const DEFAULT_RUNDIR: &str = "/var/run/openvswitch";
 /// used; its `mod-port` and `dump-ports-desc` work with each).
 const FALLBACK_PROTOCOLS: &str = "OpenFlow10,OpenFlow11,OpenFlow12,OpenFlow13,OpenFlow14";
 
-/// Why an `ovs-ofctl` call failed.
+/// Why reading or setting `no-receive` failed.
 #[derive(Debug, Error)]
-pub enum OfctlError {
+pub enum NoReceiveError {
     /// `ovs-ofctl` could not be run at all (not installed): retrying will not help.
     #[error("cannot run {program}: {source}")]
     Spawn { program: String, source: std::io::Error },
@@ -48,11 +48,11 @@ pub enum OfctlError {
     OpenFlow { bridge: String, source: OpenFlowError },
 }
 
-impl OfctlError {
+impl NoReceiveError {
     /// Everything but a missing `ovs-ofctl` may resolve by itself (vswitchd coming back, the
     /// port being added).
     pub fn is_transient(&self) -> bool {
-        !matches!(self, OfctlError::Spawn { .. })
+        !matches!(self, NoReceiveError::Spawn { .. })
     }
 }
 
@@ -70,14 +70,15 @@ pub fn rundir_for(endpoint: &str, env_rundir: Option<&str>) -> PathBuf {
         .map_or_else(|| DEFAULT_RUNDIR.into(), Path::to_path_buf)
 }
 
-/// `ovs-ofctl` against the bridges of one ovs-vswitchd.
+/// `no-receive` on the ports of one ovs-vswitchd's bridges: over each bridge's management
+/// socket ([`openflow`]), with `ovs-ofctl` as the fallback.
 #[derive(Debug, Clone)]
-pub struct Ofctl {
+pub struct NoReceive {
     rundir: PathBuf,
     program: String,
 }
 
-impl Ofctl {
+impl NoReceive {
     pub fn new(rundir: impl Into<PathBuf>) -> Self {
         Self { rundir: rundir.into(), program: "ovs-ofctl".into() }
     }
@@ -96,7 +97,7 @@ impl Ofctl {
         format!("unix:{}", self.socket(bridge).display())
     }
 
-    async fn run(&self, args: &[&str]) -> Result<String, OfctlError> {
+    async fn run(&self, args: &[&str]) -> Result<String, NoReceiveError> {
         let out = Command::new(&self.program)
             // `ovs-ofctl` offers only 1.0 by default; a bridge may allow only later versions.
             .arg(format!("--protocols={FALLBACK_PROTOCOLS}"))
@@ -105,9 +106,9 @@ impl Ofctl {
             .kill_on_drop(true)
             .output()
             .await
-            .map_err(|source| OfctlError::Spawn { program: self.program.clone(), source })?;
+            .map_err(|source| NoReceiveError::Spawn { program: self.program.clone(), source })?;
         if !out.status.success() {
-            return Err(OfctlError::Failed {
+            return Err(NoReceiveError::Failed {
                 command: format!("{} {}", self.program, args.join(" ")),
                 status: out.status.to_string(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
@@ -117,35 +118,35 @@ impl Ofctl {
     }
 
     /// Whether `port` of `bridge` has `no-receive` set.
-    pub async fn no_receive(&self, bridge: &str, port: &str) -> Result<bool, OfctlError> {
+    pub async fn get(&self, bridge: &str, port: &str) -> Result<bool, NoReceiveError> {
         match openflow::port(&self.socket(bridge), port).await {
             Ok(Some(found)) => return Ok(found.no_receive()),
             Ok(None) | Err(OpenFlowError::VersionRefused) => {}
-            Err(source) => return Err(OfctlError::OpenFlow { bridge: bridge.into(), source }),
+            Err(source) => return Err(NoReceiveError::OpenFlow { bridge: bridge.into(), source }),
         }
         let out = self.run(&["dump-ports-desc", &self.target(bridge)]).await?;
         port_no_receive(&out, port)
-            .ok_or_else(|| OfctlError::NoSuchPort { bridge: bridge.into(), port: port.into() })
+            .ok_or_else(|| NoReceiveError::NoSuchPort { bridge: bridge.into(), port: port.into() })
     }
 
     /// Sets (`true`) or clears `no-receive` on `port` of `bridge`. Idempotent.
-    pub async fn set_no_receive(
+    pub async fn set(
         &self,
         bridge: &str,
         port: &str,
         no_receive: bool,
-    ) -> Result<(), OfctlError> {
+    ) -> Result<(), NoReceiveError> {
         match openflow::set_no_receive(&self.socket(bridge), port, no_receive).await {
             Ok(true) => return Ok(()),
             Ok(false) | Err(OpenFlowError::VersionRefused) => {}
-            Err(source) => return Err(OfctlError::OpenFlow { bridge: bridge.into(), source }),
+            Err(source) => return Err(NoReceiveError::OpenFlow { bridge: bridge.into(), source }),
         }
         let config = if no_receive { "no-receive" } else { "receive" };
         match self.run(&["mod-port", &self.target(bridge), port, config]).await {
-            Err(OfctlError::Failed { stderr, .. })
+            Err(NoReceiveError::Failed { stderr, .. })
                 if stderr.contains("couldn't find port") || stderr.contains("unknown port") =>
             {
-                Err(OfctlError::NoSuchPort { bridge: bridge.into(), port: port.into() })
+                Err(NoReceiveError::NoSuchPort { bridge: bridge.into(), port: port.into() })
             }
             other => other.map(drop),
         }
@@ -225,14 +226,16 @@ mod tests {
 
     #[test]
     fn targets_the_bridge_management_socket() {
-        assert_eq!(Ofctl::new("/run/ovs").target("br-int"), "unix:/run/ovs/br-int.mgmt");
+        assert_eq!(NoReceive::new("/run/ovs").target("br-int"), "unix:/run/ovs/br-int.mgmt");
     }
 
     #[test]
     fn only_a_missing_program_is_permanent() {
-        let spawn =
-            OfctlError::Spawn { program: "x".into(), source: std::io::ErrorKind::NotFound.into() };
+        let spawn = NoReceiveError::Spawn {
+            program: "x".into(),
+            source: std::io::ErrorKind::NotFound.into(),
+        };
         assert!(!spawn.is_transient());
-        assert!(OfctlError::NoSuchPort { bridge: "b".into(), port: "p".into() }.is_transient());
+        assert!(NoReceiveError::NoSuchPort { bridge: "b".into(), port: "p".into() }.is_transient());
     }
 }

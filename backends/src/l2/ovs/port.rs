@@ -7,7 +7,7 @@
 //! so a concurrent writer (the OVS agent retagging the port) makes hagw's transaction fail and
 //! be re-planned instead of silently overwriting the agent or being overwritten half-way.
 
-use hagw_core::observed::{L2Hold, L2State};
+use hagw_core::observed::{HoldState, L2State};
 
 use crate::ovsdb::{Condition, Mutation, Mutator, Op, PortRow, RowValues, Value, WaitUntil};
 
@@ -54,9 +54,9 @@ pub fn local_vlan(row: &PortRow) -> Option<u16> {
 /// yet, or deleted), which is not held.
 pub fn l2_state(row: Option<&PortRow>) -> L2State {
     match row {
-        None => L2State { hold: L2Hold::Unknown, wired: false },
+        None => L2State { hold: HoldState::Unknown, wired: false },
         Some(row) => L2State {
-            hold: if is_held(row) { L2Hold::Held } else { L2Hold::Released },
+            hold: if is_held(row) { HoldState::Held } else { HoldState::Released },
             wired: local_vlan(row).is_some(),
         },
     }
@@ -69,7 +69,7 @@ pub fn l2_state(row: Option<&PortRow>) -> L2State {
 pub fn l2_state_with(row: &PortRow, no_receive: bool) -> L2State {
     let mut state = l2_state(Some(row));
     if no_receive {
-        state.hold = L2Hold::Held;
+        state.hold = HoldState::Held;
     }
     state
 }
@@ -220,22 +220,25 @@ mod tests {
 
     #[test]
     fn l2_state_of_rows() {
-        assert_eq!(l2_state(None), L2State { hold: L2Hold::Unknown, wired: false });
-        assert_eq!(l2_state(Some(&held())), L2State { hold: L2Hold::Held, wired: false });
+        assert_eq!(l2_state(None), L2State { hold: HoldState::Unknown, wired: false });
+        assert_eq!(l2_state(Some(&held())), L2State { hold: HoldState::Held, wired: false });
         let wired_held = with_agent_tag(held(), "7");
-        assert_eq!(l2_state(Some(&wired_held)), L2State { hold: L2Hold::Held, wired: true });
+        assert_eq!(l2_state(Some(&wired_held)), L2State { hold: HoldState::Held, wired: true });
         let agent_tagged = with_agent_tag(port(Some(7), None, &[]), "7");
-        assert_eq!(l2_state(Some(&agent_tagged)), L2State { hold: L2Hold::Released, wired: true });
+        assert_eq!(
+            l2_state(Some(&agent_tagged)),
+            L2State { hold: HoldState::Released, wired: true }
+        );
         let plugged = port(Some(DEAD_VLAN), None, &[]);
-        assert_eq!(l2_state(Some(&plugged)), L2State { hold: L2Hold::Released, wired: false });
+        assert_eq!(l2_state(Some(&plugged)), L2State { hold: HoldState::Released, wired: false });
     }
 
     #[test]
     fn no_receive_alone_is_held() {
         let retagged = with_agent_tag(port(Some(7), None, &[]), "7");
-        assert_eq!(l2_state_with(&retagged, true), L2State { hold: L2Hold::Held, wired: true });
-        assert_eq!(l2_state_with(&retagged, false).hold, L2Hold::Released);
-        assert_eq!(l2_state_with(&held(), false).hold, L2Hold::Held);
+        assert_eq!(l2_state_with(&retagged, true), L2State { hold: HoldState::Held, wired: true });
+        assert_eq!(l2_state_with(&retagged, false).hold, HoldState::Released);
+        assert_eq!(l2_state_with(&held(), false).hold, HoldState::Held);
     }
 
     #[test]
