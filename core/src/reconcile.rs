@@ -156,21 +156,6 @@ impl ReconcileError {
     }
 }
 
-/// Observes the port and combines it with the loop's memory.
-async fn observe<D: Dataplane>(
-    dataplane: &D,
-    spec: &RouterSpec,
-    role: Role,
-    memory: &mut RouterMemory,
-    policy: &RetryPolicy,
-    wake: Option<&Notify>,
-) -> Result<Observed, ReconcileError> {
-    let port = with_retry(policy, wake, "observe", || dataplane.observe(spec))
-        .await
-        .map_err(ReconcileError::Observe)?;
-    Ok(memory.observed(role, port, Instant::now()))
-}
-
 /// Plans without applying: what `hagw plan` shows, and each step of a pass. `wake` as for
 /// [`reconcile_router`].
 pub async fn dry_run<D: Dataplane>(
@@ -181,23 +166,7 @@ pub async fn dry_run<D: Dataplane>(
     policy: &RetryPolicy,
     wake: Option<&Notify>,
 ) -> Result<(Observed, Plan), ReconcileError> {
-    dry_run_skipping(dataplane, spec, role, memory, policy, wake, &[]).await
-}
-
-/// [`dry_run`] without the steps in `skip`, which failed earlier in the pass.
-async fn dry_run_skipping<D: Dataplane>(
-    dataplane: &D,
-    spec: &RouterSpec,
-    role: Role,
-    memory: &mut RouterMemory,
-    policy: &RetryPolicy,
-    wake: Option<&Notify>,
-    skip: &[StepFailure],
-) -> Result<(Observed, Plan), ReconcileError> {
-    let mut observed = observe(dataplane, spec, role, memory, policy, wake).await?;
-    observed.failed_steps = skip.iter().map(|f| f.action.clone()).collect();
-    let plan = plan(spec, role, &observed);
-    Ok((observed, plan))
+    Pass { dataplane, spec, role, memory, policy, wake }.dry_run(&[]).await
 }
 
 /// One full pass: observe, plan, apply, verify.
@@ -224,8 +193,23 @@ pub async fn reconcile_router<D: Dataplane>(
 ) -> Result<PassReport, ReconcileError> {
     let span = info_span!("reconcile", router = %spec.id, netns = %spec.namespace,
         port = %spec.gateway_device, role = role.as_str());
-    async {
-        let (_, mut plan) = dry_run(dataplane, spec, role, memory, policy, wake).await?;
+    Pass { dataplane, spec, role, memory, policy, wake }.run().instrument(span).await
+}
+
+/// The context every step of one pass shares: which port, in which role, with what memory,
+/// retried how, woken by what.
+struct Pass<'a, D> {
+    dataplane: &'a D,
+    spec: &'a RouterSpec,
+    role: Role,
+    memory: &'a mut RouterMemory,
+    policy: &'a RetryPolicy,
+    wake: Option<&'a Notify>,
+}
+
+impl<D: Dataplane> Pass<'_, D> {
+    async fn run(mut self) -> Result<PassReport, ReconcileError> {
+        let (_, mut plan) = self.dry_run(&[]).await?;
         let mut applied = Vec::with_capacity(plan.actions.len());
         let mut failed: Vec<StepFailure> = Vec::new();
         let mut takeover = Takeover::default();
@@ -234,13 +218,13 @@ pub async fn reconcile_router<D: Dataplane>(
             let round_actions = plan.actions;
             let mut cut_short = false;
             for action in &round_actions {
-                match apply_one(dataplane, spec, memory, policy, wake, action).await {
+                match self.apply(action).await {
                     Ok(()) => {
                         takeover.step(action);
                         applied.push(action.clone());
                     }
-                    Err(source) if role.is_standby() && !action.is_side_setting() => {
-                        let fail_safe = fail_safe(dataplane, spec, action, policy, wake).await;
+                    Err(source) if self.role.is_standby() && !action.is_side_setting() => {
+                        let fail_safe = self.fail_safe(action).await;
                         return Err(ReconcileError::Apply {
                             action: action.clone(),
                             source,
@@ -259,8 +243,7 @@ pub async fn reconcile_router<D: Dataplane>(
                 // The rest of the round was planned on the failed step's effect (an
                 // announcement on a release): plan it again from what is there. This ends:
                 // a failed step is never planned again in this pass.
-                let (observed, next) =
-                    dry_run_skipping(dataplane, spec, role, memory, policy, wake, &failed).await?;
+                let (observed, next) = self.dry_run(&failed).await?;
                 if next.is_converged() {
                     return finish(PassReport {
                         applied,
@@ -274,9 +257,7 @@ pub async fn reconcile_router<D: Dataplane>(
                 continue;
             }
             round += 1;
-            match verify(dataplane, spec, role, memory, policy, wake, &round_actions, &failed)
-                .await?
-            {
+            match self.verify(&round_actions, &failed).await? {
                 Verified::Converged { observed, wait } => {
                     return finish(PassReport {
                         applied,
@@ -296,8 +277,85 @@ pub async fn reconcile_router<D: Dataplane>(
             }
         }
     }
-    .instrument(span)
-    .await
+
+    /// Observes the port and combines it with the loop's memory.
+    async fn observe(&mut self) -> Result<Observed, ReconcileError> {
+        let (dataplane, spec) = (self.dataplane, self.spec);
+        let port = with_retry(self.policy, self.wake, "observe", || dataplane.observe(spec))
+            .await
+            .map_err(ReconcileError::Observe)?;
+        Ok(self.memory.observed(self.role, port, Instant::now()))
+    }
+
+    /// Observes and plans, without the steps in `skip`, which failed earlier in the pass.
+    async fn dry_run(&mut self, skip: &[StepFailure]) -> Result<(Observed, Plan), ReconcileError> {
+        let mut observed = self.observe().await?;
+        observed.failed_steps = skip.iter().map(|f| f.action.clone()).collect();
+        let plan = plan(self.spec, self.role, &observed);
+        Ok((observed, plan))
+    }
+
+    async fn apply(&mut self, action: &Action) -> Result<(), Error> {
+        let (dataplane, spec) = (self.dataplane, self.spec);
+        with_retry(self.policy, self.wake, action.kind(), || dataplane.apply(spec, action)).await?;
+        info!(action = %action, "applied");
+        if matches!(action, Action::Announce { .. }) {
+            self.memory.announced();
+        }
+        Ok(())
+    }
+
+    /// Re-observes until the round's steps are seen to have taken effect. Steps of the round
+    /// that still show up may just not be visible yet (re-checked after a delay), unless a
+    /// change came in meanwhile: then someone may have undone them, and they are applied
+    /// again. Steps the round did not contain mean it made new ones possible. Steps in `skip`
+    /// failed earlier in the pass and are not expected, nor tried again, until the next pass.
+    async fn verify(
+        &mut self,
+        round: &[Action],
+        skip: &[StepFailure],
+    ) -> Result<Verified, ReconcileError> {
+        let mut remaining = Vec::new();
+        for attempt in 0..self.policy.verify_attempts.max(1) {
+            let woken = attempt > 0 && pause(self.policy.verify_delay, self.wake).await;
+            let (observed, again) = self.dry_run(skip).await?;
+            if again.is_converged() {
+                return Ok(Verified::Converged { observed, wait: again.wait });
+            }
+            if woken || again.actions.iter().any(|a| !round.contains(a)) {
+                return Ok(Verified::FollowUp(again));
+            }
+            debug!(attempt, remaining = %describe(&again.actions), "not converged yet");
+            remaining = again.actions;
+        }
+        Err(ReconcileError::Verify { remaining })
+    }
+
+    /// After a failed step on a standby: if the port is exposed and not silent, close it with
+    /// whichever guard still works, so a failure never leaves a standby transmitting.
+    async fn fail_safe(&self, failed: &Action) -> Option<Action> {
+        let (dataplane, spec) = (self.dataplane, self.spec);
+        let port = match dataplane.observe(spec).await {
+            Ok(port) if !port.is_exposed() || port.is_silent() => return None,
+            Ok(port) => Some(port),
+            Err(_) => None,
+        };
+        // Every backend can hold (the generic one inside the router namespace); where it
+        // cannot (no nf_tables), the hold fails and link-down is next.
+        for guard in [Action::HoldL2, Action::SetLinkDown].into_iter().filter(|g| g != failed) {
+            let applied =
+                with_retry(self.policy, self.wake, guard.kind(), || dataplane.apply(spec, &guard))
+                    .await;
+            match applied {
+                Ok(()) => {
+                    warn!(guard = %guard, exposed = port.is_some(), "fail-safe guard applied");
+                    return Some(guard);
+                }
+                Err(e) => warn!(guard = %guard, error = %e, "fail-safe guard failed"),
+            }
+        }
+        None
+    }
 }
 
 /// When a pass lifted a guard and when it first announced after that.
@@ -338,22 +396,6 @@ fn finish(mut report: PassReport) -> Result<PassReport, ReconcileError> {
 /// and the addresses announced.
 const MAX_ROUNDS: usize = 3;
 
-async fn apply_one<D: Dataplane>(
-    dataplane: &D,
-    spec: &RouterSpec,
-    memory: &mut RouterMemory,
-    policy: &RetryPolicy,
-    wake: Option<&Notify>,
-    action: &Action,
-) -> Result<(), Error> {
-    with_retry(policy, wake, action.kind(), || dataplane.apply(spec, action)).await?;
-    info!(action = %action, "applied");
-    if matches!(action, Action::Announce { .. }) {
-        memory.announced();
-    }
-    Ok(())
-}
-
 /// What re-observing after a round showed.
 enum Verified {
     Converged {
@@ -362,67 +404,6 @@ enum Verified {
     },
     /// Steps the round did not plan are possible now: another round.
     FollowUp(Plan),
-}
-
-/// Re-observes until the round's steps are seen to have taken effect. Steps of the round
-/// that still show up may just not be visible yet (re-checked after a delay), unless a change
-/// came in meanwhile: then someone may have undone them, and they are applied again. Steps
-/// the round did not contain mean it made new ones possible. Steps in `skip` failed earlier
-/// in the pass and are not expected, nor tried again, until the next pass.
-#[allow(clippy::too_many_arguments)] // the pass's context, as every step of a pass takes it
-async fn verify<D: Dataplane>(
-    dataplane: &D,
-    spec: &RouterSpec,
-    role: Role,
-    memory: &mut RouterMemory,
-    policy: &RetryPolicy,
-    wake: Option<&Notify>,
-    round: &[Action],
-    skip: &[StepFailure],
-) -> Result<Verified, ReconcileError> {
-    let mut remaining = Vec::new();
-    for attempt in 0..policy.verify_attempts.max(1) {
-        let woken = attempt > 0 && pause(policy.verify_delay, wake).await;
-        let (observed, again) =
-            dry_run_skipping(dataplane, spec, role, memory, policy, wake, skip).await?;
-        if again.is_converged() {
-            return Ok(Verified::Converged { observed, wait: again.wait });
-        }
-        if woken || again.actions.iter().any(|a| !round.contains(a)) {
-            return Ok(Verified::FollowUp(again));
-        }
-        debug!(attempt, remaining = %describe(&again.actions), "not converged yet");
-        remaining = again.actions;
-    }
-    Err(ReconcileError::Verify { remaining })
-}
-
-/// After a failed step on a standby: if the port is exposed and not silent, close it with
-/// whichever guard still works, so a failure never leaves a standby transmitting.
-async fn fail_safe<D: Dataplane>(
-    dataplane: &D,
-    spec: &RouterSpec,
-    failed: &Action,
-    policy: &RetryPolicy,
-    wake: Option<&Notify>,
-) -> Option<Action> {
-    let port = match dataplane.observe(spec).await {
-        Ok(port) if !port.is_exposed() || port.is_silent() => return None,
-        Ok(port) => Some(port),
-        Err(_) => None,
-    };
-    // Every backend can hold (the generic one inside the router namespace); where it cannot
-    // (no nf_tables), the hold fails and link-down is next.
-    for guard in [Action::HoldL2, Action::SetLinkDown].into_iter().filter(|g| g != failed) {
-        match with_retry(policy, wake, guard.kind(), || dataplane.apply(spec, &guard)).await {
-            Ok(()) => {
-                warn!(guard = %guard, exposed = port.is_some(), "fail-safe guard applied");
-                return Some(guard);
-            }
-            Err(e) => warn!(guard = %guard, error = %e, "fail-safe guard failed"),
-        }
-    }
-    None
 }
 
 /// Sleeps for `delay`, or until `wake` is notified; returns whether it was woken.
