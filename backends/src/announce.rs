@@ -96,9 +96,9 @@ async fn announce_with(
                 OpenedSocket::open(&owned_device).map(|s| (s, forwards_ipv6(&owned_device)))
             })
             .await
-            .map_err(|err| from_io("open packet socket", target, &err))?;
+            .map_err(|err| from_io("open packet socket", target, err))?;
         let socket = PacketSocket::register(opened)
-            .map_err(|err| from_io("register packet socket", target, &err))?;
+            .map_err(|err| from_io("register packet socket", target, err))?;
         let announcer = Announcer {
             socket,
             addresses,
@@ -200,7 +200,7 @@ impl Announcer {
             ),
         };
         self.socket.send(&frame, ethertype, dst).await.map_err(|err| {
-            from_io(format_args!("send gratuitous {what} for {address}"), self.target(), &err)
+            from_io(format_args!("send gratuitous {what} for {address}"), self.target(), err)
         })
     }
 

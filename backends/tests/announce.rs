@@ -443,7 +443,7 @@ async fn missing_device_is_transient() {
     .expect_err("no such device");
     assert!(err.is_transient(), "{err}");
     assert_eq!(err.target, format!("netns {} dev nodev0", ns.name));
-    assert!(err.message.contains(Errno::ENODEV.desc()), "{err}");
+    assert!(err.to_string().contains(Errno::ENODEV.desc()), "{err}");
 }
 
 #[tokio::test]

@@ -89,7 +89,7 @@ async fn missing_namespace_observes_none() {
     assert_eq!(linux.observe_link(&netns, DEVICE).await.unwrap(), None);
     let err = linux.link(&netns, DEVICE).await.unwrap_err();
     assert!(err.is_transient(), "{err}");
-    assert!(err.message.contains("namespace does not exist"), "{err}");
+    assert!(err.to_string().contains("namespace does not exist"), "{err}");
 }
 
 #[tokio::test]

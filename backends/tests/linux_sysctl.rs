@@ -55,7 +55,7 @@ async fn missing_device_is_transient_and_bad_name_permanent() {
     let netns = fx.netns();
     let err = linux.ipv6_conf(&netns, "qg-absent").await.unwrap_err();
     assert!(err.is_transient(), "{err}");
-    assert!(err.message.contains("no such device"), "{err}");
+    assert!(err.to_string().contains("no such device"), "{err}");
     let err =
         linux.write_ipv6_sysctl(&netns, "../all", Ipv6Sysctl::Forwarding, 1).await.unwrap_err();
     assert!(!err.is_transient(), "{err}");

@@ -189,7 +189,7 @@ fn a_missing_nft_binary_is_permanent_and_says_what_to_install() {
             [lb.hold_port(TAP).await.unwrap_err(), lb.observe_port(TAP, BRQ).await.unwrap_err()]
         {
             assert!(!err.is_transient(), "{err}");
-            assert!(err.message.contains("install nftables"), "{err}");
+            assert!(err.to_string().contains("install nftables"), "{err}");
             assert!(err.target.contains("hagw"), "{err}");
         }
     })

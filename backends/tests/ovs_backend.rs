@@ -166,7 +166,7 @@ async fn hold_and_release_follow_neutron_and_survive_a_hagw_restart() {
         L2State { hold: HoldState::Held, wired: false }
     );
     let not_wired = ovs.release_port(PORT).await.unwrap_err();
-    assert!(not_wired.is_transient() && not_wired.message.contains("not wired"), "{not_wired}");
+    assert!(not_wired.is_transient() && not_wired.to_string().contains("not wired"), "{not_wired}");
 
     // The agent wires the port (lifting the hold); hagw holds again and remembers VLAN 7.
     server.agent_wire(7);

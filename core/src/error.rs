@@ -13,16 +13,22 @@ pub enum ErrorKind {
     Permanent,
 }
 
+/// Why an operation failed: the underlying error as it came (an `io::Error`, a netlink or
+/// OVSDB error, ...), so a log can show its chain and a caller can inspect it, or hagw's own
+/// reason as text where there is no lower error.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A failed operation on one router's port, with where it happened.
 #[derive(Debug, thiserror::Error)]
-#[error("{operation} on {target}: {message}")]
+#[error("{operation} on {target}: {cause}")]
 pub struct Error {
     pub kind: ErrorKind,
     /// What was attempted, e.g. `set link up`.
     pub operation: String,
     /// Where, e.g. `netns qrouter-1 dev qg-1`.
     pub target: String,
-    pub message: String,
+    #[source]
+    pub cause: Cause,
 }
 
 impl Error {
@@ -30,30 +36,30 @@ impl Error {
         kind: ErrorKind,
         operation: impl fmt::Display,
         target: impl fmt::Display,
-        message: impl fmt::Display,
+        cause: impl Into<Cause>,
     ) -> Self {
         Error {
             kind,
             operation: operation.to_string(),
             target: target.to_string(),
-            message: message.to_string(),
+            cause: cause.into(),
         }
     }
 
     pub fn transient(
         op: impl fmt::Display,
         target: impl fmt::Display,
-        msg: impl fmt::Display,
+        cause: impl Into<Cause>,
     ) -> Self {
-        Self::new(ErrorKind::Transient, op, target, msg)
+        Self::new(ErrorKind::Transient, op, target, cause)
     }
 
     pub fn permanent(
         op: impl fmt::Display,
         target: impl fmt::Display,
-        msg: impl fmt::Display,
+        cause: impl Into<Cause>,
     ) -> Self {
-        Self::new(ErrorKind::Permanent, op, target, msg)
+        Self::new(ErrorKind::Permanent, op, target, cause)
     }
 
     pub fn is_transient(&self) -> bool {

@@ -103,7 +103,7 @@ impl ConnectionCache {
                 return Err(if e.kind() == io::ErrorKind::NotFound {
                     Error::transient(OP, target, "namespace does not exist")
                 } else {
-                    from_io(OP, target, &e)
+                    from_io(OP, target, e)
                 });
             }
         };
@@ -117,7 +117,7 @@ impl ConnectionCache {
             .await
             .map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => Error::transient(OP, target, "namespace does not exist"),
-                _ => from_io(OP, target, &e),
+                _ => from_io(OP, target, e),
             })?;
         let (connection, handle) = result;
         let mut entries = self.lock();

@@ -110,15 +110,15 @@ pub fn io_kind(err: &io::Error) -> ErrorKind {
 }
 
 pub fn from_netlink(op: impl fmt::Display, target: Target<'_>, err: &rtnetlink::Error) -> Error {
-    let message = match netlink_errno(err) {
-        Some(errno) => format!("{} ({})", errno.desc(), errno),
-        None => err.to_string(),
-    };
-    Error::new(netlink_kind(err), op, target, message)
+    let kind = netlink_kind(err);
+    match netlink_errno(err) {
+        Some(errno) => Error::new(kind, op, target, errno),
+        None => Error::new(kind, op, target, err.to_string()),
+    }
 }
 
-pub fn from_io(op: impl fmt::Display, target: Target<'_>, err: &io::Error) -> Error {
-    Error::new(io_kind(err), op, target, err)
+pub fn from_io(op: impl fmt::Display, target: Target<'_>, err: io::Error) -> Error {
+    Error::new(io_kind(&err), op, target, err)
 }
 
 /// The device does not exist (yet): transient, the L3 agent may still be plugging it.

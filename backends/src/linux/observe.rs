@@ -20,7 +20,7 @@ impl LinuxNet {
     ) -> Result<Option<LinkState>, Error> {
         if let Err(e) = netns.id() {
             if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(from_io("observe link", Target::dev(netns.name(), device), &e));
+                return Err(from_io("observe link", Target::dev(netns.name(), device), e));
             }
             self.cache.forget(netns);
             if self.note_missing(netns, true) {

@@ -37,29 +37,54 @@ pub fn ipv6_conf_path(device: &str, key: &str) -> Result<PathBuf, String> {
     Ok(Path::new("/proc/sys/net/ipv6/conf").join(device).join(key))
 }
 
-/// A failure inside the namespace thread, classified there while the errno is at hand.
-#[derive(Debug)]
-struct ProcError {
-    kind: ErrorKind,
-    message: String,
+/// A failure inside the namespace thread, with the path and the error as they came.
+#[derive(Debug, thiserror::Error)]
+enum ProcError {
+    /// The conf directory exists exactly while the device does.
+    #[error("{}: no such device", .path.display())]
+    NoDevice {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: unexpected value {text:?}: {source}", .path.display())]
+    Value {
+        path: PathBuf,
+        text: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
 }
 
 impl ProcError {
-    fn io(path: &Path, err: &io::Error) -> Self {
-        // The conf directory exists exactly while the device does.
-        let message = match err.kind() {
-            io::ErrorKind::NotFound => format!("{}: no such device", path.display()),
-            _ => format!("{}: {err}", path.display()),
-        };
-        ProcError { kind: io_kind(err), message }
+    fn io(path: &Path, source: io::Error) -> Self {
+        let path = path.to_path_buf();
+        match source.kind() {
+            io::ErrorKind::NotFound => ProcError::NoDevice { path, source },
+            _ => ProcError::Io { path, source },
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ProcError::NoDevice { source, .. } | ProcError::Io { source, .. } => io_kind(source),
+            ProcError::Value { .. } => ErrorKind::Permanent,
+        }
     }
 }
 
 fn read_value(path: &Path) -> Result<u32, ProcError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ProcError::io(path, &e))?;
-    text.trim().parse().map_err(|e| ProcError {
-        kind: ErrorKind::Permanent,
-        message: format!("{}: unexpected value {:?}: {e}", path.display(), text.trim()),
+    let text = std::fs::read_to_string(path).map_err(|e| ProcError::io(path, e))?;
+    text.trim().parse().map_err(|source| ProcError::Value {
+        path: path.to_path_buf(),
+        text: text.trim().to_string(),
+        source,
     })
 }
 
@@ -68,7 +93,7 @@ fn write_if_different(path: &Path, value: u32) -> Result<bool, ProcError> {
     if read_value(path)? == value {
         return Ok(false);
     }
-    std::fs::write(path, format!("{value}\n")).map_err(|e| ProcError::io(path, &e))?;
+    std::fs::write(path, format!("{value}\n")).map_err(|e| ProcError::io(path, e))?;
     Ok(true)
 }
 
@@ -92,11 +117,11 @@ impl LinuxNet {
     {
         match netns.run(move || Ok(work())).await {
             Ok((Ok(value), _)) => Ok(value),
-            Ok((Err(e), _)) => Err(Error::new(e.kind, op, target, e.message)),
+            Ok((Err(e), _)) => Err(Error::new(e.kind(), op, target, e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(Error::transient(op, target, "namespace does not exist"))
             }
-            Err(e) => Err(from_io(op, target, &e)),
+            Err(e) => Err(from_io(op, target, e)),
         }
     }
 
@@ -190,9 +215,15 @@ mod tests {
     fn missing_file_is_transient_garbage_is_permanent() {
         let dir = tempfile::tempdir().unwrap();
         let missing = read_value(&dir.path().join("nope")).unwrap_err();
-        assert_eq!(missing.kind, ErrorKind::Transient);
+        assert_eq!(missing.kind(), ErrorKind::Transient);
+        assert!(missing.to_string().ends_with("nope: no such device"), "{missing}");
+        // The cause is kept as it came, for the chain in a log.
+        let source = std::error::Error::source(&missing).unwrap();
+        assert_eq!(source.downcast_ref::<io::Error>().unwrap().kind(), io::ErrorKind::NotFound);
         let path = dir.path().join("garbage");
         std::fs::write(&path, "yes\n").unwrap();
-        assert_eq!(read_value(&path).unwrap_err().kind, ErrorKind::Permanent);
+        let garbage = read_value(&path).unwrap_err();
+        assert_eq!(garbage.kind(), ErrorKind::Permanent);
+        assert!(garbage.to_string().contains(r#"unexpected value "yes""#), "{garbage}");
     }
 }

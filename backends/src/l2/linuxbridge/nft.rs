@@ -366,12 +366,12 @@ mod tests {
     fn failures_are_classified_with_hints() {
         let e = NftFailure::Missing.into_error("hold", table_target());
         assert!(!e.is_transient());
-        assert!(e.message.contains("install nftables"), "{}", e.message);
+        assert!(e.to_string().contains("install nftables"), "{e}");
         assert_eq!(e.target, "nft bridge table hagw");
         let e = NftFailure::Failed("Could not process rule: Operation not supported".into())
             .into_error("hold", table_target());
         assert!(!e.is_transient());
-        assert!(e.message.contains("CONFIG_NF_TABLES_BRIDGE"));
+        assert!(e.to_string().contains("CONFIG_NF_TABLES_BRIDGE"), "{e}");
         let e = NftFailure::Failed("Operation not permitted (you must be root)".into())
             .into_error("hold", table_target());
         assert!(!e.is_transient());

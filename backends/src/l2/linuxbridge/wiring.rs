@@ -82,7 +82,7 @@ impl OwnNetlink {
         // Tokio's worker threads never change namespace, so the socket opened here is in
         // the process's namespace.
         let (conn, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| from_io("open netlink connection", own_target(), &e))?;
+            .map_err(|e| from_io("open netlink connection", own_target(), e))?;
         tokio::spawn(conn.instrument(info_span!("netlink", netns = "own")));
         *slot = Some(handle.clone());
         Ok(handle)
