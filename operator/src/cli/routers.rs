@@ -1,5 +1,5 @@
-//! Where the one-shot commands (`plan`, `release`) take their routers from: a routers file,
-//! or Neutron's files on this node, read once as `hagw run --neutron` reads them.
+//! Where `run`, `plan` and `release` take their routers from: a routers file, or Neutron's
+//! files on this node (followed by `run`, read once by the one-shot commands).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,8 +17,9 @@ pub struct RoutersArg {
     /// Router configuration file (YAML) [default: /etc/hagw/routers.yaml].
     #[arg(short, long, env = "HAGW_CONFIG", conflicts_with = "neutron")]
     pub config: Option<PathBuf>,
-    /// Take the routers from this Neutron state path instead
-    /// (`<path>/ha_confs/*/keepalived.conf`), as `hagw run --neutron` finds them.
+    /// Take the routers from this Neutron state path (`<path>/ha_confs/*/keepalived.conf`)
+    /// instead of a file: `run` follows them as Neutron changes them, `plan` and `release`
+    /// read them once.
     #[arg(long, env = "HAGW_NEUTRON", value_name = "STATE_PATH")]
     pub neutron: Option<PathBuf>,
     #[command(flatten)]
@@ -38,12 +39,20 @@ impl RoutersArg {
         }
     }
 
+    /// The routers file, unless the routers come from Neutron.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        match self.neutron {
+            Some(_) => None,
+            None => Some(self.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into())),
+        }
+    }
+
     /// Loads the routers, printing the error and returning the exit code if there are none
     /// to load: an invalid file, or a state path without `ha_confs`. A Neutron router that
     /// cannot be read is reported and left out, as the agent does.
     pub fn load(&self) -> Result<Config, ExitCode> {
         let Some(state_path) = &self.neutron else {
-            let path = self.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
+            let path = self.config_file().unwrap_or_else(|| DEFAULT_CONFIG.into());
             return config::load(&path).map_err(|e| {
                 eprintln!("hagw: invalid configuration: {e}");
                 ExitCode::from(EXIT_INVALID_INPUT)

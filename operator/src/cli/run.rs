@@ -6,33 +6,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use hagw_core::config::{self, Config, DEFAULT_OVSDB};
+use hagw_core::config::Config;
 use hagw_core::supervisor::WorkerConfig;
 
-use super::EXIT_INVALID_INPUT;
 use super::listen::{Listen, ListenArgs};
-use super::neutron::NeutronArgs;
+use super::routers::RoutersArg;
 use crate::agent::{Agent, NeutronSource};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Router configuration file (YAML).
-    #[arg(
-        short,
-        long,
-        env = "HAGW_CONFIG",
-        required_unless_present = "neutron",
-        conflicts_with = "neutron"
-    )]
-    pub config: Option<PathBuf>,
-    /// Discover routers from this Neutron state path (`<path>/ha_confs/*/keepalived.conf`).
-    #[arg(long, env = "HAGW_NEUTRON", value_name = "STATE_PATH")]
-    pub neutron: Option<PathBuf>,
     #[command(flatten)]
-    pub routers: NeutronArgs,
-    /// With --neutron: the OVSDB endpoint.
-    #[arg(long, env = "HAGW_OVSDB", default_value = DEFAULT_OVSDB)]
-    pub ovsdb: String,
+    pub routers: RoutersArg,
     /// Seconds between full re-observations of every router, even without events.
     #[arg(long, env = "HAGW_RESYNC", default_value_t = 60)]
     pub resync: u64,
@@ -49,20 +33,16 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> ExitCode {
     let worker =
         WorkerConfig { resync: Duration::from_secs(args.resync.max(1)), ..WorkerConfig::default() };
-    let (config, neutron) = match (&args.config, &args.neutron) {
-        (Some(path), _) => match config::load(path) {
-            Ok(c) => (c, None),
-            Err(e) => {
-                eprintln!("hagw: invalid configuration: {e}");
-                return ExitCode::from(EXIT_INVALID_INPUT);
-            }
+    let (config, neutron) = match &args.routers.neutron {
+        None => match args.routers.load() {
+            Ok(config) => (config, None),
+            Err(code) => return code,
         },
-        (None, Some(state_path)) => {
-            let config = Config { ovsdb: args.ovsdb.clone(), routers: Vec::new() };
-            let source = NeutronSource::at(state_path.clone(), args.routers.defaults());
-            (config, Some(source))
+        Some(state_path) => {
+            let config = Config { ovsdb: args.routers.ovsdb.clone(), routers: Vec::new() };
+            let defaults = args.routers.discovered.defaults();
+            (config, Some(NeutronSource::at(state_path.clone(), defaults)))
         }
-        (None, None) => unreachable!("clap requires one source"),
     };
     let dataplane = super::dataplane(&config);
     let result = async {
@@ -96,7 +76,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             None => agent.set_routers(config.routers).await,
         }
         observer.set_sources_ready();
-        agent.run(inputs, args.config.as_deref()).await
+        agent.run(inputs, args.routers.config_file().as_deref()).await
     }
     .await;
     match result {
