@@ -70,3 +70,54 @@ impl RoutersArg {
         Ok(Config { ovsdb: self.ovsdb.clone(), routers })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        routers: RoutersArg,
+    }
+
+    fn parse(args: &[&str]) -> Result<RoutersArg, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hagw").chain(args.iter().copied())).map(|c| c.routers)
+    }
+
+    #[test]
+    fn a_routers_file_is_the_default() {
+        let routers = parse(&[]).unwrap();
+        assert_eq!(routers.config_file(), Some(PathBuf::from(DEFAULT_CONFIG)));
+        assert_eq!(routers.origin(), DEFAULT_CONFIG);
+        let routers = parse(&["-c", "r.yaml"]).unwrap();
+        assert_eq!(routers.config_file(), Some(PathBuf::from("r.yaml")));
+    }
+
+    #[test]
+    fn neutron_replaces_the_file_and_excludes_it() {
+        let routers = parse(&["--neutron", "/var/lib/neutron", "--strategy", "link-down"]).unwrap();
+        assert_eq!(routers.config_file(), None);
+        assert_eq!(routers.origin(), "/var/lib/neutron (Neutron)");
+        let both = parse(&["--neutron", "/var/lib/neutron", "-c", "r.yaml"]).unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn an_invalid_file_is_invalid_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routers.yaml");
+        std::fs::write(&path, "routers: [{id: r1}]\n").unwrap();
+        let routers = parse(&["-c", path.to_str().unwrap()]).unwrap();
+        assert_eq!(routers.load().unwrap_err(), ExitCode::from(EXIT_INVALID_INPUT));
+    }
+
+    #[test]
+    fn a_state_path_without_ha_confs_is_invalid_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let routers = parse(&["--neutron", dir.path().to_str().unwrap()]).unwrap();
+        assert_eq!(routers.load().unwrap_err(), ExitCode::from(EXIT_INVALID_INPUT));
+    }
+}
