@@ -2,19 +2,20 @@
 //! namespace and a peer namespace joined by a veth pair, a packet capture in the peer, and
 //! the peer kernel's neighbour table as the judge of whether the frames are valid.
 //!
-//! Namespaces are named `hagwa-<pid>-<n>` and deleted on drop, also when a test panics, so
-//! the tests run in parallel with each other and with other test binaries.
+//! Namespaces come from `linux_support` (unique per process and test, deleted on drop, also
+//! when a test panics), so the tests run in parallel with each other and with other binaries.
+
+mod linux_support;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hagw_backends::announce::{announce, announce_present};
 use hagw_backends::linux::LinuxNet;
 use hagw_backends::netns::Netns;
 use hagw_core::model::AnnounceSchedule;
+use linux_support::{TempNetns, can_run, ip};
 use nix::errno::Errno;
 use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, socket};
 use tokio::io::Interest;
@@ -28,67 +29,6 @@ const ROUTER_MAC_TEXT: &str = "02:5a:00:aa:bb:01";
 /// the kernel accepted the announcement (including its checksum and override flag).
 const STALE_MAC_TEXT: &str = "02:00:00:00:00:99";
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned));
-    let root = euid.as_deref() == Some("0");
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
-}
-
-/// Runs a command and panics with its stderr if it fails.
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().expect("spawn command");
-    assert!(
-        out.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A throw-away named namespace, deleted on drop.
-struct TempNetns {
-    name: String,
-}
-
-impl TempNetns {
-    fn new() -> Self {
-        let name = format!("hagwa-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        run("ip", &["netns", "add", &name]);
-        TempNetns { name }
-    }
-
-    fn netns(&self) -> Netns {
-        Netns::named(&self.name)
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    fn sysctl(&self, setting: &str) {
-        run("ip", &["netns", "exec", &self.name, "sysctl", "-q", "-w", setting]);
-    }
-}
-
-impl Drop for TempNetns {
-    fn drop(&mut self) {
-        // Best effort: a failure here must not turn a passing test into a double panic.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
-}
-
 /// A router namespace whose gateway device is wired to a peer namespace.
 struct Pair {
     router: TempNetns,
@@ -101,7 +41,7 @@ impl Pair {
     /// gratuitous ARP creates a neighbour entry, and stale IPv6 neighbour entries pointing
     /// elsewhere, which only a valid override NA can move to the router's MAC.
     fn new() -> Self {
-        let pair = Pair { router: TempNetns::new(), peer: TempNetns::new() };
+        let pair = Pair { router: TempNetns::new("a"), peer: TempNetns::new("a") };
         pair.router.ip(&[
             "link",
             "add",
@@ -288,7 +228,7 @@ fn assert_schedule(what: &str, times: &[Instant], schedule: AnnounceSchedule) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn announces_every_address_on_schedule_and_neighbours_learn_the_mac() {
-    if !is_root() {
+    if !can_run() {
         return;
     }
     let pair = Pair::new();
@@ -327,7 +267,7 @@ async fn announces_every_address_on_schedule_and_neighbours_learn_the_mac() {
 /// meanwhile (a floating IP Neutron removed) is not announced again, the others are.
 #[tokio::test]
 async fn an_address_removed_meanwhile_is_not_announced_again() {
-    if !is_root() {
+    if !can_run() {
         return;
     }
     let pair = Pair::new();
@@ -362,7 +302,7 @@ async fn an_address_removed_meanwhile_is_not_announced_again() {
 /// is at each round, read from the link message (keepalived reads it for every frame).
 #[tokio::test]
 async fn the_router_flag_follows_forwarding_round_by_round() {
-    if !is_root() {
+    if !can_run() {
         return;
     }
     let pair = Pair::new();
@@ -390,7 +330,7 @@ async fn the_router_flag_follows_forwarding_round_by_round() {
 
 #[tokio::test]
 async fn no_repeats_sends_one_round() {
-    if !is_root() {
+    if !can_run() {
         return;
     }
     let pair = Pair::new();
@@ -408,12 +348,12 @@ async fn no_repeats_sends_one_round() {
 /// pool, since the kernel makes a packet socket's close wait for an RCU grace period).
 #[tokio::test]
 async fn the_packet_socket_is_closed_after_the_last_round() {
-    if !is_root() {
+    if !can_run() {
         return;
     }
     let pair = Pair::new();
     let packet_sockets = || {
-        let table = run("ip", &["netns", "exec", &pair.router.name, "cat", "/proc/net/packet"]);
+        let table = ip(&["netns", "exec", &pair.router.name, "cat", "/proc/net/packet"]);
         table.lines().skip(1).count()
     };
     let schedule = AnnounceSchedule { repeats: 1, interval_ms: 50 };
@@ -429,10 +369,10 @@ async fn the_packet_socket_is_closed_after_the_last_round() {
 
 #[tokio::test]
 async fn missing_device_is_transient() {
-    if !is_root() {
+    if !can_run() {
         return;
     }
-    let ns = TempNetns::new();
+    let ns = TempNetns::new("a");
     let err = announce(
         &ns.netns(),
         "nodev0",
@@ -448,7 +388,7 @@ async fn missing_device_is_transient() {
 
 #[tokio::test]
 async fn missing_namespace_is_transient() {
-    if !is_root() {
+    if !can_run() {
         return;
     }
     let name = format!("hagwa-{}-gone", std::process::id());
@@ -465,7 +405,7 @@ async fn missing_namespace_is_transient() {
 
 #[tokio::test]
 async fn device_down_is_transient() {
-    if !is_root() {
+    if !can_run() {
         return;
     }
     let pair = Pair::new();
@@ -484,10 +424,10 @@ async fn device_down_is_transient() {
 
 #[tokio::test]
 async fn non_ethernet_device_is_permanent() {
-    if !is_root() {
+    if !can_run() {
         return;
     }
-    let ns = TempNetns::new();
+    let ns = TempNetns::new("a");
     let err =
         announce(&ns.netns(), "lo", &["127.0.0.2".parse().unwrap()], AnnounceSchedule::default())
             .await;

@@ -72,6 +72,11 @@ impl TempNetns {
         ip(&all)
     }
 
+    /// `sysctl -w SETTING` inside the namespace; panics if it fails.
+    pub fn sysctl(&self, setting: &str) {
+        ip(&["netns", "exec", &self.name, "sysctl", "-q", "-w", setting]);
+    }
+
     /// Runs a command inside the namespace and returns whether it succeeded.
     pub fn exec(&self, cmd: &[&str]) -> bool {
         Command::new("ip")
