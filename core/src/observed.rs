@@ -166,4 +166,9 @@ pub struct Observed {
     /// them, and so never brings back what Neutron removed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub retired_addresses: Vec<IpNet>,
+    /// The spec is not confirmed by its source yet (a discovered router cached from before a
+    /// restart, until Neutron's files are read again) and may be stale: only a standby's
+    /// exposure is closed, nothing is released, added or announced from it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hold_only: bool,
 }

@@ -57,7 +57,9 @@ pub fn plan(spec: &RouterSpec, role: Role, observed: &Observed) -> Plan {
         plan: Plan::default(),
         failed: &observed.failed_steps,
     };
-    if role.is_standby() {
+    if observed.hold_only {
+        builder.hold_only(role);
+    } else if role.is_standby() {
         builder.standby(spec, observed);
     } else {
         builder.primary(spec, observed);
@@ -154,6 +156,29 @@ impl PlanBuilder<'_> {
             } else {
                 self.wait(settling);
             }
+        }
+    }
+
+    /// A spec that may be stale ([`Observed::hold_only`]): of it only the port's name is
+    /// trusted. A standby's exposure is closed as [`PlanBuilder::standby`] closes it first
+    /// (held whenever there is something to hold, else link down), and nothing else is done:
+    /// no release, no link up, no address or sysctl touched, nothing announced. A primary is
+    /// left as it is: neither held nor served until the spec is confirmed.
+    fn hold_only(&mut self, role: Role) {
+        if !role.is_standby() {
+            return;
+        }
+        let can_hold = self.state.l2.hold != HoldState::Unsupported;
+        let nothing_to_hold = self.state.link.is_none() && self.state.l2.hold == HoldState::Unknown;
+        if can_hold && !nothing_to_hold {
+            if self.state.l2.hold != HoldState::Held {
+                self.push(Action::HoldL2);
+            }
+        } else if self.state.is_exposed() {
+            self.push(Action::SetLinkDown);
+        }
+        if self.state.link.is_none() {
+            self.wait(Wait::DeviceMissing);
         }
     }
 

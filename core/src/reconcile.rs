@@ -34,6 +34,7 @@ pub struct RouterMemory {
     announce_pending: bool,
     last_role: Option<Role>,
     retired: Vec<IpNet>,
+    hold_only: bool,
 }
 
 impl RouterMemory {
@@ -41,6 +42,11 @@ impl RouterMemory {
     /// has not ([`Observed::retired_addresses`]).
     pub fn retiring(retired: Vec<IpNet>) -> RouterMemory {
         RouterMemory { retired, ..RouterMemory::default() }
+    }
+
+    /// For a router whose spec its source has not confirmed yet ([`Observed::hold_only`]).
+    pub fn hold_only() -> RouterMemory {
+        RouterMemory { hold_only: true, ..RouterMemory::default() }
     }
 
     /// Combines a fresh observation with what was remembered, at time `now`.
@@ -62,6 +68,7 @@ impl RouterMemory {
             announce_pending: self.announce_pending,
             failed_steps: Vec::new(),
             retired_addresses: self.retired.clone(),
+            hold_only: self.hold_only,
         }
     }
 

@@ -231,3 +231,30 @@ fn a_primary_deletes_retired_addresses_and_never_announces_them() {
     assert!(!addresses.contains(&removed.addr()), "{addresses:?}");
     assert_eq!(addresses.len(), 3);
 }
+
+/// A router cached from before a restart and not confirmed by Neutron yet: a standby's port
+/// arriving as the L3 agent plugs it is held and nothing else is touched; a primary's, or a
+/// held one whose silence has long settled, is left alone (no release, address or announce).
+#[test]
+fn a_hold_only_spec_holds_a_standby_and_touches_nothing_else() {
+    let hold_only = |port, silent_ms, pending| {
+        let mut o = observed(port, silent_ms, pending);
+        o.hold_only = true;
+        o
+    };
+    let l2 = spec(Strategy::SilenceOnly, ovs());
+    let arrived = plan(&l2, Role::Unknown, &hold_only(noisy_port(HoldState::Released), 0, false));
+    assert_eq!(kinds(&arrived.actions), ["hold-l2"]);
+    let settled = plan(&l2, Role::Standby, &hold_only(quiet_held_port(), 60_000, false));
+    assert!(settled.is_converged(), "{:?}", settled.actions);
+    let mut gone = noisy_port(HoldState::Unknown);
+    gone.link = None;
+    let missing = plan(&l2, Role::Standby, &hold_only(gone, 0, false));
+    assert_eq!((missing.actions.len(), missing.wait), (0, Some(Wait::DeviceMissing)));
+    let primary = plan(&l2, Role::Primary, &hold_only(quiet_held_port(), 0, true));
+    assert!(primary.is_converged(), "{:?}", primary.actions);
+
+    let down = spec(Strategy::LinkDown, generic());
+    let p = plan(&down, Role::Standby, &hold_only(noisy_port(HoldState::Unsupported), 0, false));
+    assert_eq!(p.actions, [Action::SetLinkDown]);
+}

@@ -116,6 +116,7 @@ fn arb_case(
                     announce_pending: pending,
                     failed_steps: Vec::new(),
                     retired_addresses: Vec::new(),
+                    hold_only: false,
                 },
             )
         })
@@ -144,6 +145,7 @@ fn step(observed: &Observed, actions: &[Action]) -> (Vec<PortState>, Observed) {
         announce_pending: pending,
         failed_steps: Vec::new(),
         retired_addresses: Vec::new(),
+        hold_only: observed.hold_only,
     };
     (states, next)
 }
@@ -201,6 +203,27 @@ proptest! {
         let settling = matches!(last.wait, Some(Wait::SilenceSettling { .. }));
         prop_assert!(!settling);
         check_resting_state(&spec, role, &rest, last.wait)?;
+    }
+
+    /// A spec that may be stale (hold-only) only ever closes a standby's exposure and leaves
+    /// a primary as it is; one plan reaches a state it leaves alone.
+    #[test]
+    fn hold_only_closes_exposure_and_nothing_else(
+        (spec, role, observed) in arb_case(vec![Role::Primary, Role::Standby, Role::Unknown])
+    ) {
+        let observed = Observed { hold_only: true, ..observed };
+        let p = plan(&spec, role, &observed);
+        prop_assert!(p.actions.iter().all(is_guard), "{:?}", p.actions);
+        if !role.is_standby() {
+            prop_assert!(p.actions.is_empty(), "{:?}", p.actions);
+        }
+        let (states, after) = step(&observed, &p.actions);
+        if role.is_standby() {
+            let last = states.last().unwrap_or(&observed.port);
+            prop_assert!(!last.is_exposed(), "still exposed after {:?}", p.actions);
+        }
+        let again = plan(&spec, role, &after);
+        prop_assert!(again.is_converged(), "{:?} then {:?}", p.actions, again.actions);
     }
 }
 

@@ -303,6 +303,13 @@ pub struct Release<'a> {
 }
 
 impl Release<'_> {
+    /// This node's entry in the status of the object the agent published for the discovered
+    /// router `id` (in the release's namespace).
+    pub fn entry(&self, id: &str) -> Result<Option<Value>> {
+        let object = self.node.get("harouter", id, &self.namespace)?;
+        Ok(crate::k8s::node_entry(&object, &self.node.name))
+    }
+
     /// The release's one live pod, as the API server has it.
     pub fn pod(&self) -> Result<Value> {
         let pods: Value = serde_json::from_str(&self.node.kubectl(&[
@@ -428,19 +435,9 @@ impl Node {
         let config = std::fs::read_to_string(&served.config)?;
         let (_, routers) = config.split_once("routers:\n").context("a routers list")?;
         let router = routers.replacen("  - ", "    ", 1);
-        let mut all_sets = vec![
-            format!("neutronStatePath={}", served.ha_confs.display()),
-            "hostPID=true".into(),
-            format!("stateDir={}", lab.lab().dir.path().join(format!("hagw-state{i}")).display()),
-        ];
-        match lab.ovs_dir(i) {
-            Some(dir) => all_sets.extend([
-                "backend=ovs".into(),
-                format!("ovsdb=unix:{}", dir.join("db.sock").display()),
-                format!("ovsRunDir={}", dir.display()),
-            ]),
-            None => all_sets.push("backend=linuxbridge".into()),
-        }
+        let mut all_sets =
+            vec![format!("neutronStatePath={}", served.ha_confs.display()), "hostPID=true".into()];
+        all_sets.extend(lab_node_sets(lab, i));
         all_sets.extend(sets.iter().cloned());
         let release = self.install(&lab.lab().id, &all_sets, &[])?;
         let harouter = self.harouter(&format!("lab-{}", lab.lab().id), &router)?;
@@ -449,6 +446,41 @@ impl Node {
         })?;
         Ok((release, harouter))
     }
+
+    /// Serves node `i` of a keepalived lab prepared with its router discoverable
+    /// (`KaLab::prepare_discoverable`, booted) by the chart's pod with Neutron discovery as the
+    /// chart has it by default (`neutron.root: process`): no HARouter, nothing HA under the
+    /// host path the chart mounts, the router found through its stand-in L3 agent's root.
+    /// Returns once the router's published object shows it standby and held.
+    pub fn discover_lab_node(&self, lab: &KaLab, i: usize, sets: &[String]) -> Result<Release<'_>> {
+        let host_state = lab.lab().dir.path().join("host-var-lib-neutron");
+        std::fs::create_dir_all(&host_state)?;
+        let mut all_sets = vec![format!("neutronStatePath={}", host_state.display())];
+        all_sets.extend(lab_node_sets(lab, i));
+        all_sets.extend(sets.iter().cloned());
+        let release = self.install(&lab.lab().id, &all_sets, &[])?;
+        let router = &lab.nodes[i].router_id;
+        crate::k8s::wait_for("the pod to discover the router", Duration::from_secs(60), || {
+            Ok(release.entry(router)?.filter(|e| e["role"] == "standby" && e["held"] == true))
+        })?;
+        Ok(release)
+    }
+}
+
+/// The chart's values for the pod serving node `i` of a keepalived lab: its state directory,
+/// and its OVS (or else its Linux bridge) backend.
+fn lab_node_sets(lab: &KaLab, i: usize) -> Vec<String> {
+    let state = lab.lab().dir.path().join(format!("hagw-state{i}"));
+    let mut sets = vec![format!("stateDir={}", state.display())];
+    match lab.ovs_dir(i) {
+        Some(dir) => sets.extend([
+            "backend=ovs".into(),
+            format!("ovsdb=unix:{}", dir.join("db.sock").display()),
+            format!("ovsRunDir={}", dir.display()),
+        ]),
+        None => sets.push("backend=linuxbridge".into()),
+    }
+    sets
 }
 
 /// Node 2 of `lab` (prepared without a host agent there) served only by the pod on

@@ -4,7 +4,10 @@
 //! (stand-ins) start again with Neutron's agents before, together with and after hagw's pod.
 //! Neutron's agents wait for hagw's ready file, as docs/kubernetes.md ("Node reboot") tells an
 //! operator to configure them; no frame from the rebooted standby may reach the ToR in any
-//! order, and it must still take over afterwards.
+//! order, and it must still take over afterwards. Two kinds of router: an HARouter's, and one
+//! the pod discovers with the chart's default Neutron discovery (`neutron.root: process`:
+//! through the root of the L3 agent's process, a stand-in for kolla-ansible's container,
+//! which after the power loss runs only once Neutron's agents start).
 //!
 //! Knobs: `HAGW_REBOOT_ORDERS=before,together,after` (the default: all three) picks the
 //! orders; `HAGW_REBOOT_GATE=0` starts Neutron's agents without waiting for the ready file (the
@@ -16,8 +19,9 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use hagw_e2e::k8s::wait_for;
 use hagw_e2e::keepalived::{KaLab, Rng, Wiring};
-use hagw_e2e::node::node;
+use hagw_e2e::node::{Node, Release, node};
 use hagw_e2e::reboot::{ORDERS, Order, reboot};
+use serde_json::Value;
 
 fn orders() -> Result<Vec<Order>> {
     match std::env::var("HAGW_REBOOT_ORDERS") {
@@ -26,24 +30,64 @@ fn orders() -> Result<Vec<Order>> {
     }
 }
 
+/// Both tests install the chart, whose pod would discover the other's router too: one at a
+/// time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn a_node_reboot_leaks_nothing_whichever_starts_first() -> Result<()> {
-    let gated = std::env::var("HAGW_REBOOT_GATE").map_or(true, |v| v != "0");
-    let orders = orders()?;
+    let _serial = serial();
     let node = node();
     let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
-    // The test's own /run/hagw (a host path the chart mounts).
-    let ready = lab.lab().dir.path().join("run-hagw/ready");
+    let ready = ready_file(&lab);
     let sets = [format!("readyFile={}", ready.display())];
     let (release, harouter) = node.serve_lab_node(&lab, 1, &sets)?;
     lab.boot()?;
+    let entry = || node.entry(&harouter.name);
+    reboots(node, &release, &mut lab, entry)
+}
+
+/// The same with a router discovered from Neutron's files (no HARouter), with the chart's
+/// default discovery settings.
+#[test]
+fn a_node_reboot_leaks_nothing_for_discovered_routers_whichever_starts_first() -> Result<()> {
+    let _serial = serial();
+    let node = node();
+    let mut lab = KaLab::prepare_discoverable([true, false])?;
+    lab.boot()?;
+    let ready = ready_file(&lab);
+    let sets = [format!("readyFile={}", ready.display())];
+    let release = node.discover_lab_node(&lab, 1, &sets)?;
+    let id = lab.nodes[1].router_id.clone();
+    let entry = || release.entry(&id);
+    reboots(node, &release, &mut lab, entry)
+}
+
+/// The test's own /run/hagw/ready (a host path the chart mounts).
+fn ready_file(lab: &KaLab) -> std::path::PathBuf {
+    lab.lab().dir.path().join("run-hagw/ready")
+}
+
+/// Reboots node 2 (served by `release`'s pod, its router standby) once per order, counts what
+/// it leaked each time, then crashes node 1's keepalived: node 2 must take over and forward,
+/// and `entry` (its status entry) say so.
+fn reboots(
+    node: &Node,
+    release: &Release,
+    lab: &mut KaLab,
+    entry: impl Fn() -> Result<Option<Value>>,
+) -> Result<()> {
+    let gated = std::env::var("HAGW_REBOOT_GATE").map_or(true, |v| v != "0");
+    let ready = ready_file(lab);
     let mut rng = Rng::seeded();
     println!("HAGW_SEED={}", rng.0);
-
     let mut leaked = Vec::new();
-    for order in orders {
+    for order in orders()? {
         let from = lab.elapsed();
-        reboot(node, &release, &mut lab, 1, order, (&ready, gated), &mut rng)?;
+        reboot(node, release, lab, 1, order, (&ready, gated), &mut rng)?;
         // Three MLD queries with everything up again: a standby that answers them leaks
         // each time.
         std::thread::sleep(Duration::from_secs(7));
@@ -75,8 +119,7 @@ fn a_node_reboot_leaks_nothing_whichever_starts_first() -> Result<()> {
     })?;
     lab.check_traffic(1)?;
     wait_for("the takeover reported", Duration::from_secs(20), || {
-        let entry = node.entry(&harouter.name)?;
-        Ok(entry.filter(|e| e["role"] == "primary" && e["held"] == false).map(drop))
+        Ok(entry()?.filter(|e| e["role"] == "primary" && e["held"] == false).map(drop))
     })?;
     let judged = |order: &Order| gated || *order == Order::After;
     ensure!(

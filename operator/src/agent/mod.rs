@@ -25,7 +25,7 @@ mod exits;
 mod neutron;
 mod watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ use tracing::{info, info_span, warn};
 
 use self::exits::ExitWatches;
 use self::neutron::Following;
-pub use self::neutron::{NeutronSource, RESCAN as NEUTRON_RESCAN};
+pub use self::neutron::{NeutronSource, QUICK_RESCAN, RESCAN as NEUTRON_RESCAN};
 use self::watch::{DirEvent, DirWatcher};
 use crate::observe::{HEARTBEAT, Observer};
 use crate::roles::RoleReader;
@@ -52,6 +52,8 @@ use crate::roles::RoleReader;
 /// One router the agent manages.
 struct Managed {
     spec: RouterSpec,
+    /// Enforced hold-only: its spec may be stale ([`Agent::set_routers_hold_only`]).
+    hold_only: bool,
     handle: RouterHandle,
     task: JoinHandle<()>,
 }
@@ -122,13 +124,25 @@ impl Agent {
     /// Makes the managed set equal to `specs`: new routers get a worker, removed ones lose
     /// theirs, changed specs restart theirs.
     pub async fn set_routers(&mut self, specs: Vec<RouterSpec>) {
+        self.set_routers_hold_only(specs, &BTreeSet::new()).await;
+    }
+
+    /// [`Agent::set_routers`], the routers in `hold_only` enforced hold-only: their specs,
+    /// cached from before, may be stale, so their workers only hold a standby's port
+    /// ([`hagw_core::observed::Observed::hold_only`]). A router leaving that set gets a new
+    /// worker, which enforces it fully.
+    pub async fn set_routers_hold_only(
+        &mut self,
+        specs: Vec<RouterSpec>,
+        hold_only: &BTreeSet<String>,
+    ) {
         let wanted: BTreeMap<String, RouterSpec> =
             specs.into_iter().map(|s| (s.id.clone(), s)).collect();
         // The addresses a changed spec no longer lists: its new worker deletes them.
         let mut retired: HashMap<String, Vec<IpNet>> = HashMap::new();
         let (observer, exits) = (&self.observer, &mut self.keepalived_exits);
         self.routers.retain(|id, m| {
-            let keep = wanted.get(id) == Some(&m.spec);
+            let keep = wanted.get(id) == Some(&m.spec) && hold_only.contains(id) == m.hold_only;
             if !keep {
                 info!(router = %id, "router removed or changed");
                 if let Some(new) = wanted.get(id) {
@@ -162,7 +176,11 @@ impl Agent {
             let resolved = self.roles.explain(&spec, None).await;
             let (role, keepalived) = (resolved.role, resolved.keepalived);
             self.keepalived_exits.set(&id, &spec.namespace, keepalived);
-            let memory = RouterMemory::retiring(retired.remove(&id).unwrap_or_default());
+            let hold_only = hold_only.contains(&id);
+            let memory = match hold_only {
+                true => RouterMemory::hold_only(),
+                false => RouterMemory::retiring(retired.remove(&id).unwrap_or_default()),
+            };
             let (handle, task) = spawn_router(
                 Arc::clone(&self.dataplane),
                 spec.clone(),
@@ -173,8 +191,8 @@ impl Agent {
             );
             self.observer.router_started(&spec);
             self.observer.role_inputs(&id, &resolved);
-            info!(router = %id, role = role.as_str(), "managing router");
-            self.routers.insert(id, Managed { spec, handle, task });
+            info!(router = %id, role = role.as_str(), hold_only, "managing router");
+            self.routers.insert(id, Managed { spec, hold_only, handle, task });
         }
         self.update_ovs(None);
     }
@@ -228,6 +246,12 @@ impl Agent {
     /// routers, if where they are read from changed.
     pub fn rescan_neutron(&mut self) -> Option<Vec<RouterSpec>> {
         self.neutron.as_mut()?.rescan(&mut self.watcher)
+    }
+
+    /// Whether the discovered routers come from Neutron's files (a state path was found),
+    /// rather than from no state path found yet.
+    pub fn neutron_read(&self) -> bool {
+        self.neutron.as_ref().is_some_and(Following::found)
     }
 
     /// The routers after a SIGHUP: `config` read again, or Neutron's files rescanned. An

@@ -18,6 +18,10 @@ use super::watch::{DirEvent, DirWatcher};
 /// new pid), and an `ha_confs` directory may appear after hagw started.
 pub const RESCAN: Duration = Duration::from_secs(5);
 
+/// How often while routers cached from before wait for Neutron's files (at a node's boot,
+/// until the L3 agent's process runs): they are enforced hold-only until then.
+pub const QUICK_RESCAN: Duration = Duration::from_millis(500);
+
 /// Routers discovered from a Neutron node's `ha_confs` directories.
 #[derive(Debug, Clone)]
 pub struct NeutronSource {
@@ -99,6 +103,12 @@ impl Following {
         }
         self.located = located;
         changed
+    }
+
+    /// Whether a state path was found: the routers come from Neutron's files (also while
+    /// they are out of sight and kept, [`Following::relocate`]).
+    pub(super) fn found(&self) -> bool {
+        !self.located.state_paths.is_empty()
     }
 
     /// Whether `event` is a router appearing, going or being reconfigured.

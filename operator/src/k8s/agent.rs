@@ -33,12 +33,13 @@ use tracing::{debug, info, warn};
 use super::aggregate::Aggregator;
 use super::cache::SpecCache;
 use super::crd::HARouter;
+use super::discovered::Discovered;
 use super::merge::{Enforced, merge};
 use super::source::{Assigned, NodeView, node_view};
 use super::status::{StatusWriter, Update};
 use super::throttle::{Limit, Throttle};
 use super::{Error, handback, uninstall};
-use crate::agent::{Agent, NEUTRON_RESCAN, NeutronSource};
+use crate::agent::{Agent, NEUTRON_RESCAN, NeutronSource, QUICK_RESCAN};
 use crate::observe::{self, HEARTBEAT};
 use crate::ready::ReadyFile;
 
@@ -102,20 +103,28 @@ pub async fn run(options: Options) -> Result<(), Error> {
         node: node.clone(),
         home: options.namespace.clone(),
         view: NodeView::default(),
-        discovered: Vec::new(),
+        discovered: Discovered::default(),
         managed: HashMap::new(),
         handbacks: HashMap::new(),
         status: status_tx,
-        cache: SpecCache::new(&options.state_dir),
+        cache: SpecCache::harouters(&options.state_dir),
+        discovered_cache: SpecCache::discovered(&options.state_dir),
     };
-    // Discovered routers are read from Neutron's files at every start, never cached: a
-    // cached spec could bring back a floating IP Neutron has removed since.
+    // Discovered routers are read from Neutron's files. Those cached from before wait for
+    // them hold-only (a stale spec could bring back a floating IP Neutron has removed since):
+    // at a node's boot the files are found only once the L3 agent's process runs.
     if let Some(source) = options.neutron.clone() {
-        this.discovered = this.agent.follow_neutron(source);
+        this.discovered = Discovered::cached(this.discovered_cache.load());
+        let found = this.agent.follow_neutron(source);
+        let read = this.agent.neutron_read();
+        this.take_discovered(found, read);
+        if this.discovered.waiting() {
+            info!(node = %node, routers = ?this.discovered.hold_only(), "Neutron's files not found yet: holding the standbys of the routers discovered before, by name, until they are");
+        }
     }
     let cached = this.cache.load();
-    if !cached.is_empty() || !this.discovered.is_empty() {
-        info!(node = %node, cached = cached.len(), discovered = this.discovered.len(), "enforcing cached and discovered specs until the API server answers");
+    if !cached.is_empty() || !this.discovered.routers().is_empty() {
+        info!(node = %node, cached = cached.len(), discovered = this.discovered.routers().len(), "enforcing cached and discovered specs until the API server answers");
         this.set_view(NodeView { assigned: cached, ..NodeView::default() }).await;
         observer.set_sources_ready();
     }
@@ -154,6 +163,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let (mut synced, mut connected) = (false, true);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let mut rescan = tokio::time::interval(NEUTRON_RESCAN);
+    let mut quick = tokio::time::interval(QUICK_RESCAN);
     let mut ready = ReadyFile::new(options.ready_file.clone());
     loop {
         observer.beat();
@@ -161,11 +171,8 @@ pub async fn run(options: Options) -> Result<(), Error> {
         ready.update(&observer);
         tokio::select! {
             _ = heartbeat.tick() => {}
-            _ = rescan.tick() => {
-                if let Some(routers) = this.agent.rescan_neutron() {
-                    this.set_discovered(routers).await;
-                }
-            }
+            _ = rescan.tick() => this.rescan().await,
+            _ = quick.tick(), if this.discovered.waiting() => this.rescan().await,
             item = watch.next() => match item {
                 Some(Ok(event)) => {
                     if !connected {
@@ -195,7 +202,8 @@ pub async fn run(options: Options) -> Result<(), Error> {
             Some(ns) = inputs.netns_changes.recv() => this.agent.namespace_changed(&ns).await,
             Some(event) = inputs.dir_events.recv() => {
                 if let Some(routers) = this.agent.dir_changed(&event).await {
-                    this.set_discovered(routers).await;
+                    let read = this.agent.neutron_read();
+                    this.set_discovered(routers, read).await;
                 }
             }
             Some(event) = inputs.router_events.recv() => this.router_event(event),
@@ -223,13 +231,15 @@ struct NodeAgent {
     home: String,
     /// The routers HARouters assign to this node, and those they cannot.
     view: NodeView,
-    /// The routers discovered from Neutron's files.
-    discovered: Vec<RouterSpec>,
+    /// The routers discovered from Neutron's files, and those cached from before.
+    discovered: Discovered,
     /// Routers enforced now, by router id.
     managed: HashMap<String, Enforced>,
     handbacks: HashMap<String, JoinHandle<()>>,
     status: mpsc::UnboundedSender<Update>,
+    /// The HARouters' routers.
     cache: SpecCache,
+    discovered_cache: SpecCache,
 }
 
 /// How long an uninstall waits for the hand-backs: within the pod's termination grace period
@@ -251,8 +261,10 @@ impl NodeAgent {
         if tokio::time::timeout(HAND_BACK_WITHIN, all).await.is_err() {
             warn!(node = %self.node, "not every port was handed back in time");
         }
-        if let Err(e) = self.cache.store(&[]) {
-            warn!(node = %self.node, error = %e, "cannot clear the spec cache");
+        for cache in [&self.cache, &self.discovered_cache] {
+            if let Err(e) = cache.store::<RouterSpec>(&[]) {
+                warn!(node = %self.node, error = %e, "cannot clear the spec cache");
+            }
         }
     }
 
@@ -267,17 +279,39 @@ impl NodeAgent {
         self.enforce().await;
     }
 
-    /// Takes the routers newly discovered from Neutron's files and enforces.
-    async fn set_discovered(&mut self, routers: Vec<RouterSpec>) {
-        self.discovered = routers;
+    /// Takes the routers newly discovered (`read`: from Neutron's files, not for want of
+    /// them) and enforces.
+    async fn set_discovered(&mut self, routers: Vec<RouterSpec>, read: bool) {
+        self.take_discovered(routers, read);
         self.enforce().await;
+    }
+
+    /// Takes the routers newly discovered, caching them once they come from Neutron's files.
+    fn take_discovered(&mut self, routers: Vec<RouterSpec>, read: bool) {
+        let waited = self.discovered.waiting();
+        if let Some(routers) = self.discovered.update(routers, read) {
+            if waited {
+                info!(node = %self.node, "Neutron's files read: its routers are enforced from them");
+            }
+            if let Err(e) = self.discovered_cache.store(routers) {
+                warn!(node = %self.node, error = %e, "cannot write the discovered routers' cache");
+            }
+        }
+    }
+
+    /// Looks for Neutron's state paths again.
+    async fn rescan(&mut self) {
+        if let Some(routers) = self.agent.rescan_neutron() {
+            let read = self.agent.neutron_read();
+            self.set_discovered(routers, read).await;
+        }
     }
 
     /// Makes the enforced set equal to what [`merge`] makes of the view and the discovered
     /// routers: new and changed routers get (new) workers, routers this node no longer hosts
     /// are handed back, and discovered routers without an object get one.
     async fn enforce(&mut self) {
-        let desired = merge(self.view.clone(), &self.discovered, &self.home);
+        let desired = merge(self.view.clone(), &self.discovered.routers(), &self.home);
         if !desired.publish.is_empty() {
             let _ = self.status.send(Update::Publish(desired.publish));
         }
@@ -325,9 +359,17 @@ impl NodeAgent {
             }
         }
 
-        self.agent.set_routers(wanted.values().map(|e| e.assigned.spec.clone()).collect()).await;
+        // Only discovered routers can be hold-only: an HARouter for the same id wins.
+        let waiting = self.discovered.hold_only();
+        let hold_only = wanted
+            .iter()
+            .filter(|(id, e)| e.discovered && waiting.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let specs = wanted.values().map(|e| e.assigned.spec.clone()).collect();
+        self.agent.set_routers_hold_only(specs, &hold_only).await;
         self.managed = wanted;
-        // Only the HARouters' routers: discovered ones are read again at start-up.
+        // Only the HARouters' routers: discovered ones have a cache of their own.
         let mut routers: Vec<Assigned> =
             self.managed.values().filter(|e| !e.discovered).map(|e| e.assigned.clone()).collect();
         routers.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));

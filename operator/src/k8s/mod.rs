@@ -6,6 +6,7 @@ pub mod agent;
 mod aggregate;
 mod cache;
 pub mod crd;
+mod discovered;
 mod gc;
 pub(crate) mod handback;
 mod merge;

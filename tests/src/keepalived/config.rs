@@ -1,8 +1,6 @@
 //! What each node is configured with: Neutron's keepalived.conf and hagw's routers.yaml.
 
-use super::{
-    ADVERT_INT, Base, FIP, GATEWAY_LLA, HA_DEV, KaLab, PRIMARY_VIP, ROUTER_ID, VRID, Wiring,
-};
+use super::{ADVERT_INT, Base, FIP, GATEWAY_LLA, HA_DEV, KaLab, PRIMARY_VIP, VRID, Wiring};
 use crate::gateway::{EXTERNAL_IP, GATEWAY_CIDR};
 use crate::linuxbridge;
 
@@ -37,7 +35,7 @@ impl KaLab {
         index: usize,
         qrouter: &str,
         qg: &str,
-        ha_confs: &std::path::Path,
+        (router_id, ha_confs): (&str, &std::path::Path),
     ) -> String {
         let (ovsdb, backend, strategy) = match (&self.base, self.wiring) {
             (Base::Ovs(l), _) => {
@@ -62,7 +60,7 @@ impl KaLab {
         let lla = if self.ipv4_only { String::new() } else { format!(", \"{GATEWAY_LLA}\"") };
         format!(
             "{ovsdb}routers:\n\
-             \x20 - id: {ROUTER_ID}\n\
+             \x20 - id: {router_id}\n\
              \x20   namespace: {qrouter}\n\
              \x20   gatewayDevice: {qg}\n\
              \x20   haDevice: {HA_DEV}\n\
@@ -75,8 +73,8 @@ impl KaLab {
              \x20   strategy: {strategy}\n\
              \x20   role: {{stateFile: {state}}}\n\
              \x20   keepalivedPidFile: {pid_file}\n",
-            state = ha_confs.join(ROUTER_ID).join("state").display(),
-            pid_file = ha_confs.join(format!("{ROUTER_ID}.pid.keepalived-vrrp")).display(),
+            state = ha_confs.join(router_id).join("state").display(),
+            pid_file = ha_confs.join(format!("{router_id}.pid.keepalived-vrrp")).display(),
         )
     }
 }

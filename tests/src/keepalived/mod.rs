@@ -174,6 +174,20 @@ impl KaLab {
         KaLab::prepare_routers(wiring, host_hagw, false, wiring.strategy())
     }
 
+    /// [`KaLab::prepare`] on OVS with node 2's router laid out as Neutron names it, for
+    /// Neutron discovery to find it: its namespace `qrouter-<id>` (the lab id), its files
+    /// under `ha_confs/<id>`, and its gateway `qg-…` itself the OVS port (no `ovs_use_veth`
+    /// name of its own; the veth's two ends share the name, in different namespaces).
+    pub fn prepare_discoverable(host_hagw: [bool; 2]) -> Result<KaLab> {
+        let mut base = OvsLab::build(2)?;
+        let qrouter = base.lab.netns("qrouter")?;
+        let node = &mut base.nodes[1];
+        sh(&format!("ip netns del {}", node.qrouter))?;
+        node.qrouter = qrouter;
+        node.port = node.qg.clone();
+        KaLab::with_base(Wiring::Ovs, Base::Ovs(base), host_hagw, false, Wiring::Ovs.strategy())
+    }
+
     /// [`KaLab::build`] with IPv4-only routers.
     pub fn build_ipv4_only(wiring: Wiring) -> Result<KaLab> {
         KaLab::build_ipv4_only_with(wiring, wiring.strategy())
@@ -198,6 +212,16 @@ impl KaLab {
             Wiring::Linuxbridge => Base::Lb(LbLab::build(2, "l2-hold")?),
             Wiring::Generic => Base::Lb(LbLab::build(2, "link-down")?),
         };
+        KaLab::with_base(wiring, base, host_hagw, ipv4_only, strategy)
+    }
+
+    fn with_base(
+        wiring: Wiring,
+        base: Base,
+        host_hagw: [bool; 2],
+        ipv4_only: bool,
+        strategy: &'static str,
+    ) -> Result<KaLab> {
         let (tor, external) = match &base {
             Base::Ovs(l) => (l.tor.clone(), l.external.clone()),
             Base::Lb(l) => (l.tor.clone(), l.external.clone()),
@@ -351,6 +375,7 @@ impl Drop for KaLab {
         for node in &mut self.nodes {
             node.kill_hagw();
             node.stop_keepalived();
+            node.kill_l3_agent();
             kill_child(&mut node.vip_monitor);
             node.capture.take();
         }

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result};
 
-use super::{HA_DEV, PRIMARY_VIP, ROUTER_ID};
+use super::{HA_DEV, PRIMARY_VIP};
 use crate::capture::Capture;
 use crate::lab::{hagw_bin, sh};
 
@@ -20,9 +20,13 @@ pub struct KaNode {
     pub tor_port: String,
     /// `<node>/ha_confs`: Neutron's layout.
     pub ha_confs: PathBuf,
+    /// The router's id on this node: its `ha_confs` directory and pid file names.
+    pub router_id: String,
     /// hagw's routers.yaml for this node.
     pub config: PathBuf,
     pub(super) keepalived: Option<Child>,
+    /// The stand-in L3 agent of a router Neutron's discovery finds ([`KaNode::discoverable`]).
+    pub(super) l3_agent: Option<Child>,
     pub(super) hagw: Option<Child>,
     pub(super) vip_monitor: Option<Child>,
     pub(super) capture: Option<Capture>,
@@ -37,7 +41,52 @@ impl KaNode {
     }
 
     fn conf_dir(&self) -> PathBuf {
-        self.ha_confs.join(ROUTER_ID)
+        self.ha_confs.join(&self.router_id)
+    }
+
+    /// Whether this node's router is laid out as Neutron names it
+    /// ([`super::KaLab::prepare_discoverable`]): then a stand-in L3 agent runs beside it.
+    pub fn discoverable(&self) -> bool {
+        self.qrouter == format!("qrouter-{}", self.router_id)
+    }
+
+    /// Starts the stand-in for a containerized L3 agent (kolla-ansible's `neutron_l3_agent`)
+    /// whose state path `/var/lib/neutron/kolla` (in the chart's default `neutron.statePaths`)
+    /// is this node's directory, holding `ha_confs` (the named volume): a process whose command
+    /// line names `neutron-l3-agent`, in a mount namespace of its own where that directory is
+    /// mounted. hagw's discovery (`neutron.root: process`) reads the router's files through its
+    /// root, so only while it runs. Returns once they are there.
+    pub fn start_l3_agent(&mut self) -> Result<()> {
+        kill_child(&mut self.l3_agent);
+        // A tmpfs over /var/lib in its own mount namespace: nothing is created on the host.
+        let script = "mount -t tmpfs none /var/lib && mkdir -p /var/lib/neutron/kolla && \
+                      mount --bind \"$1\" /var/lib/neutron/kolla && \
+                      exec -a neutron-l3-agent sleep infinity";
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "bash", "-c", script, "l3-agent"])
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the stand-in L3 agent")?;
+        let ha_confs = format!("/proc/{}/root/var/lib/neutron/kolla/ha_confs", child.id());
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        self.l3_agent = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !(std::path::Path::new(&ha_confs).is_dir()
+            && std::fs::read(&cmdline).is_ok_and(|c| c.starts_with(b"neutron-l3-agent")))
+        {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the stand-in L3 agent is not up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The stand-in L3 agent loses power (SIGKILL).
+    pub fn kill_l3_agent(&mut self) {
+        kill_child(&mut self.l3_agent);
     }
 
     /// Whether keepalived's primary VIP is on this node's HA device right now.
@@ -60,8 +109,8 @@ impl KaNode {
             .append(true)
             .open(self.dir.join("keepalived.log"))?;
         let conf = dir.join("keepalived.conf");
-        let pid = self.ha_confs.join(format!("{ROUTER_ID}.pid.keepalived"));
-        let vrrp = self.ha_confs.join(format!("{ROUTER_ID}.pid.keepalived-vrrp"));
+        let pid = self.ha_confs.join(format!("{}.pid.keepalived", self.router_id));
+        let vrrp = self.ha_confs.join(format!("{}.pid.keepalived-vrrp", self.router_id));
         let child = Command::new("ip")
             .args(["netns", "exec", &self.qrouter, "keepalived", "-n", "-l", "-G", "-P", "-f"])
             .arg(&conf)
@@ -91,7 +140,7 @@ impl KaNode {
     /// stay behind; the peer takes over after the master-down interval. (SIGKILL to the
     /// parent alone is a clean stop: the child gets SIGTERM from its parent-death signal.)
     pub fn crash_keepalived(&mut self) {
-        let vrrp = self.ha_confs.join(format!("{ROUTER_ID}.pid.keepalived-vrrp"));
+        let vrrp = self.ha_confs.join(format!("{}.pid.keepalived-vrrp", self.router_id));
         if let Ok(pid) = std::fs::read_to_string(&vrrp) {
             let _ = sh(&format!("kill -KILL {} 2>/dev/null", pid.trim()));
         }
@@ -103,7 +152,8 @@ impl KaNode {
         // it), and keepalived refuses to start while its pid file names a live pid: remove the
         // pid files, as a reboot clears /run.
         let _ = std::fs::remove_file(&vrrp);
-        let _ = std::fs::remove_file(self.ha_confs.join(format!("{ROUTER_ID}.pid.keepalived")));
+        let _ =
+            std::fs::remove_file(self.ha_confs.join(format!("{}.pid.keepalived", self.router_id)));
     }
 
     /// Starts `hagw run -c <routers.yaml>` in the node namespace; its log goes to

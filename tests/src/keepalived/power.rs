@@ -14,6 +14,7 @@ impl KaLab {
     /// router is plugged yet). The ToR capture and the other node go on.
     pub fn power_off_router(&mut self, i: usize) -> Result<()> {
         self.nodes[i].crash_keepalived();
+        self.nodes[i].kill_l3_agent();
         kill_child(&mut self.nodes[i].vip_monitor);
         match &mut self.base {
             Base::Ovs(l) => {
@@ -28,8 +29,12 @@ impl KaLab {
 
     /// Neutron's agents boot node `i`'s router again: the L3 agent creates the namespace
     /// (with its sysctls), the HA and gateway ports race the L2 agent's wiring, keepalived
-    /// starts (as BACKUP: the other node is primary).
+    /// starts (as BACKUP: the other node is primary). A stand-in L3 agent process, if the node
+    /// has one ([`super::KaNode::discoverable`]), starts first, as the L3 agent does all that.
     pub fn boot_router(&mut self, i: usize, rng: &mut Rng) -> Result<()> {
+        if self.nodes[i].discoverable() {
+            self.nodes[i].start_l3_agent()?;
+        }
         let qrouter = self.nodes[i].qrouter.clone();
         sh(&format!("ip netns add {qrouter} && ip -n {qrouter} link set lo up"))?;
         self.router_sysctls(&qrouter)?;

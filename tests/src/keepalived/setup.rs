@@ -58,13 +58,19 @@ impl KaLab {
             let index = i + 1;
             let dir = self.lab().dir.path().join(format!("node{index}"));
             let ha_confs = dir.join("ha_confs");
-            std::fs::create_dir_all(ha_confs.join(ROUTER_ID))?;
+            // A router Neutron's discovery finds is named after its namespace, `qrouter-<id>`.
+            let router_id = match qrouter.strip_prefix("qrouter-") {
+                Some(id) => id.to_owned(),
+                None => ROUTER_ID.to_owned(),
+            };
+            std::fs::create_dir_all(ha_confs.join(&router_id))?;
             std::fs::write(
-                ha_confs.join(ROUTER_ID).join("keepalived.conf"),
+                ha_confs.join(&router_id).join("keepalived.conf"),
                 keepalived_conf(&qg, self.ipv4_only),
             )?;
             let config = dir.join("routers.yaml");
-            std::fs::write(&config, self.hagw_config(index, &qrouter, &qg, &ha_confs))?;
+            let names = (router_id.as_str(), ha_confs.as_path());
+            std::fs::write(&config, self.hagw_config(index, &qrouter, &qg, names))?;
             self.router_sysctls(&qrouter)?;
             let pcap = dir.join("tor-port.pcap");
             self.nodes.push(KaNode {
@@ -74,8 +80,10 @@ impl KaLab {
                 qg,
                 tor_port,
                 ha_confs,
+                router_id,
                 config,
                 keepalived: None,
+                l3_agent: None,
                 hagw: None,
                 vip_monitor: None,
                 capture: None,
@@ -99,6 +107,9 @@ impl KaLab {
     /// node2, and waits until node1 is primary.
     pub fn boot(&mut self) -> Result<()> {
         for i in 0..self.nodes.len() {
+            if self.nodes[i].discoverable() {
+                self.nodes[i].start_l3_agent()?;
+            }
             self.plug_router(i, &mut Rng::seeded())?;
         }
         self.nodes[0].start_keepalived()?;
