@@ -10,7 +10,7 @@ use anyhow::{Result, ensure};
 use hagw_e2e::disrupt::{self, Pinger};
 use hagw_e2e::k8s::wait_for;
 use hagw_e2e::keepalived::{FIP, KaLab, Wiring};
-use hagw_e2e::node::{IMAGE_TAG, Node, node};
+use hagw_e2e::node::{IMAGE_TAG, Node, Release, node};
 
 /// The tests here share the one node and its DaemonSet: one at a time.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -25,6 +25,24 @@ fn wait_reported(node: &Node, harouter: &str, role: &str) -> Result<()> {
         let entry = node.entry(harouter)?;
         Ok(entry.filter(|e| e["role"] == role && e["held"] == (role == "standby")).map(drop))
     })
+}
+
+/// A node selector no node matches: the DaemonSet runs no pod (a drain, a node the pod cannot
+/// be scheduled on).
+const ABSENT: &str = r#"{"hagw.test/absent":"true"}"#;
+
+/// Sets the DaemonSet's pods' node selector; with [`ABSENT`], returns once its pod is gone.
+fn select(release: &Release, selector: &str) -> Result<()> {
+    let daemonset = format!("daemonset/{}", release.name);
+    let patch = format!(r#"{{"spec":{{"template":{{"spec":{{"nodeSelector":{selector}}}}}}}}}"#);
+    let node = release.node;
+    node.kubectl(&["patch", &daemonset, "-n", &release.namespace, "--type=merge", "-p", &patch])?;
+    if selector == ABSENT {
+        wait_for("the agent gone", Duration::from_secs(60), || {
+            Ok(release.pod().is_err().then_some(()))
+        })?;
+    }
+    Ok(())
 }
 
 fn wait_vip(lab: &KaLab, i: usize) -> Result<()> {
@@ -84,17 +102,7 @@ fn an_absent_agent_keeps_a_promoted_standby_dark_until_it_returns() -> Result<()
     let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
     let (release, harouter) = node.serve_lab_node(&lab, 1, &[])?;
     lab.boot()?;
-    let daemonset = format!("daemonset/{}", release.name);
-    let select = |selector: &str| {
-        let patch =
-            format!(r#"{{"spec":{{"template":{{"spec":{{"nodeSelector":{selector}}}}}}}}}"#);
-        node.kubectl(&["patch", &daemonset, "-n", &release.namespace, "--type=merge", "-p", &patch])
-    };
-
-    select(r#"{"hagw.test/absent":"true"}"#)?;
-    wait_for("the agent gone", Duration::from_secs(60), || {
-        Ok(release.pod().is_err().then_some(()))
-    })?;
+    select(&release, ABSENT)?;
     lab.nodes[0].crash_keepalived();
     wait_vip(&lab, 1)?;
     let pings = Pinger::start(&lab.external, FIP)?;
@@ -103,7 +111,7 @@ fn an_absent_agent_keeps_a_promoted_standby_dark_until_it_returns() -> Result<()
     ensure!(lost == sent, "{} of {sent} pings answered by a held router", sent - lost);
 
     let back = Instant::now();
-    select(r#"{"hagw.test/absent":null}"#)?;
+    select(&release, r#"{"hagw.test/absent":null}"#)?;
     wait_for("the agent back", Duration::from_secs(120), || {
         let ready =
             release.pod().is_ok_and(|p| p["status"]["containerStatuses"][0]["ready"] == true);
@@ -117,6 +125,51 @@ fn an_absent_agent_keeps_a_promoted_standby_dark_until_it_returns() -> Result<()
         "agent absent: back in {ready:?} (pod ready), traffic through the new primary after \
          {reachable:?}"
     );
+    let report = lab.report();
+    ensure!(report.leaks.is_empty(), "a node leaked:\n{report}");
+    Ok(())
+}
+
+/// Two agents on one node never fight: a host agent beside the pod (the packaged unit,
+/// `hagw run --lock-file` on the pod's `<stateDir>/agent.lock`) waits without touching
+/// anything while the pod runs — its configuration would take the standby's link down
+/// (`link-down`), the pod's keeps it up and held (`l2-hold`) — and takes over once the pod is
+/// gone. The standby never speaks.
+#[test]
+fn a_host_agent_beside_the_pod_waits_for_it_and_takes_over() -> Result<()> {
+    let _serial = serial();
+    let node = node();
+    let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
+    let (release, harouter) = node.serve_lab_node(&lab, 1, &[])?;
+    lab.boot()?;
+    wait_reported(node, &harouter.name, "standby")?;
+    let link_up = |lab: &KaLab| -> Result<bool> {
+        let n = &lab.nodes[1];
+        Ok(n.router(&format!("ip -o link show dev {}", n.qg))?.contains(",UP"))
+    };
+    ensure!(link_up(&lab)?, "l2-hold keeps the standby's link up");
+    let served = &lab.nodes[1];
+    let config = std::fs::read_to_string(&served.config)?;
+    ensure!(config.contains("strategy: l2-hold"), "unexpected configuration:\n{config}");
+    let host_config = served.config.with_file_name("host-unit.yaml");
+    std::fs::write(&host_config, config.replace("strategy: l2-hold", "strategy: link-down"))?;
+    // The chart's stateDir for this node (`Node::serve_lab_node`), the pod's lock in it.
+    let lock = lab.lab().dir.path().join("hagw-state1/agent.lock");
+    ensure!(lock.exists(), "{} missing: the pod takes no lock there", lock.display());
+    lab.nodes[1].start_hagw_with(&host_config, Some(&lock))?;
+    wait_for("the host agent waiting", Duration::from_secs(10), || {
+        Ok(lab.nodes[1].hagw_log().contains("another hagw agent runs").then_some(()))
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(link_up(&lab)?, "the host agent acted while the pod held the lock");
+
+    select(&release, ABSENT)?;
+    let gone = Instant::now();
+    wait_for("the host agent to take over", Duration::from_secs(10), || {
+        Ok((!link_up(&lab)?).then_some(()))
+    })?;
+    println!("host agent beside the pod: took over {:?} after the pod was gone", gone.elapsed());
+    lab.nodes[1].kill_hagw();
     let report = lab.report();
     ensure!(report.leaks.is_empty(), "a node leaked:\n{report}");
     Ok(())

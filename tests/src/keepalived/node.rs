@@ -1,6 +1,7 @@
 //! One network node of the testbed: its router namespace, keepalived and hagw.
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result};
@@ -159,6 +160,13 @@ impl KaNode {
     /// Starts `hagw run -c <routers.yaml>` in the node namespace; its log goes to
     /// `<lab>/node<i>/hagw.log`.
     pub fn start_hagw(&mut self) -> Result<()> {
+        let config = self.config.clone();
+        self.start_hagw_with(&config, None)
+    }
+
+    /// [`KaNode::start_hagw`] with `config` instead of the node's routers.yaml, and the node
+    /// lock `lock` (`--lock-file`), as the packaged unit runs it.
+    pub fn start_hagw_with(&mut self, config: &Path, lock: Option<&Path>) -> Result<()> {
         self.kill_hagw();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -169,7 +177,8 @@ impl KaNode {
             .arg(hagw_bin())
             .arg("run")
             .arg("-c")
-            .arg(&self.config)
+            .arg(config)
+            .args(lock.map(|l| [OsStr::new("--lock-file"), l.as_os_str()]).into_iter().flatten())
             .args(["--log-level", "info"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -185,6 +194,11 @@ impl KaNode {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// What `hagw run` logged on this node.
+    pub fn hagw_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("hagw.log")).unwrap_or_default()
     }
 
     pub fn hagw_running(&self) -> bool {
