@@ -222,9 +222,9 @@ impl OvsNode {
     }
 
     /// The gateway port's OpenFlow config flags in br-int as `ovs-ofctl dump-ports-desc`
-    /// shows them (empty when it shows `0`).
+    /// shows them (empty when it shows `0`), over OpenFlow 1.3 as hagw reads them.
     pub fn port_config(&self) -> Result<Vec<String>> {
-        let desc = self.ovs.ofctl("dump-ports-desc br-int")?;
+        let desc = self.ovs.ofctl("-O OpenFlow13 dump-ports-desc br-int")?;
         let mut lines = desc.lines().skip_while(|l| !l.contains(&format!("({}):", self.port)));
         ensure!(lines.next().is_some(), "{} not in br-int:\n{desc}", self.port);
         let config = lines.find_map(|l| l.trim_start().strip_prefix("config:")).unwrap_or_default();

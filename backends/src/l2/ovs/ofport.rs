@@ -9,10 +9,10 @@
 //! (a new Port row, which the monitor reports) or ovs-vswitchd restarts.
 //!
 //! It is read and written over the bridge's management socket,
-//! `unix:<OVS_RUNDIR>/<bridge>.mgmt`, speaking OpenFlow 1.0 directly ([`super::openflow`],
+//! `unix:<OVS_RUNDIR>/<bridge>.mgmt`, speaking OpenFlow 1.3 directly ([`super::openflow`],
 //! well under a millisecond). `ovs-ofctl` (a subprocess, about 5 ms) is the fallback when the
-//! bridge refuses OpenFlow 1.0 or its feature reply does not list the port (names longer
-//! than OpenFlow 1.0's 15 characters, or too many ports for one reply).
+//! bridge refuses OpenFlow 1.3 or its port description does not list the port (a name
+//! longer than OpenFlow's 15 characters).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -83,6 +83,14 @@ impl NoReceive {
         Self { rundir: rundir.into(), program: "ovs-ofctl".into() }
     }
 
+    /// The `ovs-ofctl` to run for the fallback. A program that does not exist turns every
+    /// fallback into [`NoReceiveError::Spawn`]: the tests of hagw's own OpenFlow exchange use that
+    /// to prove it never fell back.
+    pub fn with_program(mut self, program: impl Into<String>) -> Self {
+        self.program = program.into();
+        self
+    }
+
     pub fn rundir(&self) -> &Path {
         &self.rundir
     }
@@ -121,7 +129,7 @@ impl NoReceive {
     pub async fn get(&self, bridge: &str, port: &str) -> Result<bool, NoReceiveError> {
         match openflow::port(&self.socket(bridge), port).await {
             Ok(Some(found)) => return Ok(found.no_receive()),
-            Ok(None) | Err(OpenFlowError::VersionRefused) => {}
+            Ok(None) | Err(OpenFlowError::VersionRefused(_)) => {}
             Err(source) => return Err(NoReceiveError::OpenFlow { bridge: bridge.into(), source }),
         }
         let out = self.run(&["dump-ports-desc", &self.target(bridge)]).await?;
@@ -138,7 +146,7 @@ impl NoReceive {
     ) -> Result<(), NoReceiveError> {
         match openflow::set_no_receive(&self.socket(bridge), port, no_receive).await {
             Ok(true) => return Ok(()),
-            Ok(false) | Err(OpenFlowError::VersionRefused) => {}
+            Ok(false) | Err(OpenFlowError::VersionRefused(_)) => {}
             Err(source) => return Err(NoReceiveError::OpenFlow { bridge: bridge.into(), source }),
         }
         let config = if no_receive { "no-receive" } else { "receive" };

@@ -1,14 +1,22 @@
-//! Just enough OpenFlow 1.0 to read and set one port's `no-receive` bit over a bridge's
+//! Just enough OpenFlow 1.3 to read and set one port's `no-receive` bit over a bridge's
 //! management socket, without an `ovs-ofctl` subprocess.
 //!
 //! The hold's `no-receive` has to land between ovs-vswitchd attaching a new port and the L2
 //! agent wiring it; a subprocess costs ~5 ms on an idle machine and far more under load,
-//! a message exchange on an open socket well under one. The session is the one `ovs-ofctl`
-//! has: HELLO both ways, FEATURES_REQUEST (its reply lists every port with its config bits),
-//! then for a write PORT_MOD with the port's number and hardware address (OVS refuses a
-//! PORT_MOD whose address does not match) and a BARRIER, whose reply means the change is in
-//! place. A bridge that does not allow OpenFlow 1.0 refuses the HELLO; the caller then falls
-//! back to `ovs-ofctl`, which negotiates any version.
+//! a message exchange on an open socket well under one. The session: HELLO both ways (ours
+//! offers 1.3 alone), a PORT_DESC multipart request, whose reply lists every port with its
+//! number, hardware address and config bits in as many parts as it takes (OVS fills each
+//! part up to the 64 KiB message limit, ~1,020 ports, and flags all but the last
+//! `OFPMPF_REPLY_MORE`), then for a write PORT_MOD with the port's number and hardware
+//! address (OVS refuses a PORT_MOD whose address does not match) and a BARRIER, whose reply
+//! means the change is in place.
+//!
+//! Why 1.3: OpenFlow 1.0 has the port list only in the FEATURES_REPLY, one message, which
+//! holds ~1,360 ports; a network node with 1,000 routers has 3,000+ on br-int, and OVS then
+//! sends the reply without any. 1.3 is the version the Neutron OVS agent itself speaks on
+//! its bridges (their `protocols` always include it); its ports and PORT_MOD are fixed-size
+//! (1.4's carry property lists). A bridge whose `protocols` exclude 1.3 refuses the HELLO;
+//! the caller then falls back to `ovs-ofctl`, which negotiates any version.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,29 +25,41 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-const VERSION: u8 = 0x01;
+/// OpenFlow 1.3 on the wire.
+const VERSION: u8 = 0x04;
 const HEADER_LEN: usize = 8;
 
 const OFPT_HELLO: u8 = 0;
 const OFPT_ERROR: u8 = 1;
 const OFPT_ECHO_REQUEST: u8 = 2;
 const OFPT_ECHO_REPLY: u8 = 3;
-const OFPT_FEATURES_REQUEST: u8 = 5;
-const OFPT_FEATURES_REPLY: u8 = 6;
-const OFPT_PORT_MOD: u8 = 15;
-const OFPT_BARRIER_REQUEST: u8 = 18;
-const OFPT_BARRIER_REPLY: u8 = 19;
+const OFPT_PORT_MOD: u8 = 16;
+const OFPT_MULTIPART_REQUEST: u8 = 18;
+const OFPT_MULTIPART_REPLY: u8 = 19;
+const OFPT_BARRIER_REQUEST: u8 = 20;
+const OFPT_BARRIER_REPLY: u8 = 21;
 
 /// `OFPET_HELLO_FAILED`: the switch and we share no OpenFlow version.
 const OFPET_HELLO_FAILED: u16 = 0;
 
+/// `OFPHET_VERSIONBITMAP`: a HELLO element listing every version the sender accepts.
+const OFPHET_VERSIONBITMAP: u16 = 1;
+
+/// `OFPMP_PORT_DESC`: the multipart request for every port's description.
+const OFPMP_PORT_DESC: u16 = 13;
+/// `OFPMPF_REPLY_MORE`: more parts of this multipart reply follow.
+const OFPMPF_REPLY_MORE: u16 = 1;
+/// Type, flags and padding in front of a multipart body.
+const MULTIPART_HEADER_LEN: usize = 8;
+
 /// `OFPPC_NO_RECV`: drop everything received on the port.
 pub const OFPPC_NO_RECV: u32 = 1 << 2;
 
-/// The fixed part of a FEATURES_REPLY after the header; `ofp_phy_port`s follow.
-const FEATURES_FIXED_LEN: usize = 24;
-const PHY_PORT_LEN: usize = 48;
+/// `struct ofp_port`: number, padding, address, padding, name, then config.
+const PORT_LEN: usize = 64;
+const PORT_NAME_AT: usize = 16;
 const PORT_NAME_LEN: usize = 16;
+const PORT_CONFIG_AT: usize = PORT_NAME_AT + PORT_NAME_LEN;
 
 /// A whole exchange may take this long before the socket is given up.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,30 +70,70 @@ pub enum OpenFlowError {
     /// No management socket to talk to (ovs-vswitchd down or restarting), or it broke.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// The switch does not speak OpenFlow 1.0 on this bridge (its `protocols` exclude it).
-    #[error("the bridge refused OpenFlow 1.0")]
-    VersionRefused,
+    /// The switch does not speak OpenFlow 1.3 on this bridge (its `protocols` exclude it).
+    #[error("the bridge refused OpenFlow 1.3: {0}")]
+    VersionRefused(Refusal),
     /// The switch answered with an OpenFlow error.
     #[error("OpenFlow error type {kind} code {code}")]
     Refused { kind: u16, code: u16 },
-    /// The switch sent something that is not OpenFlow 1.0 as we know it.
+    /// The switch sent something that is not OpenFlow 1.3 as we know it.
     #[error("malformed reply: {0}")]
-    Malformed(String),
+    Malformed(#[from] Malformed),
     /// The exchange did not finish within 5 s.
     #[error("no answer within {SESSION_TIMEOUT:?}")]
     Timeout,
 }
 
-/// One port of a FEATURES_REPLY.
+/// How the switch said it does not speak OpenFlow 1.3.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its HELLO offers only these versions (`OFPHET_VERSIONBITMAP` bits: 1 << wire version).
+    #[error("it offers {}", versions(*.0))]
+    Offers(u32),
+    /// It answered with a `HELLO_FAILED` error of this code.
+    #[error("it answered HELLO_FAILED code {0}")]
+    HelloFailed(u16),
+}
+
+/// What was wrong with a message from the switch.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum Malformed {
+    #[error("message length {0} is below the 8-byte header's")]
+    Length(u16),
+    #[error("a message of wire version {0:#04x} in an OpenFlow 1.3 session")]
+    Version(u8),
+    #[error("error message of {0} bytes, too short for its type and code")]
+    ShortError(usize),
+    #[error("multipart reply of {0} bytes, too short for its type and flags")]
+    ShortMultipart(usize),
+    #[error("multipart reply of type {0} to a port description request")]
+    MultipartType(u16),
+    #[error(
+        "part {part} of the port description ends in {len} bytes, not a whole number of \
+         {PORT_LEN}-byte ports"
+    )]
+    PartialPort { part: usize, len: usize },
+    #[error("the connection closed after part {0} of the port description, which announced more")]
+    Unfinished(usize),
+}
+
+/// `bitmap`'s versions as OpenFlow names them ("1.0, 1.4").
+fn versions(bitmap: u32) -> String {
+    let names: Vec<String> =
+        (1..32).filter(|v| bitmap & (1 << v) != 0).map(|v| format!("1.{}", v - 1)).collect();
+    if names.is_empty() { "no version".into() } else { names.join(", ") }
+}
+
+/// One port of a PORT_DESC reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PhyPort {
-    pub port_no: u16,
+pub struct Port {
+    pub port_no: u32,
     pub hw_addr: [u8; 6],
     pub name: String,
     pub config: u32,
 }
 
-impl PhyPort {
+impl Port {
     pub fn no_receive(&self) -> bool {
         self.config & OFPPC_NO_RECV != 0
     }
@@ -89,12 +149,18 @@ fn message(kind: u8, xid: u32, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Our HELLO's body: a version bitmap with 1.3 alone, so that the switch settles on 1.3 or
+/// refuses.
+const HELLO_BODY: [u8; 8] = [0, 1, 0, 8, 0, 0, 0, 1 << VERSION];
+
 /// The body of a PORT_MOD setting (`no_receive`) or clearing `OFPPC_NO_RECV` and nothing
 /// else.
-fn port_mod_body(port: &PhyPort, no_receive: bool) -> Vec<u8> {
-    let mut body = Vec::with_capacity(24);
+fn port_mod_body(port: &Port, no_receive: bool) -> Vec<u8> {
+    let mut body = Vec::with_capacity(32);
     body.extend_from_slice(&port.port_no.to_be_bytes());
+    body.extend_from_slice(&[0; 4]);
     body.extend_from_slice(&port.hw_addr);
+    body.extend_from_slice(&[0; 2]);
     body.extend_from_slice(&(if no_receive { OFPPC_NO_RECV } else { 0 }).to_be_bytes());
     body.extend_from_slice(&OFPPC_NO_RECV.to_be_bytes()); // mask: only this bit changes
     body.extend_from_slice(&0u32.to_be_bytes()); // advertise: 0 leaves it alone
@@ -102,13 +168,10 @@ fn port_mod_body(port: &PhyPort, no_receive: bool) -> Vec<u8> {
     body
 }
 
-/// `OFPHET_VERSIONBITMAP`: a HELLO element listing every version the sender accepts.
-const OFPHET_VERSIONBITMAP: u16 = 1;
-
-/// Whether a switch whose HELLO has this body accepts OpenFlow 1.0 from us. Without a
-/// version bitmap it accepts every version up to the one in its header (always ≥ 1.0);
-/// with one, exactly the versions whose bits are set.
-pub fn offers_1_0(hello_body: &[u8]) -> bool {
+/// The versions a switch whose HELLO has this header version and body accepts, as a
+/// version bitmap: with a bitmap element, exactly its bits; without, every version up to
+/// the header's.
+pub fn offered_versions(version: u8, hello_body: &[u8]) -> u32 {
     let mut rest = hello_body;
     while rest.len() >= 4 {
         let (kind, len) = (be16(rest, 0), usize::from(be16(rest, 2)));
@@ -116,12 +179,13 @@ pub fn offers_1_0(hello_body: &[u8]) -> bool {
             break;
         }
         if kind == OFPHET_VERSIONBITMAP && len >= 8 {
-            return be32(rest, 4) & (1 << VERSION) != 0;
+            return be32(rest, 4);
         }
         // Elements are padded to a multiple of 8 bytes.
         rest = rest.get(len.next_multiple_of(8)..).unwrap_or_default();
     }
-    true
+    // Bits 1 to `version` (bit 0 is no version; a bitmap word holds up to 31).
+    (u32::MAX >> (31 - version.min(31))) & !1
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -132,30 +196,41 @@ fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// The ports listed in a FEATURES_REPLY body (the message without its header).
-pub fn parse_features_ports(body: &[u8]) -> Result<Vec<PhyPort>, OpenFlowError> {
-    let ports = body.get(FEATURES_FIXED_LEN..).ok_or_else(|| {
-        OpenFlowError::Malformed(format!("features reply of {} bytes", body.len()))
-    })?;
-    if ports.len() % PHY_PORT_LEN != 0 {
-        return Err(OpenFlowError::Malformed(format!(
-            "{} bytes of ports is not a whole number of {PHY_PORT_LEN}-byte ports",
-            ports.len()
-        )));
-    }
-    Ok(ports
-        .chunks_exact(PHY_PORT_LEN)
-        .map(|p| {
-            let name = &p[8..8 + PORT_NAME_LEN];
+/// A PORT_DESC reply being put together from its parts.
+#[derive(Debug, Default)]
+struct PortDesc {
+    ports: Vec<Port>,
+    parts: usize,
+}
+
+impl PortDesc {
+    /// Adds the ports of one MULTIPART_REPLY body (the message without its header);
+    /// `Ok(true)` when the switch announced more parts.
+    fn add(&mut self, body: &[u8]) -> Result<bool, Malformed> {
+        if body.len() < MULTIPART_HEADER_LEN {
+            return Err(Malformed::ShortMultipart(body.len()));
+        }
+        let (kind, flags) = (be16(body, 0), be16(body, 2));
+        if kind != OFPMP_PORT_DESC {
+            return Err(Malformed::MultipartType(kind));
+        }
+        self.parts += 1;
+        let ports = &body[MULTIPART_HEADER_LEN..];
+        if !ports.len().is_multiple_of(PORT_LEN) {
+            return Err(Malformed::PartialPort { part: self.parts, len: ports.len() % PORT_LEN });
+        }
+        self.ports.extend(ports.chunks_exact(PORT_LEN).map(|p| {
+            let name = &p[PORT_NAME_AT..PORT_CONFIG_AT];
             let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(PORT_NAME_LEN)];
-            PhyPort {
-                port_no: be16(p, 0),
-                hw_addr: p[2..8].try_into().expect("6 bytes"),
+            Port {
+                port_no: be32(p, 0),
+                hw_addr: p[8..14].try_into().expect("6 bytes"),
                 name: String::from_utf8_lossy(name).into_owned(),
-                config: be32(p, 8 + PORT_NAME_LEN),
+                config: be32(p, PORT_CONFIG_AT),
             }
-        })
-        .collect())
+        }));
+        Ok(flags & OFPMPF_REPLY_MORE != 0)
+    }
 }
 
 /// One message as received.
@@ -183,17 +258,18 @@ impl Session {
     async fn open(socket: &Path) -> Result<Session, OpenFlowError> {
         let stream = UnixStream::connect(socket).await?;
         let mut session = Session { stream, next_xid: 1 };
-        session.send(OFPT_HELLO, &[]).await?;
-        let hello = loop {
-            let msg = session.next().await?;
+        session.send(OFPT_HELLO, &HELLO_BODY).await?;
+        let (version, hello) = loop {
+            let (version, msg) = session.receive().await?;
             if msg.kind == OFPT_HELLO {
-                break msg;
+                break (version, msg);
             }
         };
         // The switch would answer our HELLO with HELLO_FAILED and hang up; its own HELLO
         // already tells.
-        if !offers_1_0(&hello.body) {
-            return Err(OpenFlowError::VersionRefused);
+        let offered = offered_versions(version, &hello.body);
+        if offered & (1 << VERSION) == 0 {
+            return Err(OpenFlowError::VersionRefused(Refusal::Offers(offered)));
         }
         Ok(session)
     }
@@ -205,18 +281,18 @@ impl Session {
         Ok(xid)
     }
 
-    /// The next message that is not an echo request (those are answered here); a
-    /// HELLO_FAILED error, whatever it answers, ends the session as [`VersionRefused`].
+    /// The next message that is not an echo request (those are answered here), with the
+    /// version in its header; a HELLO_FAILED error, whatever it answers, ends the session as
+    /// [`VersionRefused`].
     ///
     /// [`VersionRefused`]: OpenFlowError::VersionRefused
-    async fn next(&mut self) -> Result<Message, OpenFlowError> {
+    async fn receive(&mut self) -> Result<(u8, Message), OpenFlowError> {
         loop {
             let mut header = [0u8; HEADER_LEN];
             self.stream.read_exact(&mut header).await?;
-            let len = usize::from(be16(&header, 2));
-            let body_len = len.checked_sub(HEADER_LEN).ok_or_else(|| {
-                OpenFlowError::Malformed(format!("message length {len} is below the header's"))
-            })?;
+            let len = be16(&header, 2);
+            let body_len =
+                usize::from(len).checked_sub(HEADER_LEN).ok_or(Malformed::Length(len))?;
             let mut body = vec![0u8; body_len];
             self.stream.read_exact(&mut body).await?;
             let msg = Message { kind: header[1], xid: be32(&header, 4), body };
@@ -226,40 +302,55 @@ impl Session {
                     self.stream.write_all(&echo).await?;
                 }
                 OFPT_ERROR if msg.body.len() < 4 => {
-                    return Err(OpenFlowError::Malformed("short error message".into()));
+                    return Err(Malformed::ShortError(msg.body.len()).into());
                 }
                 OFPT_ERROR if be16(&msg.body, 0) == OFPET_HELLO_FAILED => {
-                    return Err(OpenFlowError::VersionRefused);
+                    let code = be16(&msg.body, 2);
+                    return Err(OpenFlowError::VersionRefused(Refusal::HelloFailed(code)));
                 }
-                _ => return Ok(msg),
+                _ => return Ok((header[0], msg)),
             }
         }
     }
 
-    /// The reply of type `kind` to request `xid`, skipping asynchronous messages.
-    async fn reply(&mut self, xid: u32, kind: u8) -> Result<Vec<u8>, OpenFlowError> {
+    /// [`Session::receive`] after the HELLO exchange: anything but 1.3 is malformed.
+    async fn next(&mut self) -> Result<Message, OpenFlowError> {
+        let (version, msg) = self.receive().await?;
+        if version != VERSION {
+            return Err(Malformed::Version(version).into());
+        }
+        Ok(msg)
+    }
+
+    /// Every port of the bridge, from all parts of one PORT_DESC reply (asynchronous
+    /// messages in between are skipped).
+    async fn ports(&mut self) -> Result<Vec<Port>, OpenFlowError> {
+        let request = OFPMP_PORT_DESC.to_be_bytes();
+        let xid =
+            self.send(OFPT_MULTIPART_REQUEST, &[request[0], request[1], 0, 0, 0, 0, 0, 0]).await?;
+        let mut desc = PortDesc::default();
         loop {
-            let msg = self.next().await?;
+            let msg = match self.next().await {
+                Err(OpenFlowError::Io(e))
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof && desc.parts > 0 =>
+                {
+                    return Err(Malformed::Unfinished(desc.parts).into());
+                }
+                other => other?,
+            };
             if msg.xid != xid {
                 continue;
             }
             if msg.kind == OFPT_ERROR {
                 return Err(msg.refused());
             }
-            if msg.kind == kind {
-                return Ok(msg.body);
+            if msg.kind == OFPT_MULTIPART_REPLY && !desc.add(&msg.body)? {
+                return Ok(desc.ports);
             }
         }
     }
 
-    /// The bridge's port named `name`, if it lists one.
-    async fn port(&mut self, name: &str) -> Result<Option<PhyPort>, OpenFlowError> {
-        let xid = self.send(OFPT_FEATURES_REQUEST, &[]).await?;
-        let ports = parse_features_ports(&self.reply(xid, OFPT_FEATURES_REPLY).await?)?;
-        Ok(ports.into_iter().find(|p| p.name == name))
-    }
-
-    async fn set_no_receive(&mut self, port: &PhyPort, on: bool) -> Result<(), OpenFlowError> {
+    async fn set_no_receive(&mut self, port: &Port, on: bool) -> Result<(), OpenFlowError> {
         let xid = self.send(OFPT_PORT_MOD, &port_mod_body(port, on)).await?;
         // A PORT_MOD has no reply. The switch handles requests in order, so an error for it
         // comes before the barrier's reply, and the reply means the change is in place.
@@ -282,18 +373,24 @@ async fn timed<T>(
     tokio::time::timeout(SESSION_TIMEOUT, work).await.map_err(|_| OpenFlowError::Timeout)?
 }
 
+/// Every port of the bridge behind `socket`, its local port included.
+pub async fn ports(socket: &Path) -> Result<Vec<Port>, OpenFlowError> {
+    timed(async { Session::open(socket).await?.ports().await }).await
+}
+
 /// The port named `port` on the bridge behind `socket`, `None` if the bridge lists no such
 /// port.
-pub async fn port(socket: &Path, port: &str) -> Result<Option<PhyPort>, OpenFlowError> {
-    timed(async { Session::open(socket).await?.port(port).await }).await
+pub async fn port(socket: &Path, port: &str) -> Result<Option<Port>, OpenFlowError> {
+    Ok(ports(socket).await?.into_iter().find(|p| p.name == port))
 }
 
 /// Sets or clears `no-receive` on `port`; `Ok(false)` if the bridge lists no such port.
 pub async fn set_no_receive(socket: &Path, port: &str, on: bool) -> Result<bool, OpenFlowError> {
     timed(async {
         let mut session = Session::open(socket).await?;
-        let Some(found) = session.port(port).await? else { return Ok(false) };
-        session.set_no_receive(&found, on).await?;
+        let ports = session.ports().await?;
+        let Some(found) = ports.iter().find(|p| p.name == port) else { return Ok(false) };
+        session.set_no_receive(found, on).await?;
         Ok(true)
     })
     .await
@@ -303,83 +400,161 @@ pub async fn set_no_receive(socket: &Path, port: &str, on: bool) -> Result<bool,
 mod tests {
     use super::*;
 
-    fn phy_port(port_no: u16, name: &str, config: u32) -> Vec<u8> {
+    const MAC: [u8; 6] = [0x56, 0x0c, 0x3e, 0x72, 0xd0, 0x44];
+
+    /// A `struct ofp_port` as OVS sends it.
+    fn ofp_port(port_no: u32, name: &str, config: u32) -> Vec<u8> {
         let mut p = port_no.to_be_bytes().to_vec();
-        p.extend_from_slice(&[0x56, 0x0c, 0x3e, 0x72, 0xd0, port_no as u8]);
+        p.extend_from_slice(&[0; 4]);
+        p.extend_from_slice(&[MAC[0], MAC[1], MAC[2], MAC[3], MAC[4], port_no as u8]);
+        p.extend_from_slice(&[0; 2]);
         let mut padded = name.as_bytes().to_vec();
         padded.resize(PORT_NAME_LEN, 0);
         p.extend_from_slice(&padded);
         p.extend_from_slice(&config.to_be_bytes());
-        p.extend_from_slice(&[0; 20]); // state, curr, advertised, supported, peer
+        p.extend_from_slice(&[0; 28]); // state, curr, advertised, supported, peer, speeds
         p
     }
 
+    /// A PORT_DESC MULTIPART_REPLY body with these flags and ports.
+    fn part(flags: u16, ports: &[Vec<u8>]) -> Vec<u8> {
+        let mut body = vec![0, 13];
+        body.extend_from_slice(&flags.to_be_bytes());
+        body.extend_from_slice(&[0; 4]);
+        body.extend(ports.concat());
+        body
+    }
+
     #[test]
-    fn port_mod_changes_only_the_no_receive_bit() {
-        let port = PhyPort {
-            port_no: 7,
-            hw_addr: [0x56, 0x0c, 0x3e, 0x72, 0xd0, 0x44],
-            name: "tg1".into(),
-            config: 1,
-        };
+    fn requests_are_openflow_1_3() {
+        // `ovs-ofctl ofp-print` decodes these bytes as "OFPT_HELLO (OF1.3) (xid=0x1):
+        // version bitmap: 0x04".
+        assert_eq!(
+            message(OFPT_HELLO, 1, &HELLO_BODY),
+            [4, 0, 0, 16, 0, 0, 0, 1, 0, 1, 0, 8, 0, 0, 0, 0x10]
+        );
+        let port = Port { port_no: 7001, hw_addr: MAC, name: "tg1".into(), config: 1 };
+        // ... as "OFPT_PORT_MOD (OF1.3) (xid=0x9): port: 7001: addr:56:0c:3e:72:d0:44
+        // config: NO_RECV mask: NO_RECV advertise: UNCHANGED".
         let set = message(OFPT_PORT_MOD, 9, &port_mod_body(&port, true));
         assert_eq!(
             set,
             [
-                &[1, 15, 0, 32, 0, 0, 0, 9][..],
-                &[0, 7, 0x56, 0x0c, 0x3e, 0x72, 0xd0, 0x44],
+                &[4, 16, 0, 40, 0, 0, 0, 9][..],
+                &[0, 0, 0x1b, 0x59, 0, 0, 0, 0],
+                &[0x56, 0x0c, 0x3e, 0x72, 0xd0, 0x44, 0, 0],
                 &[0, 0, 0, 4, 0, 0, 0, 4],
                 &[0; 8],
             ]
             .concat()
         );
         let clear = port_mod_body(&port, false);
-        assert_eq!(&clear[8..16], &[0, 0, 0, 0, 0, 0, 0, 4]);
+        assert_eq!(&clear[16..24], &[0, 0, 0, 0, 0, 0, 0, 4]);
     }
 
     #[test]
-    fn features_reply_lists_ports_with_their_config() {
-        let mut body = vec![0; FEATURES_FIXED_LEN];
-        body.extend(phy_port(1, "tg1-ab", OFPPC_NO_RECV | 1));
-        body.extend(phy_port(0xfffe, "br-int", 1));
-        body.extend(phy_port(3, "exactly-15-char", 0));
-        let ports = parse_features_ports(&body).unwrap();
-        let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
+    fn a_port_description_lists_ports_with_their_config() {
+        let mut desc = PortDesc::default();
+        let ports = [
+            ofp_port(1, "tg1-ab", OFPPC_NO_RECV | 1),
+            ofp_port(0xffff_fffe, "br-int", 1),
+            ofp_port(5003, "exactly-15-char", 0),
+        ];
+        assert_eq!(desc.add(&part(0, &ports)), Ok(false));
+        let names: Vec<&str> = desc.ports.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["tg1-ab", "br-int", "exactly-15-char"]);
-        assert!(ports[0].no_receive() && !ports[1].no_receive());
-        assert_eq!((ports[1].port_no, ports[0].hw_addr[5]), (0xfffe, 1));
-        assert_eq!(parse_features_ports(&body[..FEATURES_FIXED_LEN]).unwrap(), vec![]);
+        assert!(desc.ports[0].no_receive() && !desc.ports[1].no_receive());
+        assert_eq!((desc.ports[1].port_no, desc.ports[2].port_no), (0xffff_fffe, 5003));
+        assert_eq!(desc.ports[0].hw_addr, [0x56, 0x0c, 0x3e, 0x72, 0xd0, 1]);
+        assert_eq!(PortDesc::default().add(&part(0, &[])), Ok(false));
     }
 
     #[test]
-    fn truncated_features_replies_are_malformed() {
-        assert!(matches!(parse_features_ports(&[0; 10]), Err(OpenFlowError::Malformed(_))));
-        let mut body = vec![0; FEATURES_FIXED_LEN];
-        body.extend(&phy_port(1, "tg1", 0)[..40]);
-        let err = parse_features_ports(&body).unwrap_err();
-        assert!(err.to_string().contains("40 bytes of ports"), "{err}");
+    fn parts_flagged_reply_more_are_continued() {
+        let mut desc = PortDesc::default();
+        assert_eq!(desc.add(&part(OFPMPF_REPLY_MORE, &[ofp_port(1, "a", 0)])), Ok(true));
+        assert_eq!(desc.add(&part(OFPMPF_REPLY_MORE, &[])), Ok(true));
+        assert_eq!(desc.add(&part(0, &[ofp_port(1400, "b", OFPPC_NO_RECV)])), Ok(false));
+        assert_eq!(desc.parts, 3);
+        let found: Vec<(u32, bool)> =
+            desc.ports.iter().map(|p| (p.port_no, p.no_receive())).collect();
+        assert_eq!(found, [(1, false), (1400, true)]);
     }
 
     #[test]
-    fn hello_bitmaps_say_whether_1_0_is_accepted() {
-        // No elements: everything up to the header's version.
-        assert!(offers_1_0(&[]));
-        // A version bitmap with 1.0 and 1.3 (bits 1 and 4), then one with 1.3 only.
-        assert!(offers_1_0(&[0, 1, 0, 8, 0, 0, 0, 0x12]));
-        assert!(!offers_1_0(&[0, 1, 0, 8, 0, 0, 0, 0x10]));
+    fn malformed_parts_say_what_is_wrong() {
+        assert_eq!(PortDesc::default().add(&[0, 13, 0]), Err(Malformed::ShortMultipart(3)));
+        // An OFPMP_PORT_STATS (4) reply where the description was asked for.
+        let mut stats = part(0, &[]);
+        stats[1] = 4;
+        assert_eq!(PortDesc::default().add(&stats), Err(Malformed::MultipartType(4)));
+        let mut desc = PortDesc::default();
+        assert_eq!(desc.add(&part(OFPMPF_REPLY_MORE, &[ofp_port(1, "a", 0)])), Ok(true));
+        let cut = part(0, &[ofp_port(2, "b", 0), ofp_port(3, "c", 0)]);
+        let err = desc.add(&cut[..cut.len() - 24]).unwrap_err();
+        assert_eq!(err, Malformed::PartialPort { part: 2, len: 40 });
+        assert!(
+            err.to_string().contains("part 2 of the port description ends in 40 bytes"),
+            "{err}"
+        );
+        let unfinished = OpenFlowError::from(Malformed::Unfinished(2));
+        assert!(unfinished.to_string().contains("after part 2"), "{unfinished}");
+    }
+
+    #[test]
+    fn hellos_say_which_versions_the_switch_accepts() {
+        // No elements: everything up to the header's version (1.5 = 6; 1.0 = 1).
+        assert_eq!(offered_versions(6, &[]), 0b111_1110);
+        assert_eq!(offered_versions(1, &[]), 0b10);
+        // A version bitmap with 1.0 and 1.3 (bits 1 and 4), then one with 1.0 and 1.4.
+        assert_eq!(offered_versions(6, &[0, 1, 0, 8, 0, 0, 0, 0x12]), 0x12);
+        assert_eq!(offered_versions(5, &[0, 1, 0, 8, 0, 0, 0, 0x22]), 0x22);
         // An unknown element first (padded to 8 bytes), then the bitmap.
-        assert!(!offers_1_0(&[0, 9, 0, 5, 1, 0, 0, 0, 0, 1, 0, 8, 0, 0, 0, 0x10]));
-        // Garbage lengths end the walk without refusing.
-        assert!(offers_1_0(&[0, 1, 0, 2]));
-        assert!(offers_1_0(&[0, 1, 0, 200, 0, 0]));
+        assert_eq!(offered_versions(6, &[0, 9, 0, 5, 1, 0, 0, 0, 0, 1, 0, 8, 0, 0, 0, 0x10]), 0x10);
+        // Garbage lengths end the walk: the header's version decides.
+        assert_eq!(offered_versions(4, &[0, 1, 0, 2]), 0b1_1110);
+        assert_eq!(offered_versions(4, &[0, 1, 0, 200, 0, 0]), 0b1_1110);
+        assert_eq!(offered_versions(0, &[]), 0);
+    }
+
+    #[test]
+    fn refusals_name_what_the_switch_offers() {
+        let refused = OpenFlowError::VersionRefused(Refusal::Offers(0x22));
+        assert_eq!(refused.to_string(), "the bridge refused OpenFlow 1.3: it offers 1.0, 1.4");
+        assert_eq!(Refusal::Offers(0).to_string(), "it offers no version");
+        assert_eq!(Refusal::HelloFailed(0).to_string(), "it answered HELLO_FAILED code 0");
     }
 
     proptest::proptest! {
         /// Whatever a switch sends, decoding it returns (an error at worst), never panics.
         #[test]
-        fn arbitrary_replies_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
-            let _ = parse_features_ports(&bytes);
-            let _ = offers_1_0(&bytes);
+        fn arbitrary_replies_never_panic(
+            version in proptest::num::u8::ANY,
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+        ) {
+            let _ = PortDesc::default().add(&bytes);
+            let _ = offered_versions(version, &bytes);
+        }
+
+        /// However the switch splits the ports over parts, the description holds them all, in
+        /// order.
+        #[test]
+        fn any_split_into_parts_lists_every_port(
+            numbers in proptest::collection::vec(proptest::num::u32::ANY, 0..40),
+            cuts in proptest::collection::vec(0usize..40, 0..5),
+        ) {
+            let ports: Vec<Vec<u8>> = numbers.iter().map(|n| ofp_port(*n, "p", 0)).collect();
+            let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c.min(ports.len())).collect();
+            bounds.extend([0, ports.len()]);
+            bounds.sort_unstable();
+            let mut desc = PortDesc::default();
+            for (i, pair) in bounds.windows(2).enumerate() {
+                let last = i == bounds.len() - 2;
+                let flags = if last { 0 } else { OFPMPF_REPLY_MORE };
+                proptest::prop_assert_eq!(desc.add(&part(flags, &ports[pair[0]..pair[1]])), Ok(!last));
+            }
+            let listed: Vec<u32> = desc.ports.iter().map(|p| p.port_no).collect();
+            proptest::prop_assert_eq!(listed, numbers);
         }
     }
 }
