@@ -9,14 +9,14 @@
 //! and goes on from the last known specs while the watch is down (the reflector keeps its
 //! store; the local spec cache covers restarts), and status catches up afterwards.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use hagw_backends::dataplane::HostDataplane;
 use hagw_core::RouterSpec;
 use hagw_core::config::Config;
@@ -35,7 +35,7 @@ use super::cache::SpecCache;
 use super::crd::HARouter;
 use super::discovered::Discovered;
 use super::merge::{Enforced, merge};
-use super::source::{Assigned, NodeView, node_view};
+use super::source::{Assigned, NodeView, SpecChanges, node_view};
 use super::status::{StatusWriter, Update};
 use super::throttle::{Limit, Throttle};
 use super::{Error, handback, uninstall};
@@ -161,6 +161,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     );
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let (mut synced, mut connected) = (false, true);
+    let mut specs = SpecChanges::default();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let mut rescan = tokio::time::interval(NEUTRON_RESCAN);
     let mut quick = tokio::time::interval(QUICK_RESCAN);
@@ -173,32 +174,48 @@ pub async fn run(options: Options) -> Result<(), Error> {
             _ = heartbeat.tick() => {}
             _ = rescan.tick() => this.rescan().await,
             _ = quick.tick(), if this.discovered.waiting() => this.rescan().await,
-            item = watch.next() => match item {
-                Some(Ok(event)) => {
-                    if !connected {
-                        info!(node = %node, "watch re-established");
-                        connected = true;
-                    }
-                    let changed = match event {
-                        watcher::Event::InitDone => {
-                            synced = true;
-                            observer.set_sources_ready();
-                            true
+            item = watch.next() => {
+                // A burst of events (the status writes of many routers) is taken in whole, and
+                // the view is worked out at most once for it.
+                let (mut next, mut changed, mut ended) = (Some(item), false, false);
+                while let Some(item) = next {
+                    match item {
+                        Some(Ok(event)) => {
+                            if !connected {
+                                info!(node = %node, "watch re-established");
+                                connected = true;
+                            }
+                            changed |= match event {
+                                watcher::Event::InitDone => {
+                                    synced = true;
+                                    observer.set_sources_ready();
+                                    specs.reset(&store.state());
+                                    true
+                                }
+                                watcher::Event::Apply(obj) => specs.applied(&obj) && synced,
+                                watcher::Event::Delete(obj) => specs.deleted(&obj) && synced,
+                                watcher::Event::Init | watcher::Event::InitApply(_) => false,
+                            };
                         }
-                        watcher::Event::Apply(_) | watcher::Event::Delete(_) => synced,
-                        watcher::Event::Init | watcher::Event::InitApply(_) => false,
-                    };
-                    if changed {
-                        this.set_view(node_view(&store.state(), &node)).await;
+                        Some(Err(e)) if connected => {
+                            warn!(node = %node, error = %e, "HARouter watch failed; enforcing the last known specs");
+                            connected = false;
+                        }
+                        Some(Err(e)) => debug!(node = %node, error = %e, "HARouter watch still failing"),
+                        None => {
+                            ended = true;
+                            break;
+                        }
                     }
+                    next = watch.next().now_or_never();
                 }
-                Some(Err(e)) if connected => {
-                    warn!(node = %node, error = %e, "HARouter watch failed; enforcing the last known specs");
-                    connected = false;
+                if changed {
+                    this.set_view(node_view(&store.state(), &node)).await;
                 }
-                Some(Err(e)) => debug!(node = %node, error = %e, "HARouter watch still failing"),
-                None => break,
-            },
+                if ended {
+                    break;
+                }
+            }
             Some(ns) = inputs.netns_changes.recv() => this.agent.namespace_changed(&ns).await,
             Some(event) = inputs.dir_events.recv() => {
                 if let Some(routers) = this.agent.dir_changed(&event).await {
@@ -342,7 +359,7 @@ impl NodeAgent {
         }
         self.handbacks.retain(|_, task| !task.is_finished());
 
-        let reported: Vec<_> = wanted
+        let reported: HashSet<_> = wanted
             .values()
             .map(|e| e.assigned.origin.key())
             .chain(desired.rejected.iter().map(|r| r.origin.key()))

@@ -5,7 +5,7 @@
 //! checks `routers.yaml` gets) is reported in its own status instead of breaking the watch
 //! for every router.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use hagw_core::RouterSpec;
@@ -159,6 +159,50 @@ pub fn node_view(objects: &[Arc<DynamicObject>], node: &str) -> NodeView {
     view
 }
 
+/// What [`node_view`] reads of one object: its identity, generation, labels and spec.
+type Fingerprint = (Option<String>, Option<i64>, BTreeMap<String, String>, serde_json::Value);
+
+fn fingerprint(obj: &DynamicObject) -> Fingerprint {
+    let meta = obj.meta();
+    let labels = meta.labels.clone().unwrap_or_default();
+    (meta.uid.clone(), meta.generation, labels, obj.data["spec"].clone())
+}
+
+/// Tells the watch events that can change what [`node_view`] makes of the objects from those
+/// that cannot. Most events are status writes (every node's entry, the conditions): a
+/// failover of 1,000 routers on two nodes is over 2,000 of them, and working the whole view
+/// out again for each (every object parsed, every router compared, the spec cache rewritten)
+/// made the agents' work grow with the square of the number of routers.
+#[derive(Debug, Default)]
+pub struct SpecChanges {
+    seen: HashMap<(String, String), Fingerprint>,
+}
+
+impl SpecChanges {
+    /// Starts over from a complete list (the watch's initial list or a re-list).
+    pub fn reset(&mut self, objects: &[Arc<DynamicObject>]) {
+        self.seen = objects.iter().map(|o| (Origin::of(o).key(), fingerprint(o))).collect();
+    }
+
+    /// Records an object created or changed; returns whether the view may differ.
+    pub fn applied(&mut self, obj: &DynamicObject) -> bool {
+        let print = fingerprint(obj);
+        match self.seen.get(&Origin::of(obj).key()) {
+            Some(seen) if *seen == print => false,
+            _ => {
+                self.seen.insert(Origin::of(obj).key(), print);
+                true
+            }
+        }
+    }
+
+    /// Records an object deleted; the view may differ.
+    pub fn deleted(&mut self, obj: &DynamicObject) -> bool {
+        self.seen.remove(&Origin::of(obj).key());
+        true
+    }
+}
+
 fn is_discovered(obj: &DynamicObject) -> bool {
     obj.labels().get(DISCOVERED_LABEL).is_some_and(|v| v == "true")
 }
@@ -203,4 +247,50 @@ pub(super) fn parse(obj: &DynamicObject) -> Result<HARouterSpec, String> {
         }
     }
     Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::api::ApiResource;
+    use serde_json::json;
+
+    use super::*;
+
+    fn object(spec: serde_json::Value, status: serde_json::Value) -> DynamicObject {
+        let mut obj = DynamicObject::new("r1", &ApiResource::erase::<HARouter>(&()))
+            .within("hagw")
+            .data(json!({ "spec": spec, "status": status }));
+        obj.metadata.uid = Some("u1".into());
+        obj.metadata.generation = Some(1);
+        obj
+    }
+
+    #[test]
+    fn status_writes_do_not_change_the_view_and_spec_label_or_generation_changes_do() {
+        let spec = json!({"routerId": "r1"});
+        let mut changes = SpecChanges::default();
+        let first = object(spec.clone(), json!({}));
+        changes.reset(&[Arc::new(first.clone())]);
+        assert!(!changes.applied(&first));
+        let entry = json!({"nodes": [{"node": "n1", "role": "primary"}], "primary": "n1"});
+        let mut status_only = object(spec.clone(), entry);
+        status_only.metadata.resource_version = Some("2".into());
+        assert!(!changes.applied(&status_only), "a status write alone");
+
+        let overridden =
+            object(json!({"routerId": "r1", "overrides": {"strategy": "link-down"}}), json!({}));
+        assert!(changes.applied(&overridden), "a spec change");
+        assert!(!changes.applied(&overridden), "the same spec again");
+        let mut labelled = overridden.clone();
+        labelled.metadata.labels = Some([(DISCOVERED_LABEL.into(), "true".into())].into());
+        assert!(changes.applied(&labelled), "a label change");
+        let mut bumped = labelled.clone();
+        bumped.metadata.generation = Some(2);
+        assert!(changes.applied(&bumped), "a new generation");
+        let mut recreated = bumped.clone();
+        recreated.metadata.uid = Some("u2".into());
+        assert!(changes.applied(&recreated), "the object deleted and created again");
+        assert!(changes.deleted(&recreated));
+        assert!(changes.applied(&recreated), "an object seen first");
+    }
 }
