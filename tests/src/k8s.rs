@@ -336,10 +336,11 @@ impl Nodes {
                 self.lab.adopt_netns(h);
             }
             sh(&format!("ip -batch {}", batch.display()))?;
+            // One `ip` per namespace (entering it is what costs), not one per link.
             let up = format!(
                 "for j in $(seq 0 {last}); do n=$(printf %05d $j); \
-                 ip -n q{i}-{id}-$j link set lo up && ip -n q{i}-{id}-$j link set qp-$n up && \
-                 ip -n q{i}-{id}-$j link set qg-$n up || exit 1; done",
+                 printf 'link set lo up\\nlink set qp-%s up\\nlink set qg-%s up\\n' $n $n \
+                 | ip -n q{i}-{id}-$j -batch - || exit 1; done",
                 last = count - 1
             );
             sh(&up)?;
@@ -454,6 +455,18 @@ impl AgentProcess {
         stream.read_to_string(&mut response)?;
         let (_, body) = response.split_once("\r\n\r\n").context("no end of headers")?;
         Ok(body.to_string())
+    }
+
+    /// The agent's CPU time so far (user and system; `unshare` and the shell exec it, so it
+    /// is the child's own process).
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name, which is in parentheses: state is the first.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').context("stat")?.1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        // USER_HZ is 100 on Linux.
+        Ok(Duration::from_millis(ticks * 10))
     }
 
     /// Fails with the agent's log if it has exited.
