@@ -12,10 +12,11 @@ use hagw_core::Error;
 use hagw_core::config::Config;
 use hagw_core::model::RouterSpec;
 use hagw_core::observed::{Ipv6Sysctl, PortState};
+use hagw_core::planner::HoldOnArrival;
 use hagw_core::reconcile::Dataplane;
 use tracing::{debug, instrument};
 
-use crate::l2::L2Backends;
+use crate::l2::{L2Backend, L2Backends};
 use crate::linux::LinuxNet;
 use crate::linux::forwarding::{self, Forwarding};
 use crate::netns::Netns;
@@ -52,9 +53,18 @@ impl Dataplane for HostDataplane {
     async fn observe(&self, spec: &RouterSpec) -> Result<PortState, Error> {
         let backend = self.l2.for_router(spec)?;
         let netns = Netns::named(&spec.namespace);
-        let link = self.linux.observe_link(&netns, &spec.gateway_device).await?;
-        let l2 = backend.observe(spec).await?;
-        Ok(PortState { link, l2 })
+        // Independent reads (the namespace, the switch): side by side.
+        let (link, l2) = tokio::join!(
+            self.linux.observe_link(&netns, &spec.gateway_device),
+            backend.observe(spec)
+        );
+        Ok(PortState { link: link?, l2: l2? })
+    }
+
+    fn hold_on_arrival(&self, spec: &RouterSpec, hold: HoldOnArrival) {
+        if let Ok(L2Backend::Ovs(ovs)) = self.l2.for_router(spec) {
+            ovs.hold_on_arrival(crate::l2::ovs::port_name(spec), hold);
+        }
     }
 
     #[instrument(level = "debug", skip_all, fields(netns = %spec.namespace, device = %spec.gateway_device, action = action.kind()))]

@@ -7,5 +7,6 @@ pub mod events;
 pub mod l2;
 pub mod linux;
 pub mod netns;
+pub mod ovs_watch;
 pub mod ovsdb;
 pub mod process;

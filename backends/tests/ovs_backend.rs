@@ -1,20 +1,35 @@
 //! The OVS backend against a real, throw-away `ovsdb-server` (no ovs-vswitchd: only the
 //! database matters here). The OVS agent is emulated with `ovs-vsctl`, as it would retag.
+//! Holds that outlive a retag are a router worker's, as the agent runs it: its planner
+//! decides, the OVS watcher's reports wake it, the backend holds an arriving port as the last
+//! plan said.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hagw_backends::l2::ovs::{Guarded, OvsBackend, PortChange, keep_held, port::SAVED_TAG_KEY};
+use hagw_backends::l2::ovs::{OvsBackend, port::SAVED_TAG_KEY, port_name};
+use hagw_backends::ovs_watch::{PortChange, PortRouters, wake_on_changes};
 use hagw_backends::ovsdb::ClientConfig;
-use hagw_core::observed::{HoldState, L2State};
+use hagw_core::model::{AnnounceSchedule, L2BackendSpec, Role, RoleSource, RouterSpec, Strategy};
+use hagw_core::observed::{
+    ADDR_GEN_MODE_NONE, HoldState, Ipv6Conf, L2State, LinkCounters, LinkState, PortState,
+};
+use hagw_core::planner::HoldOnArrival;
+use hagw_core::reconcile::{Dataplane, RouterMemory};
+use hagw_core::supervisor::{RouterEvent, WorkerConfig, spawn_router};
+use hagw_core::{Action, Error};
 use tempfile::TempDir;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 const PORT: &str = "qg-ovs1";
 const HELD: L2State = L2State { hold: HoldState::Held, wired: true };
+/// A silence settling time no test waits for, in ms.
+const HOUR: u64 = 3_600_000;
 
 /// One ovsdb-server on a unix socket in a temp dir, killed on drop.
 struct Server {
@@ -137,6 +152,108 @@ fn backend(server: &Server) -> OvsBackend {
     OvsBackend::with_config(server.endpoint(), config).ovsdb_only()
 }
 
+/// The switch side of a router as its worker sees it (no namespace here): the OVS backend,
+/// and a gateway device that is silent, as a standby's is once silenced.
+#[derive(Clone)]
+struct SwitchOnly {
+    ovs: OvsBackend,
+}
+
+impl Dataplane for SwitchOnly {
+    async fn observe(&self, spec: &RouterSpec) -> Result<PortState, Error> {
+        let l2 = self.ovs.observe(spec).await?;
+        Ok(PortState { link: Some(silent_link()), l2 })
+    }
+
+    async fn apply(&self, spec: &RouterSpec, action: &Action) -> Result<(), Error> {
+        match action {
+            Action::HoldL2 => self.ovs.hold(spec).await,
+            Action::ReleaseL2 => self.ovs.release(spec).await,
+            other => panic!("{other}: a silent device needs nothing else"),
+        }
+    }
+
+    fn hold_on_arrival(&self, spec: &RouterSpec, hold: HoldOnArrival) {
+        self.ovs.hold_on_arrival(port_name(spec), hold);
+    }
+}
+
+/// A gateway device the planner finds silent, as a settled standby's is.
+fn silent_link() -> LinkState {
+    LinkState {
+        admin_up: true,
+        oper_up: true,
+        addresses: Vec::new(),
+        ipv6: Ipv6Conf {
+            addr_gen_mode: ADDR_GEN_MODE_NONE,
+            accept_ra: 0,
+            forwarding: 0,
+            disable_ipv6: 0,
+        },
+        routes: Vec::new(),
+        counters: LinkCounters::default(),
+    }
+}
+
+/// A standby router's worker on `port`, woken by the OVS watcher whenever it reports the
+/// port; its periodic resync is an hour, so only those reports wake it (and, for a
+/// silence-only one, silence settling after `settle_ms`).
+struct Worker {
+    passes: mpsc::UnboundedReceiver<RouterEvent>,
+    ports: watch::Sender<PortRouters>,
+    watcher: JoinHandle<()>,
+    worker: JoinHandle<()>,
+}
+
+impl Worker {
+    fn start(ovs: &OvsBackend, port: &str, strategy: Strategy, settle_ms: u64) -> Worker {
+        let spec = RouterSpec {
+            id: format!("r-{port}"),
+            namespace: "unused".into(),
+            gateway_device: port.into(),
+            ha_device: None,
+            primary_vip: None,
+            keepalived_pid_file: None,
+            gateway_addresses: Vec::new(),
+            routes: Vec::new(),
+            backend: L2BackendSpec::Ovs { port: Some(port.into()) },
+            strategy,
+            announce: AnnounceSchedule { repeats: 0, interval_ms: 1000 },
+            role: RoleSource::Fixed(Role::Standby),
+            silence_settle_ms: settle_ms,
+        };
+        let dataplane = SwitchOnly { ovs: ovs.clone() };
+        let config = WorkerConfig { resync: Duration::from_secs(3600), ..WorkerConfig::default() };
+        let (events, passes) = mpsc::unbounded_channel();
+        let memory = RouterMemory::default();
+        let (handle, worker) =
+            spawn_router(Arc::new(dataplane), spec, Role::Standby, memory, config, events);
+        let (ports, watched) = watch::channel(PortRouters::from([(port.into(), vec![handle])]));
+        let start = {
+            let ovs = ovs.clone();
+            move || {
+                let ovs = ovs.clone();
+                async move { ovs.events(None).await }
+            }
+        };
+        let watcher = tokio::spawn(wake_on_changes(start, watched));
+        Worker { passes, ports, watcher, worker }
+    }
+
+    /// Waits for the end of the next pass.
+    async fn next_pass(&mut self) {
+        while self.passes.try_recv().is_ok() {}
+        tokio::time::timeout(Duration::from_secs(10), self.passes.recv()).await.unwrap().unwrap();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.watcher.abort();
+        self.worker.abort();
+    }
+}
+
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !check() {
@@ -208,7 +325,7 @@ async fn release_prefers_the_agents_current_vlan() {
 }
 
 #[tokio::test]
-async fn monitor_reports_changes_and_keep_held_undoes_a_retag_at_once() {
+async fn monitor_reports_changes_and_the_next_pass_undoes_a_retag_at_once() {
     let server = Server::start();
     server.plug();
     server.agent_wire(5);
@@ -219,11 +336,7 @@ async fn monitor_reports_changes_and_keep_held_undoes_a_retag_at_once() {
     assert_eq!(changes.next().await, Some(PortChange::Port(PORT.into())));
     drop(changes);
 
-    let (ports, watched) = watch::channel(Guarded::for_good([PORT.to_owned()]));
-    let task = {
-        let ovs = backend(&server);
-        tokio::spawn(async move { keep_held(&ovs, watched).await })
-    };
+    let mut worker = Worker::start(&backend(&server), PORT, Strategy::L2Hold, HOUR);
     eventually("initial hold", || server.get("trunks") == "[4095]").await;
     for round in 0..5 {
         server.agent_wire(5 + round);
@@ -231,8 +344,10 @@ async fn monitor_reports_changes_and_keep_held_undoes_a_retag_at_once() {
         assert_eq!(server.get("tag"), "4095");
         eprintln!("re-held after retag {round} within {took:?}");
     }
-    drop(ports);
-    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap().unwrap();
+    // The watcher ends when nothing is left to watch.
+    drop(std::mem::replace(&mut worker.ports, watch::channel(PortRouters::new()).0));
+    let watcher = std::mem::replace(&mut worker.watcher, tokio::spawn(async {}));
+    tokio::time::timeout(Duration::from_secs(5), watcher).await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -240,11 +355,7 @@ async fn a_retag_during_an_ovsdb_outage_is_undone_after_the_reconnect() {
     let mut server = Server::start();
     server.plug();
     server.agent_wire(5);
-    let (_ports, watched) = watch::channel(Guarded::for_good([PORT.to_owned()]));
-    let task = {
-        let ovs = backend(&server);
-        tokio::spawn(async move { keep_held(&ovs, watched).await })
-    };
+    let worker = Worker::start(&backend(&server), PORT, Strategy::L2Hold, HOUR);
     eventually("initial hold", || server.get("trunks") == "[4095]").await;
 
     server.stop();
@@ -261,8 +372,7 @@ async fn a_retag_during_an_ovsdb_outage_is_undone_after_the_reconnect() {
     let took = eventually("re-hold after reconnect", || server.get("trunks") == "[4095]").await;
     eprintln!("re-held {took:?} after ovsdb-server came back");
     assert_eq!(server.get(&format!("external_ids:{SAVED_TAG_KEY}")), "\"6\"");
-    assert!(!task.is_finished());
-    task.abort();
+    assert!(!worker.watcher.is_finished());
 }
 
 #[tokio::test]
@@ -270,16 +380,9 @@ async fn a_standby_port_is_held_on_arrival_and_defended_until_hagw_releases_it()
     const OTHER: &str = "qg-ovs2";
     let server = Server::start();
     let ovs = backend(&server);
-    let guarded = Guarded {
-        for_good: [OTHER.to_owned()].into(),
-        standby: [PORT.to_owned(), OTHER.to_owned()].into(),
-    };
-    let (_guarded, watched) = watch::channel(guarded);
-    let task = {
-        let ovs = ovs.clone();
-        tokio::spawn(async move { keep_held(&ovs, watched).await })
-    };
-    // The monitor is in place once the first resync was handled; a fresh monitor tells.
+    let _other = Worker::start(&ovs, OTHER, Strategy::L2Hold, HOUR);
+    let settling = Worker::start(&ovs, PORT, Strategy::SilenceOnly, HOUR);
+    // The watchers are in place once the first resync was handled; a fresh monitor tells.
     let mut changes = ovs.changes().await.unwrap();
     assert_eq!(changes.next().await, Some(PortChange::Resync));
     server.vsctl(&["add-port", "br-int", OTHER, "tag=4095"]);
@@ -293,10 +396,13 @@ async fn a_standby_port_is_held_on_arrival_and_defended_until_hagw_releases_it()
     server.agent_wire(5);
     eventually("the hagw hold defended", || server.get("trunks") == "[4095]").await;
 
-    // The worker releases once silence has settled; later retags are none of hagw's business.
-    ovs.release_port(PORT).await.unwrap();
-    assert_eq!(server.get("tag"), "5");
+    // A worker whose silence settles soon (the agent starts a new one when a spec changes)
+    // releases the port; later retags are none of hagw's business.
+    drop(settling);
+    let mut silent = Worker::start(&ovs, PORT, Strategy::SilenceOnly, 300);
+    eventually("released once silence settled", || server.get("tag") == "5").await;
     server.agent_wire(6);
+    silent.next_pass().await;
     // Changes are handled in order: once the later retag of the for-good port is undone,
     // the earlier one of the released port has been handled too.
     server.vsctl(&["set", "port", OTHER, "tag=3", "--", "clear", "port", OTHER, "trunks"]);
@@ -305,5 +411,4 @@ async fn a_standby_port_is_held_on_arrival_and_defended_until_hagw_releases_it()
     })
     .await;
     assert_eq!((server.get("tag"), server.get("trunks")), ("6".into(), "[]".into()));
-    task.abort();
 }

@@ -108,6 +108,11 @@ pub enum HoldState {
     /// Frames from the port cannot reach the uplink (generic backend: the kernel sends
     /// nothing out of the device; only packet sockets bypass that hold).
     Held,
+    /// One half of a two-part hold is in place (OVS: the dead-VLAN triple or OpenFlow
+    /// `no-receive`, not both, typically after the OVS agent's retag or an ovs-vswitchd
+    /// restart). Either half keeps the port's frames off the uplink, so it counts as held;
+    /// a standby completes it, a primary releases both halves.
+    Partial,
     /// The port forwards normally.
     Released,
     /// The backend cannot hold (generic backend on a kernel without nf_tables).
@@ -115,6 +120,13 @@ pub enum HoldState {
     /// The port was not found on the switch side, or its state is unreadable: treated as
     /// not held.
     Unknown,
+}
+
+impl HoldState {
+    /// Frames from the port are kept off the uplink (fully or partially held).
+    pub fn is_held(self) -> bool {
+        matches!(self, HoldState::Held | HoldState::Partial)
+    }
 }
 
 /// The switch side of the port.
@@ -129,7 +141,7 @@ pub struct L2State {
 impl PortState {
     /// The port can put frames on the wire: its link is up and nothing holds it at layer 2.
     pub fn is_exposed(&self) -> bool {
-        self.link.as_ref().is_some_and(|l| l.admin_up) && self.l2.hold != HoldState::Held
+        self.link.as_ref().is_some_and(|l| l.admin_up) && !self.l2.hold.is_held()
     }
 
     /// The kernel will originate nothing from the port: no addresses at all (so no DAD, MLD

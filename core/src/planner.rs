@@ -21,6 +21,9 @@ use crate::observed::{ADDR_GEN_MODE_NONE, HoldState, Ipv6Sysctl, Observed, PortS
 pub struct Plan {
     pub actions: Vec<Action>,
     pub wait: Option<Wait>,
+    /// What the backend may do on its own until the next pass, when the port (re)appears
+    /// faster than a pass could follow (see [`HoldOnArrival`]).
+    pub hold_on_arrival: HoldOnArrival,
 }
 
 impl Plan {
@@ -28,6 +31,28 @@ impl Plan {
     pub fn is_converged(&self) -> bool {
         self.actions.is_empty()
     }
+}
+
+/// The planner's standing decision for the time between passes. A standby's new port must
+/// be held before the L2 agent wires it, which can be a few milliseconds after it appears:
+/// faster than a pass (which observes everything before it acts) can follow. So the planner
+/// decides ahead, in every plan, and the backend applies this decision when it sees the
+/// port arrive. Nothing else is done between passes: a hold lifted by someone else (the OVS
+/// agent's retag) is an observation that wakes the router's next pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HoldOnArrival {
+    /// Never: a primary, or a backend that cannot hold.
+    #[default]
+    Never,
+    /// Hold a port that appears (a new OVS Port row, or ovs-vswitchd attaching it): a
+    /// `silence-only` standby whose silence has settled, which the planner released and
+    /// holds again only if its port is re-created (a new device talks).
+    NewPort,
+    /// Also hold it again when the hold may have been lost with nothing to show in the
+    /// switch's database (ovs-vswitchd restarting drops `no-receive`; changes missed while
+    /// OVSDB was unreachable): every standby the planner keeps held.
+    Always,
 }
 
 /// Why a plan stops short of the final state.
@@ -113,6 +138,11 @@ impl PlanBuilder<'_> {
         let nothing_to_hold = self.state.link.is_none() && self.state.l2.hold == HoldState::Unknown;
         let wants_hold =
             can_hold && !nothing_to_hold && (spec.strategy != Strategy::SilenceOnly || !settled);
+        self.plan.hold_on_arrival = match (can_hold, spec.strategy, settled) {
+            (false, ..) => HoldOnArrival::Never,
+            (true, Strategy::SilenceOnly, true) => HoldOnArrival::NewPort,
+            (true, ..) => HoldOnArrival::Always,
+        };
         if wants_hold && self.state.l2.hold != HoldState::Held {
             self.push(Action::HoldL2);
         } else if self.state.is_exposed() && !settled {
@@ -141,14 +171,14 @@ impl PlanBuilder<'_> {
         let remaining = settle.saturating_sub(if settled { settle } else { observed.silent_for });
         let settling = Wait::SilenceSettling { remaining: remaining.max(Duration::from_millis(1)) };
         if spec.strategy != Strategy::LinkDown && !self.admin_up() {
-            if self.state.l2.hold == HoldState::Held || settled {
+            if self.state.l2.hold.is_held() || settled {
                 self.push(Action::SetLinkUp);
             } else {
                 self.wait(settling);
             }
         }
         if spec.strategy == Strategy::SilenceOnly
-            && self.state.l2.hold == HoldState::Held
+            && self.state.l2.hold.is_held()
             && self.state.l2.wired
         {
             if settled {
@@ -169,6 +199,9 @@ impl PlanBuilder<'_> {
             return;
         }
         let can_hold = self.state.l2.hold != HoldState::Unsupported;
+        if can_hold {
+            self.plan.hold_on_arrival = HoldOnArrival::Always;
+        }
         let nothing_to_hold = self.state.link.is_none() && self.state.l2.hold == HoldState::Unknown;
         if can_hold && !nothing_to_hold {
             if self.state.l2.hold != HoldState::Held {
@@ -218,7 +251,7 @@ impl PlanBuilder<'_> {
                 self.push(Action::AddRoute { route: route.clone() });
             }
         }
-        if self.state.l2.hold == HoldState::Held {
+        if self.state.l2.hold.is_held() {
             if self.state.l2.wired {
                 self.push(Action::ReleaseL2);
             } else {

@@ -13,7 +13,7 @@ use crate::action::Action;
 use crate::error::Error;
 use crate::model::{Role, RouterSpec};
 use crate::observed::{Observed, PortState};
-use crate::planner::{Plan, Wait, plan};
+use crate::planner::{HoldOnArrival, Plan, Wait, plan};
 
 /// Reads and changes the real port. Implemented by the backends; the reconcile loop is
 /// generic over it so tests can drive it with a model.
@@ -24,6 +24,12 @@ pub trait Dataplane: Sync {
         spec: &RouterSpec,
         action: &Action,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Hands the backend the plan's standing decision for the time until the next pass
+    /// ([`HoldOnArrival`]), which it applies when it sees the port arrive. Given with every
+    /// plan of a pass, before its steps are applied (a takeover's plan says
+    /// [`HoldOnArrival::Never`] before it releases). Backends that see arrivals no sooner than
+    /// a pass ignore it.
+    fn hold_on_arrival(&self, _spec: &RouterSpec, _hold: HoldOnArrival) {}
 }
 
 /// What the loop remembers about one router between passes; the planner gets it as part of
@@ -216,7 +222,7 @@ struct Pass<'a, D> {
 
 impl<D: Dataplane> Pass<'_, D> {
     async fn run(mut self) -> Result<PassReport, ReconcileError> {
-        let (_, mut plan) = self.dry_run(&[]).await?;
+        let (_, mut plan) = self.plan(&[]).await?;
         let mut applied = Vec::with_capacity(plan.actions.len());
         let mut failed: Vec<StepFailure> = Vec::new();
         let mut takeover = Takeover::default();
@@ -250,7 +256,7 @@ impl<D: Dataplane> Pass<'_, D> {
                 // The rest of the round was planned on the failed step's effect (an
                 // announcement on a release): plan it again from what is there. This ends:
                 // a failed step is never planned again in this pass.
-                let (observed, next) = self.dry_run(&failed).await?;
+                let (observed, next) = self.plan(&failed).await?;
                 if next.is_converged() {
                     return finish(PassReport {
                         applied,
@@ -294,6 +300,14 @@ impl<D: Dataplane> Pass<'_, D> {
         Ok(self.memory.observed(self.role, port, Instant::now()))
     }
 
+    /// [`Pass::dry_run`] inside a pass: the plan's standing decision goes to the backend at
+    /// once, so it is in force before any of the plan's steps.
+    async fn plan(&mut self, skip: &[StepFailure]) -> Result<(Observed, Plan), ReconcileError> {
+        let (observed, plan) = self.dry_run(skip).await?;
+        self.dataplane.hold_on_arrival(self.spec, plan.hold_on_arrival);
+        Ok((observed, plan))
+    }
+
     /// Observes and plans, without the steps in `skip`, which failed earlier in the pass.
     async fn dry_run(&mut self, skip: &[StepFailure]) -> Result<(Observed, Plan), ReconcileError> {
         let mut observed = self.observe().await?;
@@ -325,7 +339,7 @@ impl<D: Dataplane> Pass<'_, D> {
         let mut remaining = Vec::new();
         for attempt in 0..self.policy.verify_attempts.max(1) {
             let woken = attempt > 0 && pause(self.policy.verify_delay, self.wake).await;
-            let (observed, again) = self.dry_run(skip).await?;
+            let (observed, again) = self.plan(skip).await?;
             if again.is_converged() {
                 return Ok(Verified::Converged { observed, wait: again.wait });
             }

@@ -6,7 +6,7 @@ use common::*;
 use hagw_core::action::Action;
 use hagw_core::model::{L2BackendSpec, Role, Strategy};
 use hagw_core::observed::{HoldState, Ipv6Sysctl};
-use hagw_core::planner::{Wait, plan};
+use hagw_core::planner::{HoldOnArrival, Wait, plan};
 
 fn kinds(actions: &[Action]) -> Vec<&'static str> {
     actions.iter().map(Action::kind).collect()
@@ -257,4 +257,44 @@ fn a_hold_only_spec_holds_a_standby_and_touches_nothing_else() {
     let down = spec(Strategy::LinkDown, generic());
     let p = plan(&down, Role::Standby, &hold_only(noisy_port(HoldState::Unsupported), 0, false));
     assert_eq!(p.actions, [Action::SetLinkDown]);
+}
+
+/// The OVS agent's retag leaves `no-receive` alone: a partial hold. It still keeps the port
+/// off the uplink, so nothing else changes on a standby, but its pass completes it; a
+/// primary releases what is left.
+#[test]
+fn a_partial_hold_is_completed_on_a_standby_and_released_on_a_primary() {
+    for strategy in [Strategy::L2Hold, Strategy::LinkDown] {
+        let mut port = quiet_held_port();
+        port.l2.hold = HoldState::Partial;
+        if strategy == Strategy::LinkDown {
+            port.link.as_mut().unwrap().admin_up = false;
+        }
+        let p = plan(&spec(strategy, ovs()), Role::Standby, &observed(port, 60_000, false));
+        assert_eq!(p.actions, [Action::HoldL2], "{strategy:?}");
+    }
+    let mut port = quiet_held_port();
+    port.l2.hold = HoldState::Partial;
+    assert!(!port.is_exposed(), "either half keeps the port off the uplink");
+    let p = plan(&spec(Strategy::L2Hold, ovs()), Role::Primary, &observed(port, 0, true));
+    assert!(p.actions.contains(&Action::ReleaseL2), "{p:?}");
+}
+
+/// Every plan says what the backend does when the port arrives before the next pass.
+#[test]
+fn a_standby_holds_its_port_on_arrival_until_the_planner_lets_go() {
+    let mut missing = noisy_port(HoldState::Unknown);
+    missing.link = None;
+    for strategy in [Strategy::L2Hold, Strategy::LinkDown, Strategy::SilenceOnly] {
+        let p = plan(&spec(strategy, ovs()), Role::Standby, &observed(missing.clone(), 0, false));
+        assert_eq!(p.hold_on_arrival, HoldOnArrival::Always, "{strategy:?}");
+        let p = plan(&spec(strategy, ovs()), Role::Primary, &observed(missing.clone(), 0, false));
+        assert_eq!(p.hold_on_arrival, HoldOnArrival::Never, "{strategy:?}");
+    }
+    // Settled into silence, a silence-only standby's port is released; only a new port
+    // (a new device, which talks) is held again.
+    let settled = observed(quiet_held_port(), 60_000, false);
+    let p = plan(&spec(Strategy::SilenceOnly, ovs()), Role::Standby, &settled);
+    assert_eq!(p.actions, [Action::ReleaseL2]);
+    assert_eq!(p.hold_on_arrival, HoldOnArrival::NewPort);
 }

@@ -7,17 +7,20 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
+use std::sync::Arc;
+
 use hagw_backends::dataplane::HostDataplane;
-use hagw_backends::l2::ovs::{Guarded, keep_held_every};
 use hagw_backends::l2::{L2Backends, OvsBackend};
 use hagw_backends::linux::LinuxNet;
+use hagw_backends::ovs_watch::{PortRouters, wake_on_changes};
 use hagw_core::Action;
 use hagw_core::model::{AnnounceSchedule, L2BackendSpec, Role, RoleSource, RouteSpec, RouterSpec};
 use hagw_core::reconcile::{ReconcileError, RetryPolicy, RouterMemory, reconcile_router};
+use hagw_core::supervisor::{WorkerConfig, spawn_router};
 use hagw_e2e::gateway::{EXTERNAL_IP, GATEWAY_CIDR, GATEWAY_IP, GATEWAY_MAC};
 use hagw_e2e::ovs::{LOCAL_VLAN, OvsLab, OvsNode, fdb_has_gateway_on};
 use hagw_e2e::{Capture, sh};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 const HELD: &str = "4095 trunk [4095]";
 
@@ -103,11 +106,28 @@ async fn primary_serves_standby_stays_held_through_agent_and_ovsdb_restarts() ->
     lab.lab.exec(&lab.external, &format!("ping -c 3 -i 0.2 -W 2 {GATEWAY_IP}"))?;
     ensure!(fdb_has_gateway_on(&lab.tor, &primary.tor_port)?, "ToR must learn the primary");
 
-    // The standby's re-hold task, as the agent runs it.
+    // The standby's worker, woken by the OVS watcher as the agent runs them; its periodic
+    // resync and the watcher's recheck are an hour, so only reported events wake it.
     let ovs: OvsBackend = dps[1].l2().ovs().expect("ovs").clone();
-    let (_ports, watched) = watch::channel(Guarded::for_good([standby.port.clone()]));
     let hour = Duration::from_secs(3600);
-    let task = tokio::spawn(async move { keep_held_every(&ovs, watched, hour).await });
+    let config = WorkerConfig { resync: hour, ..WorkerConfig::default() };
+    let (events, mut passes) = mpsc::unbounded_channel();
+    let (worker, worker_task) = spawn_router(
+        Arc::new(dps[1].clone()),
+        spec(standby),
+        Role::Standby,
+        RouterMemory::default(),
+        config,
+        events,
+    );
+    tokio::spawn(async move { while passes.recv().await.is_some() {} });
+    let (_ports, watched) =
+        watch::channel(PortRouters::from([(standby.port.clone(), vec![worker])]));
+    let start = move || {
+        let ovs = ovs.clone();
+        async move { ovs.events(Some(hour)).await }
+    };
+    let task = tokio::spawn(wake_on_changes(start, watched));
 
     // The OVS agent restarts and re-wires every port.
     for node in &lab.nodes {
@@ -132,12 +152,13 @@ async fn primary_serves_standby_stays_held_through_agent_and_ovsdb_restarts() ->
     let standby = &lab.nodes[1];
     let took = eventually("re-hold after reconnect", || Ok(standby.port_vlan()? == HELD)).await?;
     eprintln!("standby re-held {took:?} after ovsdb-server came back");
-    ensure!(!task.is_finished(), "the re-hold task must survive the restart");
+    ensure!(!task.is_finished(), "the watcher must survive the restart");
     ensure!(standby.no_receive()?, "no-receive survives an ovsdb-server restart");
 
     // ovs-vswitchd restarts on the standby: no-receive goes with it, and nothing changes in
-    // OVSDB. The re-hold task sees the bridge's management socket come back and sets it again
-    // (its periodic re-check is an hour here, so only that can have done it); then the OVS
+    // OVSDB. The watcher sees the bridge's management socket come back, and the backend holds
+    // the port again as the last plan said (and the woken pass would complete the hold): the
+    // periodic re-checks are an hour here, so only that can have done it. Then the OVS
     // agent, having noticed the restart, re-wires the port, and no-receive holds through it.
     lab.nodes[1].restart_vswitchd()?;
     let standby = &lab.nodes[1];
@@ -157,5 +178,6 @@ async fn primary_serves_standby_stays_held_through_agent_and_ovsdb_restarts() ->
     ensure!(frames.is_empty(), "standby leaked:\n{}", frames.join("\n"));
     ensure!(!fdb_has_gateway_on(&lab.tor, &standby.tor_port)?, "ToR learnt the standby");
     task.abort();
+    worker_task.abort();
     Ok(())
 }

@@ -7,45 +7,43 @@
 //! - [`port`]: the pure rules (row → [`L2State`], the hold and release transactions),
 //! - [`ofport`]: the retag-proof half of the hold, OpenFlow `no-receive`, spoken over the
 //!   bridge's management socket by [`openflow`] (`ovs-ofctl` as the fallback),
-//! - [`watch`]: the monitor that reports retagged ports at once, and the re-hold task,
-//! - [`restarts`]: ovs-vswitchd (re)starting, which drops `no-receive` behind OVSDB's back,
+//! - `arrivals`: the planner's [`HoldOnArrival`] applied when a port arrives between passes
+//!   (what happens to ports is reported by [`crate::ovs_watch`], which cannot change them),
 //! - [`applied`]: waiting until ovs-vswitchd has applied a release before it is announced,
 //! - [`dpflows`]: then forgetting the datapath flows the port had while held (its cached
 //!   `drop`), over ovs-vswitchd's control socket ([`unixctl`]).
 //!
 //! A hold is both the dead-VLAN triple in the Port row and `no-receive` on the OpenFlow port;
 //! either alone keeps the port's frames off the uplink, so the port counts as held while
-//! either is in place (a primary then still releases both), and every hold puts both back.
+//! either is in place ([`HoldState::Partial`](hagw_core::observed::HoldState) with one: a
+//! primary still releases both, a standby's pass completes it), and every hold puts both back.
 
 pub mod applied;
+mod arrivals;
 pub mod dpflows;
 pub mod ofport;
 pub mod openflow;
 pub mod port;
-pub mod restarts;
 pub mod unixctl;
-pub mod watch;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hagw_core::Error;
 use hagw_core::model::{L2BackendSpec, RouterSpec};
 use hagw_core::observed::L2State;
+use hagw_core::planner::HoldOnArrival;
 use tokio::sync::OnceCell;
 use tracing::{debug, info, instrument, warn};
 
+use crate::ovs_watch::{PortChanges, PortEvents};
 use crate::ovsdb::{
     ClientConfig, Condition, Endpoint, InterfaceRow, Op, OvsdbClient, OvsdbError, PortRow,
     VSWITCH_DB, Value,
 };
+use arrivals::Arrivals;
 use dpflows::DatapathFlows;
 use ofport::{NoReceive, NoReceiveError};
-
-pub use watch::{
-    Guarded, OvsFeed, PortChange, PortChanges, PortKeys, RECHECK_INTERVAL, keep_held,
-    keep_held_every, keep_held_retrying,
-};
 
 /// The OVSDB Port a router's gateway is plugged into: the spec's `port`, else the gateway
 /// device name (Neutron names the OVS port after the device).
@@ -85,8 +83,8 @@ pub struct OvsBackend {
     no_recv: Option<NoReceive>,
     /// The datapath flows of released ports, purged through ovs-vswitchd's control socket.
     flows: DatapathFlows,
-    /// Ports this process has held and not released since (see [`OvsBackend::holding`]).
-    holding: Arc<tokio::sync::watch::Sender<BTreeSet<String>>>,
+    /// The planner's [`HoldOnArrival`] per port, applied between passes.
+    arrivals: Arc<Arrivals>,
 }
 
 impl OvsBackend {
@@ -110,22 +108,34 @@ impl OvsBackend {
             client: Arc::new(OnceCell::new()),
             no_recv: Some(no_recv),
             flows,
-            holding: Arc::new(tokio::sync::watch::Sender::new(BTreeSet::new())),
+            arrivals: Arc::default(),
         }
     }
 
-    /// The ports this process (any clone of this backend) has held and not released since:
-    /// a hold enters before its transaction and leaves before the release's, so a change
-    /// reported while a port is in here lifted a hold hagw still wants (see
-    /// [`watch::Guarded`]).
-    pub fn holding(&self) -> tokio::sync::watch::Receiver<BTreeSet<String>> {
-        self.holding.subscribe()
+    /// Puts the planner's standing decision for `port` in force until its next plan: the
+    /// port is held the moment it arrives (see [`HoldOnArrival`]). The first decision to hold
+    /// starts the task that applies them, for the life of the runtime.
+    pub fn hold_on_arrival(&self, port: &str, hold: HoldOnArrival) {
+        self.arrivals.set(self, port, hold);
     }
 
-    fn mark_holding(&self, port: &str, holding: bool) {
-        self.holding.send_if_modified(|ports| {
-            if holding { ports.insert(port.to_owned()) } else { ports.remove(port) }
-        });
+    /// What happens to ports: the OVSDB monitor's changes (see [`PortChanges::start`]).
+    pub async fn changes(&self) -> Result<PortChanges, Error> {
+        let client = self.client().await?.clone();
+        PortChanges::start(client, &self.endpoint).await.map_err(|e| self.monitor_error(e))
+    }
+
+    /// What happens to ports: the monitor's changes, ovs-vswitchd's restarts and, with
+    /// `recheck`, a periodic look (see [`PortEvents::start`]).
+    pub async fn events(&self, recheck: Option<Duration>) -> Result<PortEvents, Error> {
+        let client = self.client().await?.clone();
+        PortEvents::start(client, &self.endpoint, self.rundir(), recheck)
+            .await
+            .map_err(|e| self.monitor_error(e))
+    }
+
+    fn monitor_error(&self, e: OvsdbError) -> Error {
+        Error::transient("monitor", format!("ovsdb {} Port table", self.endpoint), e)
     }
 
     /// Holds with the OVSDB triple alone, without `no-receive`: for an ovsdb-server without
@@ -194,25 +204,26 @@ impl OvsBackend {
         Ok(Some(Located { bridge, datapath, row, attached }))
     }
 
-    /// Whether the port's OpenFlow `no-receive` is set. Unreadable (ovs-vswitchd down, the port
-    /// not attached yet, no bridge) counts as not set: hagw never relies on what it cannot see.
-    async fn no_receive(&self, port: &Located) -> bool {
-        let (Some(no_recv), Some(bridge)) = (&self.no_recv, &port.bridge) else { return false };
+    /// Whether the port's OpenFlow `no-receive` is set; `None` where it does not apply (the
+    /// OVSDB triple only, or the port not attached to a bridge yet). Unreadable
+    /// (ovs-vswitchd down) counts as not set: hagw never relies on what it cannot see.
+    async fn no_receive(&self, port: &Located) -> Option<bool> {
+        let (Some(no_recv), Some(bridge)) = (&self.no_recv, &port.bridge) else { return None };
         if !port.attached {
-            return false;
+            return None;
         }
         match no_recv.get(bridge, &port.row.name).await {
-            Ok(set) => set,
+            Ok(set) => Some(set),
             Err(e) => {
                 debug!(error = %e, "no-receive unreadable, taken as not set");
-                false
+                Some(false)
             }
         }
     }
 
-    /// The port's hold state: held while the dead-VLAN triple or `no-receive` is in place
-    /// (either alone keeps its frames off the uplink); a missing Port row is
-    /// [`HoldState::Unknown`](hagw_core::observed::HoldState).
+    /// The port's hold state: held with the dead-VLAN triple and `no-receive`, partially
+    /// with one of them (either alone keeps its frames off the uplink); a missing Port row
+    /// is [`HoldState::Unknown`](hagw_core::observed::HoldState).
     // A failure here is the reconcile loop's to report (each retry at debug, the last at
     // warn): an optimistic-lock conflict with the L2 agent is retried, not an error.
     #[instrument(skip(self), err(level = "debug"))]
@@ -231,10 +242,10 @@ impl OvsBackend {
         self.hold_located(port, &located).await
     }
 
-    /// [`OvsBackend::hold_port`] for the re-hold task, which is triggered again when the port
-    /// appears or is attached: a missing Port row needs no hold, and a port ovs-vswitchd has
-    /// not attached yet gets the triple now and `no-receive` on its attach.
-    pub async fn hold_if_present(&self, port: &str) -> Result<Rehold, Error> {
+    /// [`OvsBackend::hold_port`] on a port's arrival, which is reported again when it is
+    /// attached: a missing Port row needs no hold, and a port ovs-vswitchd has not attached
+    /// yet gets the triple now and `no-receive` on its attach.
+    async fn hold_if_present(&self, port: &str) -> Result<Rehold, Error> {
         let Some(located) = self.read(port).await? else { return Ok(Rehold::Absent) };
         if self.no_recv.is_some() && !located.attached {
             self.hold_triple(port, &located.row).await?;
@@ -245,7 +256,6 @@ impl OvsBackend {
 
     /// The OVSDB half of a hold: the dead-VLAN triple.
     async fn hold_triple(&self, port: &str, row: &PortRow) -> Result<(), Error> {
-        self.mark_holding(port, true);
         if let Some(ops) = port::hold_ops(row) {
             self.commit("hold", port, &ops).await?;
             info!(port, tag = ?row.tag, vlan_mode = ?row.vlan_mode, "held in dead VLAN");
@@ -279,7 +289,6 @@ impl OvsBackend {
                 "not wired: no local VLAN in other_config:tag or external_ids:hagw-saved-tag",
             )
         })?;
-        self.mark_holding(port, false);
         // A port ovs-vswitchd has not attached has no OpenFlow port state to clear.
         match (&self.no_recv, located.bridge.as_deref().filter(|_| located.attached)) {
             (Some(no_recv), Some(bridge)) => match no_recv.set(bridge, port, false).await {
@@ -364,7 +373,7 @@ impl OvsBackend {
 }
 
 /// How long a release waits for ovs-vswitchd to apply it before the announcement goes out.
-const VSWITCHD_APPLY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+const VSWITCHD_APPLY_WAIT: Duration = Duration::from_millis(500);
 
 /// Maps a failure to read or set `no-receive` to the loop's error kind.
 fn no_receive_error(operation: &str, port: &str, e: NoReceiveError) -> Error {
@@ -405,9 +414,9 @@ struct Located {
     attached: bool,
 }
 
-/// What a re-hold ([`OvsBackend::hold_if_present`]) did.
+/// What a hold on arrival ([`OvsBackend::hold_if_present`]) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rehold {
+enum Rehold {
     /// No such Port row: nothing to hold.
     Absent,
     /// Fully held: the triple and, unless [`OvsBackend::ovsdb_only`], `no-receive`.

@@ -7,7 +7,8 @@
 //! - keepalived exiting (a pidfd per running keepalived) or its pid file being rewritten,
 //!   when the spec names `keepalivedPidFile`: a dead keepalived's VIP and state are stale;
 //! - OVS port changes from the OVSDB monitor (a retag, the port appearing or being attached),
-//!   which wake the routers of that port's namespace, and all of them after a resync;
+//!   which wake the port's routers, and all of them after a resync, an ovs-vswitchd restart
+//!   and every [`RECHECK_INTERVAL`] ([`hagw_backends::ovs_watch`]);
 //! - the worker's own timers (silence settling, retry backoff, periodic resync).
 //!
 //! Routers come from the caller ([`Agent::set_routers`]); a Neutron node's are discovered and
@@ -15,11 +16,9 @@
 //! Neutron changes it. A changed spec restarts its router's worker, which deletes from a
 //! primary the addresses the previous spec had and the new one has not.
 //!
-//! For standbys on OVS the agent also holds their ports itself ([`OvsFeed`]), without waiting
-//! for the worker's pass: the moment a port arrives (added, or attached by ovs-vswitchd, after
-//! which the OVS agent may wire it), and again at once on every change that lifts the hold:
-//! for good for `l2-hold` and `link-down`, and for `silence-only` until the worker releases
-//! the port once silence has settled.
+//! Every hold and release is the planner's, applied by the router's worker; a standby's port
+//! that arrives between passes is held by the backend as the last plan decided
+//! (`HoldOnArrival`), which the agent clears for a router it stops managing.
 
 mod exits;
 mod neutron;
@@ -32,15 +31,17 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use hagw_backends::dataplane::HostDataplane;
 use hagw_backends::events::{NetnsMonitor, monitor_netns};
-use hagw_backends::l2::ovs::{Guarded, OvsFeed, PortKeys, port_name};
+use hagw_backends::l2::ovs::port_name;
 use hagw_backends::netns::{NETNS_RUN_DIR, Netns};
-use hagw_core::model::{L2BackendSpec, Role, RoleSource, RouterSpec, Strategy};
-use hagw_core::reconcile::RouterMemory;
+use hagw_backends::ovs_watch::{PortRouters, RECHECK_INTERVAL, wake_on_changes};
+use hagw_core::model::{L2BackendSpec, RoleSource, RouterSpec};
+use hagw_core::planner::HoldOnArrival;
+use hagw_core::reconcile::{Dataplane, RouterMemory};
 use hagw_core::supervisor::{PassOutcome, RouterEvent, RouterHandle, WorkerConfig, spawn_router};
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use self::exits::ExitWatches;
 use self::neutron::Following;
@@ -64,6 +65,19 @@ impl Drop for Managed {
     }
 }
 
+/// The OVS watcher, waking the routers of a port when it reports the port
+/// ([`wake_on_changes`]). Dropping it stops it.
+struct OvsWake {
+    ports: tokio::sync::watch::Sender<PortRouters>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for OvsWake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The agent's state: workers, namespace subscriptions and file watches.
 pub struct Agent {
     dataplane: Arc<HostDataplane>,
@@ -77,7 +91,7 @@ pub struct Agent {
     neutron: Option<Following>,
     observer: Observer,
     /// Started when the first OVS router is managed.
-    ovs: Option<OvsFeed>,
+    ovs: Option<OvsWake>,
     keepalived_exits: ExitWatches,
 }
 
@@ -140,10 +154,12 @@ impl Agent {
             specs.into_iter().map(|s| (s.id.clone(), s)).collect();
         // The addresses a changed spec no longer lists: its new worker deletes them.
         let mut retired: HashMap<String, Vec<IpNet>> = HashMap::new();
+        let mut dropped = Vec::new();
         let (observer, exits) = (&self.observer, &mut self.keepalived_exits);
         self.routers.retain(|id, m| {
             let keep = wanted.get(id) == Some(&m.spec) && hold_only.contains(id) == m.hold_only;
             if !keep {
+                dropped.push(m.spec.clone());
                 info!(router = %id, "router removed or changed");
                 if let Some(new) = wanted.get(id) {
                     let gone = m.spec.gateway_addresses.iter();
@@ -194,42 +210,38 @@ impl Agent {
             info!(router = %id, role = role.as_str(), hold_only, "managing router");
             self.routers.insert(id, Managed { spec, hold_only, handle, task });
         }
-        self.update_ovs(None);
+        self.update_ovs(dropped);
     }
 
-    /// Tells the OVS feed which ports to watch (waking their namespace) and which to keep
-    /// held: every standby's port once it arrives, and for good those of `l2-hold` and
-    /// `link-down` standbys, with `changing`'s new role taking effect first (a port must
-    /// leave the guarded set before its worker releases it).
-    fn update_ovs(&mut self, changing: Option<(&str, Role)>) {
-        let mut keys = PortKeys::new();
-        let mut guarded = Guarded::default();
-        for (id, m) in &self.routers {
-            if !matches!(m.spec.backend, L2BackendSpec::Ovs { .. }) {
-                continue;
+    /// Tells the OVS watcher which ports to report (waking their routers), and withdraws
+    /// the last plan's hold on arrival of the `dropped` routers' ports that no managed router
+    /// uses any more.
+    fn update_ovs(&mut self, dropped: Vec<RouterSpec>) {
+        let mut keys = PortRouters::new();
+        for m in self.routers.values() {
+            if matches!(m.spec.backend, L2BackendSpec::Ovs { .. }) {
+                let port = port_name(&m.spec).to_owned();
+                keys.entry(port).or_default().push(m.handle.clone());
             }
-            let port = port_name(&m.spec).to_owned();
-            keys.entry(port.clone()).or_default().insert(m.spec.namespace.clone());
-            let role = match changing {
-                Some((changed, role)) if changed == id => role,
-                _ => m.handle.role(),
-            };
-            if !role.is_standby() {
-                continue;
+        }
+        for spec in dropped.iter().filter(|s| matches!(s.backend, L2BackendSpec::Ovs { .. })) {
+            if !keys.contains_key(port_name(spec)) {
+                self.dataplane.hold_on_arrival(spec, HoldOnArrival::Never);
             }
-            // The planner holds such a standby for good; a silence-only one it releases once
-            // silence has settled, and until then the feed defends the hold.
-            if m.spec.strategy != Strategy::SilenceOnly {
-                guarded.for_good.insert(port.clone());
-            }
-            guarded.standby.insert(port);
         }
         if self.ovs.is_none() && !keys.is_empty() {
-            let Some(backend) = self.dataplane.l2().ovs() else { return };
-            self.ovs = Some(OvsFeed::start(backend.clone(), self.netns_changes.clone()));
+            let Some(backend) = self.dataplane.l2().ovs().cloned() else { return };
+            let (ports, watched) = tokio::sync::watch::channel(PortRouters::new());
+            let span = info_span!("ovs_watch", endpoint = %backend.endpoint());
+            let start = move || {
+                let backend = backend.clone();
+                async move { backend.events(Some(RECHECK_INTERVAL)).await }
+            };
+            let task = tokio::spawn(wake_on_changes(start, watched).instrument(span));
+            self.ovs = Some(OvsWake { ports, task });
         }
-        if let Some(feed) = &self.ovs {
-            feed.set(keys, guarded);
+        if let Some(ovs) = &self.ovs {
+            ovs.ports.send_replace(keys);
         }
     }
 
@@ -331,7 +343,6 @@ impl Agent {
             let keepalived_running =
                 m.spec.keepalived_pid_file.as_ref().map(|_| keepalived.is_some());
             info!(router = %id, from = before.as_str(), to = role.as_str(), ?keepalived_running, "role change");
-            self.update_ovs(Some((id, role)));
         }
         if let Some(m) = self.routers.get(id) {
             m.handle.set_role(role);

@@ -62,15 +62,18 @@ pub fn l2_state(row: Option<&PortRow>) -> L2State {
     }
 }
 
-/// As [`l2_state`] for an existing row, with its OpenFlow `no-receive` bit: held while the
-/// triple or `no-receive` is in place, since either alone keeps the port's frames off the
-/// uplink. A partial hold therefore still counts as held, so a primary releases it (both
-/// halves); re-completing it on a standby is the re-hold task's job.
-pub fn l2_state_with(row: &PortRow, no_receive: bool) -> L2State {
+/// As [`l2_state`] for an existing row, with its OpenFlow `no-receive` bit where it applies
+/// (`None`: the backend does not use it, or ovs-vswitchd has not attached the port yet, so
+/// the triple is all a hold can be for now). With both halves the port is held; with one
+/// it is [`HoldState::Partial`], which still keeps its frames off the uplink: a primary
+/// releases it, a standby's pass completes it.
+pub fn l2_state_with(row: &PortRow, no_receive: Option<bool>) -> L2State {
     let mut state = l2_state(Some(row));
-    if no_receive {
-        state.hold = HoldState::Held;
-    }
+    state.hold = match (state.hold == HoldState::Held, no_receive) {
+        (true, None | Some(true)) => HoldState::Held,
+        (true, Some(false)) | (false, Some(true)) => HoldState::Partial,
+        (false, None | Some(false)) => HoldState::Released,
+    };
     state
 }
 
@@ -234,11 +237,16 @@ mod tests {
     }
 
     #[test]
-    fn no_receive_alone_is_held() {
+    fn either_half_alone_is_a_partial_hold() {
         let retagged = with_agent_tag(port(Some(7), None, &[]), "7");
-        assert_eq!(l2_state_with(&retagged, true), L2State { hold: HoldState::Held, wired: true });
-        assert_eq!(l2_state_with(&retagged, false).hold, HoldState::Released);
-        assert_eq!(l2_state_with(&held(), false).hold, HoldState::Held);
+        let partial = L2State { hold: HoldState::Partial, wired: true };
+        assert_eq!(l2_state_with(&retagged, Some(true)), partial);
+        assert_eq!(l2_state_with(&retagged, Some(false)).hold, HoldState::Released);
+        assert_eq!(l2_state_with(&retagged, None).hold, HoldState::Released);
+        assert_eq!(l2_state_with(&held(), Some(false)).hold, HoldState::Partial);
+        assert_eq!(l2_state_with(&held(), Some(true)).hold, HoldState::Held);
+        // Not attached yet (or the triple alone is the whole hold): the triple is held.
+        assert_eq!(l2_state_with(&held(), None).hold, HoldState::Held);
     }
 
     #[test]
