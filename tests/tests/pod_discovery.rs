@@ -185,12 +185,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Fails if `fip` shows up on `d`'s gateway during `during`.
+/// Fails if `fip` shows up on `d`'s gateway during `during`, or if the gateway (a primary's)
+/// is held meanwhile.
 fn stays_absent(d: &Deployment, fip: &str, during: Duration) -> Result<()> {
     let end = Instant::now() + during;
     while Instant::now() < end {
         let now = d.addresses()?;
         ensure!(!now.contains(&format!("{fip}/32")), "{}: {fip} is back:\n{now}", d.name());
+        ensure!(d.link_up()?, "{}: the primary's gateway is held", d.name());
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
@@ -283,6 +285,20 @@ fn the_pod_discovers_containerized_neutron_routers_and_serves_them() -> Result<(
         })
         .with_context(log)?;
     }
+    // `kubectl get harouters -o wide` shows this node's role in the ROLES column.
+    let roles = |d: &Deployment, role: &str| -> Result<()> {
+        let want = format!("{}={role}", node.name);
+        wait_for(&format!("{}: {want} in ROLES", d.name()), Duration::from_secs(30), || {
+            let wide = node.kubectl(&["get", "harouters", "-A", "-o", "wide"])?;
+            let line = wide.lines().find(|l| l.contains(d.router.id.as_str())).map(str::to_string);
+            Ok(line.filter(|l| l.split_whitespace().any(|c| c == want)))
+        })
+        .map(|line| println!("{line}"))
+        .with_context(log)
+    };
+    for d in &deployments {
+        roles(d, "standby(held)")?;
+    }
     let objects = published()?;
     let written: Vec<&serde_json::Value> = objects
         .iter()
@@ -325,6 +341,7 @@ fn the_pod_discovers_containerized_neutron_routers_and_serves_them() -> Result<(
         let gw = &d.router.gw;
         gw.lab
             .exec(&gw.external, &format!("ping -c 1 -W 2 {GATEWAY_IP} && ping -c 1 -W 2 {FIP}"))?;
+        roles(d, "primary")?;
     }
 
     // Neutron adds a floating IP, then removes it.
