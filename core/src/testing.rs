@@ -1,8 +1,30 @@
-//! Fixtures for unit tests that start real processes (this crate's and the operator's, through
-//! the `testing` feature).
+//! Fixtures for unit tests (this crate's and the operator's, through the `testing` feature):
+//! a router spec, and real processes.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A router as Neutron's files describe one: `qrouter-<id>` with `qg-<id>`, one gateway
+/// address, OVS `l2-hold`, its role from `ha_confs/<id>/state`. Tests change what they need
+/// with struct update syntax.
+pub fn router(id: &str) -> crate::RouterSpec {
+    use crate::model::{AnnounceSchedule, L2BackendSpec, RoleSource, Strategy};
+    crate::RouterSpec {
+        id: id.into(),
+        namespace: format!("qrouter-{id}"),
+        gateway_device: format!("qg-{id}"),
+        ha_device: None,
+        primary_vip: None,
+        keepalived_pid_file: None,
+        gateway_addresses: vec!["203.0.113.5/24".parse().expect("an address")],
+        routes: Vec::new(),
+        backend: L2BackendSpec::Ovs { port: None },
+        strategy: Strategy::L2Hold,
+        announce: AnnounceSchedule::default(),
+        role: RoleSource::StateFile(format!("/var/lib/neutron/ha_confs/{id}/state").into()),
+        silence_settle_ms: 3000,
+    }
+}
 
 /// How long a test waits for another process before it fails. Generous on purpose: CI shares
 /// two cores with the whole suite, and a deadline here only bounds a hang, it measures nothing.

@@ -63,23 +63,15 @@ mod tests {
 
     fn router(id: &str, state_file: &str) -> RouterSpec {
         RouterSpec {
-            id: id.into(),
-            namespace: format!("qrouter-{id}"),
-            gateway_device: format!("qg-{id}"),
-            ha_device: None,
-            primary_vip: None,
-            keepalived_pid_file: None,
             gateway_addresses: vec![],
-            routes: vec![],
             backend: Default::default(),
             strategy: Default::default(),
-            announce: Default::default(),
             role: if state_file.is_empty() {
                 RoleSource::Fixed(Role::Standby)
             } else {
                 RoleSource::StateFile(state_file.into())
             },
-            silence_settle_ms: 3000,
+            ..hagw_core::testing::router(id)
         }
     }
 

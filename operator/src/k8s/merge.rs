@@ -120,7 +120,7 @@ pub fn object_name(id: &str) -> String {
 mod tests {
     use std::sync::Arc;
 
-    use hagw_core::model::{AnnounceSchedule, L2BackendSpec, RoleSource};
+    use hagw_core::model::{L2BackendSpec, RoleSource};
     use kube::api::{ApiResource, DynamicObject};
     use serde_json::json;
 
@@ -130,19 +130,9 @@ mod tests {
 
     fn router(id: &str, device: &str) -> RouterSpec {
         RouterSpec {
-            id: id.into(),
-            namespace: format!("qrouter-{id}"),
             gateway_device: device.into(),
-            ha_device: None,
-            primary_vip: None,
-            keepalived_pid_file: None,
-            gateway_addresses: vec!["203.0.113.5/24".parse().unwrap()],
-            routes: Vec::new(),
-            backend: L2BackendSpec::Ovs { port: None },
-            strategy: Strategy::L2Hold,
-            announce: AnnounceSchedule::default(),
             role: RoleSource::StateFile("/var/lib/neutron/ha_confs/x/state".into()),
-            silence_settle_ms: 3000,
+            ..hagw_core::testing::router(id)
         }
     }
 

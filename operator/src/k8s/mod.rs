@@ -7,6 +7,7 @@ mod aggregate;
 mod cache;
 pub mod crd;
 mod discovered;
+mod entry;
 mod gc;
 pub(crate) mod handback;
 mod merge;

@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hagw_core::Role;
-use hagw_core::supervisor::{PassOutcome, RouterEvent};
-use hagw_core::{Action, Wait};
+use hagw_core::supervisor::RouterEvent;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
@@ -33,7 +31,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::aggregate::summary;
-use super::crd::{Condition, HARouter, NodeStatus};
+use super::crd::{HARouter, NodeStatus};
+use super::entry::{self, Notice};
 use super::gc;
 use super::merge::Enforced;
 use super::source::{DISCOVERED_LABEL, Origin};
@@ -176,124 +175,38 @@ impl StatusWriter {
     fn pass(&mut self, enforced: &Enforced, event: &RouterEvent) {
         let origin = &enforced.assigned.origin;
         let previous = self.current(origin);
-        let now = now();
-        let role = event.role.as_str().to_string();
-        let held = match &event.outcome {
-            PassOutcome::Converged { .. } => event.held,
-            PassOutcome::Failed { .. } => previous.as_ref().is_some_and(|p| p.held),
-        };
-        let (ready, mut degraded, mut last_error) = match &event.outcome {
-            PassOutcome::Converged { wait, degraded, .. } => {
-                let ready = match wait {
-                    Some(Wait::DeviceMissing) => ("False", "DeviceMissing", describe_wait(wait)),
-                    Some(Wait::L2NotWired) => ("False", "L2NotWired", describe_wait(wait)),
-                    _ => ("True", "Converged", String::new()),
-                };
-                if degraded.is_empty() {
-                    (ready, ("False", "Converged", String::new()), None)
-                } else {
-                    // Forwarding, but not as configured: Ready stays as the wait says, the
-                    // failed settings are named in Degraded and count as the last error.
-                    let message = degraded
-                        .iter()
-                        .map(|(_, error)| error.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    (ready, ("True", "SettingsFailed", message.clone()), Some(message))
-                }
-            }
-            PassOutcome::Failed { error, applied_fail_safe, .. } => {
-                let mut message = error.clone();
-                if let Some(guard) = applied_fail_safe {
-                    message.push_str(&format!("; fail-safe applied: {guard}"));
-                }
-                let failed = ("True", "ReconcileFailed", message.clone());
-                (("False", "ReconcileFailed", message.clone()), failed, Some(message))
-            }
-        };
-        if let Some(note) = &enforced.ignored {
-            // The router runs with what discovery found; the ignored overrides are the error.
-            let message = match &last_error {
-                Some(error) => format!("{error}; {note}"),
-                None => note.clone(),
-            };
-            if degraded.0 == "False" {
-                degraded = ("True", "OverridesIgnored", message.clone());
-            }
-            last_error = Some(message);
-        }
-        let was_failing = previous.as_ref().is_some_and(|p| p.last_error.is_some());
-        match (&last_error, was_failing) {
-            (Some(error), false) => {
-                self.event(origin.object_ref(), EventType::Warning, degraded.1, error)
-            }
-            (None, true) => self.event(
-                origin.object_ref(),
-                EventType::Normal,
-                "Recovered",
-                "reconcile succeeds again",
-            ),
-            _ => {}
-        }
-        // One Event per failover, from the node taking over (a demotion alone shows in the
-        // conditions as "no primary"), sent with the next writes ([`Self::announce`]).
-        if let Some(from) = event.transition_from.filter(|_| event.role == Role::Primary) {
-            let note =
-                format!("{}: {} -> {}{}", self.node, from.as_str(), role, steps(&event.outcome));
-            self.takeovers.push((origin.clone(), note));
-        }
-        let transition = match &previous {
-            Some(p) if p.role == role => p.last_transition_time.clone(),
-            _ => Some(now.clone()),
-        };
-        let conditions = vec![
-            condition(&previous, "Ready", ready, origin, &now),
-            condition(&previous, "Degraded", degraded, origin, &now),
-        ];
-        let status = NodeStatus {
-            node: self.node.clone(),
-            role,
-            held,
-            vip_present: self.observer.vip_present(&enforced.assigned.spec.id),
-            strategy: Some(enforced.strategy().as_str().to_string()),
-            last_transition_time: transition,
-            last_error,
-            observed_generation: origin.generation,
-            conditions,
-        };
-        self.set(origin, Some(status));
+        let vip_present = self.observer.vip_present(&enforced.assigned.spec.id);
+        let report =
+            entry::after_pass(&self.node, previous.as_ref(), enforced, event, vip_present, &now());
+        self.apply(origin, report);
     }
 
     /// Records an object listing this node that the agent cannot enforce.
     fn rejected(&mut self, origin: &Origin, error: &str) {
         let previous = self.current(origin);
-        if previous.as_ref().and_then(|p| p.last_error.as_deref()) != Some(error) {
-            self.event(origin.object_ref(), EventType::Warning, "InvalidSpec", error);
-        }
-        let now = now();
-        let failed = ("False", "InvalidSpec", error.to_string());
-        let conditions = vec![
-            condition(&previous, "Ready", failed.clone(), origin, &now),
-            condition(
-                &previous,
-                "Degraded",
-                ("True", "InvalidSpec", error.to_string()),
-                origin,
-                &now,
+        let report = entry::after_rejection(&self.node, previous.as_ref(), origin, error, &now());
+        self.apply(origin, report);
+    }
+
+    /// Sends the report's Event, queues its takeover note ([`Self::announce`]) and sets the
+    /// entry.
+    fn apply(&mut self, origin: &Origin, report: entry::Report) {
+        match &report.notice {
+            Some(Notice::Failing { reason, message }) => {
+                self.event(origin.object_ref(), EventType::Warning, reason, message)
+            }
+            Some(Notice::Recovered) => self.event(
+                origin.object_ref(),
+                EventType::Normal,
+                "Recovered",
+                "reconcile succeeds again",
             ),
-        ];
-        let status = NodeStatus {
-            node: self.node.clone(),
-            role: Role::Unknown.as_str().into(),
-            held: false,
-            vip_present: None,
-            strategy: None,
-            last_transition_time: previous.and_then(|p| p.last_transition_time),
-            last_error: Some(error.to_string()),
-            observed_generation: origin.generation,
-            conditions,
-        };
-        self.set(origin, Some(status));
+            None => {}
+        }
+        if let Some(note) = report.takeover {
+            self.takeovers.push((origin.clone(), note));
+        }
+        self.set(origin, Some(report.status));
     }
 
     /// This node no longer hosts the router of `origin`: its entry is removed (the write
@@ -558,48 +471,6 @@ impl StatusWriter {
                 warn!(error = %e, "cannot publish event");
             }
         });
-    }
-}
-
-/// A condition that keeps its transition time while its status stays the same.
-fn condition(
-    previous: &Option<NodeStatus>,
-    type_: &str,
-    (status, reason, message): (&str, &str, String),
-    origin: &Origin,
-    now: &str,
-) -> Condition {
-    let before = previous.as_ref().and_then(|p| p.conditions.iter().find(|c| c.type_ == type_));
-    let last_transition_time = match before {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => now.to_string(),
-    };
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time,
-        observed_generation: origin.generation,
-    }
-}
-
-fn describe_wait(wait: &Option<Wait>) -> String {
-    match wait {
-        Some(Wait::DeviceMissing) => "the gateway device does not exist yet".into(),
-        Some(Wait::L2NotWired) => "waiting for the L2 agent to wire the port".into(),
-        Some(Wait::SilenceSettling { .. }) => "silence settling".into(),
-        None => String::new(),
-    }
-}
-
-fn steps(outcome: &PassOutcome) -> String {
-    match outcome {
-        PassOutcome::Converged { applied, .. } if !applied.is_empty() => {
-            let steps: Vec<String> = applied.iter().map(Action::to_string).collect();
-            format!(" ({})", steps.join(", "))
-        }
-        _ => String::new(),
     }
 }
 
