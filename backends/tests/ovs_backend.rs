@@ -4,8 +4,9 @@
 //! decides, the OVS watcher's reports wake it, the backend holds an arriving port as the last
 //! plan said.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod ovsdb_support;
+
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,124 +22,40 @@ use hagw_core::planner::HoldOnArrival;
 use hagw_core::reconcile::{Dataplane, RouterMemory};
 use hagw_core::supervisor::{RouterEvent, WorkerConfig, spawn_router};
 use hagw_core::{Action, Error};
-use tempfile::TempDir;
+use ovsdb_support::OvsdbServer as Server;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 const PORT: &str = "qg-ovs1";
 const HELD: L2State = L2State { hold: HoldState::Held, wired: true };
 /// A silence settling time no test waits for, in ms.
 const HOUR: u64 = 3_600_000;
 
-/// One ovsdb-server on a unix socket in a temp dir, killed on drop.
-struct Server {
-    dir: TempDir,
-    child: Option<Child>,
+fn get(server: &Server, column: &str) -> String {
+    server.vsctl(&["get", "port", PORT, column])
 }
 
-impl Server {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("conf.db");
-        let ok = Command::new("ovsdb-tool").arg("create").arg(&db).arg(SCHEMA).status().unwrap();
-        assert!(ok.success());
-        let mut server = Server { dir, child: None };
-        server.spawn();
-        server.vsctl(&["init"]);
-        server.vsctl(&[
-            "add-br",
-            "br-int",
-            "--",
-            "set",
-            "bridge",
-            "br-int",
-            "datapath_type=netdev",
-        ]);
-        server
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("unix:{}", self.path("db.sock").display())
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("ovsdb-server")
-            .arg(self.path("conf.db"))
-            .arg(format!("--remote=punix:{}", self.path("db.sock").display()))
-            .arg(format!("--unixctl={}", self.path("ctl").display()))
-            .arg(format!("--log-file={}", self.path("log").display()))
-            .arg("-vconsole:off")
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ovsdb-server not installed (apt-get install openvswitch-switch)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(self.path("db.sock")).is_err() {
-            assert!(Instant::now() < deadline, "ovsdb-server did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn vsctl(&self, args: &[&str]) -> String {
-        let out = Command::new("ovs-vsctl")
-            .arg(format!("--db={}", self.endpoint()))
-            .args(["--no-wait", "--timeout=10"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ovs-vsctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
-    fn get(&self, column: &str) -> String {
-        self.vsctl(&["get", "port", PORT, column])
-    }
-
-    /// What the L3 agent does: plug the gateway into br-int in the dead VLAN (tag only).
-    fn plug(&self) {
-        self.vsctl(&["add-port", "br-int", PORT, "tag=4095"]);
-    }
-
-    /// What the OVS agent does when it (re)wires a port: local VLAN in other_config and on
-    /// the port, vlan_mode/trunks cleared, one transaction.
-    fn agent_wire(&self, vlan: u16) {
-        self.vsctl(&[
-            "set",
-            "port",
-            PORT,
-            &format!("other_config:tag={vlan}"),
-            &format!("tag={vlan}"),
-            "--",
-            "clear",
-            "port",
-            PORT,
-            "vlan_mode",
-            "trunks",
-        ]);
-    }
+/// What the L3 agent does: plug the gateway into br-int in the dead VLAN (tag only).
+fn plug(server: &Server) {
+    server.vsctl(&["add-port", "br-int", PORT, "tag=4095"]);
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// What the OVS agent does when it (re)wires a port: local VLAN in other_config and on the
+/// port, vlan_mode/trunks cleared, one transaction.
+fn agent_wire(server: &Server, vlan: u16) {
+    server.vsctl(&[
+        "set",
+        "port",
+        PORT,
+        &format!("other_config:tag={vlan}"),
+        &format!("tag={vlan}"),
+        "--",
+        "clear",
+        "port",
+        PORT,
+        "vlan_mode",
+        "trunks",
+    ]);
 }
 
 fn backend(server: &Server) -> OvsBackend {
@@ -149,7 +66,7 @@ fn backend(server: &Server) -> OvsBackend {
         backoff_max: Duration::from_millis(200),
     };
     // No ovs-vswitchd here, so no OpenFlow `no-receive`: the E2E tests cover that half.
-    OvsBackend::with_config(server.endpoint(), config).ovsdb_only()
+    OvsBackend::with_config(server.endpoint.to_string(), config).ovsdb_only()
 }
 
 /// The switch side of a router as its worker sees it (no namespace here): the OVS backend,
@@ -265,12 +182,12 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Duration {
 
 #[tokio::test]
 async fn hold_and_release_follow_neutron_and_survive_a_hagw_restart() {
-    let server = Server::start();
+    let server = Server::with_br_int();
     let ovs = backend(&server);
     assert_eq!(ovs.observe_port(PORT).await.unwrap().hold, HoldState::Unknown);
     assert!(ovs.hold_port(PORT).await.unwrap_err().is_transient(), "missing port");
 
-    server.plug();
+    plug(&server);
     let plugged = ovs.observe_port(PORT).await.unwrap();
     assert_eq!(
         plugged,
@@ -286,12 +203,12 @@ async fn hold_and_release_follow_neutron_and_survive_a_hagw_restart() {
     assert!(not_wired.is_transient() && not_wired.to_string().contains("not wired"), "{not_wired}");
 
     // The agent wires the port (lifting the hold); hagw holds again and remembers VLAN 7.
-    server.agent_wire(7);
+    agent_wire(&server, 7);
     assert_eq!(ovs.observe_port(PORT).await.unwrap().hold, HoldState::Released);
     ovs.hold_port(PORT).await.unwrap();
     assert_eq!(ovs.observe_port(PORT).await.unwrap(), HELD);
-    assert_eq!(server.get("trunks"), "[4095]");
-    assert_eq!(server.get(&format!("external_ids:{SAVED_TAG_KEY}")), "\"7\"");
+    assert_eq!(get(&server, "trunks"), "[4095]");
+    assert_eq!(get(&server, &format!("external_ids:{SAVED_TAG_KEY}")), "\"7\"");
     ovs.hold_port(PORT).await.unwrap();
 
     // hagw restarts and the agent's other_config is gone: the saved tag still releases.
@@ -300,10 +217,10 @@ async fn hold_and_release_follow_neutron_and_survive_a_hagw_restart() {
     let ovs = backend(&server);
     assert_eq!(ovs.observe_port(PORT).await.unwrap(), HELD);
     ovs.release_port(PORT).await.unwrap();
-    assert_eq!(server.get("tag"), "7");
-    assert_eq!(server.get("vlan_mode"), "[]");
-    assert_eq!(server.get("trunks"), "[]");
-    assert_eq!(server.get("external_ids"), "{}");
+    assert_eq!(get(&server, "tag"), "7");
+    assert_eq!(get(&server, "vlan_mode"), "[]");
+    assert_eq!(get(&server, "trunks"), "[]");
+    assert_eq!(get(&server, "external_ids"), "{}");
     assert_eq!(
         ovs.observe_port(PORT).await.unwrap(),
         L2State { hold: HoldState::Released, wired: true }
@@ -313,22 +230,22 @@ async fn hold_and_release_follow_neutron_and_survive_a_hagw_restart() {
 
 #[tokio::test]
 async fn release_prefers_the_agents_current_vlan() {
-    let server = Server::start();
-    server.plug();
-    server.agent_wire(7);
+    let server = Server::with_br_int();
+    plug(&server);
+    agent_wire(&server, 7);
     let ovs = backend(&server);
     ovs.hold_port(PORT).await.unwrap();
     // The agent restarted while held and now has VLAN 9 for this network.
     server.vsctl(&["set", "port", PORT, "other_config:tag=9"]);
     ovs.release_port(PORT).await.unwrap();
-    assert_eq!(server.get("tag"), "9");
+    assert_eq!(get(&server, "tag"), "9");
 }
 
 #[tokio::test]
 async fn monitor_reports_changes_and_the_next_pass_undoes_a_retag_at_once() {
-    let server = Server::start();
-    server.plug();
-    server.agent_wire(5);
+    let server = Server::with_br_int();
+    plug(&server);
+    agent_wire(&server, 5);
     let ovs = backend(&server);
     let mut changes = ovs.changes().await.unwrap();
     assert_eq!(changes.next().await, Some(PortChange::Resync));
@@ -337,11 +254,11 @@ async fn monitor_reports_changes_and_the_next_pass_undoes_a_retag_at_once() {
     drop(changes);
 
     let mut worker = Worker::start(&backend(&server), PORT, Strategy::L2Hold, HOUR);
-    eventually("initial hold", || server.get("trunks") == "[4095]").await;
+    eventually("initial hold", || get(&server, "trunks") == "[4095]").await;
     for round in 0..5 {
-        server.agent_wire(5 + round);
-        let took = eventually("re-hold", || server.get("trunks") == "[4095]").await;
-        assert_eq!(server.get("tag"), "4095");
+        agent_wire(&server, 5 + round);
+        let took = eventually("re-hold", || get(&server, "trunks") == "[4095]").await;
+        assert_eq!(get(&server, "tag"), "4095");
         eprintln!("re-held after retag {round} within {took:?}");
     }
     // The watcher ends when nothing is left to watch.
@@ -352,11 +269,11 @@ async fn monitor_reports_changes_and_the_next_pass_undoes_a_retag_at_once() {
 
 #[tokio::test]
 async fn a_retag_during_an_ovsdb_outage_is_undone_after_the_reconnect() {
-    let mut server = Server::start();
-    server.plug();
-    server.agent_wire(5);
+    let mut server = Server::with_br_int();
+    plug(&server);
+    agent_wire(&server, 5);
     let worker = Worker::start(&backend(&server), PORT, Strategy::L2Hold, HOUR);
-    eventually("initial hold", || server.get("trunks") == "[4095]").await;
+    eventually("initial hold", || get(&server, "trunks") == "[4095]").await;
 
     server.stop();
     // Retag the database file while no server runs: hagw cannot see it happen.
@@ -369,16 +286,16 @@ async fn a_retag_during_an_ovsdb_outage_is_undone_after_the_reconnect() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.spawn();
-    let took = eventually("re-hold after reconnect", || server.get("trunks") == "[4095]").await;
+    let took = eventually("re-hold after reconnect", || get(&server, "trunks") == "[4095]").await;
     eprintln!("re-held {took:?} after ovsdb-server came back");
-    assert_eq!(server.get(&format!("external_ids:{SAVED_TAG_KEY}")), "\"6\"");
+    assert_eq!(get(&server, &format!("external_ids:{SAVED_TAG_KEY}")), "\"6\"");
     assert!(!worker.watcher.is_finished());
 }
 
 #[tokio::test]
 async fn a_standby_port_is_held_on_arrival_and_defended_until_hagw_releases_it() {
     const OTHER: &str = "qg-ovs2";
-    let server = Server::start();
+    let server = Server::with_br_int();
     let ovs = backend(&server);
     let _other = Worker::start(&ovs, OTHER, Strategy::L2Hold, HOUR);
     let settling = Worker::start(&ovs, PORT, Strategy::SilenceOnly, HOUR);
@@ -391,17 +308,17 @@ async fn a_standby_port_is_held_on_arrival_and_defended_until_hagw_releases_it()
     })
     .await;
 
-    server.plug();
-    eventually("hold on arrival", || server.get("trunks") == "[4095]").await;
-    server.agent_wire(5);
-    eventually("the hagw hold defended", || server.get("trunks") == "[4095]").await;
+    plug(&server);
+    eventually("hold on arrival", || get(&server, "trunks") == "[4095]").await;
+    agent_wire(&server, 5);
+    eventually("the hagw hold defended", || get(&server, "trunks") == "[4095]").await;
 
     // A worker whose silence settles soon (the agent starts a new one when a spec changes)
     // releases the port; later retags are none of hagw's business.
     drop(settling);
     let mut silent = Worker::start(&ovs, PORT, Strategy::SilenceOnly, 300);
-    eventually("released once silence settled", || server.get("tag") == "5").await;
-    server.agent_wire(6);
+    eventually("released once silence settled", || get(&server, "tag") == "5").await;
+    agent_wire(&server, 6);
     silent.next_pass().await;
     // Changes are handled in order: once the later retag of the for-good port is undone,
     // the earlier one of the released port has been handled too.
@@ -410,5 +327,5 @@ async fn a_standby_port_is_held_on_arrival_and_defended_until_hagw_releases_it()
         server.vsctl(&["get", "port", OTHER, "trunks"]) == "[4095]"
     })
     .await;
-    assert_eq!((server.get("tag"), server.get("trunks")), ("6".into(), "[]".into()));
+    assert_eq!((get(&server, "tag"), get(&server, "trunks")), ("6".into(), "[]".into()));
 }

@@ -1,149 +1,29 @@
 //! Integration tests against a real, throw-away `ovsdb-server` (openvswitch-switch) with the
 //! vswitch schema: one server per test in its own temp dir, killed on drop even if the test fails.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod ovsdb_support;
+
+use std::path::Path;
+use std::time::Duration;
 
 use futures::StreamExt;
 use hagw_backends::ovsdb::{
-    Atom, ClientConfig, Condition, Endpoint, InterfaceRow, MonitorEvent, MonitorRequest,
-    MonitorRequests, MonitorStream, Mutation, Mutator, Op, OvsdbClient, OvsdbError, PortRow,
-    RowValues, VSWITCH_DB, Value, WaitUntil,
+    Atom, ClientConfig, Condition, InterfaceRow, MonitorEvent, MonitorRequest, MonitorRequests,
+    MonitorStream, Mutation, Mutator, Op, OvsdbClient, OvsdbError, PortRow, RowValues, VSWITCH_DB,
+    Value, WaitUntil,
 };
-use tempfile::TempDir;
+use ovsdb_support::{OvsdbServer as Server, WAIT};
 
-const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
-const WAIT: Duration = Duration::from_secs(10);
 const PORT: &str = "qg-test";
 
-/// A foreground ovsdb-server child process serving a fresh database.
-struct Server {
-    dir: TempDir,
-    remote: String,
-    endpoint: Endpoint,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn unix() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("db.sock");
-        Self::start(dir, format!("punix:{}", sock.display()), Endpoint::Unix(sock))
-    }
-
-    /// On a port the kernel picks when ovsdb-server binds (a port picked beforehand could be
-    /// taken by anything in between); the endpoint is read from the server's log.
-    fn tcp() -> Self {
-        let endpoint = Endpoint::Tcp { host: "127.0.0.1".into(), port: 0 };
-        Self::start(tempfile::tempdir().unwrap(), "ptcp:0:127.0.0.1".into(), endpoint)
-    }
-
-    fn start(dir: TempDir, remote: String, endpoint: Endpoint) -> Self {
-        let db = dir.path().join("conf.db");
-        let status = Command::new("ovsdb-tool")
-            .arg("create")
-            .arg(&db)
-            .arg(SCHEMA)
-            .status()
-            .expect("ovsdb-tool not installed (apt-get install openvswitch-switch)");
-        assert!(status.success(), "ovsdb-tool create failed");
-        let mut server = Self { dir, remote, endpoint, child: None };
-        server.spawn();
-        server
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("ovsdb-server")
-            .arg(self.path("conf.db"))
-            .arg(format!("--remote={}", self.remote))
-            .arg(format!("--unixctl={}", self.path("ctl").display()))
-            .arg(format!("--log-file={}", self.path("log").display()))
-            .arg("-vconsole:off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ovsdb-server not installed (apt-get install openvswitch-switch)");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        if let Endpoint::Tcp { port: port @ 0, .. } = &mut self.endpoint {
-            // socket_util logs `0:127.0.0.1: listening on port N` for a port-0 remote.
-            *port = loop {
-                let log = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
-                if let Some(n) = log.lines().find_map(|l| l.split("listening on port ").nth(1)) {
-                    break n.trim().parse().expect("port number in the log");
-                }
-                assert!(Instant::now() < deadline, "ovsdb-server did not listen: {log}");
-                std::thread::sleep(Duration::from_millis(20));
-            };
-        }
-        while !self.accepts() {
-            assert!(Instant::now() < deadline, "ovsdb-server did not come up: {}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn accepts(&self) -> bool {
-        match &self.endpoint {
-            Endpoint::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
-            Endpoint::Tcp { host, port } => {
-                std::net::TcpStream::connect((host.as_str(), *port)).is_ok()
-            }
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("log")).unwrap_or_default()
-    }
-
-    /// Runs `ovs-vsctl` against this server, as an operator or the Neutron agent would.
-    fn vsctl(&self, args: &[&str]) -> String {
-        let out = Command::new("ovs-vsctl")
-            .arg(format!("--db={}", self.endpoint))
-            .args(["--no-wait", "--timeout=10"])
-            .args(args)
-            .output()
-            .expect("ovs-vsctl not installed");
-        assert!(
-            out.status.success(),
-            "ovs-vsctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
-    async fn client(&self) -> OvsdbClient {
-        let config = ClientConfig {
-            echo_interval: Duration::from_millis(500),
-            request_timeout: WAIT,
-            backoff_initial: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(200),
-        };
-        OvsdbClient::connect_with(self.endpoint.clone(), config).await.unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
+async fn client(server: &Server) -> OvsdbClient {
+    let config = ClientConfig {
+        echo_interval: Duration::from_millis(500),
+        request_timeout: WAIT,
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+    };
+    OvsdbClient::connect_with(server.endpoint.clone(), config).await.unwrap()
 }
 
 fn row(pairs: impl IntoIterator<Item = (&'static str, Value)>) -> RowValues {
@@ -242,7 +122,7 @@ fn port_from_event(updates: &hagw_backends::ovsdb::TableUpdates) -> PortRow {
 #[tokio::test]
 async fn transact_creates_and_selects_typed_rows() {
     let server = Server::unix();
-    let client = server.client().await;
+    let client = client(&server).await;
     client.echo().await.unwrap();
     create_port(&client, PORT).await;
 
@@ -273,7 +153,7 @@ async fn transact_creates_and_selects_typed_rows() {
 #[tokio::test]
 async fn hold_triple_under_wait_precondition() {
     let server = Server::unix();
-    let client = server.client().await;
+    let client = client(&server).await;
     create_port(&client, PORT).await;
 
     let res = client.transact(VSWITCH_DB, &hold_ops(unheld())).await.unwrap();
@@ -307,7 +187,7 @@ async fn hold_triple_under_wait_precondition() {
 #[tokio::test]
 async fn constraint_and_schema_errors_are_typed() {
     let server = Server::unix();
-    let client = server.client().await;
+    let client = client(&server).await;
     create_port(&client, PORT).await;
 
     let bad_tag = [
@@ -340,7 +220,7 @@ async fn constraint_and_schema_errors_are_typed() {
 #[tokio::test]
 async fn monitor_sees_external_vsctl_change() {
     let server = Server::unix();
-    let client = server.client().await;
+    let client = client(&server).await;
     create_port(&client, PORT).await;
 
     let (initial, mut stream) = client.monitor(VSWITCH_DB, "ports", &port_monitor()).await.unwrap();
@@ -358,7 +238,7 @@ async fn monitor_sees_external_vsctl_change() {
 #[tokio::test]
 async fn reconnect_after_server_restart_resyncs_monitor() {
     let mut server = Server::unix();
-    let client = server.client().await;
+    let client = client(&server).await;
     create_port(&client, PORT).await;
     let (_, mut stream) = client.monitor(VSWITCH_DB, "ports", &port_monitor()).await.unwrap();
 
