@@ -92,19 +92,8 @@ pub fn conditions(
     [("Ready", ready), ("Degraded", degraded), ("SplitBrain", split)]
         .into_iter()
         .map(|(type_, (status, reason, message))| {
-            let before = previous.iter().find(|c| c.type_ == type_);
-            let last_transition_time = match before {
-                Some(c) if c.status == status => c.last_transition_time.clone(),
-                _ => now.to_string(),
-            };
-            Condition {
-                type_: type_.into(),
-                status: status.into(),
-                reason: reason.into(),
-                message: message.chars().take(1000).collect(),
-                last_transition_time,
-                observed_generation: generation,
-            }
+            let message = message.chars().take(1000).collect();
+            Condition::keeping_time(previous, type_, (status, reason, message), generation, now)
         })
         .collect()
 }

@@ -246,6 +246,31 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+impl Condition {
+    /// The condition `type_` now, keeping its transition time from `previous` while its
+    /// status stays the same.
+    pub fn keeping_time(
+        previous: &[Condition],
+        type_: &str,
+        (status, reason, message): (&str, &str, String),
+        observed_generation: Option<i64>,
+        now: &str,
+    ) -> Condition {
+        let last_transition_time = match previous.iter().find(|c| c.type_ == type_) {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => now.to_string(),
+        };
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time,
+            observed_generation,
+        }
+    }
+}
+
 /// The CRD manifest as YAML (both served versions, see [`super::versions`]), as `hagw crd`
 /// prints it and the chart ships it.
 pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {

@@ -142,27 +142,17 @@ pub(super) fn after_rejection(
     Report { status, notice, takeover: None }
 }
 
-/// A condition that keeps its transition time while its status stays the same.
+/// A condition of this node's entry that keeps its transition time while its status stays
+/// the same.
 fn condition(
     previous: Option<&NodeStatus>,
     type_: &str,
-    (status, reason, message): (&str, &str, String),
+    value: (&str, &str, String),
     origin: &Origin,
     now: &str,
 ) -> Condition {
-    let before = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == type_));
-    let last_transition_time = match before {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => now.to_string(),
-    };
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time,
-        observed_generation: origin.generation,
-    }
+    let before = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    Condition::keeping_time(before, type_, value, origin.generation, now)
 }
 
 fn describe_wait(wait: &Option<Wait>) -> String {
