@@ -746,6 +746,7 @@ node_ready() {
 record_host() {
   local h=$STATE/host s
   mkdir -p "$h"
+  netns_id > "$h/netns"
   : > "$h/sysctls"
   for s in "${KUBELET_SYSCTLS[@]}"; do
     [[ -r /proc/sys/$s ]] && echo "$s $(cat "/proc/sys/$s")" >> "$h/sysctls"
@@ -756,6 +757,50 @@ record_host() {
   done
   { iptables-save 2>/dev/null || true; } | sed -n 's/^:\(KUBE-[^ ]*\) .*/\1/p' | sort -u > "$h/iptables-kube-chains"
   { ip6tables-save 2>/dev/null || true; } | sed -n 's/^:\(KUBE-[^ ]*\) .*/\1/p' | sort -u > "$h/ip6tables-kube-chains"
+}
+
+netns_id() { readlink /proc/self/ns/net; }
+
+# Every whole node registers its host-wide names (the address on lo and the bridge, in its
+# network namespace; its cgroup root, host-wide) under $REGISTRY with its state dir. A node
+# whose processes all died without `stop` (its test process SIGKILLed, the machine's session
+# cut) leaves those names behind; a later `start` that finds them taken looks here, and if the
+# node that took them has no process left, stops it (keeping its logs) and goes on. A node with
+# a live component, or names nobody registered, still make `start` fail.
+REGISTRY=$CACHE/nodes
+
+register_node() {
+  mkdir -p "$REGISTRY"
+  printf 'R_STATE=%q\nR_NETNS=%q\nR_NODE_IP=%q\nR_BRIDGE=%q\nR_CGROUP=%q\n' \
+    "$STATE" "$(netns_id)" "$NODE_IP" "$BRIDGE" "$CGROUP_ROOT" > "$REGISTRY/$(registry_key "$STATE")"
+}
+
+registry_key() { printf %s "$1" | sha256sum | cut -c1-16; }
+
+node_alive() { # $1 = state dir of a whole node: true if any of its components still runs
+  local STATE=$1 comp KUBELET=1
+  for comp in $(components); do ours "$comp" && return 0; done
+  return 1
+}
+
+reclaim_dead_nodes() {
+  local entry R_STATE R_NETNS R_NODE_IP R_BRIDGE R_CGROUP here
+  here=$(netns_id)
+  for entry in "$REGISTRY"/*; do
+    [[ -f $entry ]] || continue
+    # shellcheck disable=SC1090 # written by register_node with printf %q
+    source "$entry"
+    if [[ ! -d $R_STATE ]]; then rm -f "$entry"; continue; fi
+    [[ $R_CGROUP == "$CGROUP_ROOT" ]] \
+      || { [[ $R_NETNS == "$here" ]] && [[ $R_NODE_IP == "$NODE_IP" || $R_BRIDGE == "$BRIDGE" ]]; } \
+      || continue
+    node_alive "$R_STATE" && continue
+    say "reclaiming the names of a dead node (no process left) in $R_STATE"
+    HAGW_K8S_NODE_STATE=$R_STATE HAGW_K8S_NODE_IP=$R_NODE_IP HAGW_K8S_NODE_BRIDGE=$R_BRIDGE \
+      HAGW_K8S_NODE_CGROUP=$R_CGROUP HAGW_K8S_NODE_KEEP_LOGS=1 HAGW_K8S_NODE_KUBELET=1 "$0" stop \
+      || fail "could not stop the dead node in $R_STATE"
+    rm -f "$entry"
+  done
 }
 
 check_host() {
@@ -880,6 +925,7 @@ cmd_start() {
 
   local p ports=("$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT")
   if ((KUBELET)); then
+    reclaim_dead_nodes
     check_host
     ports+=("$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT")
   else
@@ -908,6 +954,7 @@ cmd_start() {
   fi
 
   record_host
+  register_node
   make_pki
   write_kubeconfigs
   write_containerd_config
@@ -1028,6 +1075,13 @@ remove_state() {
 cmd_stop() {
   resolve_state
   if [[ -z $STATE || ! -d $STATE ]]; then say "nothing to stop (no state dir)"; return 0; fi
+  # One stop at a time per node: a test's exit watchdog and a `start` reclaiming the same dead
+  # node may both get here. The second waits, then finds the lock file it holds removed.
+  exec 8>>"$STATE/.stop-lock"
+  flock 8
+  if [[ $(stat -c %i "$STATE/.stop-lock" 2>/dev/null) != "$(stat -L -c %i /proc/self/fd/8)" ]]; then
+    say "already stopped by another stop ($STATE)"; return 0
+  fi
   if ((!KUBELET)); then stop_control_plane; return; fi
   # kubelet first, so nothing restarts the pods we tear down next.
   stop_comp kubelet
@@ -1053,10 +1107,16 @@ cmd_stop() {
 
   # Mounts (kubelet volumes, container rootfs, /dev/shm, netns) all live under the state dir.
   umount_under "$STATE"
-  ip link show "$BRIDGE" >/dev/null 2>&1 && { ip link del "$BRIDGE" && say "removed bridge $BRIDGE"; }
-  if [[ -f $STATE/host/lo-addr ]]; then
-    ip addr del "$(cat "$STATE/host/lo-addr")" dev lo 2>/dev/null && say "removed $(cat "$STATE/host/lo-addr") from lo"
-    rm -f "$STATE/host/lo-addr"
+  # The bridge and the address on lo live in the network namespace the node ran in: from
+  # another one (a reclaim from elsewhere) they are not ours to remove.
+  if [[ -f $STATE/host/netns && $(cat "$STATE/host/netns") == "$(netns_id)" ]]; then
+    ip link show "$BRIDGE" >/dev/null 2>&1 && { ip link del "$BRIDGE" && say "removed bridge $BRIDGE"; }
+    if [[ -f $STATE/host/lo-addr ]]; then
+      ip addr del "$(cat "$STATE/host/lo-addr")" dev lo 2>/dev/null && say "removed $(cat "$STATE/host/lo-addr") from lo"
+      rm -f "$STATE/host/lo-addr"
+    fi
+  else
+    say "the node did not run in this network namespace: bridge $BRIDGE and the lo address left alone"
   fi
   local d
   while read -r d; do rmdir "$d" 2>/dev/null || true; done < <(cgroup_dirs)
@@ -1110,6 +1170,7 @@ cmd_stop() {
     say "WARNING: $left mounts under $STATE remain; not deleting it"
     return 1
   fi
+  rm -f "$REGISTRY/$(registry_key "$STATE")"
   remove_state "$CACHE/current-state"
 }
 

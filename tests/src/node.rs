@@ -42,7 +42,8 @@ pub struct Node {
     runtime_socket: String,
     env: Vec<(String, String)>,
     _ports: [ReservedPort; 3],
-    _state: tempfile::TempDir,
+    /// `None` once [`Node::die`] left it behind, as a killed test process would.
+    state: Option<tempfile::TempDir>,
     /// Held while this node may run; released after `Drop` has stopped it, or at exit.
     _host: std::fs::File,
 }
@@ -143,7 +144,7 @@ impl Node {
                 .to_string(),
             env,
             _ports: ports,
-            _state: state,
+            state: Some(state),
             _host: host,
         };
         node.import_image()?;
@@ -267,6 +268,20 @@ impl Node {
         self.script("power-on")
     }
 
+    /// The node dies as with the test process that ran it: every one of its processes
+    /// SIGKILLed (`k8s-node.sh power-off`, then the control plane), nothing stopped, its state
+    /// dir left behind, so its names (the address on `lo`, the bridge, the cgroup root) stay
+    /// taken. Its lock is released: the next node of this process may start.
+    pub fn die(mut self) -> Result<()> {
+        self.script("power-off")?;
+        let state = self.state.take().expect("a live node has its state dir").keep();
+        for component in ["scheduler", "kcm", "apiserver", "etcd"] {
+            let pid = std::fs::read_to_string(state.join(format!("{component}.pid")))?;
+            run(Command::new("kill").args(["-KILL", pid.trim()]))?;
+        }
+        Ok(())
+    }
+
     fn script(&self, action: &str) -> Result<()> {
         run(command_in(self.netns.as_deref(), repo().join("scripts/k8s-node.sh"))
             .arg(action)
@@ -278,6 +293,9 @@ impl Drop for Node {
     /// A node in a lab's namespace stops with the test, before the lab removes the namespace
     /// (the static host node never drops: its watchdog stops it).
     fn drop(&mut self) {
+        if self.state.is_none() {
+            return; // died: a later start reclaims what it left
+        }
         let script = repo().join("scripts/k8s-node.sh");
         let _ = command_in(self.netns.as_deref(), &script)
             .arg("stop")
