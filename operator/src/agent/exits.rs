@@ -5,36 +5,29 @@
 //! ([`KEEPALIVED_STARTUP`](hagw_core::role::KEEPALIVED_STARTUP)) counts as not running yet,
 //! and nothing reports the end of that either, so the watch wakes the router then too.
 
-use std::collections::HashMap;
-
 use hagw_backends::process::exited;
 use hagw_core::role::RunningProcess;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-/// One watch per router whose spec names a keepalived pid file.
-pub struct ExitWatches {
-    watches: HashMap<String, (u32, JoinHandle<()>)>,
-    wake: mpsc::UnboundedSender<String>,
+/// The watch on one router's running keepalived (kept with the router: [`super::routers`]).
+/// Dropping it stops it.
+pub struct ExitWatch {
+    pid: u32,
+    task: JoinHandle<()>,
 }
 
-impl ExitWatches {
-    /// Wakes are sent as the router's wake key (its namespace) on `wake`.
-    pub fn new(wake: mpsc::UnboundedSender<String>) -> Self {
-        ExitWatches { watches: HashMap::new(), wake }
-    }
-
-    /// Watches the router's running keepalived, replacing a watch on another process;
-    /// `None` (not running) stops watching.
-    pub fn set(&mut self, id: &str, wake_key: &str, keepalived: Option<RunningProcess>) {
-        let pid = keepalived.map(|k| k.pid);
-        if self.watches.get(id).map(|(watched, _)| Some(*watched)) == Some(pid) {
-            return;
-        }
-        self.remove(id);
-        let Some(keepalived) = keepalived else { return };
-        let (wake, key, router) = (self.wake.clone(), wake_key.to_owned(), id.to_owned());
+impl ExitWatch {
+    /// Watches `keepalived` of router `router`; wakes are sent as the router's wake key (its
+    /// namespace) on `wake`.
+    pub fn start(
+        router: &str,
+        wake_key: &str,
+        keepalived: RunningProcess,
+        wake: mpsc::UnboundedSender<String>,
+    ) -> ExitWatch {
+        let (key, router) = (wake_key.to_owned(), router.to_owned());
         let pid = keepalived.pid;
         let task = tokio::spawn(async move {
             if let Some(left) = keepalived.startup_left() {
@@ -48,21 +41,16 @@ impl ExitWatches {
             }
             let _ = wake.send(key);
         });
-        self.watches.insert(id.to_owned(), (pid, task));
+        ExitWatch { pid, task }
     }
 
-    /// Stops watching for router `id`.
-    pub fn remove(&mut self, id: &str) {
-        if let Some((_, task)) = self.watches.remove(id) {
-            task.abort();
-        }
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 }
 
-impl Drop for ExitWatches {
+impl Drop for ExitWatch {
     fn drop(&mut self) {
-        for (_, task) in self.watches.values() {
-            task.abort();
-        }
+        self.task.abort();
     }
 }

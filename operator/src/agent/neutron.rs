@@ -39,7 +39,7 @@ impl NeutronSource {
 }
 
 /// A source being followed: where its state paths were found last.
-pub(super) struct Following {
+pub struct Following {
     source: NeutronSource,
     located: Located,
     /// Every state path found before is gone (logged once).
@@ -47,19 +47,19 @@ pub(super) struct Following {
 }
 
 impl Following {
-    /// Starts following `source`; returns the routers found now.
-    pub(super) fn start(
-        source: NeutronSource,
-        watcher: &mut DirWatcher,
-    ) -> (Following, Vec<RouterSpec>) {
-        let mut following = Following { source, located: Located::default(), vanished: false };
-        following.relocate();
-        let routers = following.discover(watcher);
-        (following, routers)
+    /// `source`, not looked at yet ([`Following::start`]).
+    pub fn new(source: NeutronSource) -> Following {
+        Following { source, located: Located::default(), vanished: false }
+    }
+
+    /// Starts following: the routers found now.
+    pub fn start(&mut self, watcher: &mut DirWatcher) -> Vec<RouterSpec> {
+        self.relocate();
+        self.discover(watcher)
     }
 
     /// Looks for the state paths again: the routers, if where they are changed.
-    pub(super) fn rescan(&mut self, watcher: &mut DirWatcher) -> Option<Vec<RouterSpec>> {
+    pub fn rescan(&mut self, watcher: &mut DirWatcher) -> Option<Vec<RouterSpec>> {
         self.relocate().then(|| self.discover(watcher))
     }
 
@@ -107,12 +107,12 @@ impl Following {
 
     /// Whether a state path was found: the routers come from Neutron's files (also while
     /// they are out of sight and kept, [`Following::relocate`]).
-    pub(super) fn found(&self) -> bool {
+    pub fn found(&self) -> bool {
         !self.located.state_paths.is_empty()
     }
 
     /// Whether `event` is a router appearing, going or being reconfigured.
-    pub(super) fn concerns(&self, event: &DirEvent) -> bool {
+    pub fn concerns(&self, event: &DirEvent) -> bool {
         self.located.state_paths.iter().map(|p| p.join("ha_confs")).any(|ha_confs| {
             event.dir == ha_confs
                 || (event.dir.parent() == Some(ha_confs.as_path())
@@ -123,7 +123,7 @@ impl Following {
     /// Watches every `ha_confs` and router directory (a keepalived.conf written later is
     /// seen) and discovers the routers; a router found under two state paths is taken from
     /// the first. A broken router is reported and skipped, never fatal.
-    pub(super) fn discover(&self, watcher: &mut DirWatcher) -> Vec<RouterSpec> {
+    pub fn discover(&self, watcher: &mut DirWatcher) -> Vec<RouterSpec> {
         let mut routers: BTreeMap<String, (RouterSpec, PathBuf)> = BTreeMap::new();
         for state_path in &self.located.state_paths {
             watch_dirs(watcher, &state_path.join("ha_confs"));
@@ -202,7 +202,8 @@ mod tests {
         let (mut watcher, _events) = DirWatcher::start().unwrap();
         let mut agent = contained_agent(&state, &tag, conf);
         let deadline = std::time::Instant::now() + PATIENCE;
-        let (mut following, mut routers) = Following::start(source, &mut watcher);
+        let mut following = Following::new(source);
+        let mut routers = following.start(&mut watcher);
         while routers.is_empty() {
             assert!(std::time::Instant::now() < deadline, "never found");
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -11,7 +11,7 @@ use hagw_core::supervisor::WorkerConfig;
 
 use super::listen::{Listen, ListenArgs};
 use super::routers::RoutersArg;
-use crate::agent::{Agent, NeutronSource};
+use crate::agent::{Agent, NeutronSource, Source};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -33,20 +33,24 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> ExitCode {
     let worker =
         WorkerConfig { resync: Duration::from_secs(args.resync.max(1)), ..WorkerConfig::default() };
-    let (config, neutron) = match &args.routers.neutron {
+    let (config, source) = match &args.routers.neutron {
         None => match args.routers.load() {
-            Ok(config) => (config, None),
+            Ok(config) => {
+                let path = args.routers.config_file().expect("not Neutron's");
+                let source = Source::File { path, routers: config.routers.clone() };
+                (config, source)
+            }
             Err(code) => return code,
         },
         Some(state_path) => {
             let config = Config { ovsdb: args.routers.ovsdb.clone(), routers: Vec::new() };
             let defaults = args.routers.discovered.defaults();
-            (config, Some(NeutronSource::at(state_path.clone(), defaults)))
+            (config, Source::neutron(NeutronSource::at(state_path.clone(), defaults)))
         }
     };
     let dataplane = super::dataplane(&config);
     let result = async {
-        let (mut agent, inputs) = Agent::new(dataplane, worker)?;
+        let agent = Agent::new(dataplane, worker)?;
         let observer = agent.observer();
         if let Listen(Some(addr)) = args.endpoint.listen {
             // Enforcement matters more than its metrics: a taken port is reported, not fatal.
@@ -68,15 +72,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             ),
             None => None,
         };
-        match neutron {
-            Some(source) => {
-                let routers = agent.follow_neutron(source);
-                agent.set_routers(routers).await
-            }
-            None => agent.set_routers(config.routers).await,
-        }
-        observer.set_sources_ready();
-        agent.run(inputs, args.routers.config_file().as_deref()).await
+        agent.run(source).await.context("signal handler")
     }
     .await;
     match result {

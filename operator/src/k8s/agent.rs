@@ -1,9 +1,10 @@
 //! `hagw agent --kubernetes`: the DaemonSet agent. It watches every `HARouter`, keeps the
 //! routers that list its node, adds those Neutron runs here (discovered from its `ha_confs`,
 //! as `hagw run --neutron` does, when enabled; an HARouter for the same router id wins), and
-//! feeds them to the same event-driven agent as `hagw run` ([`crate::agent::Agent`]); each
-//! pass is reported in the router's HARouter status (a discovered router's object is
-//! created by the agent, and its overrides applied: [`super::merge`]).
+//! is the source ([`NodeSource`]) of the same agent loop as `hagw run`
+//! ([`crate::agent::Agent`]); each pass is reported in the router's HARouter status (a
+//! discovered router's object is created by the agent, and its overrides applied:
+//! [`super::merge`]).
 //!
 //! The API server is an input, not a dependency: enforcement runs in the router workers
 //! and goes on from the last known specs while the watch is down (the reflector keeps its
@@ -12,20 +13,19 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use hagw_backends::dataplane::HostDataplane;
 use hagw_core::RouterSpec;
 use hagw_core::config::Config;
 use hagw_core::supervisor::{RouterEvent, WorkerConfig};
 use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -39,9 +39,8 @@ use super::source::{Assigned, NodeView, SpecChanges, node_view};
 use super::status::{StatusWriter, Update};
 use super::throttle::{Limit, Throttle};
 use super::{Error, handback, uninstall};
-use crate::agent::{Agent, NEUTRON_RESCAN, NeutronSource, QUICK_RESCAN};
-use crate::observe::{self, HEARTBEAT};
-use crate::ready::ReadyFile;
+use crate::agent::{Agent, DirWatcher, Following, NeutronSource, Routers, Source, Wanted};
+use crate::observe::{self, Observer};
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -75,7 +74,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let client = Client::try_default().await.map_err(Error::Client)?;
     let dataplane =
         HostDataplane::for_config(&Config { ovsdb: options.ovsdb.clone(), routers: Vec::new() });
-    let (agent, mut inputs) = Agent::new(dataplane.clone(), options.worker)
+    let agent = Agent::new(dataplane.clone(), options.worker)
         .map_err(|e| Error::Agent(format!("{e:#}")))?;
     let observer = agent.observer();
     let health = match options.listen {
@@ -97,39 +96,6 @@ pub async fn run(options: Options) -> Result<(), Error> {
         None => info!(node = %node, "kubernetes agent starting; no /metrics, /healthz, /readyz"),
     }
 
-    let mut this = NodeAgent {
-        agent,
-        dataplane,
-        node: node.clone(),
-        home: options.namespace.clone(),
-        view: NodeView::default(),
-        discovered: Discovered::default(),
-        managed: HashMap::new(),
-        handbacks: HashMap::new(),
-        status: status_tx,
-        cache: SpecCache::harouters(&options.state_dir),
-        discovered_cache: SpecCache::discovered(&options.state_dir),
-    };
-    // Discovered routers are read from Neutron's files. Those cached from before wait for
-    // them hold-only (a stale spec could bring back a floating IP Neutron has removed since):
-    // at a node's boot the files are found only once the L3 agent's process runs.
-    if let Some(source) = options.neutron.clone() {
-        this.discovered = Discovered::cached(this.discovered_cache.load());
-        let found = this.agent.follow_neutron(source);
-        let read = this.agent.neutron_read();
-        this.take_discovered(found, read);
-        if this.discovered.waiting() {
-            info!(node = %node, routers = ?this.discovered.hold_only(), "Neutron's files not found yet: holding the standbys of the routers discovered before, by name, until they are");
-        }
-    }
-    let cached = this.cache.load();
-    if !cached.is_empty() || !this.discovered.routers().is_empty() {
-        info!(node = %node, cached = cached.len(), discovered = this.discovered.routers().len(), "enforcing cached and discovered specs until the API server answers");
-        this.set_view(NodeView { assigned: cached, ..NodeView::default() }).await;
-        observer.set_sources_ready();
-    }
-
-    let pod = uninstall::PodRef::from_env();
     let resource = ApiResource::erase::<HARouter>(&());
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let writer = Writer::new(resource);
@@ -156,91 +122,41 @@ pub async fn run(options: Options) -> Result<(), Error> {
         backlog,
     );
     tokio::spawn(status.run(status_rx));
-    let mut watch = pin!(
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff()
-    );
-    let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
-    let (mut synced, mut connected) = (false, true);
-    let mut specs = SpecChanges::default();
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    let mut rescan = tokio::time::interval(NEUTRON_RESCAN);
-    let mut quick = tokio::time::interval(QUICK_RESCAN);
-    let mut ready = ReadyFile::new(options.ready_file.clone());
-    loop {
-        observer.beat();
-        // Checked after every event: a router's first pass arrives as one.
-        ready.update(&observer);
-        tokio::select! {
-            _ = heartbeat.tick() => {}
-            _ = rescan.tick() => this.rescan().await,
-            _ = quick.tick(), if this.discovered.waiting() => this.rescan().await,
-            item = watch.next() => {
-                // A burst of events (the status writes of many routers) is taken in whole, and
-                // the view is worked out at most once for it.
-                let (mut next, mut changed, mut ended) = (Some(item), false, false);
-                while let Some(item) = next {
-                    match item {
-                        Some(Ok(event)) => {
-                            if !connected {
-                                info!(node = %node, "watch re-established");
-                                connected = true;
-                            }
-                            changed |= match event {
-                                watcher::Event::InitDone => {
-                                    synced = true;
-                                    observer.set_sources_ready();
-                                    specs.reset(&store.state());
-                                    true
-                                }
-                                watcher::Event::Apply(obj) => specs.applied(&obj) && synced,
-                                watcher::Event::Delete(obj) => specs.deleted(&obj) && synced,
-                                watcher::Event::Init | watcher::Event::InitApply(_) => false,
-                            };
-                        }
-                        Some(Err(e)) if connected => {
-                            warn!(node = %node, error = %e, "HARouter watch failed; enforcing the last known specs");
-                            connected = false;
-                        }
-                        Some(Err(e)) => debug!(node = %node, error = %e, "HARouter watch still failing"),
-                        None => {
-                            ended = true;
-                            break;
-                        }
-                    }
-                    next = watch.next().now_or_never();
-                }
-                if changed {
-                    this.set_view(node_view(&store.state(), &node)).await;
-                }
-                if ended {
-                    break;
-                }
-            }
-            Some(ns) = inputs.netns_changes.recv() => this.agent.namespace_changed(&ns).await,
-            Some(event) = inputs.dir_events.recv() => {
-                if let Some(routers) = this.agent.dir_changed(&event).await {
-                    let read = this.agent.neutron_read();
-                    this.set_discovered(routers, read).await;
-                }
-            }
-            Some(event) = inputs.router_events.recv() => this.router_event(event),
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
-        }
-    }
-    match &pod {
-        Some(pod) if uninstall::uninstalling(&client, pod).await => {
-            info!(node = %node, "hagw is being uninstalled: handing every port back");
-            this.hand_back_all().await;
-        }
-        _ => info!(node = %node, "stopping; ports stay as last reconciled"),
-    }
-    Ok(())
+    let watch =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let source = NodeSource {
+        client,
+        pod: uninstall::PodRef::from_env(),
+        observer,
+        dataplane,
+        node,
+        home: options.namespace.clone(),
+        view: NodeView::default(),
+        discovered: Discovered::default(),
+        neutron: options.neutron.clone().map(Following::new),
+        handbacks: HashMap::new(),
+        status: status_tx,
+        cache: SpecCache::harouters(&options.state_dir),
+        discovered_cache: SpecCache::discovered(&options.state_dir),
+        ready_file: options.ready_file.clone(),
+        watch: watch.boxed(),
+        store,
+        specs: SpecChanges::default(),
+        synced: false,
+        connected: true,
+        ended: false,
+    };
+    agent.run(Source::Kubernetes(Box::new(source))).await.map_err(Error::Signal)
 }
 
-/// The agent's Kubernetes-side state around the shared [`Agent`].
-struct NodeAgent {
-    agent: Agent,
+/// The routers of a Kubernetes node, for the agent's loop: the HARouters listing it, joined
+/// with the routers Neutron runs here; where each one's passes are reported; which ports to
+/// hand back.
+pub struct NodeSource {
+    client: Client,
+    /// This agent's pod, to tell an uninstall from a restart.
+    pod: Option<uninstall::PodRef>,
+    observer: Observer,
     /// The same dataplane the agent's workers use, for hand-backs.
     dataplane: HostDataplane,
     node: String,
@@ -250,29 +166,138 @@ struct NodeAgent {
     view: NodeView,
     /// The routers discovered from Neutron's files, and those cached from before.
     discovered: Discovered,
-    /// Routers enforced now, by router id.
-    managed: HashMap<String, Enforced>,
+    neutron: Option<Following>,
     handbacks: HashMap<String, JoinHandle<()>>,
     status: mpsc::UnboundedSender<Update>,
     /// The HARouters' routers.
     cache: SpecCache,
     discovered_cache: SpecCache,
+    ready_file: Option<PathBuf>,
+    watch: BoxStream<'static, watcher::Result<watcher::Event<DynamicObject>>>,
+    store: Store<DynamicObject>,
+    specs: SpecChanges,
+    /// The watch's initial list is in.
+    synced: bool,
+    connected: bool,
+    ended: bool,
 }
 
 /// How long an uninstall waits for the hand-backs: within the pod's termination grace period
 /// (30 s by default), past the silence settle time (3 s by default).
 const HAND_BACK_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
 
-impl NodeAgent {
+impl NodeSource {
+    /// The routers to enforce before the API server answers: those cached and discovered,
+    /// if any. Discovered routers are read from Neutron's files. Those cached from before
+    /// wait for them hold-only (a stale spec could bring back a floating IP Neutron has
+    /// removed since): at a node's boot the files are found only once the L3 agent's process
+    /// runs.
+    pub(crate) fn start(
+        &mut self,
+        watcher: &mut DirWatcher,
+        routers: &Routers,
+    ) -> Option<Vec<Wanted>> {
+        if let Some(following) = &mut self.neutron {
+            self.discovered = Discovered::cached(self.discovered_cache.load());
+            let found = following.start(watcher);
+            let read = following.found();
+            self.take_discovered(found, read);
+            if self.discovered.waiting() {
+                info!(node = %self.node, routers = ?self.discovered.hold_only(), "Neutron's files not found yet: holding the standbys of the routers discovered before, by name, until they are");
+            }
+        }
+        let cached = self.cache.load();
+        if cached.is_empty() && self.discovered.routers().is_empty() {
+            return None;
+        }
+        info!(node = %self.node, cached = cached.len(), discovered = self.discovered.routers().len(), "enforcing cached and discovered specs until the API server answers");
+        Some(self.set_view(NodeView { assigned: cached, ..NodeView::default() }, routers))
+    }
+
+    pub(crate) fn following(&mut self) -> Option<&mut Following> {
+        self.neutron.as_mut()
+    }
+
+    pub(crate) fn waiting(&self) -> bool {
+        self.discovered.waiting()
+    }
+
+    pub(crate) fn ended(&self) -> bool {
+        self.ended
+    }
+
+    pub(crate) fn ready_file(&self) -> Option<PathBuf> {
+        self.ready_file.clone()
+    }
+
+    /// Takes the next events of the HARouter watch: the routers then wanted, if the view
+    /// may have changed.
+    pub(crate) async fn changed(&mut self, routers: &Routers) -> Option<Vec<Wanted>> {
+        let item = self.watch.next().await;
+        // A burst of events (the status writes of many routers) is taken in whole, and the
+        // view is worked out at most once for it.
+        let (mut next, mut changed) = (Some(item), false);
+        while let Some(item) = next {
+            match item {
+                Some(Ok(event)) => {
+                    if !self.connected {
+                        info!(node = %self.node, "watch re-established");
+                        self.connected = true;
+                    }
+                    changed |= self.watched(event);
+                }
+                Some(Err(e)) if self.connected => {
+                    warn!(node = %self.node, error = %e, "HARouter watch failed; enforcing the last known specs");
+                    self.connected = false;
+                }
+                Some(Err(e)) => {
+                    debug!(node = %self.node, error = %e, "HARouter watch still failing")
+                }
+                None => {
+                    self.ended = true;
+                    break;
+                }
+            }
+            next = self.watch.next().now_or_never();
+        }
+        changed.then(|| self.set_view(node_view(&self.store.state(), &self.node), routers))
+    }
+
+    /// Takes one watch event: whether the view may have changed.
+    fn watched(&mut self, event: watcher::Event<DynamicObject>) -> bool {
+        match event {
+            watcher::Event::InitDone => {
+                self.synced = true;
+                self.observer.set_sources_ready();
+                self.specs.reset(&self.store.state());
+                true
+            }
+            watcher::Event::Apply(obj) => self.specs.applied(&obj) && self.synced,
+            watcher::Event::Delete(obj) => self.specs.deleted(&obj) && self.synced,
+            watcher::Event::Init | watcher::Event::InitApply(_) => false,
+        }
+    }
+
+    /// The agent stops: if hagw is being uninstalled, every port is handed back.
+    pub(crate) async fn stop(self, routers: &mut Routers, watcher: &mut DirWatcher) {
+        match &self.pod {
+            Some(pod) if uninstall::uninstalling(&self.client, pod).await => {
+                info!(node = %self.node, "hagw is being uninstalled: handing every port back");
+                self.hand_back_all(routers, watcher).await;
+            }
+            _ => info!(node = %self.node, "stopping; ports stay as last reconciled"),
+        }
+    }
+
     /// Hands every managed router's port back (as when it is no longer hosted here), waits
     /// for them, and forgets the cached specs, so nothing is enforced from them again.
-    async fn hand_back_all(&mut self) {
+    async fn hand_back_all(&self, routers: &mut Routers, watcher: &mut DirWatcher) {
+        let specs: Vec<RouterSpec> = routers.wanted().map(|w| w.spec.clone()).collect();
         // The workers stop first: they would hold the ports again.
-        self.agent.set_routers(Vec::new()).await;
-        let tasks: Vec<_> = self
-            .managed
-            .values()
-            .map(|e| handback::spawn(self.dataplane.clone(), &self.node, e.assigned.spec.clone()))
+        routers.set(Vec::new(), watcher).await;
+        let tasks: Vec<_> = specs
+            .into_iter()
+            .map(|spec| handback::spawn(self.dataplane.clone(), &self.node, spec))
             .collect();
         let all = futures::future::join_all(tasks);
         if tokio::time::timeout(HAND_BACK_WITHIN, all).await.is_err() {
@@ -285,22 +310,23 @@ impl NodeAgent {
         }
     }
 
-    /// Takes a new view of the HARouters: reports the rejected objects and enforces.
-    async fn set_view(&mut self, view: NodeView) {
+    /// Takes a new view of the HARouters: reports the rejected objects; the routers wanted.
+    fn set_view(&mut self, view: NodeView, routers: &Routers) -> Vec<Wanted> {
         for rejected in &view.rejected {
             warn!(node = %self.node, harouter = %rejected.origin.name, error = %rejected.error, "HARouter rejected");
             let _ =
                 self.status.send(Update::Rejected(rejected.origin.clone(), rejected.error.clone()));
         }
         self.view = view;
-        self.enforce().await;
+        self.enforce(routers)
     }
 
-    /// Takes the routers newly discovered (`read`: from Neutron's files, not for want of
-    /// them) and enforces.
-    async fn set_discovered(&mut self, routers: Vec<RouterSpec>, read: bool) {
-        self.take_discovered(routers, read);
-        self.enforce().await;
+    /// Takes the routers newly discovered: the routers wanted.
+    pub(crate) fn take_found(&mut self, found: Vec<RouterSpec>, routers: &Routers) -> Vec<Wanted> {
+        // From Neutron's files, not for want of them.
+        let read = self.neutron.as_ref().is_some_and(Following::found);
+        self.take_discovered(found, read);
+        self.enforce(routers)
     }
 
     /// Takes the routers newly discovered, caching them once they come from Neutron's files.
@@ -316,36 +342,28 @@ impl NodeAgent {
         }
     }
 
-    /// Looks for Neutron's state paths again.
-    async fn rescan(&mut self) {
-        if let Some(routers) = self.agent.rescan_neutron() {
-            let read = self.agent.neutron_read();
-            self.set_discovered(routers, read).await;
-        }
-    }
-
-    /// Makes the enforced set equal to what [`merge`] makes of the view and the discovered
-    /// routers: new and changed routers get (new) workers, routers this node no longer hosts
-    /// are handed back, and discovered routers without an object get one.
-    async fn enforce(&mut self) {
+    /// What [`merge`] makes of the view and the discovered routers, replacing `routers`:
+    /// routers this node no longer hosts are handed back, discovered routers without an
+    /// object get one, and the HARouters' routers are cached.
+    fn enforce(&mut self, routers: &Routers) -> Vec<Wanted> {
         let desired = merge(self.view.clone(), &self.discovered.routers(), &self.home);
         if !desired.publish.is_empty() {
             let _ = self.status.send(Update::Publish(desired.publish));
         }
         let wanted: HashMap<String, Enforced> =
             desired.routers.into_iter().map(|e| (e.assigned.spec.id.clone(), e)).collect();
-        for (id, old) in &self.managed {
+        for old in routers.wanted() {
+            let (id, Some(reported)) = (&old.spec.id, &old.reported) else { continue };
             if wanted.contains_key(id) {
                 continue;
             }
-            let old = &old.assigned;
             let port = (&old.spec.namespace, &old.spec.gateway_device);
             // A renamed router on the same port: its new worker owns the port now.
             let taken_over = wanted
                 .values()
                 .any(|e| (&e.assigned.spec.namespace, &e.assigned.spec.gateway_device) == port);
             if !taken_over {
-                info!(router = %id, node = %self.node, harouter = %old.origin.name, "no longer hosted here; handing the port back");
+                info!(router = %id, node = %self.node, harouter = %reported.origin.name, "no longer hosted here; handing the port back");
                 let task = handback::spawn(self.dataplane.clone(), &self.node, old.spec.clone());
                 if let Some(previous) = self.handbacks.insert(id.clone(), task) {
                     previous.abort();
@@ -365,40 +383,46 @@ impl NodeAgent {
             .chain(desired.rejected.iter().map(|r| r.origin.key()))
             .collect();
         for (id, now) in &wanted {
-            let before = self.managed.get(id);
-            if before.is_some_and(|b| b.assigned == now.assigned && b.ignored != now.ignored) {
+            // The same router in the same object, only what its report adds changed.
+            let renoted = routers.get(id).is_some_and(|before| {
+                before.spec == now.assigned.spec
+                    && before.reported.as_ref().is_some_and(|b| {
+                        b.origin == now.assigned.origin && b.ignored != now.ignored
+                    })
+            });
+            if renoted {
                 let _ = self.status.send(Update::Report(Box::new(now.clone())));
             }
         }
-        for old in self.managed.values() {
-            if !reported.contains(&old.assigned.origin.key()) {
-                let _ = self.status.send(Update::Forget(old.assigned.origin.clone()));
+        for old in routers.wanted().filter_map(|w| w.reported.as_ref()) {
+            if !reported.contains(&old.origin.key()) {
+                let _ = self.status.send(Update::Forget(old.origin.clone()));
             }
         }
 
-        // Only discovered routers can be hold-only: an HARouter for the same id wins.
-        let waiting = self.discovered.hold_only();
-        let hold_only = wanted
-            .iter()
-            .filter(|(id, e)| e.discovered && waiting.contains(*id))
-            .map(|(id, _)| id.clone())
-            .collect();
-        let specs = wanted.values().map(|e| e.assigned.spec.clone()).collect();
-        self.agent.set_routers_hold_only(specs, &hold_only).await;
-        self.managed = wanted;
         // Only the HARouters' routers: discovered ones have a cache of their own.
-        let mut routers: Vec<Assigned> =
-            self.managed.values().filter(|e| !e.discovered).map(|e| e.assigned.clone()).collect();
-        routers.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
-        if let Err(e) = self.cache.store(&routers) {
+        let mut cached: Vec<&Assigned> =
+            wanted.values().filter(|e| !e.discovered).map(|e| &e.assigned).collect();
+        cached.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        if let Err(e) = self.cache.store(&cached) {
             warn!(node = %self.node, error = %e, "cannot write the spec cache");
         }
+        // Only discovered routers can be hold-only: an HARouter for the same id wins.
+        let waiting = self.discovered.hold_only();
+        let wanted = wanted.into_iter().map(|(id, e)| {
+            let hold_only = e.discovered && waiting.contains(&id);
+            let (spec, reported) = e.split();
+            Wanted { spec, hold_only, reported: Some(reported) }
+        });
+        wanted.collect()
     }
 
-    fn router_event(&self, event: RouterEvent) {
-        self.agent.router_event(&event);
-        if let Some(enforced) = self.managed.get(&event.router) {
-            let _ = self.status.send(Update::Pass(Box::new(enforced.clone()), Box::new(event)));
+    /// Reports a worker's pass in the router's HARouter.
+    pub(crate) fn passed(&self, routers: &Routers, event: RouterEvent) {
+        let Some(wanted) = routers.get(&event.router) else { return };
+        if let Some(reported) = &wanted.reported {
+            let enforced = Enforced::join(wanted.spec.clone(), reported);
+            let _ = self.status.send(Update::Pass(Box::new(enforced), Box::new(event)));
         }
     }
 }

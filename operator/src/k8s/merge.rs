@@ -29,6 +29,26 @@ impl Enforced {
     pub fn strategy(&self) -> Strategy {
         self.assigned.spec.strategy
     }
+
+    /// The router's spec, and where it is reported (kept apart by the agent's loop:
+    /// [`crate::agent::Wanted`]).
+    pub fn split(self) -> (RouterSpec, Reported) {
+        let Enforced { assigned: Assigned { origin, spec }, ignored, discovered } = self;
+        (spec, Reported { origin, ignored, discovered })
+    }
+
+    pub fn join(spec: RouterSpec, reported: &Reported) -> Enforced {
+        let Reported { origin, ignored, discovered } = reported.clone();
+        Enforced { assigned: Assigned { origin, spec }, ignored, discovered }
+    }
+}
+
+/// Where a router's passes are reported: an [`Enforced`] without its spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reported {
+    pub origin: Origin,
+    pub ignored: Option<String>,
+    pub discovered: bool,
 }
 
 /// The outcome of [`merge`].

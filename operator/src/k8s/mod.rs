@@ -1,5 +1,5 @@
-//! hagw as a Kubernetes operator: the `HARouter` resource, the per-node agent that feeds
-//! the standalone agent's supervisor from it, and the status and Events it writes back. The
+//! hagw as a Kubernetes operator: the `HARouter` resource, the per-node source of routers
+//! that feeds the agent's loop ([`crate::agent`]), and the status and Events it writes back. The
 //! operator is a thin adapter: what is reconciled, and how, is exactly the standalone mode's.
 
 pub mod agent;
@@ -18,6 +18,8 @@ mod throttle;
 mod uninstall;
 mod versions;
 
+pub use agent::NodeSource;
+pub use merge::Reported;
 pub use throttle::Limit;
 
 use std::net::SocketAddr;
