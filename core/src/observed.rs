@@ -150,6 +150,17 @@ impl PortState {
     pub fn is_silent(&self) -> bool {
         self.link.as_ref().is_none_or(LinkState::is_silent)
     }
+
+    /// Silent once `failed` (steps that could not be applied, e.g. sysctls on a read-only
+    /// `/proc/sys`) are counted as if they had taken effect: as silent as the port can be
+    /// made. Only a hand-back ([`Observed::hand_back`]) settles for this.
+    pub fn is_silent_but_for(&self, failed: &[Action]) -> bool {
+        let mut port = self.clone();
+        for action in failed {
+            action.apply_to(&mut port);
+        }
+        port.is_silent()
+    }
 }
 
 impl LinkState {
@@ -169,8 +180,9 @@ pub struct Observed {
     pub silent_for: Duration,
     /// This node became primary and has not announced the gateway addresses yet.
     pub announce_pending: bool,
-    /// Steps that failed earlier in the current pass: the planner leaves them out and plans
-    /// what follows as if they had not been taken (no announcement behind a failed release).
+    /// Steps that failed earlier in the current pass (in a hand-back, side settings that
+    /// failed in any of its passes): the planner leaves them out and plans what follows as if
+    /// they had not been taken (no announcement behind a failed release).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed_steps: Vec<Action>,
     /// Addresses an earlier spec of this router put on the gateway that the current one no
@@ -183,4 +195,11 @@ pub struct Observed {
     /// exposure is closed, nothing is released, added or announced from it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub hold_only: bool,
+    /// The port is being handed back (its router leaves the node, `helm uninstall`, `hagw
+    /// release`): nobody will manage it afterwards, so a standby's guards are lifted once it
+    /// is as silent as it can be made — what could not be applied (`failed_steps`) is
+    /// reported, not waited for — since a port held with no agent left is dark when
+    /// keepalived promotes it. A primary is served as usual.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hand_back: bool,
 }

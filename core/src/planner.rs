@@ -120,13 +120,19 @@ impl PlanBuilder<'_> {
 
     fn standby(&mut self, spec: &RouterSpec, observed: &Observed) {
         let settle = spec.silence_settle();
+        // A hand-back ends where silence-only rests (up, released), whatever the strategy,
+        // and settles for the silence that could be applied: a setting that cannot be
+        // written (read-only /proc/sys) must not keep a port held that nobody will release.
+        let (strategy, silent) = if observed.hand_back {
+            (Strategy::SilenceOnly, observed.port.is_silent_but_for(&observed.failed_steps))
+        } else {
+            (spec.strategy, observed.port.is_silent())
+        };
         // Silence observed long enough ago that no delayed MLD/DAD retransmission is left, on
         // a device that exists: a missing one sends nothing, but the one the agents create
         // next comes up with the kernel's defaults and talks at once, so a backend that can
         // hold by name (Linux bridge) holds it on arrival.
-        let settled = observed.port.link.is_some()
-            && observed.port.is_silent()
-            && observed.silent_for >= settle;
+        let settled = observed.port.link.is_some() && silent && observed.silent_for >= settle;
         let can_hold = self.state.l2.hold != HoldState::Unsupported;
 
         // 1. Close exposure before anything makes the kernel talk. A backend that can hold
@@ -137,9 +143,11 @@ impl PlanBuilder<'_> {
         // neither the device nor the switch port exists.
         let nothing_to_hold = self.state.link.is_none() && self.state.l2.hold == HoldState::Unknown;
         let wants_hold =
-            can_hold && !nothing_to_hold && (spec.strategy != Strategy::SilenceOnly || !settled);
-        self.plan.hold_on_arrival = match (can_hold, spec.strategy, settled) {
+            can_hold && !nothing_to_hold && (strategy != Strategy::SilenceOnly || !settled);
+        self.plan.hold_on_arrival = match (can_hold, strategy, settled) {
             (false, ..) => HoldOnArrival::Never,
+            // Handed back: no agent will be there to release a port held on arrival.
+            (true, Strategy::SilenceOnly, true) if observed.hand_back => HoldOnArrival::Never,
             (true, Strategy::SilenceOnly, true) => HoldOnArrival::NewPort,
             (true, ..) => HoldOnArrival::Always,
         };
@@ -148,7 +156,7 @@ impl PlanBuilder<'_> {
         } else if self.state.is_exposed() && !settled {
             self.push(Action::SetLinkDown);
         }
-        if spec.strategy == Strategy::LinkDown && self.admin_up() {
+        if strategy == Strategy::LinkDown && self.admin_up() {
             self.push(Action::SetLinkDown);
         }
 
@@ -170,16 +178,14 @@ impl PlanBuilder<'_> {
         // guard remains in place or the port has settled into silence.
         let remaining = settle.saturating_sub(if settled { settle } else { observed.silent_for });
         let settling = Wait::SilenceSettling { remaining: remaining.max(Duration::from_millis(1)) };
-        if spec.strategy != Strategy::LinkDown && !self.admin_up() {
+        if strategy != Strategy::LinkDown && !self.admin_up() {
             if self.state.l2.hold.is_held() || settled {
                 self.push(Action::SetLinkUp);
             } else {
                 self.wait(settling);
             }
         }
-        if spec.strategy == Strategy::SilenceOnly
-            && self.state.l2.hold.is_held()
-            && self.state.l2.wired
+        if strategy == Strategy::SilenceOnly && self.state.l2.hold.is_held() && self.state.l2.wired
         {
             if settled {
                 self.push(Action::ReleaseL2);

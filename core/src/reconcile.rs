@@ -41,6 +41,10 @@ pub struct RouterMemory {
     last_role: Option<Role>,
     retired: Vec<IpNet>,
     hold_only: bool,
+    hand_back: bool,
+    /// In a hand-back: the side settings that failed in an earlier pass, not tried again
+    /// and counted as applied for the silence it waits for ([`Observed::hand_back`]).
+    unapplied: Vec<Action>,
 }
 
 impl RouterMemory {
@@ -55,6 +59,16 @@ impl RouterMemory {
         RouterMemory { hold_only: true, ..RouterMemory::default() }
     }
 
+    /// For a router being handed back ([`Observed::hand_back`]).
+    pub fn hand_back() -> RouterMemory {
+        RouterMemory { hand_back: true, ..RouterMemory::default() }
+    }
+
+    /// The side settings a hand-back could not apply (reported by its passes as degraded).
+    pub fn unapplied(&self) -> &[Action] {
+        &self.unapplied
+    }
+
     /// Combines a fresh observation with what was remembered, at time `now`.
     pub fn observed(&mut self, role: Role, port: PortState, now: Instant) -> Observed {
         if self.last_role != Some(role) {
@@ -62,7 +76,11 @@ impl RouterMemory {
             self.announce_pending = role == Role::Primary;
             self.last_role = Some(role);
         }
-        if port.is_silent() {
+        let silent = match self.hand_back {
+            true => port.is_silent_but_for(&self.unapplied),
+            false => port.is_silent(),
+        };
+        if silent {
             self.silent_since.get_or_insert(now);
         } else {
             self.silent_since = None;
@@ -72,14 +90,22 @@ impl RouterMemory {
             port,
             silent_for,
             announce_pending: self.announce_pending,
-            failed_steps: Vec::new(),
+            failed_steps: self.unapplied.clone(),
             retired_addresses: self.retired.clone(),
             hold_only: self.hold_only,
+            hand_back: self.hand_back,
         }
     }
 
     fn announced(&mut self) {
         self.announce_pending = false;
+    }
+
+    /// A side setting failed after retries: a hand-back goes on without it.
+    fn side_setting_failed(&mut self, action: &Action) {
+        if self.hand_back && !self.unapplied.contains(action) {
+            self.unapplied.push(action.clone());
+        }
     }
 }
 
@@ -187,7 +213,9 @@ pub async fn dry_run<D: Dataplane>(
 /// A failed side setting (an IPv6 sysctl, e.g. on a read-only `/proc/sys`) never stops a
 /// pass: the rest is planned again without it and applied, and the pass reports it as
 /// degraded. The planner never lifts a standby's guard on a setting's assumed effect, only on
-/// observed silence, so a standby stays held or down. Any other failed step ends a standby's
+/// observed silence, so a standby stays held or down — except in a hand-back
+/// ([`RouterMemory::hand_back`]), which remembers the settings that failed, does not try them
+/// again, and lifts the guards once the rest of the silence has settled. Any other failed step ends a standby's
 /// pass after the fail-safe guard, because the guard itself may be what failed. A primary's
 /// pass goes on past it too (every step that can still be applied brings traffic back sooner,
 /// and a primary has nothing to keep quiet) and then fails with it.
@@ -246,6 +274,9 @@ impl<D: Dataplane> Pass<'_, D> {
                     }
                     Err(source) => {
                         warn!(action = %action, error = %source, "step failed; the other steps go on");
+                        if action.is_side_setting() {
+                            self.memory.side_setting_failed(action);
+                        }
                         failed.push(StepFailure { action: action.clone(), source });
                         cut_short = true;
                         break;
@@ -311,7 +342,11 @@ impl<D: Dataplane> Pass<'_, D> {
     /// Observes and plans, without the steps in `skip`, which failed earlier in the pass.
     async fn dry_run(&mut self, skip: &[StepFailure]) -> Result<(Observed, Plan), ReconcileError> {
         let mut observed = self.observe().await?;
-        observed.failed_steps = skip.iter().map(|f| f.action.clone()).collect();
+        for failure in skip {
+            if !observed.failed_steps.contains(&failure.action) {
+                observed.failed_steps.push(failure.action.clone());
+            }
+        }
         let plan = plan(self.spec, self.role, &observed);
         Ok((observed, plan))
     }

@@ -298,3 +298,90 @@ fn a_standby_holds_its_port_on_arrival_until_the_planner_lets_go() {
     assert_eq!(p.actions, [Action::ReleaseL2]);
     assert_eq!(p.hold_on_arrival, HoldOnArrival::NewPort);
 }
+
+/// A standby held where `/proc/sys` is read-only: `accept_ra` and `forwarding` cannot be
+/// written, so the port is never fully silent.
+fn held_with_unwritable_sysctls() -> (hagw_core::observed::PortState, Vec<Action>) {
+    let mut port = quiet_held_port();
+    let ipv6 = &mut port.link.as_mut().unwrap().ipv6;
+    (ipv6.accept_ra, ipv6.forwarding) = (1, 1);
+    let failed = [Ipv6Sysctl::AcceptRa, Ipv6Sysctl::Forwarding]
+        .map(|sysctl| Action::SetSysctl { sysctl, value: 0 })
+        .to_vec();
+    (port, failed)
+}
+
+/// Enforcing, such a standby stays held for good: a guard is lifted only on observed
+/// silence, never on a setting's assumed effect.
+#[test]
+fn a_standby_that_cannot_be_fully_silenced_stays_held() {
+    let (port, failed) = held_with_unwritable_sysctls();
+    for strategy in [Strategy::SilenceOnly, Strategy::L2Hold] {
+        let observed = hagw_core::observed::Observed {
+            failed_steps: failed.clone(),
+            ..observed(port.clone(), 60_000, false)
+        };
+        let p = plan(&spec(strategy, ovs()), Role::Standby, &observed);
+        assert!(!p.actions.contains(&Action::ReleaseL2), "{strategy:?}: {:?}", p.actions);
+        assert_eq!(p.hold_on_arrival, HoldOnArrival::Always, "{strategy:?}");
+    }
+}
+
+/// Handing it back, the planner settles for the silence that could be applied: it keeps the
+/// hold while that silence settles, then releases it — whatever the strategy — and holds
+/// nothing on arrival, since no agent will be left to release it. A hold kept with no agent
+/// left would make the router dark when keepalived promotes this node.
+#[test]
+fn a_hand_back_releases_once_silent_but_for_what_cannot_be_written() {
+    let (port, failed) = held_with_unwritable_sysctls();
+    for strategy in [Strategy::SilenceOnly, Strategy::L2Hold, Strategy::LinkDown] {
+        let spec = spec(strategy, ovs());
+        let mut port = port.clone();
+        port.link.as_mut().unwrap().admin_up = strategy != Strategy::LinkDown;
+        let handing_back = |silent_for_ms| hagw_core::observed::Observed {
+            failed_steps: failed.clone(),
+            hand_back: true,
+            ..observed(port.clone(), silent_for_ms, false)
+        };
+        let early = plan(&spec, Role::Standby, &handing_back(1000));
+        assert!(!early.actions.contains(&Action::ReleaseL2), "{strategy:?}: {:?}", early.actions);
+        assert!(!early.actions.iter().any(|a| matches!(a, Action::SetSysctl { .. })));
+        assert_eq!(
+            early.wait,
+            Some(Wait::SilenceSettling { remaining: std::time::Duration::from_secs(2) }),
+            "{strategy:?}"
+        );
+        assert_eq!(early.hold_on_arrival, HoldOnArrival::Always, "{strategy:?}");
+
+        let late = plan(&spec, Role::Standby, &handing_back(3000));
+        assert_eq!(late.actions.last(), Some(&Action::ReleaseL2), "{strategy:?}");
+        assert_eq!(
+            late.actions.contains(&Action::SetLinkUp),
+            strategy == Strategy::LinkDown,
+            "{strategy:?}: {:?}",
+            late.actions
+        );
+        assert_eq!(late.hold_on_arrival, HoldOnArrival::Never, "{strategy:?}");
+    }
+}
+
+/// What can be written is still written, and addresses removed, before the hold goes.
+#[test]
+fn a_hand_back_still_silences_what_it_can() {
+    let spec = spec(Strategy::L2Hold, ovs());
+    let (_, failed) = held_with_unwritable_sysctls();
+    let observed = hagw_core::observed::Observed {
+        failed_steps: failed,
+        hand_back: true,
+        ..observed(noisy_port(HoldState::Held), 0, false)
+    };
+    let p = plan(&spec, Role::Standby, &observed);
+    assert_eq!(
+        p.actions,
+        [
+            Action::SetSysctl { sysctl: Ipv6Sysctl::AddrGenMode, value: 1 },
+            Action::DeleteAddress { address: "fe80::f816:3eff:fe00:1/64".parse().unwrap() },
+        ]
+    );
+    assert!(matches!(p.wait, Some(Wait::SilenceSettling { .. })));
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hagw_core::action::Action;
 use hagw_core::model::{L2BackendSpec, Role, RouteSpec, RouterSpec, Strategy as PortStrategy};
 use hagw_core::observed::{
-    HoldState, Ipv6Conf, L2State, LinkCounters, LinkState, Observed, PortState,
+    HoldState, Ipv6Conf, Ipv6Sysctl, L2State, LinkCounters, LinkState, Observed, PortState,
 };
 use hagw_core::planner::{HoldOnArrival, Wait, plan};
 use ipnet::IpNet;
@@ -118,6 +118,7 @@ fn arb_case(
                     failed_steps: Vec::new(),
                     retired_addresses: Vec::new(),
                     hold_only: false,
+                    hand_back: false,
                 },
             )
         })
@@ -128,12 +129,12 @@ fn arb_case(
 /// port never stopped being silent).
 fn step(observed: &Observed, actions: &[Action]) -> (Vec<PortState>, Observed) {
     let mut port = observed.port.clone();
-    let mut stayed_silent = port.is_silent();
+    let mut stayed_silent = silent(observed, &port);
     let mut pending = observed.announce_pending;
     let mut states = Vec::new();
     for action in actions {
         action.apply_to(&mut port);
-        stayed_silent &= port.is_silent();
+        stayed_silent &= silent(observed, &port);
         if matches!(action, Action::Announce { .. }) {
             pending = false;
         }
@@ -144,11 +145,22 @@ fn step(observed: &Observed, actions: &[Action]) -> (Vec<PortState>, Observed) {
         port,
         silent_for,
         announce_pending: pending,
-        failed_steps: Vec::new(),
+        // A hand-back remembers the settings it could not apply (RouterMemory).
+        failed_steps: if observed.hand_back { observed.failed_steps.clone() } else { Vec::new() },
         retired_addresses: Vec::new(),
         hold_only: observed.hold_only,
+        hand_back: observed.hand_back,
     };
     (states, next)
+}
+
+/// Silence as the loop's memory measures it: in a hand-back, but for what could not be
+/// applied.
+fn silent(observed: &Observed, port: &PortState) -> bool {
+    match observed.hand_back {
+        true => port.is_silent_but_for(&observed.failed_steps),
+        false => port.is_silent(),
+    }
 }
 
 fn is_guard(action: &Action) -> bool {
@@ -301,5 +313,64 @@ proptest! {
             (true, ..) => HoldOnArrival::Always,
         };
         prop_assert_eq!(p.hold_on_arrival, expected);
+    }
+}
+
+/// The sysctls a non-privileged container cannot write (read-only `/proc/sys`).
+const UNWRITABLE: [Ipv6Sysctl; 2] = [Ipv6Sysctl::AcceptRa, Ipv6Sysctl::Forwarding];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// A hand-back with some of the standby's silence unwritable: the port is never exposed
+    /// unless as silent as it can be made, a guard is lifted only once that silence has
+    /// settled, and after it the port rests up and released (where wired), with nothing held
+    /// on arrival. A primary is planned as without a hand-back.
+    #[test]
+    fn a_hand_back_silences_what_it_can_then_lets_go(
+        (spec, role, observed) in arb_case(vec![Role::Primary, Role::Standby, Role::Unknown]),
+        unwritable in proptest::sample::subsequence(UNWRITABLE.to_vec(), 0..=2),
+        silent_ms in prop_oneof![Just(0u64), 0u64..6000, Just(60_000)],
+    ) {
+        let failed: Vec<Action> =
+            unwritable.into_iter().map(|sysctl| Action::SetSysctl { sysctl, value: 0 }).collect();
+        let quiet = |port: &PortState| port.is_silent_but_for(&failed);
+        let silent_for =
+            if quiet(&observed.port) { Duration::from_millis(silent_ms) } else { Duration::ZERO };
+        let observed =
+            Observed { hand_back: true, failed_steps: failed.clone(), silent_for, ..observed };
+        let p = plan(&spec, role, &observed);
+        if !role.is_standby() {
+            let enforcing = Observed { hand_back: false, ..observed.clone() };
+            prop_assert_eq!(p, plan(&spec, role, &enforcing));
+            return Ok(());
+        }
+        let settle = spec.silence_settle();
+        let settled = observed.port.link.is_some() && quiet(&observed.port) && silent_for >= settle;
+        let (states, after) = step(&observed, &p.actions);
+        let mut before = observed.port.clone();
+        for (action, state) in p.actions.iter().zip(&states) {
+            prop_assert!(!state.is_exposed() || quiet(state),
+                "exposed and not quiet after {action}: {state:?}\nplan {:?}", p.actions);
+            if state.is_exposed() && !before.is_exposed() {
+                prop_assert!(settled, "guard lifted by {action} before silence settled");
+            }
+            before = state.clone();
+        }
+        let again = plan(&spec, role, &after);
+        prop_assert!(again.is_converged(), "{:?} then {:?}", p.actions, again.actions);
+
+        let settled = Observed { silent_for: after.silent_for + settle, ..after };
+        let lift = plan(&spec, role, &settled);
+        let (_, rest) = step(&settled, &lift.actions);
+        let last = plan(&spec, role, &rest);
+        prop_assert!(last.is_converged(), "{:?} then {:?}", lift.actions, last.actions);
+        if let Some(link) = &rest.port.link {
+            prop_assert!(link.admin_up && quiet(&rest.port), "{:?}", rest.port);
+            if rest.port.l2.wired {
+                prop_assert!(!rest.port.l2.hold.is_held(), "{:?}", rest.port);
+            }
+            prop_assert_eq!(last.hold_on_arrival, HoldOnArrival::Never);
+        }
     }
 }

@@ -19,7 +19,8 @@ use tokio::time::Instant;
 /// A port that behaves like the action model, with scripted failures.
 struct ModelDataplane {
     port: Mutex<PortState>,
-    /// (action kind, kind of error, how many times to fail; u32::MAX = always)
+    /// (action kind or the action itself as displayed, kind of error, how many times to
+    /// fail; u32::MAX = always)
     failures: Mutex<Vec<(&'static str, ErrorKind, u32)>>,
     /// Actions the "kernel" silently ignores, to provoke verification failures.
     ignored: &'static [&'static str],
@@ -61,7 +62,7 @@ impl Dataplane for ModelDataplane {
     async fn apply(&self, _spec: &RouterSpec, action: &Action) -> Result<(), Error> {
         self.attempts.lock().unwrap().push(action.kind());
         for (kind, error, times) in self.failures.lock().unwrap().iter_mut() {
-            if *kind == action.kind() && *times > 0 {
+            if (*kind == action.kind() || *kind == action.to_string()) && *times > 0 {
                 *times = times.saturating_sub(1);
                 return Err(Error::new(*error, action, "model", "scripted failure"));
             }
@@ -331,5 +332,51 @@ async fn a_failed_side_setting_leaves_a_standby_guarded() {
         let port = dp.port();
         assert!(!port.is_exposed(), "{strategy:?}: {port:?}");
         assert!(port.link.unwrap().addresses.is_empty(), "{strategy:?}");
+    }
+}
+
+/// A hand-back where `accept_ra` and `forwarding` cannot be written (a non-privileged pod):
+/// the first pass silences the rest and reports both, the next one (after the silence settle
+/// time) releases the hold without trying them again. Enforcing instead, the same port is
+/// never released.
+#[tokio::test(start_paused = true)]
+async fn a_hand_back_releases_a_port_it_cannot_fully_silence() {
+    let mut port = noisy_port(HoldState::Held);
+    port.link.as_mut().unwrap().admin_up = false;
+    let spec = spec(Strategy::LinkDown, ovs());
+    let policy = RetryPolicy::default();
+    for hand_back in [true, false] {
+        let dp = ModelDataplane::new(port.clone())
+            .failing("set ipv6 accept_ra = 0", ErrorKind::Permanent, u32::MAX)
+            .failing("set ipv6 forwarding = 0", ErrorKind::Permanent, u32::MAX);
+        let mut memory =
+            if hand_back { RouterMemory::hand_back() } else { RouterMemory::default() };
+        let mut passes = 0;
+        let report = loop {
+            passes += 1;
+            let report = reconcile_router(&dp, &spec, Role::Standby, &mut memory, &policy, None)
+                .await
+                .unwrap();
+            match report.wait {
+                Some(hagw_core::planner::Wait::SilenceSettling { remaining }) if passes < 5 => {
+                    tokio::time::sleep(remaining).await
+                }
+                _ => break report,
+            }
+        };
+        let port = dp.port();
+        if !hand_back {
+            assert!(port.l2.hold.is_held(), "enforcing released a port never silent");
+            continue;
+        }
+        assert_eq!(passes, 2);
+        assert!(report.applied.contains(&Action::ReleaseL2), "{:?}", report.applied);
+        assert!(port.is_exposed() && !port.is_silent(), "{port:?}");
+        let link = port.link.unwrap();
+        assert!(link.addresses.is_empty() && link.ipv6.addr_gen_mode == 1, "{link:?}");
+        let unapplied: Vec<_> = memory.unapplied().iter().map(ToString::to_string).collect();
+        assert_eq!(unapplied, ["set ipv6 accept_ra = 0", "set ipv6 forwarding = 0"]);
+        // addr_gen_mode, and each unwritable one once: the second pass does not try them.
+        assert_eq!(attempts_of(&dp, "set-sysctl"), 3);
     }
 }

@@ -80,5 +80,6 @@ pub fn observed(port: PortState, silent_for_ms: u64, announce_pending: bool) -> 
         failed_steps: Vec::new(),
         retired_addresses: Vec::new(),
         hold_only: false,
+        hand_back: false,
     }
 }

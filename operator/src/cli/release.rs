@@ -1,7 +1,7 @@
 //! `hagw release`: hands routers' ports back deliberately, as the agent does when a router
-//! leaves its node — held standbys are released once silent, IPv6 stays silenced on a
-//! standby, a primary is left forwarding — so that Neutron's agents and keepalived work
-//! without hagw. Refuses while an agent holds the node lock: it would hold the ports again.
+//! leaves its node — a standby silenced as far as it can be and released once that has
+//! settled (settings that cannot be written are printed, and do not keep the hold), a
+//! primary left forwarding — so that Neutron's agents and keepalived work without hagw. Refuses while an agent holds the node lock: it would hold the ports again.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,11 +71,17 @@ pub async fn run(args: ReleaseArgs) -> ExitCode {
     let done = futures::future::join_all(passes).await;
     let mut failed = false;
     for (spec, released) in chosen.iter().zip(done) {
-        if released {
-            println!("{}: released ({}/{})", spec.id, spec.namespace, spec.gateway_device);
-        } else {
-            println!("{}: NOT released: the port may still be held (see the log)", spec.id);
-            failed = true;
+        let port = format!("{}/{}", spec.namespace, spec.gateway_device);
+        match released.as_deref() {
+            Some([]) => println!("{}: released ({port})", spec.id),
+            Some(unapplied) => {
+                let unapplied: Vec<String> = unapplied.iter().map(ToString::to_string).collect();
+                println!("{}: released ({port}) without: {}", spec.id, unapplied.join(", "));
+            }
+            None => {
+                println!("{}: NOT released: the port may still be held (see the log)", spec.id);
+                failed = true;
+            }
         }
     }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }

@@ -4,17 +4,20 @@
 //! Simply forgetting the router would leave a standby's port held (link down or on the dead
 //! VLAN) with nobody left to release it: if keepalived later made this node primary, the
 //! router would be unreachable. So the agent hands the port back: it reconciles it to
-//! convergence once more with the `silence-only` strategy and the role from the router's own
-//! source, which lifts any hold only after the port has been silent for the settle time
-//! (no leak) and leaves IPv6 silenced on a standby, then stops managing it. The port is then
-//! exactly as Neutron's agents would leave it without hagw. `hagw release` does the same for
-//! the routers of a configuration file.
+//! convergence once more in the planner's hand-back mode, with the role from the router's
+//! own source, then stops managing it. A standby is silenced as far as it can be (addresses
+//! removed, address generation off, `accept_ra` and `forwarding` off where `/proc/sys` is
+//! writable), its hold lifted once that silence has settled, its link up; what could not be
+//! applied is logged and does not keep the hold (a read-only `/proc/sys` in a non-privileged
+//! pod). The port is then as Neutron's agents would leave it without hagw. `hagw release`
+//! does the same for the routers of a configuration file.
 
 use std::time::Duration;
 
 use hagw_backends::dataplane::HostDataplane;
+use hagw_core::action::Action;
 use hagw_core::reconcile::{RetryPolicy, RouterMemory, reconcile_router};
-use hagw_core::{RouterSpec, Strategy, Wait};
+use hagw_core::{RouterSpec, Wait};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -35,10 +38,10 @@ pub fn spawn(dataplane: HostDataplane, node: &str, spec: RouterSpec) -> JoinHand
     )
 }
 
-/// Hands `spec`'s port back; `false` if it did not converge (the port may still be held).
-pub async fn hand_back(dataplane: HostDataplane, mut spec: RouterSpec) -> bool {
-    spec.strategy = Strategy::SilenceOnly;
-    let mut memory = RouterMemory::default();
+/// Hands `spec`'s port back; `None` if it did not converge (the port may still be held),
+/// else the settings it could not apply.
+pub async fn hand_back(dataplane: HostDataplane, spec: RouterSpec) -> Option<Vec<Action>> {
+    let mut memory = RouterMemory::hand_back();
     let policy = RetryPolicy::default();
     let roles = RoleReader::new(dataplane.linux().clone());
     for _ in 0..MAX_PASSES {
@@ -47,8 +50,19 @@ pub async fn hand_back(dataplane: HostDataplane, mut spec: RouterSpec) -> bool {
             Ok(report) => match report.wait {
                 Some(Wait::SilenceSettling { remaining }) => tokio::time::sleep(remaining).await,
                 _ => {
-                    info!(role = role.as_str(), "port handed back; no longer managed");
-                    return true;
+                    let unapplied = memory.unapplied().to_vec();
+                    if unapplied.is_empty() {
+                        info!(role = role.as_str(), "port handed back; no longer managed");
+                    } else {
+                        let unapplied: Vec<String> =
+                            unapplied.iter().map(ToString::to_string).collect();
+                        warn!(
+                            role = role.as_str(),
+                            ?unapplied,
+                            "port handed back without the settings that could not be applied; no longer managed"
+                        );
+                    }
+                    return Some(unapplied);
                 }
             },
             Err(e) => {
@@ -58,5 +72,5 @@ pub async fn hand_back(dataplane: HostDataplane, mut spec: RouterSpec) -> bool {
         }
     }
     warn!("hand-back did not converge; the port may still be held");
-    false
+    None
 }
