@@ -184,9 +184,9 @@ fn the_pod_serves_an_ovs_node_through_a_reboot_and_a_failover() -> Result<()> {
 
 /// A pod restart keeps the standby held throughout (the next agent takes over where the old
 /// one stopped); `helm uninstall` hands the port back as Neutron's agents would leave it
-/// without hagw: up, silent, no hold left behind. The hand-back lifts a hold only once the
-/// port is fully silent, which needs a writable `/proc/sys` (accept_ra): privileged here; a
-/// non-privileged pod's hand-back keeps the port held (README, "As a pod").
+/// without hagw: up, silent, no hold left behind. Privileged here, so the hand-back can also
+/// write `accept_ra` and `forwarding`; the chart's default pod releases the port without them
+/// (`pod_lifecycle.rs`, `an_uninstall_hands_back_and_a_failover_works_without_hagw`).
 #[test]
 fn a_restart_keeps_the_hold_and_an_uninstall_hands_the_port_back() -> Result<()> {
     let _serial = serial();

@@ -1,8 +1,9 @@
 //! The agent's pod through what happens to pods in production, on the real node with real
 //! keepalived, judged at the ToR: deleted, upgraded to another image tag, SIGKILLed and
 //! OOM-killed, while its router is standby (no frame may leak) and while it is primary (no
-//! ping through it may be lost); and absent (no pod on the node) while keepalived promotes
-//! the standby it held: the router stays dark until the agent is back, then recovers.
+//! ping through it may be lost); absent (no pod on the node) while keepalived promotes
+//! the standby it held: the router stays dark until the agent is back, then recovers; and
+//! uninstalled: the ports are handed back, and a failover to the node works without hagw.
 
 use std::time::{Duration, Instant};
 
@@ -173,4 +174,71 @@ fn a_host_agent_beside_the_pod_waits_for_it_and_takes_over() -> Result<()> {
     let report = lab.report();
     ensure!(report.leaks.is_empty(), "a node leaked:\n{report}");
     Ok(())
+}
+
+/// `helm uninstall` of the chart with its default values (not privileged: `/proc/sys` is
+/// read-only, so `accept_ra` and `forwarding` cannot be written) while its pod holds a
+/// standby: the agent hands the port back before it exits — released although it could not be
+/// fully silenced, the settings it could not write named in its log — and keepalived then fails
+/// over to that node with hagw gone: traffic flows through it. No frame may leave the standby
+/// before the uninstall; after it, the port is as the L3 agent's own settings leave it (here
+/// the legacy IPv6 forwarding, which answers MLD queries), counted and printed, not judged.
+#[test]
+fn an_uninstall_hands_back_and_a_failover_works_without_hagw() -> Result<()> {
+    let _serial = serial();
+    let node = node();
+    let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
+    let (release, harouter) = node.serve_lab_node(&lab, 1, &[])?;
+    lab.boot()?;
+    wait_reported(node, &harouter.name, "standby")?;
+    let pod = release.pod()?;
+    let context = &pod["spec"]["containers"][0]["securityContext"];
+    ensure!(context["privileged"] == false, "not the chart's default pod: {context}");
+
+    // The agent's last words: the pod and its log are gone once it has exited.
+    let log = lab.lab().dir.path().join("agent.log");
+    let mut follow = node.kubectl_follow(
+        &["logs", "-f", "-n", &release.namespace, "-l", "app.kubernetes.io/name=hagw"],
+        &log,
+    )?;
+    let uninstall_at = now(&lab);
+    let started = Instant::now();
+    node.helm(&["uninstall", &release.name, "-n", &release.namespace, "--wait"])?;
+    let pods = || node.kubectl(&["get", "pods", "-n", &release.namespace, "-o", "name"]);
+    wait_for("the pod gone", Duration::from_secs(60), || {
+        Ok(pods()?.trim().is_empty().then_some(()))
+    })?;
+    let gone = started.elapsed();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+
+    lab.nodes[0].crash_keepalived();
+    wait_vip(&lab, 1)?;
+    let promoted = Instant::now();
+    lab.check_traffic(1).map_err(|e| e.context(format!("agent log:\n{log}")))?;
+    let reachable = promoted.elapsed();
+    // What the operator sees: the hand-back, and the settings it could not apply.
+    ensure!(log.contains("handing every port back"), "no hand-back on uninstall:\n{log}");
+    ensure!(
+        log.contains("port handed back without the settings") && log.contains("accept_ra"),
+        "the hand-back did not name what it could not set:\n{log}"
+    );
+    let report = lab.report();
+    // Node 1's host agent runs throughout; node 2's pod until the uninstall.
+    let (unguarded, guarded): (Vec<_>, Vec<_>) =
+        report.leaks.iter().partition(|l| l.node == 2 && l.at >= uninstall_at);
+    println!(
+        "uninstall: pod gone {gone:?} after helm uninstall; traffic through node 2 {reachable:?} \
+         after its VIP; {} frames from node 2 while standby with hagw gone\n{report}",
+        unguarded.len()
+    );
+    ensure!(guarded.is_empty(), "a node leaked while hagw guarded it:\n{report}");
+    Ok(())
+}
+
+/// Seconds since `lab`'s observers started, as its report counts them.
+fn now(lab: &KaLab) -> f64 {
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    unix.map(|d| d.as_secs_f64()).unwrap_or_default() - lab.started
 }
