@@ -8,8 +8,8 @@
 # Both live in a venv under /var/cache/hagw/venv (HAGW_VENV), created idempotently.
 #
 # Also: deploy/prometheus/hagw-rules.yaml (the alert rules for a Prometheus without the
-# operator) must be the chart's PrometheusRule rules exactly, and `promtool check rules`
-# must accept it.
+# operator) must be the chart's PrometheusRule rules exactly, `promtool check rules` must
+# accept it, and its unit tests (`promtool test rules`, hagw-rules.test.yaml) must pass.
 #
 # Usage: scripts/chart-check.sh [--render-to FILE] [--write-rules]
 #   --render-to FILE   also write the default rendering (CRD first, as `helm install` applies
@@ -105,6 +105,9 @@ with open(rules_file) as f:
 PY
 promtool check rules deploy/prometheus/hagw-rules.yaml >&2 \
   || { say "promtool check rules failed"; exit 1; }
+# Series in, alerts out: the rule expressions themselves (deploy/prometheus/hagw-rules.test.yaml).
+promtool test rules deploy/prometheus/hagw-rules.test.yaml >&2 \
+  || { say "promtool test rules failed"; exit 1; }
 
 for f in "$work"/*.yaml charts/hagw/crds/*.yaml; do
   "$VENV/bin/kubernetes-validate" -k "$K8S_VERSION" --strict "$f" >&2 \
