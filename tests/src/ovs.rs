@@ -306,7 +306,7 @@ fn build_node(lab: &mut Lab, tor: &str, i: usize) -> Result<OvsNode> {
 
 /// The flows Neutron's OVS agent keeps on both bridges (it installs them again when it
 /// notices that ovs-vswitchd restarted).
-fn install_neutron_flows(ovs: &Ovs) -> Result<()> {
+pub fn install_neutron_flows(ovs: &Ovs) -> Result<()> {
     let v = LOCAL_VLAN;
     install_flows(
         ovs,

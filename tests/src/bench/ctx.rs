@@ -90,8 +90,27 @@ impl Ctx {
     }
 
     pub(super) fn start_hagw(&self, config: &Path) -> Result<Child> {
-        let mut cmd = Command::new(&self.hagw);
+        self.start_hagw_in(config, None, &[])
+    }
+
+    /// `hagw run` in network namespace `netns` (`ip netns exec`, which execs it: the child's
+    /// pid is hagw's), with `env` added.
+    pub(super) fn start_hagw_in(
+        &self,
+        config: &Path,
+        netns: Option<&str>,
+        env: &[(String, PathBuf)],
+    ) -> Result<Child> {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(&self.hagw);
+                cmd
+            }
+            None => Command::new(&self.hagw),
+        };
         cmd.args(["run", "-c"]).arg(config).args(&self.hagw_args);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         self.spawn(&mut cmd)
     }

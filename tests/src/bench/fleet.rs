@@ -11,6 +11,7 @@ use super::ctx::Ctx;
 use super::idle::{clk_tck, proc_sample};
 use super::log::Log;
 use super::stats::Table;
+use super::wiring::{Backend, Wiring};
 use super::{GATEWAY_CIDR, Opts, UPSTREAM_IP, ms, now};
 
 /// Gateway device of router `i`: unique, as Neutron's `qg-<port id>` names are. (With the
@@ -29,9 +30,13 @@ pub(super) struct Fleet {
     pub(super) state: PathBuf,
     pub(super) config: PathBuf,
     pub(super) n: usize,
+    /// "backend, strategy", for the table.
+    pub(super) label: String,
+    pub(super) wiring: Wiring,
 }
 
-pub(super) fn build_fleet(ctx: &Ctx, n: usize, lines: &mut Vec<String>) -> Result<Fleet> {
+pub(super) fn build_fleet(ctx: &Ctx, opts: &Opts, lines: &mut Vec<String>) -> Result<Fleet> {
+    let n = opts.routers;
     let tor = ctx.ns("ftor");
     let t = Instant::now();
     let mut add: Vec<String> =
@@ -39,42 +44,41 @@ pub(super) fn build_fleet(ctx: &Ctx, n: usize, lines: &mut Vec<String>) -> Resul
     add.push(format!("netns add {tor}"));
     ctx.batch(None, "fleet-netns", &add)?;
     let t_ns = t.elapsed();
-    let links: Vec<String> = (0..n)
-        .map(|i| {
-            format!(
-                "link add {} address {} netns {} type veth peer name qp{i} netns {tor}",
-                fleet_dev(i),
-                fleet_mac(i),
-                ctx.ns(&format!("f{i}"))
-            )
-        })
-        .collect();
-    ctx.batch(None, "fleet-links", &links)?;
-    let ups: Vec<String> = (0..n).map(|i| format!("link set qp{i} up")).collect();
-    ctx.batch(Some(&tor), "fleet-up", &ups)?;
+    let router_ns = |i: usize| ctx.ns(&format!("f{i}"));
+    let wiring = Wiring::build(ctx, opts.backend, n, &tor, router_ns, fleet_dev, fleet_mac)?;
+    let ports = match opts.backend {
+        Backend::Generic => "veth gateway ports (peers up at the ToR side)",
+        Backend::LinuxBridge => "qg-/qr-/ha- veths, their taps on the node's brq bridges",
+        Backend::Ovs => "qg-/qr-/ha- veths in br-int, all attached by ovs-vswitchd",
+    };
     lines.push(format!(
-        "fleet: {n} namespaces in {:.1} s, with veth gateway ports (peers up at the ToR side) in {:.1} s (ip -batch)",
+        "fleet ({}): {n} namespaces in {:.1} s, with {ports} in {:.1} s",
+        opts.backend.name(),
         t_ns.as_secs_f64(),
         t.elapsed().as_secs_f64()
     ));
     let state = ctx.dir.join("fleet-state");
     std::fs::write(&state, "backup")?;
-    let mut yaml = String::from("routers:\n");
+    let strategy = opts.strategy();
+    let mut yaml = wiring.header_yaml();
+    yaml.push_str("routers:\n");
     for i in 0..n {
         yaml.push_str(&format!(
             "  - id: r{i}\n    namespace: {}\n    gatewayDevice: {}\n    \
              gatewayAddresses: [{GATEWAY_CIDR}, \"2001:db8::10/64\"]\n    \
              routes:\n      - destination: 0.0.0.0/0\n        via: {UPSTREAM_IP}\n    \
-             strategy: link-down\n    announce: {{repeats: 0}}\n    silenceSettleMs: 500\n    \
-             role: {{stateFile: {}}}\n",
-            ctx.ns(&format!("f{i}")),
+             backend: {}\n    strategy: {strategy}\n    announce: {{repeats: 0}}\n    \
+             silenceSettleMs: 500\n    role: {{stateFile: {}}}\n",
+            router_ns(i),
             fleet_dev(i),
+            wiring.backend_yaml(i),
             state.display()
         ));
     }
     let config = ctx.dir.join("fleet-routers.yaml");
     std::fs::write(&config, yaml)?;
-    Ok(Fleet { tor, state, config, n })
+    let label = format!("{}, {strategy}", opts.backend.name());
+    Ok(Fleet { tor, state, config, n, label, wiring })
 }
 
 /// Cold start (benchmark 3): starts `hagw run` with the fleet and waits until every router
@@ -88,7 +92,8 @@ pub(super) fn cold_start(
 ) -> Result<(Child, u32, Log)> {
     let n = opts.routers;
     let t_start = now();
-    let mut agent = ctx.start_hagw(&fleet.config)?;
+    let (netns, env) = fleet.wiring.hagw_env();
+    let mut agent = ctx.start_hagw_in(&fleet.config, netns, &env)?;
     let pid = agent.id();
     let log = Log::collect(&mut agent)?;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -124,7 +129,7 @@ pub(super) fn cold_start(
     }
     if opts.wants("cold") {
         table.row(
-            &format!("3 cold start, {n} routers: all reconciled"),
+            &format!("3 cold start, {n} routers ({}): all reconciled", fleet.label),
             format!("{cold:.0} ms ({} of {n})", first_pass.len()),
             "<= 1 s",
             Some(cold <= 1000.0 && first_pass.len() == n),

@@ -55,6 +55,7 @@ pub(super) fn clk_tck() -> f64 {
 /// RSS and CPU of the agent (`pid`) over `--idle-secs`.
 pub(super) fn measure(
     opts: &Opts,
+    label: &str,
     pid: u32,
     log: &Log,
     table: &mut Table,
@@ -80,13 +81,13 @@ pub(super) fn measure(
         log.len() - lines_before
     ));
     table.row(
-        &format!("4 idle {secs:.0} s, {n} routers: RSS"),
+        &format!("4 idle {secs:.0} s, {n} routers ({label}): RSS"),
         format!("{rss_mb:.1} MiB (peak {:.1} MiB)", after.hwm_kb as f64 / 1024.0),
         "<= 30 MB",
         Some(after.rss_kb as f64 * 1024.0 <= 30e6),
     );
     table.row(
-        &format!("4 idle {secs:.0} s, {n} routers: CPU"),
+        &format!("4 idle {secs:.0} s, {n} routers ({label}): CPU"),
         format!("{cpu_s:.2} s CPU = {cpu_pct:.2} % of a core"),
         "~0",
         None,

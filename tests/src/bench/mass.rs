@@ -73,7 +73,7 @@ pub(super) fn measure(
         notes.push(format!("  warning: {} {}", f.router.as_deref().unwrap_or("-"), f.message));
     }
     table.row(
-        &format!("2 mass failover, {n} routers: last gARP"),
+        &format!("2 mass failover, {n} routers ({}): last gARP", fleet.label),
         format!("{:.0} ms ({} of {n} announced; p50 {:.0} ms)", arps.max, arps.n, arps.p50),
         "<= 250 ms",
         Some(arps.max <= 250.0 && arps.n == n),

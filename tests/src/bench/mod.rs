@@ -6,12 +6,13 @@
 //!    on the wire at the peer (ToR side); flipped back and forth `--failovers` times. With
 //!    `--baseline-rounds N > 0` the same is measured for an emulation of the Neutron L3
 //!    agent's reaction path (wait `ha_vrrp_advert_int` = 2 s, raise the link, arping).
-//! 2. `mass`: `--routers` routers (one namespace and veth gateway port each, generic backend,
-//!    link-down strategy, one shared state file) fail over at once when the state file says
-//!    `primary`: time until the last one's first gARP is on the wire.
+//! 2. `mass`: `--routers` routers (one namespace each, wired per `--backend`: see `wiring`;
+//!    `--strategy`, one shared state file) fail over at once when the state file says
+//!    `primary`: time until the last one's first gARP is on the wire at the ToR.
 //! 3. `cold`: `hagw run` starts with those routers: time until every router's first
 //!    reconcile pass is done (from hagw's JSON logs).
-//! 4. `idle`: RSS and CPU of the agent with those routers idle for `--idle-secs`.
+//! 4. `idle`: RSS and CPU of the agent with those routers idle for `--idle-secs` (after the
+//!    mass failover when both run).
 //! 5. `retag`: on real OVS (one node: ovsdb-server, ovs-vswitchd, br-int), a held standby's
 //!    port is retagged `--retags` times as the OVS agent does after a restart: time until
 //!    hagw has held it again, as an independent OVSDB monitor sees it.
@@ -38,14 +39,17 @@ mod mass;
 mod retag;
 mod stats;
 mod takeover;
+mod wiring;
 
 use ctx::{Ctx, stop};
 use fleet::build_fleet;
 use stats::Table;
+use wiring::Backend;
 
 const USAGE: &str = "\
 usage: hagw-bench [--only takeover|mass|cold|idle|retag] [--failovers N] [--routers N]
                   [--idle-secs S] [--baseline-rounds N] [--resync S] [--retags N]
+                  [--backend generic|linuxbridge|ovs] [--strategy S]
 
   --failovers N        takeover rounds (default 200)
   --baseline-rounds N  rounds of the emulated Neutron L3 agent path (default 10; 0 = skip)
@@ -54,6 +58,12 @@ usage: hagw-bench [--only takeover|mass|cold|idle|retag] [--failovers N] [--rout
   --resync S           hagw run --resync (default: hagw's default, 60)
   --retags N           OVS retags to measure hagw's re-hold on (default 100; 0 = skip)
   --only WHAT          run one measurement (cold and idle come with the fleet anyway)
+  --backend B          the fleet's backend (default generic): linuxbridge and ovs wire
+                       qg-/qr-/ha- ports into a node's bridges with an uplink to the ToR
+  --strategy S         the fleet's strategy: link-down, l2-hold or silence-only (default
+                       link-down for generic, l2-hold otherwise)
+
+Example: hagw-bench --only mass --backend ovs --routers 1000
 
 The hagw binary is HAGW_BIN or `hagw` next to this executable (cargo build --release).";
 
@@ -70,6 +80,8 @@ struct Opts {
     resync: Option<u64>,
     retags: usize,
     only: Option<String>,
+    backend: Backend,
+    strategy: Option<String>,
 }
 
 impl Opts {
@@ -82,6 +94,8 @@ impl Opts {
             resync: None,
             retags: 100,
             only: None,
+            backend: Backend::Generic,
+            strategy: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -98,6 +112,13 @@ impl Opts {
                 "--idle-secs" => opts.idle_secs = num()?,
                 "--resync" => opts.resync = Some(num()?),
                 "--retags" => opts.retags = num()? as usize,
+                "--backend" => opts.backend = Backend::parse(&value)?,
+                "--strategy" => {
+                    if !["link-down", "l2-hold", "silence-only"].contains(&value.as_str()) {
+                        bail!("--strategy link-down|l2-hold|silence-only, not {value}");
+                    }
+                    opts.strategy = Some(value);
+                }
                 "--only" => {
                     if !["takeover", "mass", "cold", "idle", "retag"].contains(&value.as_str()) {
                         bail!("--only takeover|mass|cold|idle|retag, not {value}");
@@ -108,6 +129,10 @@ impl Opts {
             }
         }
         Ok(opts)
+    }
+
+    fn strategy(&self) -> &str {
+        self.strategy.as_deref().unwrap_or(self.backend.default_strategy())
     }
 
     fn wants(&self, what: &str) -> bool {
@@ -155,19 +180,19 @@ fn run(ctx: &Ctx, opts: &Opts, table: &mut Table, notes: &mut Vec<String>) -> Re
     }
 
     let n = opts.routers;
-    eprintln!("fleet: building {n} routers ...");
-    let fleet = build_fleet(ctx, n, notes)?;
+    eprintln!("fleet: building {n} routers ({}) ...", opts.backend.name());
+    let fleet = build_fleet(ctx, opts, notes)?;
 
     let (agent, pid, log) = fleet::cold_start(ctx, opts, &fleet, table, notes)?;
-
-    // 4. idle
-    if opts.wants("idle") {
-        idle::measure(opts, pid, &log, table, notes)?;
-    }
 
     // 2. mass failover
     if opts.wants("mass") {
         mass::measure(ctx, &fleet, pid, &log, table, notes)?;
+    }
+
+    // 4. idle: after the mass failover, with every router primary, when both run
+    if opts.wants("idle") {
+        idle::measure(opts, &fleet.label, pid, &log, table, notes)?;
     }
     stop(agent);
     Ok(())

@@ -1,0 +1,238 @@
+//! How the fleet's gateway ports reach the ToR, per backend (`--backend`), as on a Neutron
+//! network node with that many HA routers:
+//!
+//! - `generic`: each `qg-` is a veth whose peer sits in the ToR namespace (no switch).
+//! - `linuxbridge`: one node namespace (where hagw runs, as the Linuxbridge agent's host) with
+//!   the external network's `brq` bridge and an uplink to the ToR; every router's `qg-` is a
+//!   veth whose `tap` end is a port of that bridge. Each router's `qr-` and `ha-` are veths
+//!   too, their taps on a tenant and the HA network's bridge.
+//! - `ovs`: the node namespace runs ovsdb-server and ovs-vswitchd (userspace datapath) with
+//!   `br-int` and `br-ex` patched together as the OVS agent wires them, Neutron's flows, and an
+//!   uplink from br-ex to the ToR. Every router's `qg-`, `qr-` and `ha-` are veths whose OVS
+//!   ends are br-int ports in their local VLANs (`ovs_use_veth`): 3 ports per router.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use super::ctx::Ctx;
+use crate::lab::sh;
+use crate::ovs::{LOCAL_VLAN, Ovs, install_neutron_flows};
+
+/// The backend the fleet runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Backend {
+    Generic,
+    LinuxBridge,
+    Ovs,
+}
+
+impl Backend {
+    pub(super) fn parse(value: &str) -> Result<Backend> {
+        Ok(match value {
+            "generic" => Backend::Generic,
+            "linuxbridge" => Backend::LinuxBridge,
+            "ovs" => Backend::Ovs,
+            _ => bail!("--backend generic|linuxbridge|ovs, not {value}"),
+        })
+    }
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Backend::Generic => "generic",
+            Backend::LinuxBridge => "linuxbridge",
+            Backend::Ovs => "ovs",
+        }
+    }
+
+    /// The strategy a node with this backend runs when `--strategy` is not given.
+    pub(super) fn default_strategy(self) -> &'static str {
+        match self {
+            Backend::Generic => "link-down",
+            Backend::LinuxBridge | Backend::Ovs => "l2-hold",
+        }
+    }
+}
+
+/// The external network's bridge on a Linux bridge node.
+const BRQ: &str = "brqext";
+/// The HA network's local VLAN on br-int (tenant networks take 100 and up).
+const HA_VLAN: usize = 99;
+
+/// What the fleet's routers are wired to, kept for as long as the fleet runs.
+pub(super) struct Wiring {
+    pub(super) backend: Backend,
+    /// The node namespace hagw runs in (linuxbridge, ovs), with the bridges.
+    pub(super) node: Option<String>,
+    /// The node's OVS (its daemons stop when this drops).
+    pub(super) ovs: Option<Ovs>,
+}
+
+impl Wiring {
+    /// Creates the ports of routers `0..n` (router `i` in namespace `router_ns(i)`, gateway
+    /// `dev(i)` with `mac(i)`) and whatever they plug into, toward the ToR namespace `tor`.
+    pub(super) fn build(
+        ctx: &Ctx,
+        backend: Backend,
+        n: usize,
+        tor: &str,
+        router_ns: impl Fn(usize) -> String,
+        dev: impl Fn(usize) -> String,
+        mac: impl Fn(usize) -> String,
+    ) -> Result<Wiring> {
+        if backend == Backend::Generic {
+            let links: Vec<String> = (0..n)
+                .map(|i| {
+                    format!(
+                        "link add {} address {} netns {} type veth peer name qp{i} netns {tor}",
+                        dev(i),
+                        mac(i),
+                        router_ns(i)
+                    )
+                })
+                .collect();
+            ctx.batch(None, "fleet-links", &links)?;
+            let ups: Vec<String> = (0..n).map(|i| format!("link set qp{i} up")).collect();
+            ctx.batch(Some(tor), "fleet-up", &ups)?;
+            return Ok(Wiring { backend, node: None, ovs: None });
+        }
+        let node = ctx.ns("fnode");
+        ctx.batch(None, "fleet-node", &[format!("netns add {node}")])?;
+        let mut links =
+            vec![format!("link add uplink netns {node} type veth peer name up0 netns {tor}")];
+        for i in 0..n {
+            let ns = router_ns(i);
+            links.push(format!(
+                "link add {} address {} netns {ns} type veth peer name {} netns {node}",
+                dev(i),
+                mac(i),
+                port_name('g', i)
+            ));
+            for (kind, side) in [("qr", 'r'), ("ha", 'h')] {
+                links.push(format!(
+                    "link add {kind}-{i:05} netns {ns} type veth peer name {} netns {node}",
+                    port_name(side, i)
+                ));
+            }
+        }
+        ctx.batch(None, "fleet-links", &links)?;
+        ctx.batch(Some(tor), "fleet-up", &["link set up0 up".to_string()])?;
+        let mut ups = vec!["link set lo up".to_string(), "link set uplink up".to_string()];
+        ups.extend((0..n).flat_map(|i| {
+            ['g', 'r', 'h'].map(|side| format!("link set {} up", port_name(side, i)))
+        }));
+        let wiring = match backend {
+            Backend::LinuxBridge => {
+                let mut bridges = Vec::new();
+                for br in [BRQ, "brqint", "brqha"] {
+                    bridges.push(format!("link add {br} type bridge"));
+                    bridges.push(format!("link set {br} up"));
+                }
+                bridges.push(format!("link set uplink master {BRQ}"));
+                for i in 0..n {
+                    bridges.push(format!("link set {} master {BRQ}", port_name('g', i)));
+                    bridges.push(format!("link set {} master brqint", port_name('r', i)));
+                    bridges.push(format!("link set {} master brqha", port_name('h', i)));
+                }
+                ctx.batch(Some(&node), "fleet-bridges", &bridges)?;
+                Wiring { backend, node: Some(node.clone()), ovs: None }
+            }
+            Backend::Ovs => {
+                Wiring { backend, ovs: Some(ovs_node(ctx, &node, n)?), node: Some(node.clone()) }
+            }
+            Backend::Generic => unreachable!("returned above"),
+        };
+        ctx.batch(Some(&node), "fleet-node-up", &ups)?;
+        if let Some(ovs) = &wiring.ovs {
+            wait_attached(ovs, 3 * n + 5)?;
+        }
+        Ok(wiring)
+    }
+
+    /// The `backend:` of router `i`'s spec.
+    pub(super) fn backend_yaml(&self, i: usize) -> String {
+        match self.backend {
+            Backend::Generic => "generic".into(),
+            Backend::LinuxBridge => {
+                format!("{{linuxbridge: {{port: {}, bridge: {BRQ}}}}}", port_name('g', i))
+            }
+            Backend::Ovs => format!("{{ovs: {{port: {}}}}}", port_name('g', i)),
+        }
+    }
+
+    /// Node-wide lines of routers.yaml (the OVSDB endpoint).
+    pub(super) fn header_yaml(&self) -> String {
+        match &self.ovs {
+            Some(ovs) => format!("ovsdb: {}\n", ovs.endpoint()),
+            None => String::new(),
+        }
+    }
+
+    /// Where hagw runs and with what environment: the node namespace, and for OVS the run
+    /// dir where it finds ovs-vswitchd's control socket.
+    pub(super) fn hagw_env(&self) -> (Option<&str>, Vec<(String, PathBuf)>) {
+        let env = self.ovs.iter().map(|o| ("OVS_RUNDIR".to_string(), o.dir.clone())).collect();
+        (self.node.as_deref(), env)
+    }
+}
+
+/// The node-side end of router `i`'s gateway (`g`), `qr-` (`r`) or `ha-` (`h`) port.
+fn port_name(side: char, i: usize) -> String {
+    format!("t{side}{i:05}")
+}
+
+/// Starts the node's OVS with br-int and br-ex as the OVS agent wires them, and adds every
+/// router's three ports to br-int in their local VLANs (as the OVS agent leaves them wired).
+fn ovs_node(ctx: &Ctx, node: &str, n: usize) -> Result<Ovs> {
+    let ovs = Ovs::start(node, ctx.dir.join("ovs"))?;
+    for br in ["br-int", "br-ex"] {
+        ovs.vsctl(&format!(
+            "add-br {br} -- set bridge {br} datapath_type=netdev fail_mode=secure"
+        ))?;
+    }
+    // ovs-vswitchd has applied the bridges, so it has written its pid file.
+    for pid in ["ovsdb.pid", "ovs-vswitchd.pid"] {
+        ctx.adopt_pid(std::fs::read_to_string(ovs.dir.join(pid))?.trim())?;
+    }
+    ovs.vsctl(
+        "add-port br-int int-br-ex -- set interface int-br-ex type=patch options:peer=phy-br-ex \
+         -- add-port br-ex phy-br-ex -- set interface phy-br-ex type=patch options:peer=int-br-ex \
+         -- add-port br-ex uplink",
+    )?;
+    install_neutron_flows(&ovs)?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
+        let mut args = String::from("--no-wait");
+        for &i in chunk {
+            let tenant = 100 + i % 3900;
+            for (side, vlan) in [('g', LOCAL_VLAN as usize), ('r', tenant), ('h', HA_VLAN)] {
+                let p = port_name(side, i);
+                args.push_str(&format!(
+                    " -- add-port br-int {p} tag={vlan} -- set port {p} other_config:tag={vlan}"
+                ));
+            }
+        }
+        ovs.vsctl(&args)?;
+    }
+    Ok(ovs)
+}
+
+/// Waits until ovs-vswitchd has attached `count` interfaces (each has an OpenFlow port
+/// number; the routers' ports, both bridges' own, the patch pair and the uplink): before
+/// that, the fleet would start on ports the datapath does not have yet.
+fn wait_attached(ovs: &Ovs, count: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let ofports = ovs.vsctl("--bare --columns=ofport list Interface")?;
+        let attached =
+            ofports.split_whitespace().filter(|o| o.parse::<i64>().is_ok_and(|n| n > 0)).count();
+        if attached >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let tail = sh(&format!("tail -n 5 {}/vswitchd.log", ovs.dir.display()))?;
+            bail!("ovs-vswitchd attached {attached} of {count} interfaces in 300 s:\n{tail}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
