@@ -7,8 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use hagw_e2e::disrupt::{self, Pinger};
+use hagw_e2e::hagw_bin;
 use hagw_e2e::k8s::wait_for;
 use hagw_e2e::keepalived::{FIP, KaLab, Wiring};
 use hagw_e2e::node::{IMAGE_TAG, Node, Release, node};
@@ -234,6 +235,60 @@ fn an_uninstall_hands_back_and_a_failover_works_without_hagw() -> Result<()> {
         unguarded.len()
     );
     ensure!(guarded.is_empty(), "a node leaked while hagw guarded it:\n{report}");
+    Ok(())
+}
+
+/// A node whose agent is not running when the chart is uninstalled (here no pod is scheduled
+/// there) keeps its held standby held: nothing on the node hands it back. `hagw release
+/// --state-dir` on the host, with the chart's `stateDir` (the agent's spec caches), does: the
+/// port silenced (a host process may write `/proc/sys`) and released, and a failover to the
+/// node then carries traffic. No frame from the standby while held or after its release.
+#[test]
+fn release_from_the_state_dir_hands_back_where_no_agent_ran_at_uninstall() -> Result<()> {
+    let _serial = serial();
+    let node = node();
+    let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
+    let (release, harouter) = node.serve_lab_node(&lab, 1, &[])?;
+    lab.boot()?;
+    wait_reported(node, &harouter.name, "standby")?;
+    select(&release, ABSENT)?;
+    node.helm(&["uninstall", &release.name, "-n", &release.namespace, "--wait"])?;
+
+    // The chart's stateDir and OVSDB for this node (`Node::serve_lab_node`).
+    let state_dir = lab.lab().dir.path().join("hagw-state1");
+    let ovsdb = lab.ovs_dir(1).context("an OVS node")?.join("db.sock");
+    let out = std::process::Command::new(hagw_bin())
+        .arg("release")
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .arg("--lock-file")
+        .arg(state_dir.join("agent.lock"))
+        .arg("--ovsdb")
+        .arg(format!("unix:{}", ovsdb.display()))
+        .arg("--all")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("hagw release --state-dir: {text}");
+    ensure!(out.status.success(), "hagw release --state-dir failed:\n{text}");
+    let released = format!("{}: released (", lab.nodes[1].router_id);
+    ensure!(text.contains(&released) && !text.contains("without"), "{text}");
+
+    // Three MLD queries: a released standby that answered them would leak each time.
+    std::thread::sleep(Duration::from_secs(7));
+    let crash_at = now(&lab);
+    lab.nodes[0].crash_keepalived();
+    wait_vip(&lab, 1)?;
+    lab.check_traffic(1)?;
+    let report = lab.report();
+    // Without hagw on node 2, keepalived's own takeover frames can reach the ToR a few ms
+    // before the observer sees the VIP (node 1's crashed keepalived leaves its VIP behind, so
+    // they count as leaks): not judged.
+    let (takeover, judged): (Vec<_>, Vec<_>) =
+        report.leaks.iter().partition(|l| l.node == 2 && l.at >= crash_at);
+    println!("{} frames from node 2's takeover before its VIP was seen\n{report}", takeover.len());
+    ensure!(judged.is_empty(), "a node leaked:\n{report}");
     Ok(())
 }
 

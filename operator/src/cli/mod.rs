@@ -78,11 +78,13 @@ pub enum Command {
                             hagw status --addr 10.0.0.5:9477 -o json")]
     Status(status::StatusArgs),
     /// Hand routers' ports back as Neutron's agents would have them without hagw (held
-    /// standbys released once silent). Stop the agent first: it would hold them again.
+    /// standbys silenced as far as possible, then released). Stop the agent first: it would
+    /// hold them again.
     #[command(after_help = "Examples:\n  hagw release -c /etc/hagw/routers.yaml r1 r2\n  \
                             systemctl stop hagw && hagw release -c /etc/hagw/routers.yaml --all \\\n      \
                             --lock-file /var/lib/hagw/agent.lock\n  \
-                            hagw release --neutron /var/lib/neutron --backend ovs --all")]
+                            hagw release --neutron /var/lib/neutron --backend ovs --all\n  \
+                            hagw release --state-dir /var/lib/hagw --lock-file /var/lib/hagw/agent.lock --all")]
     Release(release::ReleaseArgs),
     /// Write the manual pages (hagw.1 and one per subcommand) into a directory.
     #[command(after_help = "Example:\n  hagw man /usr/share/man/man1")]

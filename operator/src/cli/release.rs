@@ -1,7 +1,10 @@
 //! `hagw release`: hands routers' ports back deliberately, as the agent does when a router
 //! leaves its node — a standby silenced as far as it can be and released once that has
 //! settled (settings that cannot be written are printed, and do not keep the hold), a
-//! primary left forwarding — so that Neutron's agents and keepalived work without hagw. Refuses while an agent holds the node lock: it would hold the ports again.
+//! primary left forwarding — so that Neutron's agents and keepalived work without hagw.
+//! Refuses while an agent holds the node lock: it would hold the ports again. With
+//! `--state-dir` it releases what a Kubernetes agent enforced last, for a node whose agent
+//! was not running when the chart was uninstalled.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,12 +28,27 @@ pub struct ReleaseArgs {
     /// The node lock of the agents (`hagw run --lock-file`): release refuses while it is held.
     #[arg(long, env = "HAGW_LOCK_FILE")]
     pub lock_file: Option<PathBuf>,
+    /// Release the routers the Kubernetes agent with this state directory (the chart's
+    /// `stateDir`) enforced last, from its spec caches: for a node whose agent was not
+    /// running when the chart was uninstalled.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "neutron"])]
+    pub state_dir: Option<PathBuf>,
 }
 
 pub async fn run(args: ReleaseArgs) -> ExitCode {
-    let config = match args.source.load() {
-        Ok(config) => config,
-        Err(code) => return code,
+    let config = match &args.state_dir {
+        Some(dir) => {
+            let routers = crate::k8s::cached_routers(dir);
+            if routers.is_empty() {
+                eprintln!("hagw release: no cached routers in {}; nothing released", dir.display());
+                return ExitCode::from(EXIT_INVALID_INPUT);
+            }
+            hagw_core::config::Config { ovsdb: args.source.ovsdb.clone(), routers }
+        }
+        None => match args.source.load() {
+            Ok(config) => config,
+            Err(code) => return code,
+        },
     };
     let chosen: Vec<RouterSpec> = if args.all {
         config.routers.clone()
@@ -38,10 +56,11 @@ pub async fn run(args: ReleaseArgs) -> ExitCode {
         let unknown: Vec<&String> =
             args.routers.iter().filter(|id| !config.routers.iter().any(|r| &r.id == *id)).collect();
         if !unknown.is_empty() {
-            eprintln!(
-                "hagw release: no router {unknown:?} in {}; nothing released",
-                args.source.origin()
-            );
+            let origin = match &args.state_dir {
+                Some(dir) => format!("the spec caches in {}", dir.display()),
+                None => args.source.origin(),
+            };
+            eprintln!("hagw release: no router {unknown:?} in {origin}; nothing released");
             return ExitCode::from(EXIT_INVALID_INPUT);
         }
         config.routers.iter().filter(|r| args.routers.contains(&r.id)).cloned().collect()

@@ -24,7 +24,7 @@ pub struct RoutersArg {
     pub neutron: Option<PathBuf>,
     #[command(flatten)]
     pub discovered: NeutronArgs,
-    /// With --neutron: the OVSDB endpoint.
+    /// With --neutron (or `release --state-dir`): the OVSDB endpoint.
     #[arg(long, env = "HAGW_OVSDB", default_value = DEFAULT_OVSDB)]
     pub ovsdb: String,
 }

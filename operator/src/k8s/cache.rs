@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use super::Error;
+use super::source::Assigned;
 
 pub struct SpecCache {
     path: PathBuf,
@@ -49,5 +50,44 @@ impl SpecCache {
         let bytes = serde_json::to_vec_pretty(routers).map_err(|e| io(e.into()))?;
         std::fs::write(&tmp, bytes).map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+}
+
+/// Every router the Kubernetes agent with state directory `dir` enforced last: its
+/// HARouters' routers, then the discovered ones no HARouter names (as the agent merges them).
+pub fn cached_routers(dir: &Path) -> Vec<hagw_core::RouterSpec> {
+    let mut routers: Vec<_> =
+        SpecCache::harouters(dir).load::<Assigned>().into_iter().map(|a| a.spec).collect();
+    for spec in SpecCache::discovered(dir).load::<hagw_core::RouterSpec>() {
+        if !routers.iter().any(|r| r.id == spec.id) {
+            routers.push(spec);
+        }
+    }
+    routers
+}
+
+#[cfg(test)]
+mod tests {
+    use hagw_core::testing::router;
+
+    use super::*;
+    use crate::k8s::source::Origin;
+
+    /// What `hagw release --state-dir` hands back: the HARouters' routers, then the
+    /// discovered ones, an HARouter's spec winning over a discovered one with its id.
+    #[test]
+    fn the_cached_routers_are_the_harouters_then_the_discovered_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin =
+            Origin { namespace: "ns".into(), name: "a".into(), uid: None, generation: None };
+        let mut a = router("a");
+        a.gateway_device = "qg-from-harouter".into();
+        SpecCache::harouters(dir.path()).store(&[Assigned { origin, spec: a }]).unwrap();
+        SpecCache::discovered(dir.path()).store(&[router("b"), router("a")]).unwrap();
+        let cached = cached_routers(dir.path());
+        let ids: Vec<&str> = cached.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(cached[0].gateway_device, "qg-from-harouter");
+        assert!(cached_routers(&dir.path().join("missing")).is_empty());
     }
 }

@@ -5,6 +5,7 @@
 pub mod agent;
 mod aggregate;
 mod cache;
+pub use cache::cached_routers;
 pub mod crd;
 mod discovered;
 mod entry;
