@@ -215,10 +215,10 @@ pub async fn dry_run<D: Dataplane>(
 /// degraded. The planner never lifts a standby's guard on a setting's assumed effect, only on
 /// observed silence, so a standby stays held or down — except in a hand-back
 /// ([`RouterMemory::hand_back`]), which remembers the settings that failed, does not try them
-/// again, and lifts the guards once the rest of the silence has settled. Any other failed step ends a standby's
-/// pass after the fail-safe guard, because the guard itself may be what failed. A primary's
-/// pass goes on past it too (every step that can still be applied brings traffic back sooner,
-/// and a primary has nothing to keep quiet) and then fails with it.
+/// again, and lifts the guards once the rest of the silence has settled. Any other failed step
+/// ends a standby's pass after the fail-safe guard, because the guard itself may be what
+/// failed. A primary's pass goes on past it too (every step that can still be applied brings
+/// traffic back sooner, and a primary has nothing to keep quiet) and then fails with it.
 ///
 /// `wake` is notified when something about the port changed outside the pass (the worker's
 /// events): it cuts the pass's waits short, so a step that failed because its object was not
