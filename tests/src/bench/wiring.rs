@@ -11,10 +11,13 @@
 //!   uplink from br-ex to the ToR. Every router's `qg-`, `qr-` and `ha-` are veths whose OVS
 //!   ends are br-int ports in their local VLANs (`ovs_use_veth`): 3 ports per router.
 
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 
 use super::ctx::Ctx;
 use crate::lab::sh;
@@ -201,20 +204,48 @@ fn ovs_node(ctx: &Ctx, node: &str, n: usize) -> Result<Ovs> {
          -- add-port br-ex uplink",
     )?;
     install_neutron_flows(&ovs)?;
-    for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
-        let mut args = String::from("--no-wait");
-        for &i in chunk {
-            let tenant = 100 + i % 3900;
-            for (side, vlan) in [('g', LOCAL_VLAN as usize), ('r', tenant), ('h', HA_VLAN)] {
-                let p = port_name(side, i);
-                args.push_str(&format!(
-                    " -- add-port br-int {p} tag={vlan} -- set port {p} other_config:tag={vlan}"
-                ));
-            }
-        }
-        ovs.vsctl(&args)?;
-    }
+    let ports = (0..n).flat_map(|i| {
+        let tenant = 100 + i % 3900;
+        [('g', LOCAL_VLAN as usize), ('r', tenant), ('h', HA_VLAN)]
+            .map(|(side, vlan)| (port_name(side, i), vlan))
+    });
+    add_ports(&ovs, "br-int", ports)?;
     Ok(ovs)
+}
+
+/// Adds `ports` (name, local VLAN) to `bridge` in one OVSDB transaction, as the OVS agent
+/// leaves them wired (`tag` and `other_config:tag`). One `ovs-vsctl` per port, or even per
+/// few hundred, takes minutes at this size: each one first reads the whole database.
+fn add_ports(ovs: &Ovs, bridge: &str, ports: impl Iterator<Item = (String, usize)>) -> Result<()> {
+    let mut ops = Vec::new();
+    let mut added = Vec::new();
+    for (name, vlan) in ports {
+        let (iface, port) = (format!("i_{name}"), format!("p_{name}"));
+        ops.push(json!({"op": "insert", "table": "Interface", "uuid-name": iface, "row": {"name": name}}));
+        ops.push(json!({"op": "insert", "table": "Port", "uuid-name": port, "row": {
+            "name": name,
+            "interfaces": ["named-uuid", iface],
+            "tag": vlan,
+            "other_config": ["map", [["tag", vlan.to_string()]]],
+        }}));
+        added.push(json!(["named-uuid", port]));
+    }
+    ops.push(json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", bridge]],
+        "mutations": [["ports", "insert", ["set", added]]]}));
+    let mut params = vec![json!("Open_vSwitch")];
+    params.extend(ops);
+    let request = json!({"method": "transact", "id": 1, "params": params});
+    let mut socket = UnixStream::connect(ovs.dir.join("db.sock"))?;
+    socket.write_all(&serde_json::to_vec(&request)?)?;
+    let reply = serde_json::Deserializer::from_reader(&socket)
+        .into_iter::<Value>()
+        .next()
+        .context("ovsdb-server closed the connection")??;
+    let results = reply["result"].as_array().context("no result")?;
+    if let Some(error) = results.iter().find(|r| r.get("error").is_some()) {
+        bail!("adding the fleet's ports to {bridge} failed: {error}");
+    }
+    Ok(())
 }
 
 /// Waits until ovs-vswitchd has attached `count` interfaces (each has an OpenFlow port
