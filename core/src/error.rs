@@ -65,4 +65,41 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         self.kind == ErrorKind::Transient
     }
+
+    /// Whether it failed because the file system is mounted read-only (`EROFS`), as the
+    /// `/proc/sys` container runtimes give every non-privileged container. That stays so for
+    /// the life of the process: an expected limit of where hagw runs, not a fault to chase.
+    pub fn is_read_only(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*self.cause);
+        while let Some(e) = cause {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ReadOnlyFilesystem)
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("/proc/sys/net/ipv6/conf/qg-1/forwarding: {0}")]
+    struct Wrapped(#[source] io::Error);
+
+    #[test]
+    fn a_read_only_file_system_is_found_anywhere_in_the_chain() {
+        let erofs = || io::Error::from_raw_os_error(30);
+        assert!(Error::permanent("set", "qg-1", erofs()).is_read_only());
+        assert!(Error::permanent("set", "qg-1", Wrapped(erofs())).is_read_only());
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert!(!Error::permanent("set", "qg-1", Wrapped(denied)).is_read_only());
+        assert!(!Error::transient("set", "qg-1", "no such device").is_read_only());
+    }
 }

@@ -58,9 +58,10 @@ pub enum PassOutcome {
     Converged {
         applied: Vec<Action>,
         wait: Option<Wait>,
-        /// Side settings a primary could not apply (the step and why): it forwards without
-        /// them, degraded, and the worker retries them with backoff.
-        degraded: Vec<(Action, String)>,
+        /// Side settings the pass could not apply: a primary forwards and a standby stays
+        /// guarded without them. The worker retries them, with backoff unless all failed on
+        /// a read-only file system (then at the resync interval: nothing will change sooner).
+        degraded: Vec<DegradedSetting>,
         /// Guard lifted → first announcement, if the pass took the port over.
         takeover: Option<Duration>,
     },
@@ -72,6 +73,16 @@ pub enum PassOutcome {
         failed_action: Option<Action>,
         applied_fail_safe: Option<Action>,
     },
+}
+
+/// A side setting a pass could not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DegradedSetting {
+    pub action: Action,
+    pub error: String,
+    /// It failed on a read-only file system ([`crate::Error::is_read_only`]): `/proc/sys` in
+    /// a non-privileged container, where it will keep failing.
+    pub read_only: bool,
 }
 
 /// The handle a source uses to reach a router's worker.
@@ -166,7 +177,9 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
                         Some(Wait::DeviceMissing) => self.config.resync.min(Duration::from_secs(5)),
                         None => self.config.resync,
                     };
-                    if report.degraded.is_empty() {
+                    if report.degraded.iter().all(|f| f.source.is_read_only()) {
+                        // Nothing failed, or only what a read-only /proc/sys refuses: retried
+                        // at the resync, told once by the agent rather than on every pass.
                         backoff = self.config.backoff;
                     } else {
                         for failure in &report.degraded {
@@ -181,7 +194,11 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
                     let degraded = report
                         .degraded
                         .into_iter()
-                        .map(|f| (f.action, f.source.to_string()))
+                        .map(|f| DegradedSetting {
+                            read_only: f.source.is_read_only(),
+                            error: f.source.to_string(),
+                            action: f.action,
+                        })
                         .collect();
                     let outcome = PassOutcome::Converged {
                         applied: report.applied,

@@ -337,9 +337,10 @@ impl Routers {
             info!(from = from.as_str(), to = event.role.as_str(), "transition reconciled");
         }
         match &event.outcome {
-            PassOutcome::Converged { degraded, .. } if !degraded.is_empty() => {
-                for (action, error) in degraded {
-                    warn!(step = %action, %error, "degraded: side setting not applied");
+            // A read-only /proc/sys is told once by the observer, not on every pass.
+            PassOutcome::Converged { degraded, .. } if degraded.iter().any(|d| !d.read_only) => {
+                for d in degraded.iter().filter(|d| !d.read_only) {
+                    warn!(step = %d.action, error = %d.error, "degraded: side setting not applied");
                 }
             }
             PassOutcome::Converged { applied, .. } if !applied.is_empty() => {

@@ -93,6 +93,9 @@ fn table(routers: &[RouterStatus]) -> String {
                 notes.push(format!("error: {e}"));
             }
             notes.extend(r.degraded.iter().map(|d| format!("degraded: {d}")));
+            if !r.read_only.is_empty() {
+                notes.push(format!("read-only /proc/sys: {}", r.read_only.join(", ")));
+            }
             [
                 r.router.clone(),
                 r.role.clone().unwrap_or_else(|| "-".into()),

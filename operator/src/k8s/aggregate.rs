@@ -84,10 +84,18 @@ pub fn conditions(
     } else {
         ("True", "OnePrimary", String::new())
     };
-    let degraded = if errors.is_empty() {
-        ("False", "AsConfigured", String::new())
-    } else {
+    // Settings a node's read-only /proc/sys refuses are expected there (the chart's default
+    // pod) and no error: the reason says so, the nodes' entries name them, and the message
+    // (the ERRORS column) stays for errors.
+    let read_only = nodes.iter().any(|n| {
+        n.conditions.iter().any(|c| c.type_ == "Degraded" && c.reason == super::entry::READ_ONLY)
+    });
+    let degraded = if !errors.is_empty() {
         ("True", "NodeErrors", errors.join("; "))
+    } else if read_only {
+        ("False", super::entry::READ_ONLY, String::new())
+    } else {
+        ("False", "AsConfigured", String::new())
     };
     [("Ready", ready), ("Degraded", degraded), ("SplitBrain", split)]
         .into_iter()
@@ -426,6 +434,24 @@ mod tests {
         assert_eq!(get(&c, "Ready"), ("False", "NodesNotReady"));
         assert_eq!(get(&c, "Degraded"), ("True", "NodeErrors"));
         assert!(c.iter().any(|c| c.message == "n2: boom"), "{c:?}");
+    }
+
+    #[test]
+    fn a_read_only_proc_sys_is_named_but_not_degraded() {
+        let mut primary = entry("n1", "primary", "True", None);
+        primary.conditions.push(Condition {
+            type_: "Degraded".into(),
+            status: "True".into(),
+            reason: "SysctlsReadOnly".into(),
+            message: "/proc/sys is read-only here, not applied: set ipv6 forwarding = 1".into(),
+            last_transition_time: "t0".into(),
+            observed_generation: None,
+        });
+        let c = conditions(&[primary, entry("n2", "standby", "True", None)], &[], None, "t");
+        assert_eq!(get(&c, "Degraded"), ("False", "SysctlsReadOnly"));
+        assert_eq!(get(&c, "Ready"), ("True", "OnePrimary"));
+        let degraded = c.iter().find(|c| c.type_ == "Degraded").expect("Degraded");
+        assert_eq!(degraded.message, "", "the ERRORS column is for errors");
     }
 
     #[test]

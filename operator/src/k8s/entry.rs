@@ -9,6 +9,10 @@ use super::crd::{Condition, NodeStatus};
 use super::merge::Enforced;
 use super::source::Origin;
 
+/// The Degraded reason of a node whose only unapplied settings are the ones a read-only
+/// `/proc/sys` refuses (the chart's default, non-privileged pod).
+pub(super) const READ_ONLY: &str = "SysctlsReadOnly";
+
 /// The entry, and what to tell about the change.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Report {
@@ -50,14 +54,26 @@ pub(super) fn after_pass(
                 Some(Wait::L2NotWired) => ("False", "L2NotWired", describe_wait(wait)),
                 _ => ("True", "Converged", String::new()),
             };
-            if degraded.is_empty() {
-                (ready, ("False", "Converged", String::new()), None)
+            let (read_only, failed): (Vec<_>, Vec<_>) = degraded.iter().partition(|d| d.read_only);
+            // What a read-only /proc/sys refuses is the same on every pass and every router
+            // of the node, and stays so: named in Degraded, but no error and no Warning.
+            let read_only = (!read_only.is_empty()).then(|| {
+                let settings: Vec<String> =
+                    read_only.iter().map(|d| d.action.to_string()).collect();
+                format!("/proc/sys is read-only here, not applied: {}", settings.join(", "))
+            });
+            if failed.is_empty() {
+                let degraded = match read_only {
+                    Some(message) => ("True", READ_ONLY, message),
+                    None => ("False", "Converged", String::new()),
+                };
+                (ready, degraded, None)
             } else {
                 // Forwarding, but not as configured: Ready stays as the wait says, the failed
                 // settings are named in Degraded and count as the last error.
-                let message =
-                    degraded.iter().map(|(_, error)| error.as_str()).collect::<Vec<_>>().join("; ");
-                (ready, ("True", "SettingsFailed", message.clone()), Some(message))
+                let error = failed.iter().map(|d| d.error.as_str()).collect::<Vec<_>>().join("; ");
+                let message = read_only.map_or(error.clone(), |r| format!("{error}; {r}"));
+                (ready, ("True", "SettingsFailed", message), Some(error))
             }
         }
         PassOutcome::Failed { error, applied_fail_safe, .. } => {
@@ -178,6 +194,9 @@ fn steps(outcome: &PassOutcome) -> String {
 mod tests {
     use std::time::{Duration, SystemTime};
 
+    use hagw_core::observed::Ipv6Sysctl;
+    use hagw_core::supervisor::DegradedSetting;
+
     use super::*;
     use crate::k8s::source::Assigned;
 
@@ -207,7 +226,7 @@ mod tests {
         }
     }
 
-    fn converged(applied: Vec<Action>, degraded: Vec<(Action, String)>) -> PassOutcome {
+    fn converged(applied: Vec<Action>, degraded: Vec<DegradedSetting>) -> PassOutcome {
         PassOutcome::Converged { applied, wait: None, degraded, takeover: None }
     }
 
@@ -241,24 +260,58 @@ mod tests {
         assert_eq!((report.notice, report.takeover), (None, None));
     }
 
+    fn setting(sysctl: Ipv6Sysctl, value: u32, error: &str, read_only: bool) -> DegradedSetting {
+        DegradedSetting {
+            action: Action::SetSysctl { sysctl, value },
+            error: error.into(),
+            read_only,
+        }
+    }
+
     #[test]
     fn a_failed_side_setting_degrades_a_forwarding_primary() {
-        let accept_ra =
-            Action::SetSysctl { sysctl: hagw_core::observed::Ipv6Sysctl::AcceptRa, value: 0 };
-        let degraded = vec![(accept_ra, "set ipv6 accept_ra: read-only".to_string())];
+        let degraded = vec![setting(Ipv6Sysctl::AcceptRa, 0, "set ipv6 accept_ra: EIO", false)];
         let ev = event(Role::Primary, None, false, converged(vec![], degraded));
         let report = after_pass("n1", None, &enforced(None), &ev, Some(true), T0);
         let s = &report.status;
         assert_eq!(cond(s, "Ready").status, "True", "it forwards");
         assert_eq!(cond(s, "Degraded").reason, "SettingsFailed");
-        assert_eq!(s.last_error.as_deref(), Some("set ipv6 accept_ra: read-only"));
+        assert_eq!(s.last_error.as_deref(), Some("set ipv6 accept_ra: EIO"));
         assert_eq!(
             report.notice,
             Some(Notice::Failing {
                 reason: "SettingsFailed",
-                message: "set ipv6 accept_ra: read-only".into()
+                message: "set ipv6 accept_ra: EIO".into()
             })
         );
+    }
+
+    #[test]
+    fn a_read_only_proc_sys_is_a_degraded_setting_not_an_error() {
+        let forwarding = setting(Ipv6Sysctl::Forwarding, 1, "Read-only file system", true);
+        let ev = event(Role::Primary, None, false, converged(vec![], vec![forwarding.clone()]));
+        let first = after_pass("n1", None, &enforced(None), &ev, Some(true), T0);
+        let s = &first.status;
+        assert_eq!(cond(s, "Ready").status, "True");
+        let degraded = cond(s, "Degraded");
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", READ_ONLY));
+        assert_eq!(
+            degraded.message,
+            "/proc/sys is read-only here, not applied: set ipv6 forwarding = 1"
+        );
+        assert_eq!((s.last_error.clone(), first.notice.clone()), (None, None));
+        // The next pass says the same: nothing to write.
+        let again = after_pass("n1", Some(s), &enforced(None), &ev, Some(true), T1);
+        assert_eq!(&again.status, s);
+        // Another failure beside it is an error, and both are named in Degraded.
+        let other = setting(Ipv6Sysctl::DisableIpv6, 0, "set ipv6 disable_ipv6: EIO", false);
+        let ev = event(Role::Primary, None, false, converged(vec![], vec![forwarding, other]));
+        let mixed = after_pass("n1", Some(s), &enforced(None), &ev, Some(true), T1);
+        assert_eq!(mixed.status.last_error.as_deref(), Some("set ipv6 disable_ipv6: EIO"));
+        let degraded = cond(&mixed.status, "Degraded");
+        assert_eq!(degraded.reason, "SettingsFailed");
+        assert!(degraded.message.ends_with("not applied: set ipv6 forwarding = 1"), "{degraded:?}");
+        assert!(matches!(mixed.notice, Some(Notice::Failing { .. })));
     }
 
     #[test]

@@ -129,6 +129,7 @@ pub struct Metrics {
     pub standby_tx_packets: Family<RouterLabels, Counter>,
     pub leak_alarm: Family<RouterLabels, Gauge>,
     pub degraded_settings: Family<RouterLabels, Gauge>,
+    pub read_only_settings: Family<RouterLabels, Gauge>,
     pub kubernetes_writes: Family<WriteLabels, Counter>,
     pub split_brain: Family<ObjectLabels, Gauge>,
     pub router_role: Family<RouterRoleLabels, Gauge>,
@@ -191,8 +192,14 @@ impl Metrics {
         let degraded_settings = Family::<RouterLabels, Gauge>::default();
         registry.register(
             "hagw_degraded_settings",
-            "Side settings (IPv6 sysctls) the last pass could not apply; a primary forwards and a standby stays guarded without them, and they are retried",
+            "Side settings (IPv6 sysctls) the last pass could not apply (a read-only /proc/sys aside); a primary forwards and a standby stays guarded without them, and they are retried",
             degraded_settings.clone(),
+        );
+        let read_only_settings = Family::<RouterLabels, Gauge>::default();
+        registry.register(
+            "hagw_read_only_settings",
+            "Side settings (IPv6 sysctls) not applied because /proc/sys is read-only (a non-privileged pod): expected there, retried at the resync",
+            read_only_settings.clone(),
         );
         let kubernetes_writes = Family::<WriteLabels, Counter>::default();
         registry.register(
@@ -253,6 +260,7 @@ impl Metrics {
             standby_tx_packets,
             leak_alarm,
             degraded_settings,
+            read_only_settings,
             kubernetes_writes,
             split_brain,
             router_role,

@@ -49,6 +49,8 @@ struct Inner {
     metrics: Metrics,
     routers: Mutex<HashMap<String, Track>>,
     sources_ready: AtomicBool,
+    /// Whether the read-only `/proc/sys` has been told in the log (once per process).
+    read_only_told: AtomicBool,
     heartbeat: Mutex<Instant>,
     /// A router whose last pass is older than this is reported as not ready.
     stale_after: Duration,
@@ -74,6 +76,7 @@ impl Observer {
             metrics: Metrics::new(),
             routers: Mutex::new(HashMap::new()),
             sources_ready: AtomicBool::new(false),
+            read_only_told: AtomicBool::new(false),
             heartbeat: Mutex::new(Instant::now()),
             stale_after,
         }))
@@ -139,6 +142,7 @@ impl Observer {
         let _ = self.0.metrics.standby_tx_packets.get_or_create(&labels);
         let _ = self.0.metrics.leak_alarm.get_or_create(&labels);
         let _ = self.0.metrics.degraded_settings.get_or_create(&labels);
+        let _ = self.0.metrics.read_only_settings.get_or_create(&labels);
         let _ = self.0.metrics.router_held.get_or_create(&labels);
         let _ = self.0.metrics.role_sources_disagree.get_or_create(&labels);
     }
@@ -175,6 +179,7 @@ impl Observer {
         m.standby_tx_packets.remove(&labels);
         m.leak_alarm.remove(&labels);
         m.degraded_settings.remove(&labels);
+        m.read_only_settings.remove(&labels);
         m.router_held.remove(&labels);
         m.role_since.remove(&labels);
         m.role_sources_disagree.remove(&labels);
@@ -207,15 +212,27 @@ impl Observer {
                     m.takeover_duration.observe(took.as_secs_f64());
                 }
                 track.status.last_error = None;
+                let (read_only, failed): (Vec<_>, Vec<_>) =
+                    degraded.iter().partition(|d| d.read_only);
                 track.status.degraded =
-                    degraded.iter().map(|(a, why)| format!("{a}: {why}")).collect();
+                    failed.iter().map(|d| format!("{}: {}", d.action, d.error)).collect();
+                track.status.read_only = read_only.iter().map(|d| d.action.to_string()).collect();
                 for a in applied {
                     action(a.kind(), ActionResult::Ok);
                 }
-                for (a, _) in degraded {
-                    action(a.kind(), ActionResult::Failed);
+                for d in degraded {
+                    action(d.action.kind(), ActionResult::Failed);
                 }
-                m.degraded_settings.get_or_create(&labels).set(degraded.len() as i64);
+                m.degraded_settings.get_or_create(&labels).set(failed.len() as i64);
+                m.read_only_settings.get_or_create(&labels).set(read_only.len() as i64);
+                if let Some(first) = read_only.first()
+                    && !self.0.read_only_told.swap(true, Ordering::Relaxed)
+                {
+                    // Once per process: it is the same for every router and stays so.
+                    warn!(example = %first.error, "/proc/sys is read-only (a non-privileged \
+                        container): IPv6 settings only it can set are not applied on any router; \
+                        see hagw_read_only_settings and, in Kubernetes, Degraded=SysctlsReadOnly");
+                }
             }
             PassOutcome::Failed { error, transient, failed_action, applied_fail_safe } => {
                 track.status.last_error = Some(error.clone());

@@ -42,9 +42,14 @@ pub struct RouterStatus {
     /// The last pass's error, if it failed; cleared by a converged pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// Side settings a primary runs without (e.g. an IPv6 sysctl that could not be written).
+    /// Side settings the router runs without (e.g. an IPv6 sysctl that could not be written),
+    /// with why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub degraded: Vec<String>,
+    /// Side settings not applied because `/proc/sys` is read-only here (a non-privileged
+    /// container): expected there, and the same on every router.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only: Vec<String>,
     /// The standby's port transmitted between two passes while it was meant to be silent.
     pub leak_alarm: bool,
 }
@@ -67,6 +72,7 @@ impl RouterStatus {
             previous_role: None,
             last_error: None,
             degraded: Vec::new(),
+            read_only: Vec::new(),
             leak_alarm: false,
         }
     }
