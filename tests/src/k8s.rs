@@ -424,12 +424,22 @@ impl AgentProcess {
     pub fn spawn(
         server: &ApiServer,
         node: &str,
+        command: Command,
+        log: PathBuf,
+    ) -> Result<AgentProcess> {
+        AgentProcess::spawn_with(&server.kubeconfig, node, command, log)
+    }
+
+    /// [`AgentProcess::spawn`] against the API server `kubeconfig` names (a real node's).
+    pub fn spawn_with(
+        kubeconfig: &Path,
+        node: &str,
         mut command: Command,
         log: PathBuf,
     ) -> Result<AgentProcess> {
         let file = std::fs::File::create(&log)?;
         let child = command
-            .env("KUBECONFIG", &server.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("NODE_NAME", node)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
@@ -447,14 +457,7 @@ impl AgentProcess {
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .with_context(|| format!("no health address in the agent's log:\n{log}"))?;
-        let mut stream = std::net::TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        use std::io::{Read, Write};
-        write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (_, body) = response.split_once("\r\n\r\n").context("no end of headers")?;
-        Ok(body.to_string())
+        http_get(addr, "/metrics")
     }
 
     /// The agent's CPU time so far (user and system; `unshare` and the shell exec it, so it
@@ -501,6 +504,18 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// The body of `GET path` from hagw's HTTP endpoint at `addr`.
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    use std::io::{Read, Write};
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (_, body) = response.split_once("\r\n\r\n").context("no end of headers")?;
+    Ok(body.to_string())
 }
 
 /// The status entry of `node` in a HARouter, if present.

@@ -97,25 +97,68 @@ impl NeutronRouter {
                  virtual_ipaddress {{\n        {PRIMARY_VIP} dev ha-peer\n    }}\n}}\n"
             ),
         )?;
-        let log = std::fs::File::create(dir.join("keepalived.log"))?;
+        self.spawn_peer(&conf, &dir.join("keepalived.pid"), &dir.join("vrrp.pid"), &dir)?;
+        if primary { self.wait_peer_primary() } else { Ok(()) }
+    }
+
+    /// The peer as a Neutron node of its own, for a second agent to serve: its gateway port
+    /// `qg-<id>` in its namespace (a veth whose other end stays there, so its frames go
+    /// nowhere), Neutron's keepalived.conf for it with `fips` under `ha_confs`, and its
+    /// keepalived run from that with the pid files beside it, as the L3 agent there would.
+    /// Returns once it is primary.
+    pub fn start_neutron_peer(&mut self, ha_confs: &Path, fips: &[&str]) -> Result<()> {
+        let qg = &self.gw.qg;
+        self.gw.lab.exec(
+            &self.peer,
+            &format!(
+                "ip link add {qg} type veth peer name qp-{id} && ip link set qp-{id} up",
+                id = self.id
+            ),
+        )?;
+        let dir = ha_confs.join(&self.id);
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("keepalived.conf");
+        std::fs::write(&conf, neutron_keepalived_conf("ha-peer", qg, fips, false))?;
+        let pid = |suffix: &str| ha_confs.join(format!("{}.pid.{suffix}", self.id));
+        self.spawn_peer(&conf, &pid("keepalived"), &pid("keepalived-vrrp"), &dir)?;
+        self.wait_peer_primary()
+    }
+
+    /// The peer node's namespace (its end of the HA network, and its gateway port if it has
+    /// one).
+    pub fn peer_netns(&self) -> &str {
+        &self.peer
+    }
+
+    /// Whether the peer node holds the primary VIP.
+    pub fn peer_has_vip(&self) -> bool {
+        self.gw
+            .lab
+            .exec(&self.peer, "ip -o addr show dev ha-peer")
+            .is_ok_and(|out| out.contains(PRIMARY_VIP))
+    }
+
+    fn spawn_peer(&mut self, conf: &Path, pid: &Path, vrrp_pid: &Path, logs: &Path) -> Result<()> {
+        let log = std::fs::File::create(logs.join("keepalived.log"))?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.peer, "keepalived", "-n", "-l", "-G", "-P", "-f"])
-            .arg(&conf)
+            .arg(conf)
             .arg("-p")
-            .arg(dir.join("keepalived.pid"))
+            .arg(pid)
             .arg("-r")
-            .arg(dir.join("vrrp.pid"))
+            .arg(vrrp_pid)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting the peer's keepalived")?;
         self.peer_keepalived = Some(child);
-        if !primary {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    fn wait_peer_primary(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !self.gw.lab.exec(&self.peer, "ip -o addr show dev ha-peer")?.contains(PRIMARY_VIP) {
+        while !self.peer_has_vip() {
             if Instant::now() > deadline {
                 bail!("the peer's keepalived did not become primary");
             }

@@ -328,6 +328,18 @@ impl Release<'_> {
         Ok(crate::k8s::node_entry(&object, &self.node.name))
     }
 
+    /// The pod's `/metrics` text (hostNetwork: on the node's loopback, at the chart's
+    /// `metricsPort`).
+    pub fn metrics(&self) -> Result<String> {
+        let pod = self.pod()?;
+        let port = pod["spec"]["containers"][0]["ports"]
+            .as_array()
+            .and_then(|ports| ports.iter().find(|p| p["name"] == "metrics"))
+            .and_then(|p| p["containerPort"].as_u64())
+            .context("the pod's metrics port")?;
+        crate::k8s::http_get(&format!("127.0.0.1:{port}"), "/metrics")
+    }
+
     /// The release's one live pod, as the API server has it.
     pub fn pod(&self) -> Result<Value> {
         let pods: Value = serde_json::from_str(&self.node.kubectl(&[
