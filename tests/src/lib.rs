@@ -17,6 +17,7 @@ pub mod neutron;
 pub mod node;
 pub mod ovs;
 pub mod ports;
+pub mod primary_watch;
 pub mod reboot;
 pub mod wait;
 

@@ -11,7 +11,9 @@
 //! ToR: not a frame from the gateway while the peer is primary), takes over when the peer's
 //! keepalived stops, follows a floating IP added and removed (the removed one stays absent and
 //! is never announced again, also across an agent restart), and holds the port again once the
-//! deployment's own keepalived stops. Each router is in its own [`NeutronRouter`] lab.
+//! deployment's own keepalived stops. Each router is in its own [`NeutronRouter`] lab. From
+//! the deployments' start to the end, a [`PrimaryWatch`] fails the test on any sample where
+//! the node keepalived made primary has its port held past the watch's settle allowance.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,7 @@ use hagw_e2e::gateway::{GATEWAY_IP, GATEWAY_MAC};
 use hagw_e2e::k8s::{node_entry, wait_for};
 use hagw_e2e::neutron::{FIP, FIP_ADDED, NeutronRouter};
 use hagw_e2e::node::{Node, Release, STANDIN_IMAGE, node};
+use hagw_e2e::primary_watch::{PrimaryWatch, Watched};
 use serde_json::json;
 
 /// The label of the objects the agents publish (`operator/src/k8s/source.rs`).
@@ -261,6 +264,15 @@ fn the_pod_discovers_containerized_neutron_routers_and_serves_them() -> Result<(
     let mut deployments =
         [Deployment::start(node, Kind::Helm, helm)?, Deployment::start(node, Kind::Kolla, kolla)?];
     let log = || agent_log(node, &release);
+    // No primary is ever held: sampled for the rest of the test, through the takeover, the
+    // floating IP changes and the agent's restart (tests/src/primary_watch.rs).
+    let watched = deployments.iter().map(|d| Watched {
+        name: d.name(),
+        netns: d.router.gw.qrouter.clone(),
+        ha: d.router.ha.clone(),
+        port: d.router.gw.qg.clone(),
+    });
+    let watch = PrimaryWatch::start(watched.collect());
 
     // Discovered through the agents' roots and held (link down, IPv6 silenced): no HARouter.
     for d in &deployments {
@@ -418,6 +430,11 @@ fn the_pod_discovers_containerized_neutron_routers_and_serves_them() -> Result<(
         )
         .with_context(log)?;
     }
+    let summary = watch.finish().with_context(log)?;
+    println!(
+        "no primary held: {} samples, {} of a primary; longest hold after the VIP came: {:?}",
+        summary.samples, summary.primary_samples, summary.longest_release
+    );
     let text = log();
     println!("agent log (tail):\n{text}");
     drop(release);
