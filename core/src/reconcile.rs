@@ -273,7 +273,12 @@ impl<D: Dataplane> Pass<'_, D> {
                         });
                     }
                     Err(source) => {
-                        warn!(action = %action, error = %source, "step failed; the other steps go on");
+                        if source.is_read_only() {
+                            // The same on every pass of every router: the agent tells it once.
+                            debug!(action = %action, error = %source, "step failed on a read-only file system; the other steps go on");
+                        } else {
+                            warn!(action = %action, error = %source, "step failed; the other steps go on");
+                        }
                         if action.is_side_setting() {
                             self.memory.side_setting_failed(action);
                         }
