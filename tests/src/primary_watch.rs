@@ -1,5 +1,5 @@
 //! "No primary is ever held", checked for the whole of a test rather than at chosen moments: a
-//! thread samples each watched router namespace, every [`PERIOD`], for whether keepalived made
+//! thread per watched router namespace samples it, every [`PERIOD`], for whether keepalived made
 //! this node primary (the primary VIP on its HA device) and whether hagw holds the gateway
 //! port (link administratively down, or the port in hagw's nftables hold set). A sample where
 //! the port is held although the VIP has been there for longer than [`SETTLE`] is a primary
@@ -49,33 +49,48 @@ pub struct Summary {
     pub samples: usize,
     /// Samples in which the node held the VIP.
     pub primary_samples: usize,
-    /// The longest a port stayed held after its VIP appeared (within [`SETTLE`]).
+    /// The longest a port stayed held after its VIP appeared (within [`SETTLE`]), as seen
+    /// by the samples.
     pub longest_release: Duration,
+    /// The longest time between two samples of one router (a sample takes a few processes).
+    pub longest_gap: Duration,
     violations: Vec<String>,
 }
 
 pub struct PrimaryWatch {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<Summary>>>,
+    threads: Vec<JoinHandle<Result<Summary>>>,
 }
 
 impl PrimaryWatch {
-    /// Starts sampling `routers`.
+    /// Starts sampling `routers`, each in a thread of its own (a sample takes a few
+    /// processes, and one router's must not space out another's).
     pub fn start(routers: Vec<Watched>) -> PrimaryWatch {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || watch(&routers, &flag));
-        PrimaryWatch { stop, thread: Some(thread) }
+        let threads = routers
+            .into_iter()
+            .map(|router| {
+                let flag = stop.clone();
+                std::thread::spawn(move || watch(&router, &flag))
+            })
+            .collect();
+        PrimaryWatch { stop, threads }
     }
 
     /// Stops sampling; fails naming each sample that saw a primary held past [`SETTLE`], or
     /// if a sample could not be taken (then nothing was checked at that moment).
     pub fn finish(mut self) -> Result<Summary> {
         self.stop.store(true, Ordering::Relaxed);
-        let summary = match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(summary)) => summary?,
-            _ => bail!("the primary watch thread panicked"),
-        };
+        let mut summary = Summary::default();
+        for thread in self.threads.drain(..) {
+            let Ok(one) = thread.join() else { bail!("a primary watch thread panicked") };
+            let one = one?;
+            summary.samples += one.samples;
+            summary.primary_samples += one.primary_samples;
+            summary.longest_release = summary.longest_release.max(one.longest_release);
+            summary.longest_gap = summary.longest_gap.max(one.longest_gap);
+            summary.violations.extend(one.violations);
+        }
         if !summary.violations.is_empty() {
             bail!(
                 "a primary was held ({} samples):\n{}",
@@ -90,27 +105,29 @@ impl PrimaryWatch {
 impl Drop for PrimaryWatch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
 }
 
-fn watch(routers: &[Watched], stop: &AtomicBool) -> Result<Summary> {
+fn watch(router: &Watched, stop: &AtomicBool) -> Result<Summary> {
     let start = Instant::now();
     let mut summary = Summary::default();
-    // Since when each router's VIP has been on this node, and whether its port was let go
-    // since then.
-    let mut vip_since: Vec<Option<(Instant, bool)>> = vec![None; routers.len()];
+    // Since when the VIP has been on this node, and whether the port was let go since then.
+    let mut since: Option<(Instant, bool)> = None;
+    let mut last: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
-        for (router, since) in routers.iter().zip(vip_since.iter_mut()) {
-            let at = Instant::now();
-            let sample = sample(router)?;
-            summary.samples += 1;
-            if !sample.vip {
-                *since = None;
-                continue;
-            }
+        let at = Instant::now();
+        let sample = sample(router)?;
+        summary.samples += 1;
+        if let Some(last) = last {
+            summary.longest_gap = summary.longest_gap.max(at.duration_since(last));
+        }
+        last = Some(at);
+        if !sample.vip {
+            since = None;
+        } else {
             summary.primary_samples += 1;
             let (first, released) = since.get_or_insert((at, false));
             let held_for = at.duration_since(*first);

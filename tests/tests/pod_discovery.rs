@@ -432,8 +432,9 @@ fn the_pod_discovers_containerized_neutron_routers_and_serves_them() -> Result<(
     }
     let summary = watch.finish().with_context(log)?;
     println!(
-        "no primary held: {} samples, {} of a primary; longest hold after the VIP came: {:?}",
-        summary.samples, summary.primary_samples, summary.longest_release
+        "no primary held: {} samples ({} of a primary, at most {:?} apart); longest hold after \
+         the VIP came: {:?}",
+        summary.samples, summary.primary_samples, summary.longest_gap, summary.longest_release
     );
     let text = log();
     println!("agent log (tail):\n{text}");
