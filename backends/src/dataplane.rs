@@ -49,14 +49,22 @@ impl HostDataplane {
 }
 
 impl Dataplane for HostDataplane {
-    #[instrument(level = "debug", skip_all, fields(netns = %spec.namespace, device = %spec.gateway_device))]
     async fn observe(&self, spec: &RouterSpec) -> Result<PortState, Error> {
+        self.observe_for(spec, true).await
+    }
+
+    #[instrument(level = "debug", skip_all, fields(netns = %spec.namespace, device = %spec.gateway_device))]
+    async fn observe_for(
+        &self,
+        spec: &RouterSpec,
+        partial_matters: bool,
+    ) -> Result<PortState, Error> {
         let backend = self.l2.for_router(spec)?;
         let netns = Netns::named(&spec.namespace);
         // Independent reads (the namespace, the switch): side by side.
         let (link, l2) = tokio::join!(
             self.linux.observe_link(&netns, &spec.gateway_device),
-            backend.observe(spec)
+            backend.observe_for(spec, partial_matters)
         );
         Ok(PortState { link: link?, l2: l2? })
     }

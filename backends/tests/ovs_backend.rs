@@ -112,6 +112,25 @@ fn silent_link() -> LinkState {
     }
 }
 
+/// A standby router whose gateway is `port` (no namespace here).
+fn standby(port: &str) -> RouterSpec {
+    RouterSpec {
+        id: format!("r-{port}"),
+        namespace: "unused".into(),
+        gateway_device: port.into(),
+        ha_device: None,
+        primary_vip: None,
+        keepalived_pid_file: None,
+        gateway_addresses: Vec::new(),
+        routes: Vec::new(),
+        backend: L2BackendSpec::Ovs { port: Some(port.into()) },
+        strategy: Strategy::L2Hold,
+        announce: AnnounceSchedule { repeats: 0, interval_ms: 1000 },
+        role: RoleSource::Fixed(Role::Standby),
+        silence_settle_ms: HOUR,
+    }
+}
+
 /// A standby router's worker on `port`, woken by the OVS watcher whenever it reports the
 /// port; its periodic resync is an hour, so only those reports wake it (and, for a
 /// silence-only one, silence settling after `settle_ms`).
@@ -124,21 +143,7 @@ struct Worker {
 
 impl Worker {
     fn start(ovs: &OvsBackend, port: &str, strategy: Strategy, settle_ms: u64) -> Worker {
-        let spec = RouterSpec {
-            id: format!("r-{port}"),
-            namespace: "unused".into(),
-            gateway_device: port.into(),
-            ha_device: None,
-            primary_vip: None,
-            keepalived_pid_file: None,
-            gateway_addresses: Vec::new(),
-            routes: Vec::new(),
-            backend: L2BackendSpec::Ovs { port: Some(port.into()) },
-            strategy,
-            announce: AnnounceSchedule { repeats: 0, interval_ms: 1000 },
-            role: RoleSource::Fixed(Role::Standby),
-            silence_settle_ms: settle_ms,
-        };
+        let spec = RouterSpec { strategy, silence_settle_ms: settle_ms, ..standby(port) };
         let dataplane = SwitchOnly { ovs: ovs.clone() };
         let config = WorkerConfig { resync: Duration::from_secs(3600), ..WorkerConfig::default() };
         let (events, passes) = mpsc::unbounded_channel();
@@ -185,7 +190,7 @@ async fn hold_and_release_follow_neutron_and_survive_a_hagw_restart() {
     let server = Server::with_br_int();
     let ovs = backend(&server);
     assert_eq!(ovs.observe_port(PORT).await.unwrap().hold, HoldState::Unknown);
-    assert!(ovs.hold_port(PORT).await.unwrap_err().is_transient(), "missing port");
+    assert!(ovs.hold(&standby(PORT)).await.unwrap_err().is_transient(), "missing port");
 
     plug(&server);
     let plugged = ovs.observe_port(PORT).await.unwrap();
@@ -194,29 +199,29 @@ async fn hold_and_release_follow_neutron_and_survive_a_hagw_restart() {
         L2State { hold: HoldState::Released, wired: false },
         "tag alone is no hold"
     );
-    ovs.hold_port(PORT).await.unwrap();
+    ovs.hold(&standby(PORT)).await.unwrap();
     assert_eq!(
         ovs.observe_port(PORT).await.unwrap(),
         L2State { hold: HoldState::Held, wired: false }
     );
-    let not_wired = ovs.release_port(PORT).await.unwrap_err();
+    let not_wired = ovs.release(&standby(PORT)).await.unwrap_err();
     assert!(not_wired.is_transient() && not_wired.to_string().contains("not wired"), "{not_wired}");
 
     // The agent wires the port (lifting the hold); hagw holds again and remembers VLAN 7.
     agent_wire(&server, 7);
     assert_eq!(ovs.observe_port(PORT).await.unwrap().hold, HoldState::Released);
-    ovs.hold_port(PORT).await.unwrap();
+    ovs.hold(&standby(PORT)).await.unwrap();
     assert_eq!(ovs.observe_port(PORT).await.unwrap(), HELD);
     assert_eq!(get(&server, "trunks"), "[4095]");
     assert_eq!(get(&server, &format!("external_ids:{SAVED_TAG_KEY}")), "\"7\"");
-    ovs.hold_port(PORT).await.unwrap();
+    ovs.hold(&standby(PORT)).await.unwrap();
 
     // hagw restarts and the agent's other_config is gone: the saved tag still releases.
     drop(ovs);
     server.vsctl(&["remove", "port", PORT, "other_config", "tag"]);
     let ovs = backend(&server);
     assert_eq!(ovs.observe_port(PORT).await.unwrap(), HELD);
-    ovs.release_port(PORT).await.unwrap();
+    ovs.release(&standby(PORT)).await.unwrap();
     assert_eq!(get(&server, "tag"), "7");
     assert_eq!(get(&server, "vlan_mode"), "[]");
     assert_eq!(get(&server, "trunks"), "[]");
@@ -225,7 +230,7 @@ async fn hold_and_release_follow_neutron_and_survive_a_hagw_restart() {
         ovs.observe_port(PORT).await.unwrap(),
         L2State { hold: HoldState::Released, wired: true }
     );
-    ovs.release_port(PORT).await.unwrap();
+    ovs.release(&standby(PORT)).await.unwrap();
 }
 
 #[tokio::test]
@@ -234,10 +239,10 @@ async fn release_prefers_the_agents_current_vlan() {
     plug(&server);
     agent_wire(&server, 7);
     let ovs = backend(&server);
-    ovs.hold_port(PORT).await.unwrap();
+    ovs.hold(&standby(PORT)).await.unwrap();
     // The agent restarted while held and now has VLAN 9 for this network.
     server.vsctl(&["set", "port", PORT, "other_config:tag=9"]);
-    ovs.release_port(PORT).await.unwrap();
+    ovs.release(&standby(PORT)).await.unwrap();
     assert_eq!(get(&server, "tag"), "9");
 }
 

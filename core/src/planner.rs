@@ -92,6 +92,26 @@ pub fn plan(spec: &RouterSpec, role: Role, observed: &Observed) -> Plan {
     builder.plan
 }
 
+/// Whether a plan for `role` can differ between [`HoldState::Partial`] and
+/// [`HoldState::Released`], i.e. whether a pass must see which half of a lifted L2 hold is
+/// left. It cannot for a standby held whatever its silence (every strategy but
+/// `silence-only`, and not being handed back, which ends where silence-only rests): both plan
+/// the hold, which puts back both halves; unless the hold already failed in this pass
+/// (`failed`), when what guards the port instead depends on it. The OVS backend then skips
+/// reading `no-receive` for a port whose triple is gone: an OpenFlow exchange with an
+/// ovs-vswitchd that is just applying the retag that lifted it.
+pub fn partial_hold_matters(
+    spec: &RouterSpec,
+    role: Role,
+    failed: &[Action],
+    hand_back: bool,
+) -> bool {
+    !role.is_standby()
+        || hand_back
+        || spec.strategy == Strategy::SilenceOnly
+        || failed.contains(&Action::HoldL2)
+}
+
 /// Accumulates actions while tracking the state they leave behind, so each decision sees the
 /// effect of the steps before it. A step that already failed in this pass is neither planned
 /// nor modelled, so nothing is planned on its effect.

@@ -13,12 +13,24 @@ use crate::action::Action;
 use crate::error::Error;
 use crate::model::{Role, RouterSpec};
 use crate::observed::{Observed, PortState};
-use crate::planner::{HoldOnArrival, Plan, Wait, plan};
+use crate::planner::{HoldOnArrival, Plan, Wait, partial_hold_matters, plan};
 
 /// Reads and changes the real port. Implemented by the backends; the reconcile loop is
 /// generic over it so tests can drive it with a model.
 pub trait Dataplane: Sync {
     fn observe(&self, spec: &RouterSpec) -> impl Future<Output = Result<PortState, Error>> + Send;
+    /// [`Dataplane::observe`] for a pass whose plan cannot tell a partial L2 hold from a
+    /// released one (`partial_matters` false: [`crate::planner::partial_hold_matters`]): a
+    /// backend may then report a hold whose first half it found gone as released without
+    /// reading the other half.
+    fn observe_for(
+        &self,
+        spec: &RouterSpec,
+        partial_matters: bool,
+    ) -> impl Future<Output = Result<PortState, Error>> + Send {
+        let _ = partial_matters;
+        self.observe(spec)
+    }
     fn apply(
         &self,
         spec: &RouterSpec,
@@ -327,10 +339,13 @@ impl<D: Dataplane> Pass<'_, D> {
         }
     }
 
-    /// Observes the port and combines it with the loop's memory.
-    async fn observe(&mut self) -> Result<Observed, ReconcileError> {
+    /// Observes the port (no more of it than the plan can use, with the steps in `skip`
+    /// failed) and combines it with the loop's memory.
+    async fn observe(&mut self, skip: &[Action]) -> Result<Observed, ReconcileError> {
         let (dataplane, spec) = (self.dataplane, self.spec);
-        let port = with_retry(self.policy, self.wake, "observe", || dataplane.observe(spec))
+        let partial = partial_hold_matters(spec, self.role, skip, self.memory.hand_back);
+        let observe = || dataplane.observe_for(spec, partial);
+        let port = with_retry(self.policy, self.wake, "observe", observe)
             .await
             .map_err(ReconcileError::Observe)?;
         Ok(self.memory.observed(self.role, port, Instant::now()))
@@ -346,10 +361,11 @@ impl<D: Dataplane> Pass<'_, D> {
 
     /// Observes and plans, without the steps in `skip`, which failed earlier in the pass.
     async fn dry_run(&mut self, skip: &[StepFailure]) -> Result<(Observed, Plan), ReconcileError> {
-        let mut observed = self.observe().await?;
-        for failure in skip {
-            if !observed.failed_steps.contains(&failure.action) {
-                observed.failed_steps.push(failure.action.clone());
+        let failed: Vec<Action> = skip.iter().map(|f| f.action.clone()).collect();
+        let mut observed = self.observe(&failed).await?;
+        for action in failed {
+            if !observed.failed_steps.contains(&action) {
+                observed.failed_steps.push(action);
             }
         }
         let plan = plan(self.spec, self.role, &observed);

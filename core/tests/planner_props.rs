@@ -10,9 +10,10 @@ use std::time::Duration;
 use hagw_core::action::Action;
 use hagw_core::model::{L2BackendSpec, Role, RouteSpec, RouterSpec, Strategy as PortStrategy};
 use hagw_core::observed::{
-    HoldState, Ipv6Conf, Ipv6Sysctl, L2State, LinkCounters, LinkState, Observed, PortState,
+    ADDR_GEN_MODE_NONE, HoldState, Ipv6Conf, Ipv6Sysctl, L2State, LinkCounters, LinkState,
+    Observed, PortState,
 };
-use hagw_core::planner::{HoldOnArrival, Wait, plan};
+use hagw_core::planner::{HoldOnArrival, Wait, partial_hold_matters, plan};
 use ipnet::IpNet;
 use proptest::prelude::*;
 
@@ -313,6 +314,39 @@ proptest! {
             (true, ..) => HoldOnArrival::Always,
         };
         prop_assert_eq!(p.hold_on_arrival, expected);
+    }
+    /// Where [`partial_hold_matters`] says a pass need not see which half of a lifted hold is
+    /// left, a partial hold and a released one get the same plan (the OVS backend then skips
+    /// reading `no-receive`).
+    #[test]
+    fn a_partial_hold_is_planned_as_a_released_one_where_it_does_not_matter(
+        (spec, role, observed) in arb_case(vec![Role::Primary, Role::Standby, Role::Unknown]),
+        failed in prop_oneof![
+            Just(vec![]),
+            Just(vec![Action::HoldL2]),
+            Just(vec![Action::SetLinkDown]),
+            Just(vec![Action::ReleaseL2]),
+        ],
+        hold_only in any::<bool>(),
+        hand_back in any::<bool>(),
+        settled in any::<bool>(),
+    ) {
+        if partial_hold_matters(&spec, role, &failed, hand_back) {
+            return Ok(());
+        }
+        let mut observed = Observed { failed_steps: failed.clone(), hold_only, hand_back, ..observed };
+        // Half of the cases settled into silence, where silence-only lets go of the hold.
+        if let Some(link) = observed.port.link.as_mut().filter(|_| settled) {
+            link.addresses.clear();
+            link.ipv6 = Ipv6Conf { addr_gen_mode: ADDR_GEN_MODE_NONE, accept_ra: 0, forwarding: 0, disable_ipv6: 0 };
+            observed.silent_for = Duration::from_secs(60);
+        }
+        let with = |hold| {
+            let mut observed = observed.clone();
+            observed.port.l2.hold = hold;
+            plan(&spec, role, &observed)
+        };
+        prop_assert_eq!(with(HoldState::Partial), with(HoldState::Released));
     }
 }
 

@@ -42,9 +42,19 @@ impl L2Backend {
 
     /// Reads whether the port is held and whether the L2 agent has wired it.
     pub async fn observe(&self, spec: &RouterSpec) -> Result<L2State, Error> {
+        self.observe_for(spec, true).await
+    }
+
+    /// [`L2Backend::observe`], telling a partial hold from a released one only if
+    /// `partial_matters` ([`hagw_core::reconcile::Dataplane::observe_for`]).
+    pub async fn observe_for(
+        &self,
+        spec: &RouterSpec,
+        partial_matters: bool,
+    ) -> Result<L2State, Error> {
         match self {
             L2Backend::Generic(b) => b.observe(spec).await,
-            L2Backend::Ovs(b) => b.observe(spec).await,
+            L2Backend::Ovs(b) => b.observe_for(spec, partial_matters).await,
             L2Backend::Linuxbridge(b) => b.observe(spec).await,
         }
     }

@@ -26,8 +26,9 @@ pub mod openflow;
 pub mod port;
 pub mod unixctl;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hagw_core::Error;
 use hagw_core::model::{L2BackendSpec, RouterSpec};
@@ -85,7 +86,26 @@ pub struct OvsBackend {
     flows: DatapathFlows,
     /// The planner's [`HoldOnArrival`] per port, applied between passes.
     arrivals: Arc<Arrivals>,
+    /// What the last observation of each port read ([`Seen`]).
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
 }
+
+/// What an observation read of a port, for what follows it: the pass's hold takes the row
+/// instead of reading it again, and the next observation asks the bridge the port was in
+/// for `no-receive` while it reads OVSDB. Both only save time: the hold's transaction is
+/// guarded by the row's columns (a row changed since is refused, and read again on the
+/// retry), and a port found in another bridge is asked again there.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    located: Located,
+    /// Not taken by a hold yet.
+    fresh: bool,
+}
+
+/// How long an observed row stands in for a read in the hold of the same pass; a pass
+/// applies its plan within milliseconds of observing.
+const SEEN_FOR_HOLD: Duration = Duration::from_secs(1);
 
 impl OvsBackend {
     /// A backend for `endpoint` (`unix:PATH` or `tcp:HOST:PORT`); connects on first use.
@@ -109,6 +129,7 @@ impl OvsBackend {
             no_recv: Some(no_recv),
             flows,
             arrivals: Arc::default(),
+            seen: Arc::default(),
         }
     }
 
@@ -207,18 +228,49 @@ impl OvsBackend {
     /// Whether the port's OpenFlow `no-receive` is set; `None` where it does not apply (the
     /// OVSDB triple only, or the port not attached to a bridge yet). Unreadable
     /// (ovs-vswitchd down) counts as not set: hagw never relies on what it cannot see.
-    async fn no_receive(&self, port: &Located) -> Option<bool> {
+    /// `early` is the reading of the bridge the port was in before, taken while OVSDB was
+    /// read: used if the port is still there.
+    async fn no_receive(
+        &self,
+        port: &Located,
+        early: Option<(String, Result<bool, NoReceiveError>)>,
+    ) -> Option<bool> {
         let (Some(no_recv), Some(bridge)) = (&self.no_recv, &port.bridge) else { return None };
         if !port.attached {
             return None;
         }
-        match no_recv.get(bridge, &port.row.name).await {
+        let reading = match early {
+            Some((asked, reading)) if asked == *bridge => reading,
+            _ => no_recv.get(bridge, &port.row.name).await,
+        };
+        match reading {
             Ok(set) => Some(set),
             Err(e) => {
                 debug!(error = %e, "no-receive unreadable, taken as not set");
                 Some(false)
             }
         }
+    }
+
+    /// `no-receive` of `port` in the bridge its last observation found it in, if any.
+    async fn no_receive_early(&self, port: &str) -> Option<(String, Result<bool, NoReceiveError>)> {
+        let no_recv = self.no_recv.as_ref()?;
+        let bridge = self.seen().get(port)?.located.bridge.clone()?;
+        let reading = no_recv.get(&bridge, port).await;
+        Some((bridge, reading))
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The row the port's last observation read, once, if it is recent enough to stand in
+    /// for a read in the hold of the same pass.
+    fn take_seen(&self, port: &str) -> Option<Located> {
+        let mut seen = self.seen();
+        let entry = seen.get_mut(port).filter(|s| s.fresh && s.at.elapsed() < SEEN_FOR_HOLD)?;
+        entry.fresh = false;
+        Some(entry.located.clone())
     }
 
     /// The port's hold state: held with the dead-VLAN triple and `no-receive`, partially
@@ -228,17 +280,53 @@ impl OvsBackend {
     // warn): an optimistic-lock conflict with the L2 agent is retried, not an error.
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn observe_port(&self, port: &str) -> Result<L2State, Error> {
-        let Some(located) = self.read(port).await? else { return Ok(port::l2_state(None)) };
-        let no_receive = self.no_receive(&located).await;
-        Ok(port::l2_state_with(&located.row, no_receive))
+        self.observe_port_for(port, true).await
+    }
+
+    /// [`OvsBackend::observe_port`]; unless `partial_matters`, a port whose triple is gone is
+    /// reported released without waiting for `no-receive`: the plan holds it either way
+    /// ([`hagw_core::planner::partial_hold_matters`]), putting back both halves.
+    async fn observe_port_for(&self, port: &str, partial_matters: bool) -> Result<L2State, Error> {
+        let at = Instant::now();
+        // `no-receive` is asked of the bridge the port was in while OVSDB is read.
+        let mut early = std::pin::pin!(self.no_receive_early(port));
+        let mut asked = None;
+        let read = {
+            let mut read = std::pin::pin!(self.read(port));
+            loop {
+                tokio::select! {
+                    read = &mut read => break read,
+                    reading = &mut early, if asked.is_none() => asked = Some(reading),
+                }
+            }
+        };
+        let Some(located) = read? else {
+            self.seen().remove(port);
+            return Ok(port::l2_state(None));
+        };
+        let no_receive = if partial_matters || port::is_held(&located.row) {
+            let early = match asked {
+                Some(reading) => reading,
+                None => early.await,
+            };
+            self.no_receive(&located, early).await
+        } else {
+            None
+        };
+        let state = port::l2_state_with(&located.row, no_receive);
+        self.seen().insert(port.to_owned(), Seen { at, located, fresh: true });
+        Ok(state)
     }
 
     /// Holds the port: the dead-VLAN triple in one guarded transaction (see
     /// [`port::hold_ops`]), then `no-receive` on its OpenFlow port, which the OVS agent's
     /// retag cannot lift. Idempotent; fails (transiently) until both are in place.
     #[instrument(skip(self), err(level = "debug"))]
-    pub async fn hold_port(&self, port: &str) -> Result<(), Error> {
-        let located = self.read(port).await?.ok_or_else(|| missing("hold", port))?;
+    async fn hold_port(&self, port: &str) -> Result<(), Error> {
+        let located = match self.take_seen(port) {
+            Some(located) => located,
+            None => self.read(port).await?.ok_or_else(|| missing("hold", port))?,
+        };
         self.hold_located(port, &located).await
     }
 
@@ -279,7 +367,7 @@ impl OvsBackend {
     /// transaction. Refuses (transiently, the agent may still wire it) while no real local
     /// VLAN is known; then the port stays fully held, `no-receive` included.
     #[instrument(skip(self), err(level = "debug"))]
-    pub async fn release_port(&self, port: &str) -> Result<(), Error> {
+    async fn release_port(&self, port: &str) -> Result<(), Error> {
         let located = self.read(port).await?.ok_or_else(|| missing("release", port))?;
         let row = &located.row;
         let ops = port::release_ops(row).map_err(|port::NotWired| {
@@ -359,6 +447,15 @@ impl OvsBackend {
     /// [`OvsBackend::observe_port`] for the router's port.
     pub async fn observe(&self, spec: &RouterSpec) -> Result<L2State, Error> {
         self.observe_port(port_name(spec)).await
+    }
+
+    /// [`OvsBackend::observe_port_for`] for the router's port.
+    pub async fn observe_for(
+        &self,
+        spec: &RouterSpec,
+        partial_matters: bool,
+    ) -> Result<L2State, Error> {
+        self.observe_port_for(port_name(spec), partial_matters).await
     }
 
     /// [`OvsBackend::hold_port`] for the router's port.
