@@ -11,16 +11,20 @@
 //! `IFLA_TARGET_NETNSID`), whose RTM_NEWLINK with operstate UP the kernel sends after the
 //! bridge has handled the change.
 //!
-//! Driven by events: one rtnetlink socket in the router's namespace subscribed to link
-//! changes of every namespace that has an id there (`NETLINK_LISTEN_ALL_NSID`, so the
-//! peer's too); both states are read once, then again on each link event, until both are
-//! up or the bound has passed.
+//! Driven by the namespace's own link events: one rtnetlink socket in the router's namespace
+//! subscribed to its link changes. Both states are read once, then again on each link
+//! event while the device is down; once it is up and only the peer is not, the peer is read
+//! again after 1, 2, 4, … ms (at most 50 ms apart), since the peer's events are sent in its
+//! own namespace. Listening there too (`NETLINK_LISTEN_ALL_NSID`) made every socket of a
+//! waiting router receive every link event of the peers' namespace: with a thousand
+//! routers taking over at once, whose peers share one namespace (a bridge's, the host's),
+//! that is a million events, overflowing the sockets and re-reading both devices for each.
+//! It also needs CAP_NET_BROADCAST, which the shipped unit and chart do not grant.
 
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::sys::AsyncSocket;
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::time::Instant;
 
@@ -43,28 +47,36 @@ pub enum Forwarding {
 /// has no `IFLA_TARGET_NETNSID`) counts as up: then only the device itself is waited for.
 pub async fn await_forwarding(netns: &Netns, device: &str, within: Duration) -> Forwarding {
     let start = Instant::now();
-    let opened = netns
-        .run(|| {
-            let (mut connection, handle, events) =
-                rtnetlink::new_multicast_connection(&[MulticastGroup::Link])?;
-            connection.socket_mut().socket_mut().set_listen_all_namespaces(true)?;
-            Ok((connection, handle, events))
-        })
-        .await;
+    let opened = netns.run(|| rtnetlink::new_multicast_connection(&[MulticastGroup::Link])).await;
     let Ok(((connection, handle, mut events), _)) = opened else { return Forwarding::Unknown };
     let task = tokio::spawn(connection);
     let _stop = AbortOnDrop(task);
     let deadline = start + within;
+    let mut peer_poll = PEER_POLL_FIRST;
     loop {
-        if let Some(linked) = forwards(&handle, device).await {
-            return Forwarding::Up { waited: start.elapsed(), linked };
-        }
-        match tokio::time::timeout_at(deadline, events.next()).await {
+        let wake = match forwards(&handle, device).await {
+            Check::Forwards { linked } => {
+                return Forwarding::Up { waited: start.elapsed(), linked };
+            }
+            Check::DeviceDown => deadline,
+            Check::PeerDown => {
+                let wake = Instant::now() + peer_poll;
+                peer_poll = (peer_poll * 2).min(PEER_POLL_MAX);
+                wake.min(deadline)
+            }
+        };
+        match tokio::time::timeout_at(wake, events.next()).await {
             Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => return Forwarding::TimedOut,
+            Ok(None) => return Forwarding::TimedOut,
+            Err(_) if Instant::now() >= deadline => return Forwarding::TimedOut,
+            Err(_) => continue,
         }
     }
 }
+
+/// The first and the longest pause between two reads of a peer that is not up yet.
+const PEER_POLL_FIRST: Duration = Duration::from_millis(1);
+const PEER_POLL_MAX: Duration = Duration::from_millis(50);
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -74,22 +86,35 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// `Some(linked)` once `device` is up and so is the device it is linked to (`linked`: there
-/// is one and it was read); `None` while either is not.
-async fn forwards(handle: &Handle, device: &str) -> Option<bool> {
-    let link = handle.link().get().match_name(device).execute().try_next().await.ok()??;
+/// What one read of the device and its peer found.
+enum Check {
+    /// The device is up and so is the device it is linked to (`linked`: there is one and it
+    /// was read).
+    Forwards { linked: bool },
+    /// The device is not up (or not there): its own events tell when that changes.
+    DeviceDown,
+    /// The device is up, the device it is linked to not yet.
+    PeerDown,
+}
+
+async fn forwards(handle: &Handle, device: &str) -> Check {
+    let link = handle.link().get().match_name(device).execute().try_next().await;
+    let Ok(Some(link)) = link else { return Check::DeviceDown };
     if !LinkInfo::from_message(&link).oper_up {
-        return None;
+        return Check::DeviceDown;
     }
-    let Some((index, nsid)) = linked_device(&link) else { return Some(false) };
+    let Some((index, nsid)) = linked_device(&link) else {
+        return Check::Forwards { linked: false };
+    };
     let mut request = handle.link().get().match_index(index);
     if let Some(nsid) = nsid {
         request.message_mut().attributes.push(LinkAttribute::IfNetnsId(nsid));
     }
     match request.execute().try_next().await {
-        Ok(Some(peer)) => LinkInfo::from_message(&peer).oper_up.then_some(true),
+        Ok(Some(peer)) if LinkInfo::from_message(&peer).oper_up => Check::Forwards { linked: true },
+        Ok(Some(_)) => Check::PeerDown,
         // Unreadable: only the device itself can be waited for.
-        Ok(None) | Err(_) => Some(false),
+        Ok(None) | Err(_) => Check::Forwards { linked: false },
     }
 }
 
