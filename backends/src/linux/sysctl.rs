@@ -8,7 +8,9 @@
 //! a sysctl that is already right is the common case on every reconcile pass.
 
 use std::fmt;
-use std::io;
+use std::fs::OpenOptions;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use hagw_core::observed::{Ipv6Conf, Ipv6Sysctl};
@@ -81,6 +83,10 @@ impl ProcError {
 
 fn read_value(path: &Path) -> Result<u32, ProcError> {
     let text = std::fs::read_to_string(path).map_err(|e| ProcError::io(path, e))?;
+    parse_value(path, &text)
+}
+
+fn parse_value(path: &Path, text: &str) -> Result<u32, ProcError> {
     text.trim().parse().map_err(|source| ProcError::Value {
         path: path.to_path_buf(),
         text: text.trim().to_string(),
@@ -88,12 +94,24 @@ fn read_value(path: &Path) -> Result<u32, ProcError> {
     })
 }
 
-/// Reads, compares and writes if different; returns whether it wrote.
+/// Reads, compares and writes if different; returns whether it wrote. One open serves both:
+/// each path walk under `/proc/sys` goes down hash chains as long as the number of
+/// namespaces, which made it a large part of a mass failover.
 fn write_if_different(path: &Path, value: u32) -> Result<bool, ProcError> {
-    if read_value(path)? == value {
+    let io = |e| ProcError::io(path, e);
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        // Not writable (a container's read-only /proc/sys): fine if there is nothing to write.
+        Err(_) if read_value(path).ok() == Some(value) => return Ok(false),
+        Err(e) => return Err(io(e)),
+    };
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io)?;
+    if parse_value(path, &text)? == value {
         return Ok(false);
     }
-    std::fs::write(path, format!("{value}\n")).map_err(|e| ProcError::io(path, e))?;
+    // At offset 0: the kernel ignores a sysctl write at any other position.
+    file.write_all_at(format!("{value}\n").as_bytes(), 0).map_err(io)?;
     Ok(true)
 }
 
