@@ -157,14 +157,16 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
             last_role = Some(role);
             let started = SystemTime::now();
             let t0 = Instant::now();
-            let result = reconcile_router(
+            // Boxed: a pass's future is several KiB and lives only while the pass runs;
+            // inline, it would be part of every idle worker (a thousand on a network node).
+            let result = Box::pin(reconcile_router(
                 &*self.dataplane,
                 &self.spec,
                 role,
                 &mut memory,
                 &self.config.retry,
                 Some(&self.kick),
-            )
+            ))
             .await;
             let duration = t0.elapsed();
             let (outcome, next, held, tx_packets) = match result {

@@ -3,10 +3,14 @@
 //! rtnetlink has no notion of namespaces: a netlink socket talks to the namespace it was
 //! created in. So the socket is created on a thread that joined the namespace
 //! ([`Netns::run`]) and its connection future then runs as an ordinary tokio task. Opening
-//! costs a thread, so connections are cached; an entry is dropped and re-opened when the
-//! namespace behind the name is a different instance (deleted and re-created: the old
-//! socket would keep talking to — and keeping alive — the dead namespace) or when its
+//! costs a trip to that thread, so connections are cached; an entry is dropped and re-opened
+//! when the namespace behind the name is a different instance (deleted and re-created: the
+//! old socket would keep talking to — and keeping alive — the dead namespace) or when its
 //! connection task has ended.
+//!
+//! A connection closes itself after [`IDLE`] without use: each holds a 64 KiB read and an
+//! 8 KiB write buffer (netlink-proto's), and a thousand namespaces that are only looked at
+//! by the periodic resync would otherwise keep a thousand of them resident for nothing.
 //!
 //! The kernel runs at most one dump per netlink socket (a second gets EBUSY, and parallel
 //! dumps can overflow the receive buffer: ENOBUFS), while the reconcile loop observes
@@ -18,10 +22,12 @@ use std::collections::HashMap;
 use std::io;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hagw_core::Error;
 use rtnetlink::Handle;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span};
 
 use super::error::{Target, from_io, from_netlink, is_connection_lost};
@@ -50,11 +56,18 @@ impl Deref for Conn {
     }
 }
 
+/// How long an unused connection stays open: longer than any pass between two of its
+/// requests, shorter than the resync interval, so a burst of passes shares one connection
+/// and an idle router holds none.
+pub const IDLE: Duration = Duration::from_secs(10);
+
 /// A live connection into one namespace instance.
 struct Entry {
     id: NetnsId,
     conn: Conn,
     task: JoinHandle<()>,
+    /// When [`ConnectionCache::handle`] last handed it out; its task ends [`IDLE`] after.
+    used: Arc<Mutex<Instant>>,
 }
 
 impl Drop for Entry {
@@ -130,10 +143,11 @@ impl ConnectionCache {
             return Ok(existing.conn.clone());
         }
         let span = info_span!("netlink", netns = netns.name());
-        let task = tokio::spawn(connection.instrument(span));
+        let used = Arc::new(Mutex::new(Instant::now()));
+        let task = tokio::spawn(until_idle(connection, Arc::clone(&used)).instrument(span));
         debug!(netns = netns.name(), "opened netlink connection");
         let conn = Conn { handle, dumps: Arc::default() };
-        entries.insert(netns.clone(), Entry { id, conn: conn.clone(), task });
+        entries.insert(netns.clone(), Entry { id, conn: conn.clone(), task, used });
         Ok(conn)
     }
 
@@ -143,11 +157,16 @@ impl ConnectionCache {
         let mut entries = self.lock();
         let entry = entries.get(netns)?;
         if entry.id == current && !entry.task.is_finished() {
+            *last_use(&entry.used) = Instant::now();
             return Some(entry.conn.clone());
         }
-        let reason =
-            if entry.id != current { "namespace was re-created" } else { "connection ended" };
-        info!(netns = netns.name(), reason, "reopening netlink connection");
+        if entry.id != current {
+            info!(netns = netns.name(), "namespace was re-created, reopening netlink connection");
+        } else if last_use(&entry.used).elapsed() >= IDLE {
+            debug!(netns = netns.name(), "reopening netlink connection closed while idle");
+        } else {
+            info!(netns = netns.name(), "netlink connection ended, reopening it");
+        }
         entries.remove(netns);
         None
     }
@@ -177,4 +196,27 @@ impl ConnectionCache {
         }
         from_netlink(op, target, err)
     }
+}
+
+/// Runs `connection` until it ends or has not been handed out for [`IDLE`]; ending the task
+/// closes the socket and frees its buffers.
+async fn until_idle(connection: impl Future<Output = ()>, used: Arc<Mutex<Instant>>) {
+    let idle = async {
+        loop {
+            let due = *last_use(&used) + IDLE;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    };
+    tokio::select! {
+        () = connection => {}
+        () = idle => {}
+    }
+}
+
+/// A poisoned lock still holds a valid instant.
+fn last_use(used: &Mutex<Instant>) -> std::sync::MutexGuard<'_, Instant> {
+    used.lock().unwrap_or_else(|p| p.into_inner())
 }
