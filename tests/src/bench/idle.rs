@@ -83,8 +83,8 @@ pub(super) fn measure(
     table.row(
         &format!("4 idle {secs:.0} s, {n} routers ({label}): RSS"),
         format!("{rss_mb:.1} MiB (peak {:.1} MiB)", after.hwm_kb as f64 / 1024.0),
-        "<= 30 MB",
-        Some(after.rss_kb as f64 * 1024.0 <= 30e6),
+        "<= 30 MiB",
+        Some(after.rss_kb <= 30 * 1024),
     );
     table.row(
         &format!("4 idle {secs:.0} s, {n} routers ({label}): CPU"),
