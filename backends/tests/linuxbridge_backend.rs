@@ -181,6 +181,45 @@ fn concurrent_holds_keep_one_rule_and_every_port() {
     })
 }
 
+/// A mass failover of a node: 300 routers hold, then release, all at once. Each wave must be
+/// a few `nft` runs, not one (or two) per router: with 1,000 routers that was 114 s for a
+/// cold start and a load average above 100 (docs/benchmarks.md). Counted with an `nft` that
+/// logs each run before it execs the real one.
+#[test]
+fn a_wave_of_holds_or_releases_is_a_few_nft_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs");
+    let wrapper = dir.path().join("nft");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\necho \"$*\" >> {}\nexec nft \"$@\"\n", log.display()),
+    )
+    .unwrap();
+    sh(&format!("chmod +x {}", wrapper.display()));
+    let runs = move || std::fs::read_to_string(&log).map(|l| l.lines().count()).unwrap_or(0);
+    in_fresh_netns(move || async move {
+        let lb = LinuxbridgeBackend::with_nft(Nft::at(wrapper.display().to_string()));
+        let ports: Vec<String> = (0..300).map(|i| format!("tap{i:05}")).collect();
+        let holds = ports.iter().map(|p| lb.hold_port(p));
+        for result in futures::future::join_all(holds).await {
+            result.expect("hold");
+        }
+        let held = runs();
+        assert!(held <= 4, "{held} nft runs for 300 holds");
+        let table = lb.table().await.unwrap();
+        assert!(ports.iter().all(|p| table.holds(p)) && table.is_complete());
+
+        let before = runs();
+        let releases = ports.iter().map(|p| lb.release_port(p));
+        for result in futures::future::join_all(releases).await {
+            result.expect("release");
+        }
+        let released = runs() - before;
+        assert!(released <= 6, "{released} nft runs for 300 releases");
+        assert!(lb.table().await.unwrap().held.is_empty());
+    })
+}
+
 #[test]
 fn a_missing_nft_binary_is_permanent_and_says_what_to_install() {
     in_fresh_netns(|| async {

@@ -10,19 +10,25 @@
 //! agents do can undo it, and it can be in place before the tap exists.
 //!
 //! - hold: one atomic `nft` transaction ensures table, set, chain and rule, and adds the tap
-//!   name to the set ([`nft::hold_script`]); it succeeds whether or not the tap exists.
+//!   name to the set ([`nft::batch_script`]); it succeeds whether or not the tap exists.
 //! - release: deletes the name from the set; the table stays for other held ports.
 //! - observe: held iff the structure is complete *and* the name is in the set; if someone
 //!   flushed the ruleset the table is gone, the port reads as released, and the planner
 //!   holds a standby again. Wired iff the tap is a forwarding port of the configured bridge
 //!   ([`wiring`]).
 //!
+//! Every router shares one table, so concurrent reads are one `nft list` and concurrent
+//! holds and releases one transaction ([`coalesce`]): a mass failover is a few `nft` runs,
+//! not one per router.
+//!
 //! Requirements: a kernel with `CONFIG_NF_TABLES_BRIDGE` and the `nft` binary (≥ 0.9 for
 //! JSON; tested with 1.0.6 on 6.18).
 
+mod coalesce;
 pub mod nft;
 pub mod wiring;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use hagw_core::Error;
@@ -30,8 +36,9 @@ use hagw_core::model::{L2BackendSpec, RouterSpec};
 use hagw_core::observed::{HoldState, L2State};
 use tracing::{debug, info, instrument, warn};
 
+use coalesce::Coalescer;
 pub use nft::{HoldTable, Nft};
-use nft::{NftFailure, hold_script, release_script, table_target};
+use nft::{NftFailure, batch_script, table_target};
 use wiring::OwnNetlink;
 
 /// The tap and bridge of a router with the `linuxbridge` backend.
@@ -51,12 +58,27 @@ fn element_target(port: &str) -> String {
     format!("nft set {} {} {} element {port}", nft::FAMILY, nft::TABLE, nft::SET)
 }
 
-/// The Linux bridge L2 backend for hagw's namespace. Clones share the netlink connection.
+/// The Linux bridge L2 backend for hagw's namespace. Clones share the netlink connection
+/// and the batching of `nft` runs.
 #[derive(Debug, Clone, Default)]
 pub struct LinuxbridgeBackend {
     nft: Nft,
     netlink: Arc<OwnNetlink>,
+    /// Every concurrent read of the table is one `nft list`.
+    reads: Arc<Coalescer<(), Result<HoldTable, NftFailure>>>,
+    /// Every concurrent hold and release is one `nft` transaction.
+    writes: Arc<Coalescer<Change, Arc<Outcomes>>>,
 }
+
+/// A hold or release of one port, batched with the others into one transaction.
+#[derive(Debug, Clone)]
+struct Change {
+    port: String,
+    hold: bool,
+}
+
+/// The result of a batch for each of its ports.
+type Outcomes = HashMap<String, Result<(), NftFailure>>;
 
 impl LinuxbridgeBackend {
     pub fn new() -> Self {
@@ -65,12 +87,18 @@ impl LinuxbridgeBackend {
 
     /// A backend that runs `nft` from another path.
     pub fn with_nft(nft: Nft) -> Self {
-        LinuxbridgeBackend { nft, netlink: Arc::default() }
+        LinuxbridgeBackend { nft, ..Self::default() }
     }
 
-    /// The table as it is now, for callers that report or alert on it.
+    /// The table as it is now (read after this call began), for callers that report or
+    /// alert on it.
     pub async fn table(&self) -> Result<HoldTable, Error> {
-        self.nft.list().await.map_err(|e| e.into_error("list", table_target()))
+        self.read().await.map_err(|e| e.into_error("list", table_target()))
+    }
+
+    async fn read(&self) -> Result<HoldTable, NftFailure> {
+        let nft = self.nft.clone();
+        self.reads.call((), move |_| async move { nft.list().await }).await
     }
 
     pub async fn observe(&self, spec: &RouterSpec) -> Result<L2State, Error> {
@@ -111,10 +139,7 @@ impl LinuxbridgeBackend {
     /// Adds `port` to the held set, (re)building the table in the same transaction.
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn hold_port(&self, port: &str) -> Result<(), Error> {
-        self.nft
-            .apply(&hold_script(port))
-            .await
-            .map_err(|e| e.into_error("hold", element_target(port)))?;
+        self.change(port, true).await.map_err(|e| e.into_error("hold", element_target(port)))?;
         info!(port, "held");
         Ok(())
     }
@@ -123,21 +148,70 @@ impl LinuxbridgeBackend {
     /// a retry after a lost reply, or a flushed ruleset, does not fail.
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn release_port(&self, port: &str) -> Result<(), Error> {
-        if !self.table().await?.holds(port) {
-            debug!("not held");
-            return Ok(());
+        self.change(port, false)
+            .await
+            .map_err(|e| e.into_error("release", element_target(port)))?;
+        info!(port, "released");
+        Ok(())
+    }
+
+    async fn change(&self, port: &str, hold: bool) -> Result<(), NftFailure> {
+        let nft = self.nft.clone();
+        let outcomes = self
+            .writes
+            .call(Change { port: port.to_owned(), hold }, move |changes| apply(nft, changes))
+            .await;
+        outcomes.get(port).cloned().unwrap_or(Ok(()))
+    }
+}
+
+/// Applies a batch of changes as one transaction; if the kernel refuses it, each change on
+/// its own, so that one port's failure is that port's alone.
+async fn apply(nft: Nft, changes: Vec<Change>) -> Arc<Outcomes> {
+    // A router's changes come one after another and two routers never share a tap, so a
+    // port appears once; were it twice, the later change is the one that stands.
+    let mut last: HashMap<String, bool> = HashMap::new();
+    for change in changes {
+        last.insert(change.port, change.hold);
+    }
+    let result = apply_together(&nft, &last).await;
+    let outcomes = match result {
+        Ok(()) => last.keys().map(|port| (port.clone(), Ok(()))).collect(),
+        Err(e) if last.len() == 1 => {
+            last.keys().map(|port| (port.clone(), Err(e.clone()))).collect()
         }
-        match self.nft.apply(&release_script(port)).await {
-            Ok(()) => {
-                info!(port, "released");
-                Ok(())
+        Err(e) => {
+            debug!(error = ?e, ports = last.len(), "batched nft transaction refused; one by one");
+            let mut outcomes = Outcomes::new();
+            for (port, hold) in last {
+                let one = HashMap::from([(port.clone(), hold)]);
+                outcomes.insert(port, apply_together(&nft, &one).await);
             }
-            // Deleted by someone else between our read and our write: released either way.
-            Err(NftFailure::NotFound(msg)) => {
-                debug!(msg, "element already gone");
-                Ok(())
-            }
-            Err(e) => Err(e.into_error("release", element_target(port))),
+            outcomes
         }
+    };
+    Arc::new(outcomes)
+}
+
+/// One `nft` transaction for `changes` (port → hold). Deleting a name the set does not hold
+/// would abort the whole transaction, so releases are checked against a fresh read first.
+async fn apply_together(nft: &Nft, changes: &HashMap<String, bool>) -> Result<(), NftFailure> {
+    let hold: Vec<&str> = changes.iter().filter(|(_, h)| **h).map(|(p, _)| p.as_str()).collect();
+    let mut release: Vec<&str> =
+        changes.iter().filter(|(_, h)| !**h).map(|(p, _)| p.as_str()).collect();
+    if !release.is_empty() {
+        let table = nft.list().await?;
+        release.retain(|port| table.holds(port));
+    }
+    if hold.is_empty() && release.is_empty() {
+        return Ok(());
+    }
+    match nft.apply(&batch_script(&hold, &release)).await {
+        // Released by someone else between our read and our write: released either way.
+        Err(NftFailure::NotFound(msg)) if hold.is_empty() => {
+            debug!(msg, "elements already gone");
+            Ok(())
+        }
+        other => other,
     }
 }

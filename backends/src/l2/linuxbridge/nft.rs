@@ -136,11 +136,13 @@ fn is_hold_rule(rule: &Value) -> bool {
         && verdict.get("drop").is_some()
 }
 
-/// One transaction that (re)builds the table around whatever is there and adds `port` to
-/// the set. `add` of an existing table, set or chain is a no-op; flushing the chain before
-/// adding the rule keeps exactly one rule however often this runs, and because the whole
-/// script commits atomically there is no instant without the rule.
-pub fn hold_script(port: &str) -> Value {
+/// One transaction that (re)builds the table around whatever is there, adds `hold` to the
+/// set and deletes `release` from it. With nothing to hold the table is left as it is (a
+/// release needs no table; deleting from a missing one fails, so callers pass only names
+/// the set holds). `add` of an existing table, set or chain is a no-op; flushing the chain
+/// before adding the rule keeps exactly one rule however often this runs, and because the
+/// whole script commits atomically there is no instant without the rule.
+pub fn batch_script(hold: &[&str], release: &[&str]) -> Value {
     let base = json!({"family": FAMILY, "table": TABLE});
     let with = |extra: Value| {
         let mut obj = base.clone();
@@ -149,31 +151,32 @@ pub fn hold_script(port: &str) -> Value {
             .extend(extra.as_object().expect("object literal").clone());
         obj
     };
-    json!({"nftables": [
-        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-        {"add": {"set": with(json!({"name": SET, "type": "ifname", "flags": [],
-                                    "stmt": [{"counter": null}]}))}},
-        {"add": {"chain": with(json!({"name": CHAIN, "type": "filter", "hook": "prerouting",
-                                      "prio": PRIORITY, "policy": "accept"}))}},
-        {"flush": {"chain": with(json!({"name": CHAIN}))}},
-        {"add": {"rule": with(json!({"chain": CHAIN, "expr": [
-            {"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
-                       "right": format!("@{SET}")}},
-            {"drop": null}
-        ]}))}},
-        {"add": {"element": with(json!({"name": SET, "elem": [port]}))}},
-    ]})
-}
-
-/// Removes `port` from the set; the table stays for the other held ports.
-pub fn release_script(port: &str) -> Value {
-    json!({"nftables": [
-        {"delete": {"element": {"family": FAMILY, "table": TABLE, "name": SET, "elem": [port]}}}
-    ]})
+    let mut commands = Vec::new();
+    if !hold.is_empty() {
+        commands.extend([
+            json!({"add": {"table": {"family": FAMILY, "name": TABLE}}}),
+            json!({"add": {"set": with(json!({"name": SET, "type": "ifname", "flags": [],
+                                              "stmt": [{"counter": null}]}))}}),
+            json!({"add": {"chain": with(json!({"name": CHAIN, "type": "filter",
+                                                "hook": "prerouting", "prio": PRIORITY,
+                                                "policy": "accept"}))}}),
+            json!({"flush": {"chain": with(json!({"name": CHAIN}))}}),
+            json!({"add": {"rule": with(json!({"chain": CHAIN, "expr": [
+                {"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
+                           "right": format!("@{SET}")}},
+                {"drop": null}
+            ]}))}}),
+            json!({"add": {"element": with(json!({"name": SET, "elem": hold}))}}),
+        ]);
+    }
+    if !release.is_empty() {
+        commands.push(json!({"delete": {"element": with(json!({"name": SET, "elem": release}))}}));
+    }
+    json!({"nftables": commands})
 }
 
 /// A failed `nft` run, before it is given an operation and target.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum NftFailure {
     /// The binary is not installed (or not on PATH).
     Missing,
@@ -354,12 +357,24 @@ mod tests {
     }
 
     #[test]
-    fn hold_script_is_one_transaction_ending_with_the_element() {
-        let script = hold_script("tap123");
+    fn a_hold_is_one_transaction_ending_with_the_elements() {
+        let script = batch_script(&["tap123", "tap456"], &[]);
         let cmds = script["nftables"].as_array().unwrap();
         assert_eq!(cmds.len(), 6);
         assert!(cmds[3].get("flush").is_some(), "the chain is flushed before its rule");
-        assert_eq!(cmds[5]["add"]["element"]["elem"][0], "tap123");
+        assert_eq!(cmds[5]["add"]["element"]["elem"], json!(["tap123", "tap456"]));
+    }
+
+    #[test]
+    fn a_release_only_deletes_elements_and_a_batch_does_both() {
+        let script = batch_script(&[], &["tap1"]);
+        assert_eq!(script["nftables"].as_array().unwrap().len(), 1);
+        assert_eq!(script["nftables"][0]["delete"]["element"]["elem"], json!(["tap1"]));
+        let script = batch_script(&["tap2"], &["tap1"]);
+        let cmds = script["nftables"].as_array().unwrap();
+        assert_eq!(cmds.len(), 7);
+        assert_eq!(cmds[6]["delete"]["element"]["elem"], json!(["tap1"]));
+        assert!(batch_script(&[], &[])["nftables"].as_array().unwrap().is_empty());
     }
 
     #[test]
