@@ -52,8 +52,15 @@ impl Spawned {
 
     /// A shell in a mount namespace of its own (as a container's), running `setup` and then
     /// staying until stopped; `args` are its `$0`, `$1`… (`$0` shows on its command line).
+    ///
+    /// Once `setup`'s effects show, the shell forks no more: it blocks reading a FIFO (made
+    /// before `setup`, on a tmpfs of its own namespace), not in a `sleep` loop. A fork has,
+    /// until it execs, the shell's command line and mount namespace, so a scan of processes
+    /// could find it — also after the shell was killed, as an orphan.
     pub fn contained(setup: &str, args: &[&str]) -> Self {
-        let script = format!("{setup} && while :; do sleep 1; done");
+        let script = format!(
+            "mount -t tmpfs hagw-test-block /mnt && mkfifo /mnt/block && {setup} && read x < /mnt/block"
+        );
         Self::start(
             Command::new("unshare")
                 .args(["--mount", "--propagation", "private", "sh", "-c", &script])
