@@ -186,13 +186,15 @@ fn a_dead_keepalived_makes_its_router_standby() -> Result<()> {
 
     // Killed and not yet reaped (a zombie), as after a crash; both files stay.
     let mut keepalived = keepalived;
+    // Only the exit can wake hagw in time: its resync is 60 s away. The bound is not a
+    // speed (a loaded machine took over 1 s); that is measured in docs/benchmarks.md.
     keepalived.crash()?;
-    eventually(Duration::from_secs(1), "standby once keepalived died", || Ok(!link_up(&gw)?))?;
+    eventually(Duration::from_secs(10), "standby once keepalived died", || Ok(!link_up(&gw)?))?;
     drop(keepalived);
     ensure!(std::fs::read_to_string(&state)? == "primary", "the state file stays stale");
 
     let _keepalived = StandInKeepalived::start(gw.lab.dir.path(), &pid_file)?;
-    eventually(Duration::from_secs(3), "primary again with keepalived back", serving)?;
+    eventually(Duration::from_secs(10), "primary again with keepalived back", serving)?;
     Ok(())
 }
 
