@@ -5,6 +5,8 @@
 //! pass rather than a startup failure; the client then reconnects by itself.
 //!
 //! - [`port`]: the pure rules (row → [`L2State`], the hold and release transactions),
+//! - `lookup`: the reads that find a port, naming the rows they select (a network node's
+//!   br-int lists 3,000+ ports),
 //! - [`ofport`]: the retag-proof half of the hold, OpenFlow `no-receive`, spoken over the
 //!   bridge's management socket by [`openflow`] (`ovs-ofctl` as the fallback),
 //! - `arrivals`: the planner's [`HoldOnArrival`] applied when a port arrives between passes
@@ -21,6 +23,7 @@
 pub mod applied;
 mod arrivals;
 pub mod dpflows;
+mod lookup;
 pub mod ofport;
 pub mod openflow;
 pub mod port;
@@ -39,8 +42,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::ovs_watch::{PortChanges, PortEvents};
 use crate::ovsdb::{
-    ClientConfig, Condition, Endpoint, InterfaceRow, Op, OvsdbClient, OvsdbError, PortRow,
-    VSWITCH_DB, Value,
+    ClientConfig, Endpoint, InterfaceRow, Op, OvsdbClient, OvsdbError, PortRow, VSWITCH_DB,
 };
 use arrivals::Arrivals;
 use dpflows::DatapathFlows;
@@ -189,24 +191,18 @@ impl OvsBackend {
         self.client.get_or_try_init(connect).await
     }
 
-    /// Reads the Port row named `port`, the bridge it is in and whether ovs-vswitchd has
-    /// attached it, in one transaction; `None` if there is no such row.
+    /// Reads the Port row named `port`, whether ovs-vswitchd has attached it and, where
+    /// `no-receive` needs it, the bridge it is in (see [`lookup`]); `None` if there is no
+    /// such row.
     async fn read(&self, port: &str) -> Result<Option<Located>, Error> {
         let client = self.client().await?;
-        let select = PortRow::select(vec![Condition::eq("name", port)]);
-        let bridges = Op::Select {
-            table: "Bridge".into(),
-            conditions: vec![],
-            columns: Some(vec!["name".into(), "ports".into(), "datapath_type".into()]),
-        };
-        let interfaces = InterfaceRow::select(vec![Condition::eq("name", port)]);
         let results = client
-            .transact(VSWITCH_DB, &[select, bridges, interfaces])
+            .transact(VSWITCH_DB, &lookup::port_ops(port))
             .await
             .map_err(|e| ovs_error("read", port, e))?;
         let mut results = results.into_iter().map(|r| r.rows.unwrap_or_default());
         let mut next = || results.next().unwrap_or_default();
-        let (rows, bridges, interfaces) = (next(), next(), next());
+        let (rows, interfaces) = (next(), next());
         let row = match rows.as_slice() {
             [] => return Ok(None),
             [row] => PortRow::from_row(None, row).map_err(|e| ovs_error("read", port, e))?,
@@ -221,7 +217,16 @@ impl OvsBackend {
         let attached = interfaces.iter().any(|iface| {
             InterfaceRow::from_row(None, iface).is_ok_and(|i| i.ofport.is_some_and(|n| n > 0))
         });
-        let (bridge, datapath) = bridge_of(&bridges, &row).unzip();
+        // Only an attached port's bridge is used: for `no-receive` and the datapath purge.
+        if !attached || self.no_recv.is_none() {
+            return Ok(Some(Located { bridge: None, datapath: None, row, attached }));
+        }
+        let bridges = client
+            .transact(VSWITCH_DB, &[lookup::bridge_op(&row.uuid)])
+            .await
+            .map_err(|e| ovs_error("read", port, e))?;
+        let bridges = bridges.into_iter().next().and_then(|r| r.rows).unwrap_or_default();
+        let (bridge, datapath) = lookup::bridge_of(&bridges).unzip();
         Ok(Some(Located { bridge, datapath, row, attached }))
     }
 
@@ -481,25 +486,8 @@ fn no_receive_error(operation: &str, port: &str, e: NoReceiveError) -> Error {
     }
 }
 
-/// The bridge whose `ports` hold `port_uuid` and the name of its datapath
-/// ([`dpflows::datapath_name`]), from a select of every Bridge's `name`, `ports`,
-/// `datapath_type`.
-fn bridge_of(bridges: &[crate::ovsdb::JsonRow], port: &PortRow) -> Option<(String, String)> {
-    let atoms = |row: &crate::ovsdb::JsonRow, column: &str| {
-        Value::from_json(row.get(column)?).ok()?.into_atoms().ok()
-    };
-    bridges.iter().find_map(|row| {
-        let ports = atoms(row, "ports")?;
-        if !ports.iter().any(|atom| atom.as_uuid() == Some(&port.uuid)) {
-            return None;
-        }
-        let name = atoms(row, "name")?.first()?.as_str()?.to_owned();
-        let kind = atoms(row, "datapath_type").and_then(|t| Some(t.first()?.as_str()?.to_owned()));
-        Some((name, dpflows::datapath_name(kind.as_deref().unwrap_or_default())))
-    })
-}
-
-/// A Port row and the bridge it is in (`None` while no Bridge lists it yet).
+/// A Port row and the bridge it is in (`None` while no Bridge lists it yet, or where it is
+/// not needed: see [`OvsBackend::read`]).
 #[derive(Debug, Clone)]
 struct Located {
     row: PortRow,
