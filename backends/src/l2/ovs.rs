@@ -23,6 +23,7 @@
 pub mod applied;
 mod arrivals;
 pub mod dpflows;
+mod listings;
 mod lookup;
 pub mod ofport;
 pub mod openflow;

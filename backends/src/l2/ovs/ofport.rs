@@ -16,10 +16,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use thiserror::Error;
 use tokio::process::Command;
 
+use super::listings::Listings;
 use super::openflow::{self, OpenFlowError};
 
 /// Where ovs-vswitchd puts its sockets when `OVS_RUNDIR` is not set.
@@ -45,7 +47,7 @@ pub enum NoReceiveError {
     /// Talking OpenFlow to the bridge failed: vswitchd down or restarting (no management
     /// socket), or it refused the change.
     #[error("OpenFlow to bridge {bridge}: {source}")]
-    OpenFlow { bridge: String, source: OpenFlowError },
+    OpenFlow { bridge: String, source: Arc<OpenFlowError> },
 }
 
 impl NoReceiveError {
@@ -71,16 +73,18 @@ pub fn rundir_for(endpoint: &str, env_rundir: Option<&str>) -> PathBuf {
 }
 
 /// `no-receive` on the ports of one ovs-vswitchd's bridges: over each bridge's management
-/// socket ([`openflow`]), with `ovs-ofctl` as the fallback.
+/// socket ([`openflow`]), with `ovs-ofctl` as the fallback. Clones share the bridges'
+/// port listings ([`Listings`]).
 #[derive(Debug, Clone)]
 pub struct NoReceive {
     rundir: PathBuf,
     program: String,
+    listings: Arc<Listings>,
 }
 
 impl NoReceive {
     pub fn new(rundir: impl Into<PathBuf>) -> Self {
-        Self { rundir: rundir.into(), program: "ovs-ofctl".into() }
+        Self { rundir: rundir.into(), program: "ovs-ofctl".into(), listings: Arc::default() }
     }
 
     /// The `ovs-ofctl` to run for the fallback. A program that does not exist turns every
@@ -125,12 +129,24 @@ impl NoReceive {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The OpenFlow port named `port` in `bridge`, from a listing shared with concurrent
+    /// callers; `None` where the fallback must answer (not listed, or no OpenFlow 1.3).
+    async fn find(
+        &self,
+        bridge: &str,
+        port: &str,
+    ) -> Result<Option<openflow::Port>, NoReceiveError> {
+        match self.listings.ports(&self.socket(bridge)).await {
+            Ok(ports) => Ok(ports.iter().find(|p| p.name == port).cloned()),
+            Err(e) if matches!(*e, OpenFlowError::VersionRefused(_)) => Ok(None),
+            Err(source) => Err(NoReceiveError::OpenFlow { bridge: bridge.into(), source }),
+        }
+    }
+
     /// Whether `port` of `bridge` has `no-receive` set.
     pub async fn get(&self, bridge: &str, port: &str) -> Result<bool, NoReceiveError> {
-        match openflow::port(&self.socket(bridge), port).await {
-            Ok(Some(found)) => return Ok(found.no_receive()),
-            Ok(None) | Err(OpenFlowError::VersionRefused(_)) => {}
-            Err(source) => return Err(NoReceiveError::OpenFlow { bridge: bridge.into(), source }),
+        if let Some(found) = self.find(bridge, port).await? {
+            return Ok(found.no_receive());
         }
         let out = self.run(&["dump-ports-desc", &self.target(bridge)]).await?;
         port_no_receive(&out, port)
@@ -144,10 +160,15 @@ impl NoReceive {
         port: &str,
         no_receive: bool,
     ) -> Result<(), NoReceiveError> {
-        match openflow::set_no_receive(&self.socket(bridge), port, no_receive).await {
-            Ok(true) => return Ok(()),
-            Ok(false) | Err(OpenFlowError::VersionRefused(_)) => {}
-            Err(source) => return Err(NoReceiveError::OpenFlow { bridge: bridge.into(), source }),
+        if let Some(found) = self.find(bridge, port).await? {
+            // Its number and address as listed: a port re-created since has another
+            // address, which the switch refuses (and the caller retries).
+            return openflow::port_mod(&self.socket(bridge), &found, no_receive).await.map_err(
+                |source| NoReceiveError::OpenFlow {
+                    bridge: bridge.into(),
+                    source: Arc::new(source),
+                },
+            );
         }
         let config = if no_receive { "no-receive" } else { "receive" };
         match self.run(&["mod-port", &self.target(bridge), port, config]).await {

@@ -384,6 +384,11 @@ pub async fn port(socket: &Path, port: &str) -> Result<Option<Port>, OpenFlowErr
     Ok(ports(socket).await?.into_iter().find(|p| p.name == port))
 }
 
+/// Sets or clears `no-receive` on `port` as a listing described it.
+pub async fn port_mod(socket: &Path, port: &Port, on: bool) -> Result<(), OpenFlowError> {
+    timed(async { Session::open(socket).await?.set_no_receive(port, on).await }).await
+}
+
 /// Sets or clears `no-receive` on `port`; `Ok(false)` if the bridge lists no such port.
 pub async fn set_no_receive(socket: &Path, port: &str, on: bool) -> Result<bool, OpenFlowError> {
     timed(async {
