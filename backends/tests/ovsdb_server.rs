@@ -278,3 +278,35 @@ async fn connect_to_missing_server_is_transient() {
     let err = OvsdbClient::connect(&endpoint).await.unwrap_err();
     assert!(err.is_transient() && err.to_string().contains("absent.sock"), "{err}");
 }
+
+/// ovsdb-server reads no request while a reply to the client is unsent. A burst of requests
+/// (a pass over 1,000 routers) fills both directions of the socket; a client that stops
+/// reading replies while it waits to write the next request deadlocks with the server, and
+/// every request times out.
+#[tokio::test]
+async fn a_burst_larger_than_the_socket_buffers_is_answered() {
+    let server = Server::unix();
+    let client = client(&server).await;
+    create_port(&client, PORT).await;
+    // ~2 KB each way per request: 1,000 of them are far beyond the buffers of a unix socket.
+    let note = "x".repeat(2048);
+    let marked = Op::Mutate {
+        table: "Port".into(),
+        conditions: by_name(PORT),
+        mutations: vec![Mutation::new(
+            "external_ids",
+            Mutator::Insert,
+            Value::map([("note", note.as_str())]),
+        )],
+    };
+    client.transact(VSWITCH_DB, &[marked]).await.unwrap();
+    let burst = (0..1000).map(|i| {
+        let client = client.clone();
+        let ops = [Op::Comment(format!("{i} {note}")), PortRow::select(by_name(PORT))];
+        async move { client.transact(VSWITCH_DB, &ops).await }
+    });
+    for result in futures::future::join_all(burst).await {
+        let rows = result.unwrap()[1].rows.clone().unwrap();
+        assert_eq!(rows.len(), 1);
+    }
+}

@@ -1,7 +1,8 @@
 //! The connection actor and its cheap-to-clone handle.
 //!
-//! One task owns the socket so that requests from many callers, server `echo` probes and monitor
-//! notifications are multiplexed without locks: callers send a command and wait on a oneshot.
+//! One task owns the connection so that requests from many callers, server `echo` probes and
+//! monitor notifications are multiplexed without locks: callers send a command and wait on a
+//! oneshot. Its writes go through a task of their own (see [`Conn`]), so it never stops reading.
 //! The task reconnects with exponential backoff and re-issues every monitor, so a monitor stream
 //! survives an ovsdb-server restart (it sees `Disconnected` then `Resync`).
 
@@ -10,9 +11,11 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value as Json, json};
+use tokio::io::ReadHalf;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, info, warn};
 
 use super::codec::JsonRpcCodec;
@@ -182,7 +185,55 @@ struct Actor {
     monitors: BTreeMap<String, Monitor>,
 }
 
-type Conn = Framed<Box<dyn Io>, JsonRpcCodec>;
+/// One connection: the actor reads, a task of its own writes. Writing in the actor would
+/// deadlock under load: ovsdb-server reads no request while a reply to us is unsent, so an
+/// actor blocked on a full socket (1,000 routers' reads at once) stopped reading the replies
+/// the server was blocked on, and every request timed out.
+struct Conn {
+    reader: FramedRead<ReadHalf<Box<dyn Io>>, JsonRpcCodec>,
+    out: mpsc::UnboundedSender<Json>,
+    writer: JoinHandle<Result<()>>,
+}
+
+impl Conn {
+    fn new(io: Box<dyn Io>) -> Self {
+        let (read, write) = tokio::io::split(io);
+        let (out, mut queued) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(async move {
+            let mut sink = FramedWrite::new(write, JsonRpcCodec::default());
+            while let Some(msg) = queued.recv().await {
+                sink.feed(msg).await?;
+                // Everything queued meanwhile goes out in the same flush.
+                while let Ok(msg) = queued.try_recv() {
+                    sink.feed(msg).await?;
+                }
+                sink.flush().await?;
+            }
+            Ok(())
+        });
+        Self { reader: FramedRead::new(read, JsonRpcCodec::default()), out, writer }
+    }
+
+    /// Queues a message for the writer; fails once the writer has ended (a write failed).
+    fn send(&self, msg: Json) -> Result<()> {
+        self.out.send(msg).map_err(|_| OvsdbError::ConnectionLost("write failed".into()))
+    }
+}
+
+/// Why a connection's writer ended: the write that failed.
+fn write_failed(ended: std::result::Result<Result<()>, tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(())) => "writer ended".into(),
+        Err(e) => format!("writer task: {e}"),
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}
 
 /// Why `serve` returned.
 enum End {
@@ -204,7 +255,7 @@ impl Actor {
                     None => return,
                 },
             };
-            match self.serve(Framed::new(conn, JsonRpcCodec::default()), resync).await {
+            match self.serve(Conn::new(conn), resync).await {
                 End::Shutdown => return,
                 End::Lost { reason, healthy } => {
                     warn!(endpoint = %self.endpoint, %reason, "OVSDB connection lost");
@@ -288,7 +339,8 @@ impl Actor {
                         return lost(e.to_string(), healthy);
                     }
                 }
-                msg = conn.next() => {
+                ended = &mut conn.writer => return lost(write_failed(ended), healthy),
+                msg = conn.reader.next() => {
                     let json = match msg {
                         None => return lost("server closed the connection".into(), healthy),
                         Some(Err(e)) => return lost(e.to_string(), healthy),
@@ -325,7 +377,7 @@ impl Actor {
         self.next_id += 1;
         self.pending.insert(id, pending);
         debug!(id, method, "OVSDB request");
-        conn.send(json!({"id": id, "method": method, "params": params})).await
+        conn.send(json!({"id": id, "method": method, "params": params}))
     }
 
     async fn command(&mut self, conn: &mut Conn, cmd: Command) -> Result<()> {
@@ -356,13 +408,11 @@ impl Actor {
         if let Some(method) = obj.get("method").and_then(Json::as_str) {
             let params = obj.get("params").cloned().unwrap_or(Json::Null);
             return match (method, id.is_null()) {
-                ("echo", false) => {
-                    conn.send(json!({"id": id, "result": params, "error": null})).await
-                }
+                ("echo", false) => conn.send(json!({"id": id, "result": params, "error": null})),
                 ("update", true) => self.update(conn, &params).await,
                 (_, false) => {
                     debug!(method, "refusing unsupported server request");
-                    conn.send(json!({"id": id, "result": null, "error": "unknown method"})).await
+                    conn.send(json!({"id": id, "result": null, "error": "unknown method"}))
                 }
                 (_, true) => {
                     debug!(method, "ignoring server notification");
