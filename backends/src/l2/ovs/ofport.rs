@@ -160,15 +160,11 @@ impl NoReceive {
         port: &str,
         no_receive: bool,
     ) -> Result<(), NoReceiveError> {
-        if let Some(found) = self.find(bridge, port).await? {
-            // Its number and address as listed: a port re-created since has another
-            // address, which the switch refuses (and the caller retries).
-            return openflow::port_mod(&self.socket(bridge), &found, no_receive).await.map_err(
-                |source| NoReceiveError::OpenFlow {
-                    bridge: bridge.into(),
-                    source: Arc::new(source),
-                },
-            );
+        match self.listings.set(&self.socket(bridge), port, no_receive).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) if matches!(*e, OpenFlowError::VersionRefused(_)) => {}
+            Err(source) => return Err(NoReceiveError::OpenFlow { bridge: bridge.into(), source }),
         }
         let config = if no_receive { "no-receive" } else { "receive" };
         match self.run(&["mod-port", &self.target(bridge), port, config]).await {

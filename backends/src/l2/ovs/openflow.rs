@@ -350,18 +350,29 @@ impl Session {
         }
     }
 
-    async fn set_no_receive(&mut self, port: &Port, on: bool) -> Result<(), OpenFlowError> {
-        let xid = self.send(OFPT_PORT_MOD, &port_mod_body(port, on)).await?;
-        // A PORT_MOD has no reply. The switch handles requests in order, so an error for it
-        // comes before the barrier's reply, and the reply means the change is in place.
+    /// Sets or clears `no-receive` on each port, with one barrier for all: the outcome of
+    /// each, in order.
+    async fn set_many(
+        &mut self,
+        changes: &[(&Port, bool)],
+    ) -> Result<Vec<Result<(), OpenFlowError>>, OpenFlowError> {
+        let mut xids = Vec::with_capacity(changes.len());
+        for (port, on) in changes {
+            xids.push(self.send(OFPT_PORT_MOD, &port_mod_body(port, *on)).await?);
+        }
+        // A PORT_MOD has no reply. The switch handles requests in order, so an error for one
+        // comes before the barrier's reply, and the reply means every change is in place.
         let barrier = self.send(OFPT_BARRIER_REQUEST, &[]).await?;
+        let mut outcomes: Vec<Result<(), OpenFlowError>> = changes.iter().map(|_| Ok(())).collect();
         loop {
             let msg = self.next().await?;
-            if msg.kind == OFPT_ERROR && msg.xid == xid {
-                return Err(msg.refused());
+            if msg.kind == OFPT_ERROR
+                && let Some(i) = xids.iter().position(|x| *x == msg.xid)
+            {
+                outcomes[i] = Err(msg.refused());
             }
             if msg.kind == OFPT_BARRIER_REPLY && msg.xid == barrier {
-                return Ok(());
+                return Ok(outcomes);
             }
         }
     }
@@ -384,9 +395,42 @@ pub async fn port(socket: &Path, port: &str) -> Result<Option<Port>, OpenFlowErr
     Ok(ports(socket).await?.into_iter().find(|p| p.name == port))
 }
 
-/// Sets or clears `no-receive` on `port` as a listing described it.
-pub async fn port_mod(socket: &Path, port: &Port, on: bool) -> Result<(), OpenFlowError> {
-    timed(async { Session::open(socket).await?.set_no_receive(port, on).await }).await
+/// What one [`exchange`] found and did.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Every port of the bridge, as listed before the changes.
+    pub ports: Vec<Port>,
+    /// Per change: `Ok(false)` if the bridge lists no such port.
+    pub changes: Vec<Result<bool, OpenFlowError>>,
+}
+
+/// One session for many callers: lists the bridge's ports, then sets or clears `no-receive`
+/// on each `(port, on)` that is listed, with one barrier for all.
+pub async fn exchange(
+    socket: &Path,
+    changes: &[(String, bool)],
+) -> Result<Exchange, OpenFlowError> {
+    timed(async {
+        let mut session = Session::open(socket).await?;
+        let ports = session.ports().await?;
+        let find = |name: &str| ports.iter().find(|p| p.name == name);
+        let listed: Vec<(&Port, bool)> =
+            changes.iter().filter_map(|(name, on)| Some((find(name)?, *on))).collect();
+        let done = match listed.is_empty() {
+            true => vec![],
+            false => session.set_many(&listed).await?,
+        };
+        let mut done = done.into_iter();
+        let changes = changes
+            .iter()
+            .map(|(name, _)| match find(name) {
+                Some(_) => done.next().expect("one outcome per listed change").map(|()| true),
+                None => Ok(false),
+            })
+            .collect();
+        Ok(Exchange { ports, changes })
+    })
+    .await
 }
 
 /// Sets or clears `no-receive` on `port`; `Ok(false)` if the bridge lists no such port.
@@ -395,7 +439,7 @@ pub async fn set_no_receive(socket: &Path, port: &str, on: bool) -> Result<bool,
         let mut session = Session::open(socket).await?;
         let ports = session.ports().await?;
         let Some(found) = ports.iter().find(|p| p.name == port) else { return Ok(false) };
-        session.set_no_receive(found, on).await?;
+        session.set_many(&[(found, on)]).await?.remove(0)?;
         Ok(true)
     })
     .await
