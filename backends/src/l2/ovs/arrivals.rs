@@ -55,22 +55,37 @@ impl Arrivals {
     }
 }
 
-/// The ports `event` means to hold under `decisions`: an arrived port the planner holds on
-/// arrival, and after an OVSDB reconnect or an ovs-vswitchd restart (which may have lost a
-/// hold with nothing to see in OVSDB) every port it keeps held. Anything else is the passes'.
+/// Whether `event` means to hold a port whose standing decision is `hold`: an arrived port
+/// the planner holds on arrival, and after an OVSDB reconnect or an ovs-vswitchd restart
+/// (which may have lost a hold with nothing to see in OVSDB) a port it keeps held. Anything
+/// else is the passes'.
+fn due(event: &PortEvent, hold: Option<&HoldOnArrival>) -> bool {
+    match event {
+        PortEvent::Change(PortChange::Arrived(_)) => {
+            hold.is_some_and(|h| *h != HoldOnArrival::Never)
+        }
+        PortEvent::Change(PortChange::Resync) | PortEvent::Restarted(_) => {
+            hold == Some(&HoldOnArrival::Always)
+        }
+        PortEvent::Change(PortChange::Port(_)) | PortEvent::Recheck => false,
+    }
+}
+
+/// The ports `event` means to hold under `decisions` (see [`due`]).
 fn to_hold(event: &PortEvent, decisions: &BTreeMap<String, HoldOnArrival>) -> Vec<String> {
     match event {
-        PortEvent::Change(PortChange::Arrived(port)) => decisions
-            .get(port)
-            .filter(|hold| **hold != HoldOnArrival::Never)
-            .map(|_| vec![port.clone()])
-            .unwrap_or_default(),
-        PortEvent::Change(PortChange::Resync) | PortEvent::Restarted(_) => decisions
+        PortEvent::Change(PortChange::Arrived(port)) => {
+            if due(event, decisions.get(port)) {
+                vec![port.clone()]
+            } else {
+                vec![]
+            }
+        }
+        _ => decisions
             .iter()
-            .filter(|(_, hold)| **hold == HoldOnArrival::Always)
+            .filter(|(_, hold)| due(event, Some(hold)))
             .map(|(port, _)| port.clone())
             .collect(),
-        PortEvent::Change(PortChange::Port(_)) | PortEvent::Recheck => Vec::new(),
     }
 }
 
@@ -84,8 +99,15 @@ async fn apply(backend: OvsBackend, decisions: watch::Receiver<BTreeMap<String, 
         tokio::time::sleep(RETRY_WATCH).await;
     };
     while let Some(event) = events.next().await {
-        let due = to_hold(&event, &decisions.borrow());
-        for port in due {
+        let ports = to_hold(&event, &decisions.borrow());
+        for port in ports {
+            // After a resync that is every held port, one hold after the other: a router
+            // that turned primary meanwhile has withdrawn its decision, and its released
+            // port must not be held again (seen in a mass failover of 1,000 routers).
+            if !due(&event, decisions.borrow().get(&port)) {
+                debug!(port, "no longer held on arrival, skipped");
+                continue;
+            }
             hold(&backend, &port).instrument(info_span!("arrival", target = %target(&port))).await;
         }
     }
@@ -137,5 +159,17 @@ mod tests {
         ] {
             assert_eq!(to_hold(&event, &decisions), due, "{event:?}");
         }
+    }
+
+    #[test]
+    fn a_decision_withdrawn_during_a_resync_stops_its_hold() {
+        let resync = PortEvent::Change(PortChange::Resync);
+        assert!(due(&resync, Some(&HoldOnArrival::Always)));
+        // The router turned primary: its plan withdrew the decision (`Never` removes it).
+        assert!(!due(&resync, None));
+        assert!(!due(&resync, Some(&HoldOnArrival::NewPort)));
+        let arrived = PortEvent::Change(PortChange::Arrived("qg-1".into()));
+        assert!(due(&arrived, Some(&HoldOnArrival::NewPort)));
+        assert!(!due(&arrived, None));
     }
 }
