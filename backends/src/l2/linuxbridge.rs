@@ -161,7 +161,11 @@ impl LinuxbridgeBackend {
             .writes
             .call(Change { port: port.to_owned(), hold }, move |changes| apply(nft, changes))
             .await;
-        outcomes.get(port).cloned().unwrap_or(Ok(()))
+        // Every change of a batch has its outcome; were one missing, the change is not known
+        // to be done, and reporting it done could leave a primary held: a retry decides.
+        outcomes.get(port).cloned().unwrap_or_else(|| {
+            Err(NftFailure::Io(format!("the batch returned no outcome for {port}")))
+        })
     }
 }
 
