@@ -12,12 +12,33 @@ use hagw_e2e::disrupt::{self, Pinger};
 use hagw_e2e::hagw_bin;
 use hagw_e2e::k8s::wait_for;
 use hagw_e2e::keepalived::{FIP, KaLab, Wiring};
-use hagw_e2e::node::{IMAGE_TAG, Node, Release, node};
+use hagw_e2e::node::{HaRouter, IMAGE_TAG, Node, Release, node};
 
 /// The tests here share the one node and its DaemonSet: one at a time.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What every test here starts from: the node to itself, a two-node keepalived lab on OVS
+/// whose second node the chart's DaemonSet serves, and keepalived booted. Tests destructure
+/// it into locals in field order, so these drop in reverse: the router, release and lab
+/// first, the serial guard last.
+struct Served {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    node: &'static Node,
+    lab: KaLab,
+    release: Release<'static>,
+    harouter: HaRouter<'static>,
+}
+
+fn served() -> Result<Served> {
+    let _serial = serial();
+    let node = node();
+    let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
+    let (release, harouter) = node.serve_lab_node(&lab, 1, &[])?;
+    lab.boot()?;
+    Ok(Served { _serial, node, lab, release, harouter })
 }
 
 /// Waits until the router's status entry (written by the current agent) says `role`, and
@@ -55,11 +76,7 @@ fn wait_vip(lab: &KaLab, i: usize) -> Result<()> {
 
 #[test]
 fn restarts_upgrades_and_crashes_leak_nothing_and_lose_no_ping() -> Result<()> {
-    let _serial = serial();
-    let node = node();
-    let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
-    let (release, harouter) = node.serve_lab_node(&lab, 1, &[])?;
-    lab.boot()?;
+    let Served { _serial, node, mut lab, release, harouter } = served()?;
     let mut tag = IMAGE_TAG.to_string();
 
     for what in disrupt::ALL {
@@ -99,11 +116,7 @@ fn restarts_upgrades_and_crashes_leak_nothing_and_lose_no_ping() -> Result<()> {
 /// traffic through the new primary is printed (docs/kubernetes.md, "Agent absent").
 #[test]
 fn an_absent_agent_keeps_a_promoted_standby_dark_until_it_returns() -> Result<()> {
-    let _serial = serial();
-    let node = node();
-    let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
-    let (release, harouter) = node.serve_lab_node(&lab, 1, &[])?;
-    lab.boot()?;
+    let Served { _serial, node, mut lab, release, harouter } = served()?;
     select(&release, ABSENT)?;
     lab.nodes[0].crash_keepalived();
     wait_vip(&lab, 1)?;
@@ -139,11 +152,7 @@ fn an_absent_agent_keeps_a_promoted_standby_dark_until_it_returns() -> Result<()
 /// gone. The standby never speaks.
 #[test]
 fn a_host_agent_beside_the_pod_waits_for_it_and_takes_over() -> Result<()> {
-    let _serial = serial();
-    let node = node();
-    let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
-    let (release, harouter) = node.serve_lab_node(&lab, 1, &[])?;
-    lab.boot()?;
+    let Served { _serial, node, mut lab, release, harouter } = served()?;
     wait_reported(node, &harouter.name, "standby")?;
     let link_up = |lab: &KaLab| -> Result<bool> {
         let n = &lab.nodes[1];
@@ -186,11 +195,7 @@ fn a_host_agent_beside_the_pod_waits_for_it_and_takes_over() -> Result<()> {
 /// the legacy IPv6 forwarding, which answers MLD queries), counted and printed, not judged.
 #[test]
 fn an_uninstall_hands_back_and_a_failover_works_without_hagw() -> Result<()> {
-    let _serial = serial();
-    let node = node();
-    let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
-    let (release, harouter) = node.serve_lab_node(&lab, 1, &[])?;
-    lab.boot()?;
+    let Served { _serial, node, mut lab, release, harouter } = served()?;
     wait_reported(node, &harouter.name, "standby")?;
     let pod = release.pod()?;
     let context = &pod["spec"]["containers"][0]["securityContext"];
@@ -245,11 +250,7 @@ fn an_uninstall_hands_back_and_a_failover_works_without_hagw() -> Result<()> {
 /// node then carries traffic. No frame from the standby while held or after its release.
 #[test]
 fn release_from_the_state_dir_hands_back_where_no_agent_ran_at_uninstall() -> Result<()> {
-    let _serial = serial();
-    let node = node();
-    let mut lab = KaLab::prepare(Wiring::Ovs, [true, false])?;
-    let (release, harouter) = node.serve_lab_node(&lab, 1, &[])?;
-    lab.boot()?;
+    let Served { _serial, node, mut lab, release, harouter } = served()?;
     wait_reported(node, &harouter.name, "standby")?;
     select(&release, ABSENT)?;
     node.helm(&["uninstall", &release.name, "-n", &release.namespace, "--wait"])?;
