@@ -89,10 +89,6 @@ impl Ctx {
         Ok(())
     }
 
-    pub(super) fn start_hagw(&self, config: &Path) -> Result<Child> {
-        self.start_hagw_in(config, None, &[])
-    }
-
     /// `hagw run` in network namespace `netns` (`ip netns exec`, which execs it: the child's
     /// pid is hagw's), with `env` added.
     pub(super) fn start_hagw_in(

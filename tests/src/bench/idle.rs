@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::Opts;
 use super::log::Log;
 use super::stats::Table;
 use crate::lab::sh;
@@ -52,45 +51,63 @@ pub(super) fn clk_tck() -> f64 {
     sh("getconf CLK_TCK").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(100.0)
 }
 
-/// RSS and CPU of the agent (`pid`) over `--idle-secs`.
+/// What the idle window gave.
+pub(super) struct Idle {
+    pub(super) secs: f64,
+    pub(super) rss_mib: f64,
+    /// VmHWM: the process's peak RSS so far (cold start and mass failover included).
+    pub(super) peak_mib: f64,
+    pub(super) cpu_s: f64,
+}
+
+impl Idle {
+    pub(super) fn rows(&self, table: &mut Table) {
+        table.row(
+            &format!("idle {:.0} s after the mass failover: RSS", self.secs),
+            format!("{:.1} MiB (peak {:.1} MiB)", self.rss_mib, self.peak_mib),
+            "<= 30 MiB",
+            Some(self.rss_mib <= 30.0),
+        );
+        table.row(
+            &format!("idle {:.0} s after the mass failover: CPU", self.secs),
+            format!("{:.2} s = {:.2} % of a core", self.cpu_s, 100.0 * self.cpu_s / self.secs),
+            "~0",
+            None,
+        );
+    }
+}
+
+/// RSS and CPU of the agent (`pid`) with `n` routers over `secs`.
 pub(super) fn measure(
-    opts: &Opts,
-    label: &str,
+    n: usize,
+    secs: u64,
     pid: u32,
     log: &Log,
-    table: &mut Table,
     notes: &mut Vec<String>,
-) -> Result<()> {
-    let n = opts.routers;
-    eprintln!("idle: {} s ...", opts.idle_secs);
+) -> Result<Idle> {
+    eprintln!("idle: {secs} s ...");
     let before = proc_sample(pid)?;
     let lines_before = log.len();
-    std::thread::sleep(Duration::from_secs(opts.idle_secs));
+    std::thread::sleep(Duration::from_secs(secs));
     let after = proc_sample(pid)?;
     let secs = after.at.duration_since(before.at).as_secs_f64();
     let cpu_s = (after.ticks - before.ticks) as f64 / clk_tck();
-    let cpu_pct = 100.0 * cpu_s / secs;
-    let rss_mb = after.rss_kb as f64 / 1024.0;
+    let idle = Idle {
+        secs,
+        rss_mib: after.rss_kb as f64 / 1024.0,
+        peak_mib: after.hwm_kb as f64 / 1024.0,
+        cpu_s,
+    };
     notes.push(format!(
-        "idle {secs:.0} s with {n} routers: VmRSS {:.1} MiB -> {rss_mb:.1} MiB, VmHWM {:.1} MiB, \
-         threads {}, fds {}, CPU {cpu_s:.2} s ({cpu_pct:.2} % of one core), {} log lines",
+        "idle {secs:.0} s with {n} routers: VmRSS {:.1} MiB -> {:.1} MiB, VmHWM {:.1} MiB, \
+         threads {}, fds {}, CPU {cpu_s:.2} s ({:.2} % of one core), {} log lines",
         before.rss_kb as f64 / 1024.0,
-        after.hwm_kb as f64 / 1024.0,
+        idle.rss_mib,
+        idle.peak_mib,
         after.threads,
         after.fds,
+        100.0 * cpu_s / secs,
         log.len() - lines_before
     ));
-    table.row(
-        &format!("4 idle {secs:.0} s, {n} routers ({label}): RSS"),
-        format!("{rss_mb:.1} MiB (peak {:.1} MiB)", after.hwm_kb as f64 / 1024.0),
-        "<= 30 MiB",
-        Some(after.rss_kb <= 30 * 1024),
-    );
-    table.row(
-        &format!("4 idle {secs:.0} s, {n} routers ({label}): CPU"),
-        format!("{cpu_s:.2} s CPU = {cpu_pct:.2} % of a core"),
-        "~0",
-        None,
-    );
-    Ok(())
+    Ok(idle)
 }

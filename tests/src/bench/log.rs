@@ -43,6 +43,8 @@ pub(super) struct LogEntry {
     pub(super) level: String,
     /// The `to` field of a role transition.
     pub(super) to: Option<String>,
+    /// The `action` field of an `applied` step.
+    pub(super) action: Option<String>,
 }
 
 pub(super) fn parse_log(line: &str) -> Option<LogEntry> {
@@ -57,7 +59,8 @@ pub(super) fn parse_log(line: &str) -> Option<LogEntry> {
         .map(str::to_owned);
     let level = v.get("level").and_then(|l| l.as_str()).unwrap_or("").to_string();
     let to = fields.get("to").and_then(|t| t.as_str()).map(str::to_owned);
-    Some(LogEntry { ts, message, router, level, to })
+    let action = fields.get("action").and_then(|a| a.as_str()).map(str::to_owned);
+    Some(LogEntry { ts, message, router, level, to, action })
 }
 
 /// hagw's log, collected as it is written.
@@ -114,6 +117,16 @@ impl Log {
             }
         }
         (first, failures)
+    }
+
+    /// The entries of router `id` from index `from`.
+    pub(super) fn of_router(&self, from: usize, id: &str) -> Vec<LogEntry> {
+        let entries = self.0.lock().unwrap();
+        entries[from.min(entries.len())..]
+            .iter()
+            .filter(|e| e.router.as_deref() == Some(id))
+            .cloned()
+            .collect()
     }
 
     /// Waits until no entry has arrived for `quiet`, at most `within`.

@@ -1,21 +1,24 @@
 //! `hagw-bench`: on-demand benchmarks of `hagw run` (results in `docs/benchmarks.md`; not
-//! run in CI). Needs root, iproute2, tcpdump and arping.
+//! run in CI). Needs root, iproute2, tcpdump, keepalived and Open vSwitch. Per backend ×
+//! strategy (`--backend`, `--strategy`; `--matrix`: every combination the product supports),
+//! one table:
 //!
-//! 1. `takeover`: keepalived's primary VIP is added on the router's `ha-` device → the
-//!    gateway link comes up (hold released) → the first gratuitous ARP with the gateway MAC is
-//!    on the wire at the peer (ToR side); flipped back and forth `--failovers` times. With
-//!    `--baseline-rounds N > 0` the same is measured for an emulation of the Neutron L3
-//!    agent's reaction path (wait `ha_vrrp_advert_int` = 2 s, raise the link, arping).
-//! 2. `mass`: `--routers` routers (one namespace each, wired per `--backend`: see `wiring`;
-//!    `--strategy`, one shared state file) fail over at once when the state file says
-//!    `primary`: time until the last one's first gARP is on the wire at the ToR.
+//! 1. `takeover`: keepalived's primary VIP is added on a router's `ha-` device → hagw releases
+//!    the hold → the first gratuitous ARP with the gateway MAC reaches the ToR; `--failovers`
+//!    rounds, next to keepalived's floor (`floor`: keepalived's own VIP → gARP at the ToR on
+//!    the same wiring, no hagw; `--baseline-rounds`, measured once per backend).
+//! 2. `mass`: `--routers` routers (one namespace each, wired per backend: see `wiring`; one
+//!    shared state file) fail over at once when the state file says `primary`: time until the
+//!    last one's first gARP is at the ToR; `--waves` times (back to standby between). An
+//!    unrelated router (the probe) is taken over and back throughout.
 //! 3. `cold`: `hagw run` starts with those routers: time until every router's first
 //!    reconcile pass is done (from hagw's JSON logs).
-//! 4. `idle`: RSS and CPU of the agent with those routers idle for `--idle-secs` (after the
-//!    mass failover when both run).
-//! 5. `retag`: on real OVS (one node: ovsdb-server, ovs-vswitchd, br-int), a held standby's
-//!    port is retagged `--retags` times as the OVS agent does after a restart: time until
-//!    hagw has held it again, as an independent OVSDB monitor sees it.
+//! 4. `idle`: RSS and CPU of the agent with those routers idle for `--idle-secs` after the
+//!    mass failover.
+//!
+//! Apart: `--curve N,N,…` (the fleet at each size: what an added router costs) and `retag`
+//! (on real OVS, a held standby's port retagged `--retags` times as the OVS agent does after
+//! a restart: time until hagw has held it again, as an independent OVSDB monitor sees it).
 //!
 //! Timestamps are CLOCK_REALTIME everywhere: this process, `ip -ts monitor` (run with
 //! TZ=UTC), tcpdump's packet timestamps and hagw's JSON log timestamps.
@@ -33,69 +36,80 @@ use crate::lab::sh;
 
 mod ctx;
 mod fleet;
+mod floor;
 mod idle;
 mod log;
 mod mass;
+mod matrix;
 mod retag;
 mod stats;
 mod takeover;
 mod wiring;
 
-use ctx::{Ctx, stop};
-use fleet::build_fleet;
-use stats::Table;
+use ctx::Ctx;
+use matrix::Section;
 use wiring::Backend;
 
 const USAGE: &str = "\
-usage: hagw-bench [--only takeover|mass|cold|idle|retag] [--failovers N] [--routers N]
-                  [--idle-secs S] [--baseline-rounds N] [--resync S] [--retags N]
-                  [--backend generic|linuxbridge|ovs] [--strategy S]
+usage: hagw-bench [--matrix] [--backend generic|linuxbridge|ovs] [--strategy S]
+                  [--only takeover|mass|cold|idle|retag] [--failovers N] [--baseline-rounds N]
+                  [--routers N] [--waves N] [--idle-secs S] [--resync S] [--retags N]
+                  [--curve N,N,...]
 
+  --matrix             every backend x strategy the product supports, one table each
+  --backend B          the backend (default generic): linuxbridge and ovs wire qg-/qr-/ha-
+                       ports into a node's bridges with an uplink to the ToR
+  --strategy S         link-down, l2-hold or silence-only (default link-down for generic,
+                       l2-hold otherwise)
   --failovers N        takeover rounds (default 200)
-  --baseline-rounds N  rounds of the emulated Neutron L3 agent path (default 10; 0 = skip)
+  --baseline-rounds N  rounds of keepalived's floor, per backend (default 50; 0 = skip)
   --routers N          routers for mass/cold/idle (default 1000)
+  --waves N            mass failovers of the fleet, back to standby between (default 1)
   --idle-secs S        idle window for RSS/CPU (default 60)
   --resync S           hagw run --resync (default: hagw's default, 60)
   --retags N           OVS retags to measure hagw's re-hold on (default 100; 0 = skip)
-  --only WHAT          run one measurement (cold and idle come with the fleet anyway)
-  --backend B          the fleet's backend (default generic): linuxbridge and ovs wire
-                       qg-/qr-/ha- ports into a node's bridges with an uplink to the ToR
-  --strategy S         the fleet's strategy: link-down, l2-hold or silence-only (default
-                       link-down for generic, l2-hold otherwise)
+  --only WHAT          run one measurement (cold comes with the fleet anyway)
+  --curve N,N,...      only the fleet at each size, on --backend/--strategy: cold start,
+                       mass failover, idle, and the cost per added router between sizes
 
-Example: hagw-bench --only mass --backend ovs --routers 1000
+Example: hagw-bench --matrix --waves 5 --idle-secs 30
 
 The hagw binary is HAGW_BIN or `hagw` next to this executable (cargo build --release).";
 
 const GATEWAY_CIDR: &str = "203.0.113.10/24";
-const GATEWAY_IP: &str = "203.0.113.10";
 const UPSTREAM_IP: &str = "203.0.113.1";
 const VIP: &str = "169.254.0.1/24";
 
 struct Opts {
+    matrix: bool,
     failovers: usize,
     baseline_rounds: usize,
     routers: usize,
+    waves: usize,
     idle_secs: u64,
     resync: Option<u64>,
     retags: usize,
     only: Option<String>,
     backend: Backend,
     strategy: Option<String>,
+    curve: Vec<usize>,
 }
 
 impl Opts {
     fn parse() -> Result<Opts> {
         let mut opts = Opts {
+            matrix: false,
             failovers: 200,
-            baseline_rounds: 10,
+            baseline_rounds: 50,
             routers: 1000,
+            waves: 1,
             idle_secs: 60,
             resync: None,
             retags: 100,
             only: None,
             backend: Backend::Generic,
             strategy: None,
+            curve: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -103,12 +117,17 @@ impl Opts {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
+            if arg == "--matrix" {
+                opts.matrix = true;
+                continue;
+            }
             let value = args.next().with_context(|| format!("{arg} needs a value\n{USAGE}"))?;
             let num = || value.parse::<u64>().with_context(|| format!("{arg} {value}"));
             match arg.as_str() {
                 "--failovers" => opts.failovers = num()? as usize,
                 "--baseline-rounds" => opts.baseline_rounds = num()? as usize,
-                "--routers" => opts.routers = num()?.clamp(1, 65535) as usize,
+                "--routers" => opts.routers = num()?.clamp(1, 65534) as usize,
+                "--waves" => opts.waves = num()?.max(1) as usize,
                 "--idle-secs" => opts.idle_secs = num()?,
                 "--resync" => opts.resync = Some(num()?),
                 "--retags" => opts.retags = num()? as usize,
@@ -125,8 +144,23 @@ impl Opts {
                     }
                     opts.only = Some(value);
                 }
+                "--curve" => {
+                    opts.curve = value
+                        .split(',')
+                        .map(|n| n.trim().parse::<usize>().map(|n| n.clamp(1, 65534)))
+                        .collect::<Result<_, _>>()
+                        .with_context(|| format!("--curve {value}"))?;
+                }
                 _ => bail!("unknown argument {arg}\n{USAGE}"),
             }
+        }
+        if !opts.backend.strategies().contains(&opts.strategy()) {
+            bail!(
+                "{} is not a strategy of the {} backend (docs/backends.md): {}",
+                opts.strategy(),
+                opts.backend.name(),
+                opts.backend.strategies().join(", ")
+            );
         }
         Ok(opts)
     }
@@ -168,37 +202,22 @@ fn load() -> String {
         .unwrap_or_default()
 }
 
-fn run(ctx: &Ctx, opts: &Opts, table: &mut Table, notes: &mut Vec<String>) -> Result<()> {
-    if opts.wants("takeover") && opts.failovers > 0 {
-        takeover::measure(ctx, opts, table, notes)?;
+fn run(ctx: &Ctx, opts: &Opts) -> Result<Vec<Section>> {
+    if !opts.curve.is_empty() {
+        return Ok(vec![matrix::curve(ctx, opts)?]);
     }
-    if opts.wants("retag") && opts.retags > 0 {
-        retag::measure(ctx, opts, table, notes)?;
+    let mut sections = matrix::run(ctx, opts)?;
+    if !opts.matrix && opts.wants("retag") && opts.retags > 0 {
+        let mut s = Section::new("retag reaction (OVS)".into());
+        retag::measure(ctx, opts, &mut s.table, &mut s.notes)?;
+        s.print();
+        sections.push(s);
     }
-    if !(opts.wants("mass") || opts.wants("cold") || opts.wants("idle")) {
-        return Ok(());
-    }
-
-    let n = opts.routers;
-    eprintln!("fleet: building {n} routers ({}) ...", opts.backend.name());
-    let fleet = build_fleet(ctx, opts, notes)?;
-
-    let (agent, pid, log) = fleet::cold_start(ctx, opts, &fleet, table, notes)?;
-
-    // 2. mass failover
-    if opts.wants("mass") {
-        mass::measure(ctx, &fleet, pid, &log, table, notes)?;
-    }
-
-    // 4. idle: after the mass failover, with every router primary, when both run
-    if opts.wants("idle") {
-        idle::measure(opts, &fleet.label, pid, &log, table, notes)?;
-    }
-    stop(agent);
-    Ok(())
+    Ok(sections)
 }
 
-/// The whole run: parses the arguments, measures, cleans up and prints the results.
+/// The whole run: parses the arguments, measures (printing each table as it is done), cleans
+/// up.
 pub fn main() -> Result<()> {
     let opts = Opts::parse()?;
     let ns_before = sh("ip netns list | wc -l")?.trim().to_string();
@@ -206,31 +225,25 @@ pub fn main() -> Result<()> {
     let machine =
         sh("echo \"$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), \
          $(free -g | awk '/Mem/{print $2}') GiB, kernel $(uname -r)\"")?;
-    let load_start = load();
-    let mut table = Table { rows: Vec::new() };
-    let mut notes = Vec::new();
-    let result = run(&ctx, &opts, &mut table, &mut notes);
+    let commit = sh("git describe --always --dirty 2>/dev/null || echo unknown")?;
+    println!("hagw-bench {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));
+    println!("date: {}", sh("date -u '+%Y-%m-%d %H:%M UTC'")?.trim());
+    println!("commit (working directory): {}; hagw: {}", commit.trim(), ctx.hagw.display());
+    println!("machine: {}", machine.trim());
+    println!("load average at start: {}", load());
+    let result = run(&ctx, &opts);
     let load_end = load();
     let t = Instant::now();
     ctx.finish();
     let cleanup = t.elapsed();
     let ns_after = sh("ip netns list | wc -l")?.trim().to_string();
     let ours = sh(&format!("ip netns list | grep -c '^{}-' || true", ctx.prefix))?;
-
-    println!("hagw-bench: {}", ctx.hagw.display());
-    println!("machine: {}", machine.trim());
-    println!("load average at start: {load_start}; at end: {load_end}");
-    for note in &notes {
-        println!("{note}");
-    }
-    println!();
-    table.print();
     println!(
-        "\ncleanup: {:.1} s; namespaces before {ns_before}, after {ns_after} (other users' tests \
-         may add or remove theirs); {} of ours ({}-*) left",
+        "\nload average at end: {load_end}; cleanup: {:.1} s; namespaces before {ns_before}, after \
+         {ns_after} (other users' tests may add or remove theirs); {} of ours ({}-*) left",
         cleanup.as_secs_f64(),
         ours.trim(),
         ctx.prefix
     );
-    result
+    result.map(|_| ())
 }

@@ -30,6 +30,11 @@ impl Dist {
         }
     }
 
+    /// `p50 … / p99 … / max … ms (n=…)`, for the tables.
+    pub(super) fn brief(&self) -> String {
+        format!("p50 {:.2} / p99 {:.2} / max {:.2} ms (n={})", self.p50, self.p99, self.max, self.n)
+    }
+
     pub(super) fn show(&self) -> String {
         format!(
             "p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  min {:.2} ms  (n={})",

@@ -1,45 +1,40 @@
-//! Benchmark 1, takeover reaction: the primary VIP appears -> link up -> first gARP at the
-//! peer, with hagw and with an emulation of the Neutron L3 agent.
+//! Benchmark 1, takeover reaction of one router, judged at the ToR: keepalived's primary VIP
+//! appears on the router's `ha-` device → hagw releases the hold → the first gratuitous ARP
+//! with the gateway MAC reaches the ToR (through the node's bridges on linuxbridge and ovs).
+//! [`Probe`] drives the rounds; it also measures an unrelated router's takeovers while the
+//! fleet fails over (`mass`). keepalived's own floor on the same wiring: `floor`.
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Sender, channel};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use super::ctx::{Ctx, lines_of, stop};
+use super::fleet::{fleet_dev, fleet_mac};
 use super::log::{Log, parse_utc};
 use super::stats::{Dist, Table};
-use super::{GATEWAY_CIDR, GATEWAY_IP, Opts, UPSTREAM_IP, VIP, ms, now};
+use super::wiring::{Backend, Wiring, add_ha_device, ha_dev};
+use super::{GATEWAY_CIDR, UPSTREAM_IP, VIP, ms, now};
 use crate::lab::sh;
 
-/// What the observers in the router namespace and at the peer saw.
+/// What the observers saw: `ip -ts monitor address` in the router namespace (the VIP), and
+/// the ToR capture (a gratuitous ARP with the router's gateway MAC).
 #[derive(Debug)]
 pub(super) enum Ev {
-    /// `ip -ts monitor`: the gateway link's admin state changed.
-    Link { ts: f64, up: bool },
-    /// `ip -ts monitor`: the primary VIP was added or removed.
     Vip { ts: f64, added: bool },
-    /// tcpdump at the peer: an ARP frame from the gateway MAC.
     Arp { ts: f64 },
 }
 
-/// One event line of `TZ=UTC ip -ts monitor link address`.
-pub(super) fn parse_monitor(line: &str, gateway: &str) -> Option<Ev> {
+/// One event line of `TZ=UTC ip -ts monitor address`: the primary VIP added or removed.
+pub(super) fn parse_monitor(line: &str) -> Option<Ev> {
     let rest = line.strip_prefix('[')?;
     let (stamp, rest) = rest.split_once("] ")?;
     let ts = parse_utc(stamp)?;
     let vip_addr = VIP.split('/').next().unwrap_or(VIP);
-    if rest.contains(&format!("inet {vip_addr}/")) {
-        return Some(Ev::Vip { ts, added: !rest.starts_with("Deleted") });
-    }
-    let named = rest.contains(&format!(" {gateway}@")) || rest.contains(&format!(" {gateway}:"));
-    if named && !rest.starts_with("Deleted") {
-        let flags = rest.split_once('<')?.1.split_once('>')?.0;
-        return Some(Ev::Link { ts, up: flags.split(',').any(|f| f == "UP") });
-    }
-    None
+    rest.contains(&format!("inet {vip_addr}/"))
+        .then(|| Ev::Vip { ts, added: !rest.starts_with("Deleted") })
 }
 
 /// `tcpdump -tt -e -n` line: timestamp and source MAC.
@@ -79,246 +74,332 @@ pub(super) fn start_arp_capture(
     Ok(child)
 }
 
+/// Splits the ToR capture's frames: those from `mac` (their timestamps) and the rest.
+pub(super) fn split_arps(
+    frames: Receiver<(f64, String)>,
+    mac: String,
+) -> (Receiver<f64>, Receiver<(f64, String)>) {
+    let (mine_tx, mine) = channel();
+    let (rest_tx, rest) = channel();
+    std::thread::spawn(move || {
+        for (ts, src) in frames {
+            if src == mac {
+                let _ = mine_tx.send(ts);
+            } else {
+                let _ = rest_tx.send((ts, src));
+            }
+        }
+    });
+    (mine, rest)
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Round {
     /// Just before the VIP add was written to `ip -batch` (already running in the netns).
     pub(super) t0: f64,
     /// The VIP add as seen by `ip monitor` in the namespace (the add has happened).
     pub(super) vip: f64,
-    /// The gateway link's admin UP as seen by `ip monitor` (hold released).
-    pub(super) up: f64,
-    /// First ARP with the gateway MAC at the peer (pcap timestamp).
+    /// The last hold of the pass released (hagw's `applied` log line: the L2 hold, the link
+    /// up); none when the takeover released nothing (a settled `silence-only` standby).
+    pub(super) released: Option<f64>,
+    /// First ARP with the gateway MAC at the ToR (pcap timestamp).
     pub(super) garp: f64,
 }
 
-#[derive(Clone, Copy, PartialEq)]
-pub(super) enum Reactor {
-    Hagw,
-    /// Emulated Neutron L3 agent: VIP seen → sleep ha_vrrp_advert_int (2 s) → link up →
-    /// arping.
-    NeutronEmulation,
+/// The steps that lift a standby's hold, as hagw logs them (`action` of `applied`).
+const RELEASES: [&str; 2] = ["release the layer-2 hold", "set link up"];
+
+/// The spec of a router whose role is keepalived's VIP on its `ha-` device (the state file
+/// stays `backup`), as routers.yaml lines.
+pub(super) fn vip_router_yaml(
+    id: &str,
+    ns: &str,
+    i: usize,
+    backend: &str,
+    strategy: &str,
+    state: &std::path::Path,
+) -> String {
+    format!(
+        "  - id: {id}\n    namespace: {ns}\n    gatewayDevice: {}\n    haDevice: {}\n    \
+         primaryVip: {VIP}\n    gatewayAddresses: [{GATEWAY_CIDR}, \"2001:db8::10/64\"]\n    \
+         routes:\n      - destination: 0.0.0.0/0\n        via: {UPSTREAM_IP}\n    \
+         backend: {backend}\n    strategy: {strategy}\n    announce: {{repeats: 0}}\n    \
+         silenceSettleMs: 500\n    role: {{stateFile: {}}}\n",
+        fleet_dev(i),
+        ha_dev(i),
+        state.display()
+    )
 }
 
-pub(super) struct TakeoverResult {
-    pub(super) rounds: Vec<Round>,
-    pub(super) failed: usize,
+/// Takes one router over and back, round after round: writes the VIP, waits for hagw's
+/// release and the first gARP at the ToR, removes the VIP and waits until hagw has the
+/// router standby again (for `silence-only`, until it has let go of the port once silence
+/// settled, the state a standby rests in).
+pub(super) struct Probe {
+    id: String,
+    ha: String,
+    silence_only: bool,
+    events: Receiver<Ev>,
+    vip_cmd: ChildStdin,
+    procs: Vec<Child>,
 }
 
-pub(super) fn bench_takeover(ctx: &Ctx, reactor: Reactor, rounds: usize) -> Result<TakeoverResult> {
-    let tag = if reactor == Reactor::Hagw { "t" } else { "n" };
-    let (r, t) = (ctx.ns(tag), ctx.ns(&format!("{tag}tor")));
-    let mac = "fa:16:3e:00:00:01";
-    ctx.batch(None, &format!("{tag}-ns"), &[format!("netns add {r}"), format!("netns add {t}")])?;
-    sh(&format!(
-        "ip -n {r} link set lo up && \
-         ip link add qg0 address {mac} netns {r} type veth peer name qp0 netns {t} && \
-         ip -n {t} link set qp0 up && \
-         ip -n {r} link add ha0 type veth peer name hp0 && \
-         ip -n {r} link set hp0 up && ip -n {r} link set ha0 up"
-    ))?;
-    let state = ctx.dir.join(format!("{tag}-state"));
-    std::fs::write(&state, "backup")?;
-
-    let (tx, rx) = channel::<Ev>();
-    // Observers first, so that they see everything.
-    let mut monitor = {
-        let mut cmd = Command::new("ip");
-        cmd.env("TZ", "UTC").args(["-n", &r, "-ts", "monitor", "link", "address"]);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-        ctx.spawn(&mut cmd)?
-    };
-    let mon_tx = tx.clone();
-    lines_of(monitor.stdout.take().context("monitor stdout")?, move |line| {
-        if let Some(ev) = parse_monitor(&line, "qg0") {
-            let _ = mon_tx.send(ev);
-        }
-    });
-    let (arp_tx, arp_rx) = channel();
-    let capture = start_arp_capture(ctx, &t, "qp0", arp_tx)?;
-    let arp_fwd = tx.clone();
-    let mac_owned = mac.to_string();
-    std::thread::spawn(move || {
-        for (ts, src) in arp_rx {
-            if src == mac_owned && arp_fwd.send(Ev::Arp { ts }).is_err() {
-                break;
-            }
-        }
-    });
-
-    let reactor_child = match reactor {
-        Reactor::Hagw => {
-            let config = ctx.dir.join(format!("{tag}-routers.yaml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "routers:\n  - id: bench-takeover\n    namespace: {r}\n    gatewayDevice: qg0\n    \
-                     haDevice: ha0\n    primaryVip: {VIP}\n    \
-                     gatewayAddresses: [{GATEWAY_CIDR}, \"2001:db8::10/64\"]\n    \
-                     routes:\n      - destination: 0.0.0.0/0\n        via: {UPSTREAM_IP}\n    \
-                     strategy: link-down\n    announce: {{repeats: 0}}\n    silenceSettleMs: 500\n    \
-                     role: {{stateFile: {}}}\n",
-                    state.display()
-                ),
-            )?;
-            let mut child = ctx.start_hagw(&config)?;
-            let log = Log::collect(&mut child)?;
-            // Standby reached: the gateway is silenced (addr_gen_mode 1) and quiet.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while sh(&format!("ip netns exec {r} cat /proc/sys/net/ipv6/conf/qg0/addr_gen_mode"))?
-                .trim()
-                != "1"
-            {
-                if Instant::now() > deadline {
-                    bail!("hagw did not reconcile the standby");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            log.wait_quiet(Duration::from_millis(700), Duration::from_secs(5));
-            child
-        }
-        Reactor::NeutronEmulation => {
-            let vip_addr = VIP.split('/').next().unwrap_or(VIP);
-            let script = format!(
-                "ip monitor address dev ha0 | while read -r line; do\n\
-                   case \"$line\" in\n\
-                     Deleted*\"inet {vip_addr}/\"*) ip link set qg0 down ;;\n\
-                     *\"inet {vip_addr}/\"*) sleep 2; ip link set qg0 up; \
-                        ip addr replace {GATEWAY_CIDR} dev qg0; \
-                        arping -q -U -c 1 -I qg0 {GATEWAY_IP} ;;\n\
-                   esac\n\
-                 done"
-            );
+impl Probe {
+    /// Starts the VIP observer and writer in `ns`; `arps` are the ToR capture's frames with
+    /// this router's gateway MAC.
+    pub(super) fn start(
+        ctx: &Ctx,
+        id: &str,
+        ns: &str,
+        ha: &str,
+        strategy: &str,
+        arps: Receiver<f64>,
+    ) -> Result<Probe> {
+        let (tx, events) = channel::<Ev>();
+        let mut monitor = {
             let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", &r, "setsid", "bash", "-c", &script]);
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-            let child = ctx.spawn(&mut cmd)?;
-            std::thread::sleep(Duration::from_millis(300));
-            child
-        }
-    };
+            cmd.env("TZ", "UTC").args(["-n", ns, "-ts", "monitor", "address"]);
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+            ctx.spawn(&mut cmd)?
+        };
+        let mon_tx = tx.clone();
+        lines_of(monitor.stdout.take().context("monitor stdout")?, move |line| {
+            if let Some(ev) = parse_monitor(&line) {
+                let _ = mon_tx.send(ev);
+            }
+        });
+        std::thread::spawn(move || {
+            for ts in arps {
+                if tx.send(Ev::Arp { ts }).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut batch = {
+            let mut cmd = Command::new("ip");
+            cmd.args(["-n", ns, "-batch", "-"]);
+            cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::inherit());
+            ctx.spawn(&mut cmd)?
+        };
+        let vip_cmd = batch.stdin.take().context("ip -batch stdin")?;
+        std::thread::sleep(Duration::from_millis(200));
+        while events.try_recv().is_ok() {}
+        Ok(Probe {
+            id: id.into(),
+            ha: ha.into(),
+            silence_only: strategy == "silence-only",
+            events,
+            vip_cmd,
+            procs: vec![monitor, batch],
+        })
+    }
 
-    let mut batch = {
-        let mut cmd = Command::new("ip");
-        cmd.args(["-n", &r, "-batch", "-"]);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::inherit());
-        ctx.spawn(&mut cmd)?
-    };
-    let mut vip_cmd = batch.stdin.take().context("ip -batch stdin")?;
-    std::thread::sleep(Duration::from_millis(200));
-    while rx.try_recv().is_ok() {}
-
-    let limit = match reactor {
-        Reactor::Hagw => Duration::from_secs(3),
-        Reactor::NeutronEmulation => Duration::from_secs(6),
-    };
-    let mut result = TakeoverResult { rounds: Vec::new(), failed: 0 };
-    for i in 0..rounds {
+    /// One takeover and the way back; `None` if the VIP or the gARP was not seen in 3 s.
+    /// Pauses `pause` after the router is standby again.
+    pub(super) fn round(&mut self, log: &Log, pause: Duration) -> Result<Option<Round>> {
+        let from = log.len();
         let t0 = now();
-        writeln!(vip_cmd, "address add {VIP} dev ha0")?;
-        vip_cmd.flush()?;
-        let (mut vip, mut up, mut garp) = (None, None, None);
-        let deadline = Instant::now() + limit;
-        while (vip.is_none() || up.is_none() || garp.is_none()) && Instant::now() < deadline {
-            match rx.recv_timeout(Duration::from_millis(20)) {
+        writeln!(self.vip_cmd, "address add {VIP} dev {}", self.ha)?;
+        self.vip_cmd.flush()?;
+        let (mut vip, mut garp) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while (vip.is_none() || garp.is_none()) && Instant::now() < deadline {
+            match self.events.recv_timeout(Duration::from_millis(20)) {
                 Ok(Ev::Vip { ts, added: true }) => vip = vip.or(Some(ts)),
-                Ok(Ev::Link { ts, up: true }) => up = up.or(Some(ts)),
                 Ok(Ev::Arp { ts }) => garp = garp.or(Some(ts)),
                 _ => {}
             }
         }
-        match (vip, up, garp) {
-            (Some(vip), Some(up), Some(garp)) => result.rounds.push(Round { t0, vip, up, garp }),
+        // The pass's steps are all logged once it logs the transition.
+        self.wait_log(log, from, "primary", Duration::from_secs(3));
+        let released = log
+            .of_router(from, &self.id)
+            .iter()
+            .filter(|e| {
+                e.message == "applied" && RELEASES.contains(&e.action.as_deref().unwrap_or(""))
+            })
+            .map(|e| e.ts)
+            .reduce(f64::max);
+        let from = log.len();
+        writeln!(self.vip_cmd, "address del {VIP} dev {}", self.ha)?;
+        self.vip_cmd.flush()?;
+        if !self.wait_log(log, from, "standby", Duration::from_secs(10)) {
+            bail!("router {}: back to standby not logged within 10 s", self.id);
+        }
+        if self.silence_only {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline
+                && !log
+                    .of_router(from, &self.id)
+                    .iter()
+                    .any(|e| e.message == "applied" && e.action.as_deref() == Some(RELEASES[0]))
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        std::thread::sleep(pause);
+        while self.events.try_recv().is_ok() {}
+        Ok(match (vip, garp) {
+            (Some(vip), Some(garp)) => Some(Round { t0, vip, released, garp }),
             _ => {
-                result.failed += 1;
-                eprintln!("round {i}: incomplete (vip {vip:?}, up {up:?}, garp {garp:?})");
+                eprintln!("{}: round incomplete (vip {vip:?}, garp {garp:?})", self.id);
+                None
             }
+        })
+    }
+
+    /// Waits until hagw logs this router's transition to `role` (from entry `from` on).
+    fn wait_log(&self, log: &Log, from: usize, role: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if log
+                .of_router(from, &self.id)
+                .iter()
+                .any(|e| e.message == "transition reconciled" && e.to.as_deref() == Some(role))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        // Back to standby; wait for the hold (link down), then let the pass finish.
+        false
+    }
+
+    pub(super) fn stop(self) {
+        drop(self.vip_cmd);
+        for child in self.procs {
+            stop(child);
+        }
+    }
+}
+
+/// One router wired as on a node of `backend`, with its ToR, for the takeover and
+/// keepalived's floor: router 0 (`qg-00000`, `ha-00000`) in namespace `<prefix>-t0`.
+pub(super) struct TakeoverLab {
+    pub(super) router: String,
+    pub(super) tor: String,
+    pub(super) wiring: Wiring,
+}
+
+impl TakeoverLab {
+    pub(super) fn build(ctx: &Ctx, backend: Backend) -> Result<TakeoverLab> {
+        let (router, tor) = (ctx.ns("t0"), ctx.ns("ttor"));
+        ctx.batch(None, "t-ns", &[format!("netns add {router}"), format!("netns add {tor}")])?;
+        let ns = router.clone();
+        let wiring =
+            Wiring::build(ctx, "t", backend, 1, &tor, |_| ns.clone(), fleet_dev, fleet_mac)?;
+        add_ha_device(backend, &router, 0)?;
+        Ok(TakeoverLab { router, tor, wiring })
+    }
+
+    pub(super) fn remove(self) -> Result<()> {
+        self.wiring.remove()?;
+        sh(&format!("ip netns del {}; ip netns del {}", self.router, self.tor))?;
+        Ok(())
+    }
+}
+
+/// What the takeover rounds gave.
+pub(super) struct Takeovers {
+    pub(super) rounds: Vec<Round>,
+    pub(super) failed: usize,
+}
+
+impl Takeovers {
+    pub(super) fn dist(&self, f: impl Fn(&Round) -> Option<f64>) -> Dist {
+        Dist::of(self.rounds.iter().filter_map(|r| f(r).map(ms)).collect())
+    }
+
+    /// The detail lines of the notes.
+    pub(super) fn report(&self, name: &str) -> Vec<String> {
+        vec![
+            format!("{name}: {} rounds ok, {} incomplete", self.rounds.len(), self.failed),
+            format!(
+                "  VIP add written -> VIP seen (ip monitor)   {}",
+                self.dist(|r| Some(r.vip - r.t0)).show()
+            ),
+            format!(
+                "  VIP add written -> hold released (log)     {}",
+                self.dist(|r| r.released.map(|x| x - r.t0)).show()
+            ),
+            format!(
+                "  VIP add written -> first gARP at the ToR   {}",
+                self.dist(|r| Some(r.garp - r.t0)).show()
+            ),
+            format!(
+                "  VIP seen        -> first gARP at the ToR   {}",
+                self.dist(|r| Some(r.garp - r.vip)).show()
+            ),
+            format!(
+                "  hold released   -> first gARP at the ToR   {}",
+                self.dist(|r| r.released.map(|x| r.garp - x)).show()
+            ),
+        ]
+    }
+}
+
+/// `rounds` takeovers of the lab's router by `hagw run` with `strategy`.
+pub(super) fn measure(
+    ctx: &Ctx,
+    lab: &TakeoverLab,
+    strategy: &str,
+    rounds: usize,
+    table: &mut Table,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let backend = lab.wiring.backend;
+    eprintln!("takeover ({}, {strategy}): {rounds} rounds ...", backend.name());
+    let state = ctx.dir.join("t-state");
+    std::fs::write(&state, "backup")?;
+    let config = ctx.dir.join("t-routers.yaml");
+    let id = "takeover";
+    let yaml = vip_router_yaml(id, &lab.router, 0, &lab.wiring.backend_yaml(0), strategy, &state);
+    std::fs::write(&config, format!("{}routers:\n{yaml}", lab.wiring.header_yaml()))?;
+
+    let (frames_tx, frames) = channel();
+    let capture = start_arp_capture(ctx, &lab.tor, "any", frames_tx)?;
+    let (arps, _rest) = split_arps(frames, fleet_mac(0));
+    let (netns, env) = lab.wiring.hagw_env();
+    let mut agent = ctx.start_hagw_in(&config, netns, &env)?;
+    let log = Log::collect(&mut agent)?;
+    // Standby reached and quiet before the first round.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log.routers_with(0, "converged", None).0.is_empty() {
+        if Instant::now() > deadline {
+            bail!("hagw did not reconcile the standby in 20 s");
+        }
         std::thread::sleep(Duration::from_millis(50));
-        writeln!(vip_cmd, "address del {VIP} dev ha0")?;
-        vip_cmd.flush()?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match rx.recv_timeout(Duration::from_millis(20)) {
-                Ok(Ev::Link { up: false, .. }) => break,
-                _ if Instant::now() > deadline => bail!("round {i}: standby hold not seen"),
-                _ => {}
-            }
+    }
+    log.wait_quiet(Duration::from_millis(1000), Duration::from_secs(10));
+    let mut probe = Probe::start(ctx, id, &lab.router, &ha_dev(0), strategy, arps)?;
+    let mut res = Takeovers { rounds: Vec::new(), failed: 0 };
+    for i in 0..rounds {
+        match probe.round(&log, Duration::from_millis(100))? {
+            Some(round) => res.rounds.push(round),
+            None => res.failed += 1,
         }
-        std::thread::sleep(Duration::from_millis(250));
-        while rx.try_recv().is_ok() {}
         if (i + 1) % 50 == 0 {
             eprintln!("  {} rounds", i + 1);
         }
     }
-    drop(vip_cmd);
-    let _ = batch.wait();
-    stop(reactor_child);
+    probe.stop();
+    stop(agent);
     stop(capture);
-    stop(monitor);
-    sh(&format!("ip netns del {r}; ip netns del {t}"))?;
-    Ok(result)
-}
-
-pub(super) fn report_takeover(name: &str, res: &TakeoverResult) -> Vec<String> {
-    let d = |f: &dyn Fn(&Round) -> f64| Dist::of(res.rounds.iter().map(|r| ms(f(r))).collect());
-    vec![
-        format!("{name}: {} rounds ok, {} incomplete", res.rounds.len(), res.failed),
-        format!("  VIP add written -> VIP seen (ip monitor) {}", d(&|r| r.vip - r.t0).show()),
-        format!("  VIP add written -> link up (hold released) {}", d(&|r| r.up - r.t0).show()),
-        format!("  VIP add written -> first gARP on the wire  {}", d(&|r| r.garp - r.t0).show()),
-        format!("  VIP seen        -> first gARP on the wire  {}", d(&|r| r.garp - r.vip).show()),
-        format!("  link up         -> first gARP on the wire  {}", d(&|r| r.garp - r.up).show()),
-    ]
-}
-
-/// The takeover measurement with hagw and, with `--baseline-rounds`, the emulated L3 agent.
-pub(super) fn measure(
-    ctx: &Ctx,
-    opts: &Opts,
-    table: &mut Table,
-    notes: &mut Vec<String>,
-) -> Result<()> {
-    eprintln!("takeover: {} failovers with hagw run ...", opts.failovers);
-    let res = bench_takeover(ctx, Reactor::Hagw, opts.failovers)?;
-    notes.extend(report_takeover("takeover, hagw run (generic backend, link-down)", &res));
-    let garp = Dist::of(res.rounds.iter().map(|r| ms(r.garp - r.t0)).collect());
-    let up = Dist::of(res.rounds.iter().map(|r| ms(r.up - r.t0)).collect());
+    notes.extend(res.report(&format!("takeover, hagw run ({}, {strategy})", backend.name())));
+    let garp = res.dist(|r| Some(r.garp - r.t0));
+    let seen = res.dist(|r| Some(r.garp - r.vip));
+    let released = res.dist(|r| r.released.map(|x| x - r.t0));
     table.row(
-        "1 takeover: VIP add -> link up",
-        format!("p50 {:.2} / p99 {:.2} / max {:.2} ms (n={})", up.p50, up.p99, up.max, up.n),
+        "takeover: VIP add -> hold released (hagw's log)",
+        if released.n == 0 { "nothing to release".into() } else { released.brief() },
         "",
         None,
     );
     table.row(
-        "1 takeover: VIP add -> first gARP",
-        format!(
-            "p50 {:.2} / p99 {:.2} / max {:.2} ms (n={}, {} incomplete)",
-            garp.p50, garp.p99, garp.max, garp.n, res.failed
-        ),
+        "takeover: VIP add -> first gARP at the ToR",
+        format!("{}, {} incomplete", garp.brief(), res.failed),
         "p99 <= 5 ms",
         Some(garp.p99 <= 5.0 && res.failed == 0),
     );
-    if opts.baseline_rounds > 0 {
-        eprintln!(
-            "takeover baseline: {} rounds of the emulated L3 agent ...",
-            opts.baseline_rounds
-        );
-        let base = bench_takeover(ctx, Reactor::NeutronEmulation, opts.baseline_rounds)?;
-        notes.extend(report_takeover(
-            "baseline: emulated Neutron L3 agent (wait ha_vrrp_advert_int 2 s, link up, arping)",
-            &base,
-        ));
-        let garp = Dist::of(base.rounds.iter().map(|r| ms(r.garp - r.t0)).collect());
-        table.row(
-            "1 baseline: emulated L3 agent, VIP -> gARP",
-            format!(
-                "p50 {:.1} / p99 {:.1} / max {:.1} ms (n={})",
-                garp.p50, garp.p99, garp.max, garp.n
-            ),
-            "",
-            None,
-        );
-    }
+    table.row("takeover: VIP seen -> first gARP at the ToR", seen.brief(), "", None);
     Ok(())
 }

@@ -51,9 +51,15 @@ impl Backend {
 
     /// The strategy a node with this backend runs when `--strategy` is not given.
     pub(super) fn default_strategy(self) -> &'static str {
+        self.strategies()[0]
+    }
+
+    /// The strategies the product supports on this backend (docs/backends.md: `l2-hold` is a
+    /// switch-side hold, which the generic backend has no switch for), default first.
+    pub(super) fn strategies(self) -> &'static [&'static str] {
         match self {
-            Backend::Generic => "link-down",
-            Backend::LinuxBridge | Backend::Ovs => "l2-hold",
+            Backend::Generic => &["link-down", "silence-only"],
+            Backend::LinuxBridge | Backend::Ovs => &["l2-hold", "link-down", "silence-only"],
         }
     }
 }
@@ -63,7 +69,7 @@ const BRQ: &str = "brqext";
 /// The HA network's local VLAN on br-int (tenant networks take 100 and up).
 const HA_VLAN: usize = 99;
 
-/// What the fleet's routers are wired to, kept for as long as the fleet runs.
+/// What the routers are wired to, kept for as long as they run.
 pub(super) struct Wiring {
     pub(super) backend: Backend,
     /// The node namespace hagw runs in (linuxbridge, ovs), with the bridges.
@@ -72,11 +78,39 @@ pub(super) struct Wiring {
     pub(super) ovs: Option<Ovs>,
 }
 
+/// The `ha-` device of router `i` (in its namespace; a veth into the HA network's bridge on
+/// linuxbridge and ovs nodes, see [`add_ha_device`]).
+pub(super) fn ha_dev(i: usize) -> String {
+    format!("ha-{i:05}")
+}
+
+/// Makes router `i`'s `ha-` device usable for keepalived's VRRP and the primary VIP: on a
+/// generic node (which wires no `ha-`) a veth whose peer stays in the namespace; up, with
+/// an address of Neutron's HA network (keepalived will not run VRRP on a device without an
+/// IPv4 address).
+pub(super) fn add_ha_device(backend: Backend, ns: &str, i: usize) -> Result<()> {
+    let ha = ha_dev(i);
+    if backend == Backend::Generic {
+        sh(&format!(
+            "ip -n {ns} link add {ha} type veth peer name hp-{i:05} && ip -n {ns} link set hp-{i:05} up"
+        ))?;
+    }
+    sh(&format!(
+        "ip -n {ns} link set lo up && ip -n {ns} addr add 169.254.192.1/18 dev {ha} && \
+         ip -n {ns} link set {ha} up"
+    ))?;
+    Ok(())
+}
+
 impl Wiring {
     /// Creates the ports of routers `0..n` (router `i` in namespace `router_ns(i)`, gateway
     /// `dev(i)` with `mac(i)`) and whatever they plug into, toward the ToR namespace `tor`.
+    /// `tag` names what is created once per wiring (the node namespace, OVS's directory), so
+    /// that wirings built one after the other never share them.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn build(
         ctx: &Ctx,
+        tag: &str,
         backend: Backend,
         n: usize,
         tor: &str,
@@ -95,13 +129,13 @@ impl Wiring {
                     )
                 })
                 .collect();
-            ctx.batch(None, "fleet-links", &links)?;
+            ctx.batch(None, &format!("{tag}-links"), &links)?;
             let ups: Vec<String> = (0..n).map(|i| format!("link set qp{i} up")).collect();
-            ctx.batch(Some(tor), "fleet-up", &ups)?;
+            ctx.batch(Some(tor), &format!("{tag}-up"), &ups)?;
             return Ok(Wiring { backend, node: None, ovs: None });
         }
-        let node = ctx.ns("fnode");
-        ctx.batch(None, "fleet-node", &[format!("netns add {node}")])?;
+        let node = ctx.ns(&format!("{tag}node"));
+        ctx.batch(None, &format!("{tag}-node"), &[format!("netns add {node}")])?;
         let mut links =
             vec![format!("link add uplink netns {node} type veth peer name up0 netns {tor}")];
         for i in 0..n {
@@ -119,8 +153,8 @@ impl Wiring {
                 ));
             }
         }
-        ctx.batch(None, "fleet-links", &links)?;
-        ctx.batch(Some(tor), "fleet-up", &["link set up0 up".to_string()])?;
+        ctx.batch(None, &format!("{tag}-links"), &links)?;
+        ctx.batch(Some(tor), &format!("{tag}-up"), &["link set up0 up".to_string()])?;
         let mut ups = vec!["link set lo up".to_string(), "link set uplink up".to_string()];
         ups.extend((0..n).flat_map(|i| {
             ['g', 'r', 'h'].map(|side| format!("link set {} up", port_name(side, i)))
@@ -138,19 +172,30 @@ impl Wiring {
                     bridges.push(format!("link set {} master brqint", port_name('r', i)));
                     bridges.push(format!("link set {} master brqha", port_name('h', i)));
                 }
-                ctx.batch(Some(&node), "fleet-bridges", &bridges)?;
+                ctx.batch(Some(&node), &format!("{tag}-bridges"), &bridges)?;
                 Wiring { backend, node: Some(node.clone()), ovs: None }
             }
             Backend::Ovs => {
-                Wiring { backend, ovs: Some(ovs_node(ctx, &node, n)?), node: Some(node.clone()) }
+                let ovs = ovs_node(ctx, &node, ctx.dir.join(format!("{tag}-ovs")), n)?;
+                Wiring { backend, ovs: Some(ovs), node: Some(node.clone()) }
             }
             Backend::Generic => unreachable!("returned above"),
         };
-        ctx.batch(Some(&node), "fleet-node-up", &ups)?;
+        ctx.batch(Some(&node), &format!("{tag}-node-up"), &ups)?;
         if let Some(ovs) = &wiring.ovs {
             wait_attached(ovs, 3 * n + 5)?;
         }
         Ok(wiring)
+    }
+
+    /// Stops the node's OVS and deletes the node namespace (the routers' and the ToR's
+    /// namespaces are the caller's).
+    pub(super) fn remove(mut self) -> Result<()> {
+        drop(self.ovs.take());
+        if let Some(node) = &self.node {
+            sh(&format!("ip netns del {node}"))?;
+        }
+        Ok(())
     }
 
     /// The `backend:` of router `i`'s spec.
@@ -187,8 +232,8 @@ fn port_name(side: char, i: usize) -> String {
 
 /// Starts the node's OVS with br-int and br-ex as the OVS agent wires them, and adds every
 /// router's three ports to br-int in their local VLANs (as the OVS agent leaves them wired).
-fn ovs_node(ctx: &Ctx, node: &str, n: usize) -> Result<Ovs> {
-    let ovs = Ovs::start(node, ctx.dir.join("ovs"))?;
+fn ovs_node(ctx: &Ctx, node: &str, dir: PathBuf, n: usize) -> Result<Ovs> {
+    let ovs = Ovs::start(node, dir)?;
     for br in ["br-int", "br-ex"] {
         ovs.vsctl(&format!(
             "add-br {br} -- set bridge {br} datapath_type=netdev fail_mode=secure"
