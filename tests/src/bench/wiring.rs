@@ -185,6 +185,9 @@ impl Wiring {
         if let Some(ovs) = &wiring.ovs {
             wait_attached(ovs, 3 * n + 5)?;
         }
+        if backend == Backend::LinuxBridge {
+            wait_uplink_forwarding(&node)?;
+        }
         Ok(wiring)
     }
 
@@ -291,6 +294,27 @@ fn add_ports(ovs: &Ovs, bridge: &str, ports: impl Iterator<Item = (String, usize
         bail!("adding the fleet's ports to {bridge} failed: {error}");
     }
     Ok(())
+}
+
+/// Waits until the uplink is a forwarding port of brq. The bridge enables a port once the
+/// kernel's link watcher has handled its carrier, and the watcher puts a device whose
+/// `iflink` is its own index (a physical NIC; here the uplink, index 2 in the node as its
+/// peer up0 is in the ToR) behind the urgent events of every new veth end. With 200 routers
+/// the uplink was still disabled 3 s after the wiring while every tap forwarded, and a
+/// failover then saw 0 of 200 gARPs at the ToR (with the uplink at another index, it
+/// forwarded in time: 200 of 200). A real node's uplink has forwarded long before a failover.
+fn wait_uplink_forwarding(node: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let port = sh(&format!("bridge -n {node} link show dev uplink"))?;
+        if port.contains("state forwarding") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the uplink is not forwarding 120 s after the wiring: {port}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until ovs-vswitchd has attached `count` interfaces (each has an OpenFlow port
