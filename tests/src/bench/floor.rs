@@ -107,9 +107,7 @@ pub(super) fn measure(ctx: &Ctx, lab: &TakeoverLab, rounds: usize) -> Result<Dis
     if let Ok(pid) = std::fs::read_to_string(ctx.dir.join("floor-vrrp.pid")) {
         ctx.adopt_pid(pid.trim())?;
     }
-    // One more round than measured: the first transition after the first MASTER sent no
-    // gARP that reached the ToR on a Linux bridge node (every time; not looked into).
-    for i in 0..=rounds {
+    for i in 0..rounds {
         writeln!(link, "link set {trk} down")?;
         link.flush()?;
         if wait_vip(false, Duration::from_secs(3)).is_none() {
@@ -129,7 +127,6 @@ pub(super) fn measure(ctx: &Ctx, lab: &TakeoverLab, rounds: usize) -> Result<Dis
             }
         }
         match (vip, garp) {
-            _ if i == 0 => {}
             (Some(vip), Some(garp)) => res.push(ms(garp - vip)),
             _ => {
                 failed += 1;
