@@ -58,8 +58,19 @@ pub(super) fn build_fleet(
     add.push(format!("netns add {tor}"));
     ctx.batch(None, "fleet-netns", &add)?;
     let t_ns = t.elapsed();
-    let wiring = Wiring::build(ctx, "f", backend, n + 1, &tor, router_ns, fleet_dev, fleet_mac)?;
-    add_ha_device(backend, &router_ns(n), n)?;
+    let wired = Wiring::build(ctx, "f", backend, n + 1, &tor, router_ns, fleet_dev, fleet_mac)
+        .and_then(|w| add_ha_device(backend, &router_ns(n), n).map(|()| w));
+    let wiring = match wired {
+        Ok(wiring) => wiring,
+        Err(e) => {
+            // The next fleet of this run needs the names (the OVS daemons stopped when the
+            // wiring dropped).
+            let node = ctx.ns("fnode");
+            let _ = delete_namespaces(ctx, namespaces.iter().chain([&tor, &node]));
+            let _ = std::fs::remove_dir_all(ctx.dir.join("f-ovs"));
+            return Err(e);
+        }
+    };
     let ports = match backend {
         Backend::Generic => "veth gateway ports (peers up at the ToR side)",
         Backend::LinuxBridge => "qg-/qr-/ha- veths, their taps on the node's brq bridges",
@@ -101,14 +112,17 @@ impl Fleet {
     /// Deletes the fleet: its OVS, node, routers and ToR (hagw stopped first).
     pub(super) fn remove(self, ctx: &Ctx) -> Result<()> {
         self.wiring.remove()?;
-        let mut del: Vec<String> =
-            self.namespaces.iter().map(|ns| format!("netns del {ns}")).collect();
-        del.push(format!("netns del {}", self.tor));
-        let file = ctx.dir.join("fleet-del");
-        std::fs::write(&file, del.join("\n") + "\n")?;
-        sh(&format!("ip -force -batch {}", file.display()))?;
-        Ok(())
+        delete_namespaces(ctx, self.namespaces.iter().chain([&self.tor]))
     }
+}
+
+/// Deletes these namespaces in one `ip -force -batch` (missing ones are skipped).
+fn delete_namespaces<'a>(ctx: &Ctx, names: impl Iterator<Item = &'a String>) -> Result<()> {
+    let del: Vec<String> = names.map(|ns| format!("netns del {ns}")).collect();
+    let file = ctx.dir.join("fleet-del");
+    std::fs::write(&file, del.join("\n") + "\n")?;
+    sh(&format!("ip -force -batch {} 2>/dev/null || true", file.display()))?;
+    Ok(())
 }
 
 /// What the cold start gave.

@@ -191,10 +191,14 @@ impl Wiring {
         Ok(wiring)
     }
 
-    /// Stops the node's OVS and deletes the node namespace (the routers' and the ToR's
-    /// namespaces are the caller's).
+    /// Stops the node's OVS, deletes its directory and the node namespace (the routers' and
+    /// the ToR's namespaces are the caller's).
     pub(super) fn remove(mut self) -> Result<()> {
-        drop(self.ovs.take());
+        if let Some(ovs) = self.ovs.take() {
+            let dir = ovs.dir.clone();
+            drop(ovs);
+            std::fs::remove_dir_all(dir)?;
+        }
         if let Some(node) = &self.node {
             sh(&format!("ip netns del {node}"))?;
         }
