@@ -12,6 +12,7 @@
 //! - `arrivals`: the planner's [`HoldOnArrival`] applied when a port arrives between passes
 //!   (what happens to ports is reported by [`crate::ovs_watch`], which cannot change them),
 //! - [`applied`]: waiting until ovs-vswitchd has applied a release before it is announced,
+//!   `releases`: once for every release committed together,
 //! - [`dpflows`]: then forgetting the datapath flows the port had while held (its cached
 //!   `drop`), over ovs-vswitchd's control socket ([`unixctl`]).
 //!
@@ -28,6 +29,7 @@ mod lookup;
 pub mod ofport;
 pub mod openflow;
 pub mod port;
+mod releases;
 pub mod unixctl;
 
 use std::collections::HashMap;
@@ -48,6 +50,7 @@ use crate::ovsdb::{
 use arrivals::Arrivals;
 use dpflows::DatapathFlows;
 use ofport::{NoReceive, NoReceiveError};
+use releases::Releases;
 
 /// The OVSDB Port a router's gateway is plugged into: the spec's `port`, else the gateway
 /// device name (Neutron names the OVS port after the device).
@@ -68,7 +71,12 @@ fn target(port: &str) -> String {
 /// reconcile loop it is transient (the client itself calls it permanent, because the same
 /// request would fail again).
 fn ovs_error(operation: &str, port: &str, e: OvsdbError) -> Error {
-    let raced = matches!(&e, OvsdbError::OpFailed { op, .. } if op == "wait");
+    shared_ovs_error(operation, port, Arc::new(e))
+}
+
+/// [`ovs_error`] of an error shared by the requests of one batch ([`releases`]).
+fn shared_ovs_error(operation: &str, port: &str, e: Arc<OvsdbError>) -> Error {
+    let raced = matches!(&*e, OvsdbError::OpFailed { op, .. } if op == "wait");
     if e.is_transient() || raced {
         Error::transient(operation, target(port), e)
     } else {
@@ -87,6 +95,8 @@ pub struct OvsBackend {
     no_recv: Option<NoReceive>,
     /// The datapath flows of released ports, purged through ovs-vswitchd's control socket.
     flows: DatapathFlows,
+    /// Releases committed and waited for together.
+    releases: Releases,
     /// The planner's [`HoldOnArrival`] per port, applied between passes.
     arrivals: Arc<Arrivals>,
     /// What the last observation of each port read ([`Seen`]).
@@ -131,6 +141,7 @@ impl OvsBackend {
             client: Arc::new(OnceCell::new()),
             no_recv: Some(no_recv),
             flows,
+            releases: Releases::default(),
             arrivals: Arc::default(),
             seen: Arc::default(),
         }
@@ -370,11 +381,16 @@ impl OvsBackend {
     }
 
     /// Releases the port: clears `no-receive`, then restores the local VLAN in one guarded
-    /// transaction. Refuses (transiently, the agent may still wire it) while no real local
-    /// VLAN is known; then the port stays fully held, `no-receive` included.
+    /// transaction, shared with every release asked for meanwhile ([`releases`]), and waits
+    /// until ovs-vswitchd has applied it. Refuses (transiently, the agent may still wire it)
+    /// while no real local VLAN is known; then the port stays fully held, `no-receive`
+    /// included.
     #[instrument(skip(self), err(level = "debug"))]
     async fn release_port(&self, port: &str) -> Result<(), Error> {
-        let located = self.read(port).await?.ok_or_else(|| missing("release", port))?;
+        let located = match self.take_seen(port) {
+            Some(located) => located,
+            None => self.read(port).await?.ok_or_else(|| missing("release", port))?,
+        };
         let row = &located.row;
         let ops = port::release_ops(row).map_err(|port::NotWired| {
             Error::transient(
@@ -383,46 +399,90 @@ impl OvsBackend {
                 "not wired: no local VLAN in other_config:tag or external_ids:hagw-saved-tag",
             )
         })?;
-        // A port ovs-vswitchd has not attached has no OpenFlow port state to clear.
-        match (&self.no_recv, located.bridge.as_deref().filter(|_| located.attached)) {
-            (Some(no_recv), Some(bridge)) => match no_recv.set(bridge, port, false).await {
-                // Detached since the read: nothing to clear either.
-                Ok(()) | Err(NoReceiveError::NoSuchPort { .. }) => {}
-                Err(e) => return Err(no_receive_error("release", port, e)),
-            },
-            (Some(_), None) => debug!("not attached to a bridge, no no-receive to clear"),
-            (None, _) => {}
-        }
-        let Some(mut ops) = ops else {
-            debug!("already released");
-            return Ok(());
-        };
         if self.no_recv.is_none() {
             // Database only (no ovs-vswitchd to wait for).
-            self.commit("release", port, &ops).await?;
-            info!(local_vlan = ?port::local_vlan(row), "released to local VLAN");
+            if let Some(ops) = ops {
+                self.commit("release", port, &ops).await?;
+                info!(local_vlan = ?port::local_vlan(row), "released to local VLAN");
+            }
             return Ok(());
         }
-        ops.extend(applied::bump_ops());
-        let client = self.client().await?;
-        let results =
-            client.transact(VSWITCH_DB, &ops).await.map_err(|e| ovs_error("release", port, e))?;
-        info!(local_vlan = ?port::local_vlan(row), "released to local VLAN");
-        // Announcing before ovs-vswitchd has applied it would lose the first round. Bounded:
-        // a stuck ovs-vswitchd must not stop the takeover; the later rounds still count.
-        let Some(target) = applied::target_cfg(&results) else { return Ok(()) };
-        match applied::wait_applied(client, target, VSWITCHD_APPLY_WAIT).await {
+        // `no-receive` first: its OpenFlow exchange waits while ovs-vswitchd reconfigures
+        // the bridge for a commit (a mass failover with both at once took 14.7 s instead of
+        // 6.4 s to announce, docs/benchmarks.md); a primary has nothing to keep quiet in
+        // between.
+        self.clear_no_receive(port, &located).await?;
+        let applied = self.commit_release(port, row, ops).await?;
+        // Announcing before ovs-vswitchd has applied the release would lose the first round
+        // into a port that still drops. A stuck ovs-vswitchd fails the step (the loop retries
+        // it, waiting again), not the announcement.
+        match applied {
             Ok(applied::Applied::After(took)) => {
                 debug!(us = took.as_micros() as u64, "ovs-vswitchd applied the release");
                 self.purge_held_flows(port, located.datapath.as_deref()).await;
+                Ok(())
             }
-            Ok(applied::Applied::TimedOut) => warn!(
-                ms = VSWITCHD_APPLY_WAIT.as_millis() as u64,
-                "ovs-vswitchd has not applied the release yet; announcing anyway"
-            ),
-            Err(e) => warn!(error = %e, "cannot tell whether ovs-vswitchd applied the release"),
+            Ok(applied::Applied::TimedOut) => Err(Error::transient(
+                "release",
+                target(port),
+                format!(
+                    "ovs-vswitchd has not applied the release within {} ms",
+                    VSWITCHD_APPLY_WAIT.as_millis()
+                ),
+            )),
+            Err(e) => {
+                warn!(error = %e, "cannot tell whether ovs-vswitchd applied the release");
+                Ok(())
+            }
         }
-        Ok(())
+    }
+
+    /// The OpenFlow half of a release: clears `no-receive` (a port ovs-vswitchd has not
+    /// attached has none to clear).
+    async fn clear_no_receive(&self, port: &str, located: &Located) -> Result<(), Error> {
+        match (&self.no_recv, located.bridge.as_deref().filter(|_| located.attached)) {
+            (Some(no_recv), Some(bridge)) => match no_recv.set(bridge, port, false).await {
+                // Detached since the read: nothing to clear either.
+                Ok(()) | Err(NoReceiveError::NoSuchPort { .. }) => Ok(()),
+                Err(e) => Err(no_receive_error("release", port, e)),
+            },
+            (Some(_), None) => {
+                debug!("not attached to a bridge, no no-receive to clear");
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        }
+    }
+
+    /// The OVSDB half of a release (`ops`, `None` if the row is released already), and
+    /// whether ovs-vswitchd has applied it.
+    async fn commit_release(
+        &self,
+        port: &str,
+        row: &PortRow,
+        ops: Option<Vec<Op>>,
+    ) -> Result<Result<applied::Applied, Arc<OvsdbError>>, Error> {
+        let client = self.client().await?;
+        match ops {
+            Some(ops) => {
+                let outcome = self.releases.commit(client, ops, VSWITCHD_APPLY_WAIT).await;
+                let applied = outcome.map_err(|e| shared_ovs_error("release", port, e))?;
+                info!(local_vlan = ?port::local_vlan(row), "released to local VLAN");
+                Ok(applied)
+            }
+            // Released already, maybe by a commit whose wait for ovs-vswitchd ran out: the
+            // announcement still waits for it.
+            None => match applied::behind(client).await {
+                Ok(None) => {
+                    debug!("already released");
+                    Ok(Ok(applied::Applied::After(Duration::ZERO)))
+                }
+                Ok(Some(target)) => Ok(applied::wait_applied(client, target, VSWITCHD_APPLY_WAIT)
+                    .await
+                    .map_err(Arc::new)),
+                Err(e) => Ok(Err(Arc::new(e))),
+            },
+        }
     }
 
     /// Deletes the datapath flows the port had while held (see [`dpflows`]), so round 1 of
@@ -475,8 +535,10 @@ impl OvsBackend {
     }
 }
 
-/// How long a release waits for ovs-vswitchd to apply it before the announcement goes out.
-const VSWITCHD_APPLY_WAIT: Duration = Duration::from_millis(500);
+/// How long a release waits for ovs-vswitchd to apply it before the step fails (and is
+/// retried by the loop). One reconfiguration of a bridge with 3,000 ports takes ovs-vswitchd
+/// hundreds of milliseconds under load (docs/benchmarks.md, "OVS backend at 1,000 routers").
+const VSWITCHD_APPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// Maps a failure to read or set `no-receive` to the loop's error kind.
 fn no_receive_error(operation: &str, port: &str, e: NoReceiveError) -> Error {

@@ -38,6 +38,20 @@ pub fn target_cfg(results: &[crate::ovsdb::OpResult]) -> Option<i64> {
     results.last()?.rows.as_ref()?.first()?.get("next_cfg")?.as_i64()
 }
 
+/// The `next_cfg` ovs-vswitchd has not reached yet, if any: a port found released in OVSDB
+/// may have been released by a commit whose wait ran out (see [`wait_applied`]).
+pub async fn behind(client: &OvsdbClient) -> Result<Option<i64>, OvsdbError> {
+    let select = Op::Select {
+        table: TABLE.into(),
+        conditions: vec![],
+        columns: Some(vec!["next_cfg".into(), "cur_cfg".into()]),
+    };
+    let results = client.transact(VSWITCH_DB, std::slice::from_ref(&select)).await?;
+    let row = results.first().and_then(|r| r.rows.as_ref()?.first().cloned()).unwrap_or_default();
+    let cfg = |column: &str| row.get(column).and_then(|v| v.as_i64()).unwrap_or(0);
+    Ok(Some(cfg("next_cfg")).filter(|next| cfg("cur_cfg") < *next))
+}
+
 /// How it ended: applied after how long, or not within the bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {

@@ -100,16 +100,23 @@ async fn apply(backend: OvsBackend, decisions: watch::Receiver<BTreeMap<String, 
     };
     while let Some(event) = events.next().await {
         let ports = to_hold(&event, &decisions.borrow());
-        for port in ports {
-            // After a resync that is every held port, one hold after the other: a router
-            // that turned primary meanwhile has withdrawn its decision, and its released
-            // port must not be held again (seen in a mass failover of 1,000 routers).
-            if !due(&event, decisions.borrow().get(&port)) {
-                debug!(port, "no longer held on arrival, skipped");
-                continue;
+        // After a resync or an ovs-vswitchd restart that is every held port: all at once,
+        // so their `no-receive` goes out in one OpenFlow exchange per bridge (one after the
+        // other, 1,000 ports took one exchange each, each listing 3,000+ ports).
+        let holds = ports.iter().map(|port| {
+            let (backend, decisions, event) = (&backend, &decisions, &event);
+            async move {
+                // A router that turned primary since the event has withdrawn its decision,
+                // and its released port must not be held again (seen in a mass failover of
+                // 1,000 routers).
+                if !due(event, decisions.borrow().get(port)) {
+                    debug!(port, "no longer held on arrival, skipped");
+                    return;
+                }
+                hold(backend, port).instrument(info_span!("arrival", target = %target(port))).await;
             }
-            hold(&backend, &port).instrument(info_span!("arrival", target = %target(&port))).await;
-        }
+        });
+        futures::future::join_all(holds).await;
     }
 }
 

@@ -395,6 +395,14 @@ pub async fn port(socket: &Path, port: &str) -> Result<Option<Port>, OpenFlowErr
     Ok(ports(socket).await?.into_iter().find(|p| p.name == port))
 }
 
+/// Changes per session in an [`exchange`]: ovs-vswitchd reads at most 50 messages of a
+/// connection per pass of its main loop, and with 3,000 ports on the bridge a pass takes
+/// ~150 ms, so 733 changes on one session took 2.5 s (a mass failover, docs/benchmarks.md);
+/// spread over sessions, they are read in the same passes.
+const CHANGES_PER_SESSION: usize = 50;
+/// At most this many sessions per exchange (a management socket's listen backlog is small).
+const MAX_SESSIONS: usize = 16;
+
 /// What one [`exchange`] found and did.
 #[derive(Debug)]
 pub struct Exchange {
@@ -404,8 +412,9 @@ pub struct Exchange {
     pub changes: Vec<Result<bool, OpenFlowError>>,
 }
 
-/// One session for many callers: lists the bridge's ports, then sets or clears `no-receive`
-/// on each `(port, on)` that is listed, with one barrier for all.
+/// One exchange for many callers: lists the bridge's ports, then sets or clears
+/// `no-receive` on each `(port, on)` that is listed, with one barrier per session (more than
+/// [`CHANGES_PER_SESSION`] changes go over more sessions at once).
 pub async fn exchange(
     socket: &Path,
     changes: &[(String, bool)],
@@ -418,7 +427,19 @@ pub async fn exchange(
             changes.iter().filter_map(|(name, on)| Some((find(name)?, *on))).collect();
         let done = match listed.is_empty() {
             true => vec![],
-            false => session.set_many(&listed).await?,
+            false => {
+                // Spread over sessions: see [`CHANGES_PER_SESSION`].
+                let per = CHANGES_PER_SESSION.max(listed.len().div_ceil(MAX_SESSIONS));
+                let mut chunks = listed.chunks(per);
+                let first = chunks.next().unwrap_or_default();
+                let others = chunks
+                    .map(|chunk| async move { Session::open(socket).await?.set_many(chunk).await });
+                let (first, others) =
+                    tokio::join!(session.set_many(first), futures::future::try_join_all(others));
+                let mut done = first?;
+                done.extend(others?.into_iter().flatten());
+                done
+            }
         };
         let mut done = done.into_iter();
         let changes = changes
