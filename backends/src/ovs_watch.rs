@@ -12,6 +12,7 @@
 //! changed during the outage, so a [`PortChange::Resync`] asks for every port to be looked at
 //! again.
 
+mod recheck;
 pub mod restarts;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ use crate::ovsdb::{
     InterfaceRow, MonitorEvent, MonitorRequest, MonitorRequests, MonitorStream, OvsdbClient,
     OvsdbError, PortRow, RowUpdate, VSWITCH_DB,
 };
+use recheck::Bits;
 use restarts::BridgeStarts;
 
 /// Columns whose change can lift or restore a hold, or tell which VLAN to restore.
@@ -43,9 +45,10 @@ const WATCHED: [&str; 6] = ["name", "tag", "vlan_mode", "trunks", "other_config"
 /// interface like the port, so an Interface change is reported under its name.
 const WATCHED_INTERFACE: [&str; 2] = ["name", "ofport"];
 
-/// How often [`wake_on_changes`] wakes every router without any event: the safety net for
-/// what no event reports (`no-receive` lifted by another OpenFlow client, an ovs-vswitchd
-/// restart when its run directory cannot be watched).
+/// How often [`PortEvents`] looks for what no event reports (`no-receive` changed by another
+/// OpenFlow client, an ovs-vswitchd restart when its run directory cannot be watched): the
+/// ports whose `no-receive` changed since the last look, or every port when it cannot tell
+/// (see [`recheck`]).
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// After ovs-vswitchd (re)created a bridge, when to report it again: its ports are attached
@@ -204,7 +207,8 @@ pub enum PortEvent {
     /// (`no-receive`) with nothing to show in OVSDB; reported again [`AFTER_RESTART`], since
     /// its ports are attached a little later.
     Restarted(String),
-    /// The periodic look at every port, if asked for (see [`PortEvents::start`]).
+    /// The periodic look could not tell which ports changed (see [`PortEvents::start`]): every
+    /// port may have.
     Recheck,
 }
 
@@ -217,12 +221,22 @@ pub struct PortEvents {
     /// When to report the last restart again.
     again: Vec<(Instant, String)>,
     recheck: Option<tokio::time::Interval>,
+    /// Where the bridges' management sockets are, for the recheck's listings.
+    rundir: Option<std::path::PathBuf>,
+    /// The recheck's listing under way.
+    look: Option<tokio::task::JoinHandle<Option<Bits>>>,
+    /// What the last listing found.
+    last: Option<Bits>,
+    /// Ports the last listing found changed, still to report.
+    changed: Vec<String>,
 }
 
 impl PortEvents {
     /// Starts [`PortChanges`] on `client` and watches `rundir` (if ovs-vswitchd's `no-receive`
-    /// is used) for bridges being (re)created; with `recheck`, a [`PortEvent::Recheck`] that
-    /// often.
+    /// is used) for bridges being (re)created; with `recheck`, that often a listing of the
+    /// bridges' ports over OpenFlow: a [`PortChange::Port`] for each port whose `no-receive`
+    /// changed since the listing before, [`PortEvent::Recheck`] if it cannot tell (the first
+    /// listing, a bridge not answering, no run directory).
     pub async fn start(
         client: OvsdbClient,
         endpoint: &str,
@@ -244,12 +258,25 @@ impl PortEvents {
             interval.reset();
             interval
         });
-        Ok(PortEvents { changes, restarts, again: Vec::new(), recheck })
+        let rundir = rundir.map(Path::to_path_buf);
+        Ok(PortEvents {
+            changes,
+            restarts,
+            again: Vec::new(),
+            recheck,
+            rundir,
+            look: None,
+            last: None,
+            changed: Vec::new(),
+        })
     }
 
     /// The next event; `None` once the monitor is gone.
     pub async fn next(&mut self) -> Option<PortEvent> {
         loop {
+            if let Some(port) = self.changed.pop() {
+                return Some(PortEvent::Change(PortChange::Port(port)));
+            }
             let next_again = self.again.iter().map(|(at, _)| *at).min();
             tokio::select! {
                 change = self.changes.next() => return change.map(PortEvent::Change),
@@ -268,7 +295,26 @@ impl PortEvents {
                     let due = self.again.iter().position(|(at, _)| *at <= now)?;
                     return Some(PortEvent::Restarted(self.again.swap_remove(due).1));
                 }
-                _ = tick(&mut self.recheck) => return Some(PortEvent::Recheck),
+                _ = tick(&mut self.recheck) => {
+                    let Some(rundir) = self.rundir.clone() else { return Some(PortEvent::Recheck) };
+                    if self.look.is_none() {
+                        self.look = Some(tokio::spawn(recheck::look(rundir)));
+                    }
+                }
+                looked = looked(&mut self.look) => {
+                    self.look = None;
+                    let Some(now) = looked else {
+                        self.last = None;
+                        return Some(PortEvent::Recheck);
+                    };
+                    match self.last.replace(now) {
+                        Some(before) => {
+                            self.changed = recheck::changed(&before, self.last.as_ref()?);
+                            debug!(ports = self.changed.len(), "recheck: no-receive changed");
+                        }
+                        None => return Some(PortEvent::Recheck),
+                    }
+                }
             }
         }
     }
@@ -278,6 +324,14 @@ impl PortEvents {
 async fn next_bridge_start(starts: &mut Option<BridgeStarts>) -> Option<String> {
     match starts {
         Some(starts) => starts.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The recheck's listing once it is done (`None`: it could not tell), or never without one.
+async fn looked(look: &mut Option<tokio::task::JoinHandle<Option<Bits>>>) -> Option<Bits> {
+    match look {
+        Some(task) => task.await.ok().flatten(),
         None => std::future::pending().await,
     }
 }
