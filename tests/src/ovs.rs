@@ -58,11 +58,16 @@ impl Ovs {
         Ok(())
     }
 
-    /// Kills ovs-vswitchd and starts it again; returns once it has reconfigured from OVSDB.
-    /// Its OpenFlow state (flows, port config such as `no-receive`) is gone.
-    pub fn restart_vswitchd(&mut self) -> Result<()> {
+    /// Kills ovs-vswitchd and starts it again, without waiting for it. Its OpenFlow state
+    /// (flows, port config such as `no-receive`) is gone.
+    pub fn respawn_vswitchd(&mut self) -> Result<()> {
         kill(&mut self.vswitchd);
-        self.start_vswitchd()?;
+        self.start_vswitchd()
+    }
+
+    /// [`Ovs::respawn_vswitchd`], returning once it has reconfigured from OVSDB.
+    pub fn restart_vswitchd(&mut self) -> Result<()> {
+        self.respawn_vswitchd()?;
         // `ovs-vsctl` without --no-wait returns once vswitchd has applied the database; a
         // value it already has would be no change to wait for (a second restart).
         let stamp = std::time::SystemTime::now()

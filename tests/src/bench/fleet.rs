@@ -82,6 +82,9 @@ pub(super) fn build_fleet(
         t_ns.as_secs_f64(),
         t.elapsed().as_secs_f64()
     ));
+    if let Some(ovs) = &wiring.ovs {
+        lines.push(super::wiring::ovs_floor(ovs, n, 3 * (n + 1) + 5)?);
+    }
     let state = ctx.dir.join("fleet-state");
     std::fs::write(&state, "backup")?;
     let mut yaml = wiring.header_yaml();

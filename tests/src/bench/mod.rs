@@ -41,6 +41,7 @@ mod idle;
 mod log;
 mod mass;
 mod matrix;
+mod restart;
 mod retag;
 mod stats;
 mod takeover;
@@ -52,7 +53,8 @@ use wiring::Backend;
 
 const USAGE: &str = "\
 usage: hagw-bench [--matrix] [--backend generic|linuxbridge|ovs] [--strategy S]
-                  [--only takeover|mass|cold|idle|retag] [--failovers N] [--baseline-rounds N]
+                  [--only takeover|mass|cold|idle|retag|ovs-restart] [--failovers N]
+                  [--baseline-rounds N]
                   [--routers N] [--waves N] [--idle-secs S] [--resync S] [--retags N]
                   [--curve N,N,...]
 
@@ -68,7 +70,9 @@ usage: hagw-bench [--matrix] [--backend generic|linuxbridge|ovs] [--strategy S]
   --idle-secs S        idle window for RSS/CPU (default 60)
   --resync S           hagw run --resync (default: hagw's default, 60)
   --retags N           OVS retags to measure hagw's re-hold on (default 100; 0 = skip)
-  --only WHAT          run one measurement (cold comes with the fleet anyway)
+  --only WHAT          run one measurement (cold comes with the fleet anyway);
+                       ovs-restart (only when asked, --backend ovs): ovs-vswitchd restarted
+                       under the fleet's held standby routers
   --curve N,N,...      only the fleet at each size, on --backend/--strategy: cold start,
                        mass failover, idle, and the cost per added router between sizes
 
@@ -139,8 +143,9 @@ impl Opts {
                     opts.strategy = Some(value);
                 }
                 "--only" => {
-                    if !["takeover", "mass", "cold", "idle", "retag"].contains(&value.as_str()) {
-                        bail!("--only takeover|mass|cold|idle|retag, not {value}");
+                    let known = ["takeover", "mass", "cold", "idle", "retag", "ovs-restart"];
+                    if !known.contains(&value.as_str()) {
+                        bail!("--only takeover|mass|cold|idle|retag|ovs-restart, not {value}");
                     }
                     opts.only = Some(value);
                 }
@@ -210,6 +215,12 @@ fn run(ctx: &Ctx, opts: &Opts) -> Result<Vec<Section>> {
     if !opts.matrix && opts.wants("retag") && opts.retags > 0 {
         let mut s = Section::new("retag reaction (OVS)".into());
         retag::measure(ctx, opts, &mut s.table, &mut s.notes)?;
+        s.print();
+        sections.push(s);
+    }
+    if opts.only.as_deref() == Some("ovs-restart") {
+        let mut s = Section::new("ovs-vswitchd restart (OVS)".into());
+        restart::run(ctx, opts, &mut s.table, &mut s.notes)?;
         s.print();
         sections.push(s);
     }

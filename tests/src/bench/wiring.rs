@@ -284,6 +284,12 @@ fn add_ports(ovs: &Ovs, bridge: &str, ports: impl Iterator<Item = (String, usize
     }
     ops.push(json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", bridge]],
         "mutations": [["ports", "insert", ["set", added]]]}));
+    transact(ovs, ops).with_context(|| format!("adding the fleet's ports to {bridge}"))?;
+    Ok(())
+}
+
+/// One OVSDB transaction of `ops` on the node's database; its results.
+fn transact(ovs: &Ovs, ops: Vec<Value>) -> Result<Vec<Value>> {
     let mut params = vec![json!("Open_vSwitch")];
     params.extend(ops);
     let request = json!({"method": "transact", "id": 1, "params": params});
@@ -293,11 +299,63 @@ fn add_ports(ovs: &Ovs, bridge: &str, ports: impl Iterator<Item = (String, usize
         .into_iter::<Value>()
         .next()
         .context("ovsdb-server closed the connection")??;
-    let results = reply["result"].as_array().context("no result")?;
+    let results = reply["result"].as_array().context("no result")?.clone();
     if let Some(error) = results.iter().find(|r| r.get("error").is_some()) {
-        bail!("adding the fleet's ports to {bridge} failed: {error}");
+        bail!("OVSDB transaction failed: {error}");
     }
-    Ok(())
+    Ok(results)
+}
+
+/// OVS's own floor for a mass failover, before hagw starts: the `n` gateway ports held and
+/// then released (the triple hagw writes) in one OVSDB transaction each, with `next_cfg`
+/// bumped, timed until ovs-vswitchd reports it applied (`cur_cfg`), as `ovs-vsctl
+/// --wait=vswitchd` would; and one port alone, for the cost of one reconfiguration. The
+/// ports end as they started (wired in their local VLAN).
+pub(super) fn ovs_floor(ovs: &Ovs, n: usize, interfaces: usize) -> Result<String> {
+    let set = |ports: std::ops::Range<usize>, held: bool| -> Result<f64> {
+        let mut ops: Vec<Value> = ports
+            .map(|i| {
+                let row = if held {
+                    json!({"tag": 4095, "vlan_mode": "trunk", "trunks": ["set", [4095]]})
+                } else {
+                    json!({"tag": LOCAL_VLAN, "vlan_mode": ["set", []], "trunks": ["set", []]})
+                };
+                json!({"op": "update", "table": "Port",
+                    "where": [["name", "==", port_name('g', i)]], "row": row})
+            })
+            .collect();
+        ops.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [],
+            "mutations": [["next_cfg", "+=", 1]]}));
+        ops.push(json!({"op": "select", "table": "Open_vSwitch", "where": [],
+            "columns": ["next_cfg"]}));
+        let start = Instant::now();
+        let results = transact(ovs, ops)?;
+        let target = results.last().and_then(|r| r["rows"][0]["next_cfg"].as_i64());
+        let target = target.context("no next_cfg")?;
+        loop {
+            let cur = transact(
+                ovs,
+                vec![json!({"op": "select", "table": "Open_vSwitch",
+                "where": [], "columns": ["cur_cfg"]})],
+            )?;
+            if cur[0]["rows"][0]["cur_cfg"].as_i64().is_some_and(|c| c >= target) {
+                return Ok(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("ovs-vswitchd did not apply a change in 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let one_hold = set(0..1, true)?;
+    let one_release = set(0..1, false)?;
+    let hold = set(0..n, true)?;
+    let release = set(0..n, false)?;
+    Ok(format!(
+        "OVS floor ({n} gateway ports of {interfaces} on br-int, one transaction each, until \
+         cur_cfg): hold all {hold:.0} ms, release all {release:.0} ms; one port: hold \
+         {one_hold:.0} ms, release {one_release:.0} ms"
+    ))
 }
 
 /// Waits until the uplink is a forwarding port of brq. The bridge enables a port once the
