@@ -144,11 +144,13 @@ mod tests {
     struct Asked {
         listings: AtomicUsize,
         port_mods: AtomicUsize,
+        /// Sessions that carried PORT_MODs.
+        writers: AtomicUsize,
     }
 
-    /// A switch whose br-int lists one port, `qg-1`, and answers a port listing only with a
-    /// permit from `replies`, then PORT_MODs until a barrier.
-    fn switch(socket: &Path, replies: Arc<Semaphore>, asked: Arc<Asked>) {
+    /// A switch whose br-int lists `ports` ports, `qg-1` … `qg-<ports>`, and answers a port
+    /// listing only with a permit from `replies`; PORT_MODs are counted, barriers answered.
+    fn switch(socket: &Path, ports: u8, replies: Arc<Semaphore>, asked: Arc<Asked>) {
         let listener = UnixListener::bind(socket).unwrap();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
@@ -156,17 +158,28 @@ mod tests {
                 tokio::spawn(async move {
                     let (_, xid) = read_message(&mut stream).await.unwrap(); // HELLO
                     stream.write_all(&message(0, xid, &[])).await.unwrap();
-                    let (_, xid) = read_message(&mut stream).await.unwrap(); // PORT_DESC
-                    asked.listings.fetch_add(1, Ordering::SeqCst);
-                    replies.acquire().await.unwrap().forget();
-                    let mut port = vec![0u8; 64];
-                    port[3] = 1;
-                    port[16..20].copy_from_slice(b"qg-1");
-                    let body = [&[0, 13, 0, 0, 0, 0, 0, 0][..], &port].concat();
-                    stream.write_all(&message(19, xid, &body)).await.unwrap();
+                    let mut wrote = false;
                     while let Some((kind, xid)) = read_message(&mut stream).await {
                         match kind {
-                            16 => drop(asked.port_mods.fetch_add(1, Ordering::SeqCst)),
+                            18 => {
+                                asked.listings.fetch_add(1, Ordering::SeqCst);
+                                replies.acquire().await.unwrap().forget();
+                                let mut body = vec![0, 13, 0, 0, 0, 0, 0, 0];
+                                for i in 1..=ports {
+                                    let mut port = vec![0u8; 64];
+                                    port[3] = i;
+                                    let name = format!("qg-{i}");
+                                    port[16..16 + name.len()].copy_from_slice(name.as_bytes());
+                                    body.extend(port);
+                                }
+                                stream.write_all(&message(19, xid, &body)).await.unwrap();
+                            }
+                            16 => {
+                                asked.port_mods.fetch_add(1, Ordering::SeqCst);
+                                if !std::mem::replace(&mut wrote, true) {
+                                    asked.writers.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
                             20 => stream.write_all(&message(21, xid, &[])).await.unwrap(),
                             _ => {}
                         }
@@ -176,12 +189,36 @@ mod tests {
         });
     }
 
+    /// 120 changes at once: one listing, and the PORT_MODs spread over sessions of at most
+    /// 50 (ovs-vswitchd reads 50 messages of a connection per pass of its main loop).
+    #[tokio::test]
+    async fn many_changes_go_over_several_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("br-int.mgmt");
+        let (replies, asked) = (Arc::new(Semaphore::new(100)), Arc::new(Asked::default()));
+        switch(&socket, 120, replies, asked.clone());
+        let shared = Arc::new(Listings::default());
+        let sets = (1..=120).map(|i| {
+            let (shared, socket) = (shared.clone(), socket.clone());
+            tokio::spawn(async move { shared.set(&socket, &format!("qg-{i}"), true).await })
+        });
+        for set in futures::future::join_all(sets).await {
+            assert!(set.unwrap().unwrap(), "every port is listed");
+        }
+        assert_eq!(asked.port_mods.load(Ordering::SeqCst), 120);
+        let (listings, writers) =
+            (asked.listings.load(Ordering::SeqCst), asked.writers.load(Ordering::SeqCst));
+        // The first caller may have had an exchange of its own.
+        assert!(listings <= 2, "{listings} listings");
+        assert!(writers >= 3, "120 changes over {writers} sessions");
+    }
+
     #[tokio::test]
     async fn callers_queued_behind_an_exchange_share_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("br-int.mgmt");
         let (replies, asked) = (Arc::new(Semaphore::new(0)), Arc::new(Asked::default()));
-        switch(&socket, replies.clone(), asked.clone());
+        switch(&socket, 1, replies.clone(), asked.clone());
         let shared = Arc::new(Listings::default());
         let ask = |shared: Arc<Listings>, socket: PathBuf| {
             tokio::spawn(async move { shared.ports(&socket).await.unwrap() })
