@@ -130,6 +130,20 @@ impl Ctx {
     }
 }
 
+/// Children stopped when this drops, on every path: a child left running after its
+/// measurement failed would outlive the bench (the guardian only kills what is still running
+/// when the bench dies) and keep the bench lock's file descriptor open.
+#[derive(Default)]
+pub(super) struct Procs(pub(super) Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for child in self.0.drain(..) {
+            stop(child);
+        }
+    }
+}
+
 /// Stops a child: SIGTERM, then SIGKILL after a grace period.
 pub(super) fn stop(mut child: Child) {
     let _ = sh(&format!("kill -TERM {} 2>/dev/null", child.id()));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::ctx::{Ctx, lines_of, stop};
+use super::ctx::{Ctx, Procs, lines_of};
 use super::fleet::{fleet_dev, fleet_mac};
 use super::stats::{Dist, Table};
 use super::takeover::{Ev, TakeoverLab, parse_monitor, split_arps, start_arp_capture};
@@ -49,7 +49,8 @@ pub(super) fn measure(ctx: &Ctx, lab: &TakeoverLab, rounds: usize) -> Result<Dis
     std::fs::write(&conf, keepalived_conf(&ha, &qg, trk))?;
 
     let (frames_tx, frames) = channel();
-    let capture = start_arp_capture(ctx, &lab.tor, "any", frames_tx)?;
+    // Stopped when this returns, whichever way (the writer after its stdin closed).
+    let mut procs = Procs(vec![start_arp_capture(ctx, &lab.tor, "any", frames_tx)?]);
     let (arps, _rest) = split_arps(frames, fleet_mac(0));
     let (tx, events) = channel();
     let mut monitor = {
@@ -59,7 +60,9 @@ pub(super) fn measure(ctx: &Ctx, lab: &TakeoverLab, rounds: usize) -> Result<Dis
         ctx.spawn(&mut cmd)?
     };
     let mon_tx = tx.clone();
-    lines_of(monitor.stdout.take().context("monitor stdout")?, move |line| {
+    let stdout = monitor.stdout.take().context("monitor stdout")?;
+    procs.0.push(monitor);
+    lines_of(stdout, move |line| {
         if let Some(ev) = parse_monitor(&line) {
             let _ = mon_tx.send(ev);
         }
@@ -79,6 +82,7 @@ pub(super) fn measure(ctx: &Ctx, lab: &TakeoverLab, rounds: usize) -> Result<Dis
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         ctx.spawn(&mut cmd)?
     };
+    procs.0.push(keepalived);
     let mut batch = {
         let mut cmd = Command::new("ip");
         cmd.args(["-n", r, "-batch", "-"]);
@@ -86,6 +90,7 @@ pub(super) fn measure(ctx: &Ctx, lab: &TakeoverLab, rounds: usize) -> Result<Dis
         ctx.spawn(&mut cmd)?
     };
     let mut link = batch.stdin.take().context("ip -batch stdin")?;
+    procs.0.push(batch);
 
     // The first MASTER (after start-up) is not a round; then down/up per round.
     let mut res = Vec::new();
@@ -135,10 +140,7 @@ pub(super) fn measure(ctx: &Ctx, lab: &TakeoverLab, rounds: usize) -> Result<Dis
         }
     }
     drop(link);
-    stop(batch);
-    stop(keepalived);
-    stop(monitor);
-    stop(capture);
+    drop(procs);
     sh(&format!("ip -n {r} link del {trk}"))?;
     if failed > 0 {
         eprintln!("keepalived's floor: {failed} incomplete rounds");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::ctx::{Ctx, stop};
+use super::ctx::{Ctx, Procs};
 use super::fleet::{Fleet, PROBE, fleet_mac};
 use super::idle::{clk_tck, proc_sample};
 use super::log::Log;
@@ -104,7 +104,7 @@ pub(super) fn measure(
     let n = fleet.n;
     eprintln!("mass failover of {n} routers, {waves} wave(s) ...");
     let (frames_tx, frames) = channel();
-    let capture = start_arp_capture(ctx, &fleet.tor, "any", frames_tx)?;
+    let capture = Procs(vec![start_arp_capture(ctx, &fleet.tor, "any", frames_tx)?]);
     let (probe_arps, rest) = split_arps(frames, fleet_mac(n));
     let wanted: HashSet<String> = (0..n).map(fleet_mac).collect();
     let garps: Arc<Mutex<HashMap<String, f64>>> = Arc::default();
@@ -195,8 +195,8 @@ pub(super) fn measure(
         result.push(wave);
         log.wait_quiet(Duration::from_secs(1), wave_limit(n));
     }
-    probe.stop();
-    stop(capture);
+    drop(probe);
+    drop(capture);
     if waves > 1 {
         notes.extend(probed.report("unrelated router (the probe) taken over during waves 2-"));
     }

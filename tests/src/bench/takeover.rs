@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::ctx::{Ctx, lines_of, stop};
+use super::ctx::{Ctx, Procs, lines_of};
 use super::fleet::{fleet_dev, fleet_mac};
 use super::log::{Log, parse_utc};
 use super::stats::{Dist, Table};
@@ -141,7 +141,8 @@ pub(super) struct Probe {
     silence_only: bool,
     events: Receiver<Ev>,
     vip_cmd: ChildStdin,
-    procs: Vec<Child>,
+    /// The observer and the writer, stopped when the probe drops (after `vip_cmd` closed).
+    _procs: Procs,
 }
 
 impl Probe {
@@ -190,7 +191,7 @@ impl Probe {
             silence_only: strategy == "silence-only",
             events,
             vip_cmd,
-            procs: vec![monitor, batch],
+            _procs: Procs(vec![monitor, batch]),
         })
     }
 
@@ -262,13 +263,6 @@ impl Probe {
             std::thread::sleep(Duration::from_millis(2));
         }
         false
-    }
-
-    pub(super) fn stop(self) {
-        drop(self.vip_cmd);
-        for child in self.procs {
-            stop(child);
-        }
     }
 }
 
@@ -356,11 +350,12 @@ pub(super) fn measure(
     std::fs::write(&config, format!("{}routers:\n{yaml}", lab.wiring.header_yaml()))?;
 
     let (frames_tx, frames) = channel();
-    let capture = start_arp_capture(ctx, &lab.tor, "any", frames_tx)?;
+    let mut procs = Procs(vec![start_arp_capture(ctx, &lab.tor, "any", frames_tx)?]);
     let (arps, _rest) = split_arps(frames, fleet_mac(0));
     let (netns, env) = lab.wiring.hagw_env();
     let mut agent = ctx.start_hagw_in(&config, netns, &env)?;
     let log = Log::collect(&mut agent)?;
+    procs.0.push(agent);
     // Standby reached and quiet before the first round.
     let deadline = Instant::now() + Duration::from_secs(20);
     while log.routers_with(0, "converged", None).0.is_empty() {
@@ -381,9 +376,8 @@ pub(super) fn measure(
             eprintln!("  {} rounds", i + 1);
         }
     }
-    probe.stop();
-    stop(agent);
-    stop(capture);
+    drop(probe);
+    drop(procs);
     notes.extend(res.report(&format!("takeover, hagw run ({}, {strategy})", backend.name())));
     let garp = res.dist(|r| Some(r.garp - r.t0));
     let seen = res.dist(|r| Some(r.garp - r.vip));
