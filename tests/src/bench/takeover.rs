@@ -195,15 +195,21 @@ impl Probe {
         })
     }
 
-    /// One takeover and the way back; `None` if the VIP or the gARP was not seen in 3 s.
-    /// Pauses `pause` after the router is standby again.
-    pub(super) fn round(&mut self, log: &Log, pause: Duration) -> Result<Option<Round>> {
+    /// One takeover and the way back; `None` if the VIP or the gARP was not seen within
+    /// `limit`. Pauses `pause` after the router is standby again; an error if it is not
+    /// within a minute.
+    pub(super) fn round(
+        &mut self,
+        log: &Log,
+        pause: Duration,
+        limit: Duration,
+    ) -> Result<Option<Round>> {
         let from = log.len();
         let t0 = now();
         writeln!(self.vip_cmd, "address add {VIP} dev {}", self.ha)?;
         self.vip_cmd.flush()?;
         let (mut vip, mut garp) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + limit;
         while (vip.is_none() || garp.is_none()) && Instant::now() < deadline {
             match self.events.recv_timeout(Duration::from_millis(20)) {
                 Ok(Ev::Vip { ts, added: true }) => vip = vip.or(Some(ts)),
@@ -212,7 +218,7 @@ impl Probe {
             }
         }
         // The pass's steps are all logged once it logs the transition.
-        self.wait_log(log, from, "primary", Duration::from_secs(3));
+        self.wait_log(log, from, "primary", limit);
         let released = log
             .of_router(from, &self.id)
             .iter()
@@ -224,8 +230,8 @@ impl Probe {
         let from = log.len();
         writeln!(self.vip_cmd, "address del {VIP} dev {}", self.ha)?;
         self.vip_cmd.flush()?;
-        if !self.wait_log(log, from, "standby", Duration::from_secs(10)) {
-            bail!("router {}: back to standby not logged within 10 s", self.id);
+        if !self.wait_log(log, from, "standby", Duration::from_secs(60)) {
+            bail!("router {}: back to standby not logged within 60 s", self.id);
         }
         if self.silence_only {
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -368,7 +374,7 @@ pub(super) fn measure(
     let mut probe = Probe::start(ctx, id, &lab.router, &ha_dev(0), strategy, arps)?;
     let mut res = Takeovers { rounds: Vec::new(), failed: 0 };
     for i in 0..rounds {
-        match probe.round(&log, Duration::from_millis(100))? {
+        match probe.round(&log, Duration::from_millis(100), Duration::from_secs(3))? {
             Some(round) => res.rounds.push(round),
             None => res.failed += 1,
         }
