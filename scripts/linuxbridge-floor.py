@@ -17,14 +17,18 @@ ap.add_argument("--wait", type=float, default=2.0, help="seconds after the uplin
 ap.add_argument("--uplink-first", action="store_true", help="enslave the uplink after the taps (first in flood order)")
 ap.add_argument("--na", action="store_true", help="also an unsolicited NA per router, as hagw sends")
 ap.add_argument("--senders", type=int, default=1, help="processes sending (one per core)")
+ap.add_argument("--distinct", action="store_true",
+                help="each router its own addresses (hagw-bench gives all the same ones)")
 a = ap.parse_args()
 N = a.routers; WAIT = a.wait; P = f"lbp{os.getpid()}"
 def csum(b):
     if len(b) % 2: b += b"\0"
     s = sum(struct.unpack(f"!{len(b)//2}H", b)); s = (s >> 16) + (s & 0xffff); s += s >> 16
     return ~s & 0xffff
-def na(m):
-    src = socket.inet_pton(socket.AF_INET6, "2001:db8::10"); dst = socket.inet_pton(socket.AF_INET6, "ff02::1")
+def v4(i): return f"10.{i >> 8}.{i & 0xff}.1" if a.distinct else "203.0.113.10"
+def v6(i): return f"2001:db8::{i + 1:x}" if a.distinct else "2001:db8::10"
+def na(m, i):
+    src = socket.inet_pton(socket.AF_INET6, v6(i)); dst = socket.inet_pton(socket.AF_INET6, "ff02::1")
     body = struct.pack("!BBHI", 136, 0, 0, 0x20000000) + src + bytes([2, 1]) + m
     ck = csum(src + dst + struct.pack("!IxxxB", len(body), 58) + body)
     body = body[:2] + struct.pack("!H", ck) + body[4:]
@@ -79,9 +83,9 @@ try:
         s.bind((f"qg-{i:05}", 0))
         os.close(fd)
         m = bytes.fromhex(mac(i).replace(":", ""))
-        ip = socket.inet_aton("203.0.113.10")
+        ip = socket.inet_aton(v4(i))
         frame = b"\xff" * 6 + m + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + m + ip + b"\xff" * 6 + ip
-        socks.append((s, [frame, na(m)] if a.na else [frame]))
+        socks.append((s, [frame, na(m, i)] if a.na else [frame]))
     assert libc.setns(own, CLONE_NEWNET) == 0
     release = "delete element bridge hagw held_ports { " + ", ".join(f"tg{i:05}" for i in range(N)) + " }\n"
     pcap = f"/tmp/{P}.pcap"
