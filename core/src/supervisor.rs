@@ -18,7 +18,8 @@ use crate::reconcile::{Dataplane, RetryPolicy, RouterMemory, reconcile_router};
 /// Timing of a worker.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
-    /// Full re-observation even without events: the safety net for anything missed.
+    /// Full re-observation even without events: the safety net for anything missed. Each
+    /// wait is spread by ±10 % ([`spread`]).
     pub resync: Duration,
     pub retry: RetryPolicy,
     /// Delay before re-trying a failed pass; doubles up to `max_backoff`.
@@ -35,6 +36,14 @@ impl Default for WorkerConfig {
             max_backoff: Duration::from_secs(10),
         }
     }
+}
+
+/// `resync` spread uniformly over ±10 %. Passes that ended together (a cold start, a mass
+/// failover) would otherwise resync together for ever: on a node with a thousand routers,
+/// a thousand namespaces' connections opened in the same instant every minute, each time a
+/// peak of CPU and of memory the allocator keeps.
+fn spread(resync: Duration) -> Duration {
+    resync.mul_f64(0.9 + 0.2 * fastrand::f64())
 }
 
 /// What one pass of one router did, for status, metrics and events.
@@ -177,7 +186,7 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
                         Some(Wait::SilenceSettling { remaining }) => remaining,
                         Some(Wait::L2NotWired) => self.config.resync.min(Duration::from_secs(1)),
                         Some(Wait::DeviceMissing) => self.config.resync.min(Duration::from_secs(5)),
-                        None => self.config.resync,
+                        None => spread(self.config.resync),
                     };
                     if report.degraded.iter().all(|f| f.source.is_read_only()) {
                         // Nothing failed, or only what a read-only /proc/sys refuses: retried
@@ -249,5 +258,23 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
                 _ = sleep_until(deadline) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resyncs_are_spread_within_ten_percent() {
+        let resync = Duration::from_secs(60);
+        let waits: Vec<Duration> = (0..1000).map(|_| spread(resync)).collect();
+        let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(
+            *min >= Duration::from_secs(54) && *max <= Duration::from_secs(66),
+            "{min:?}..{max:?}"
+        );
+        // Spread, not merely bounded: a thousand draws cover most of the 12 s window.
+        assert!(*max - *min >= Duration::from_secs(10), "{min:?}..{max:?}");
     }
 }

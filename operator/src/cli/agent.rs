@@ -39,7 +39,8 @@ pub struct AgentArgs {
     /// OVSDB endpoint for routers with the `ovs` backend.
     #[arg(long, env = "HAGW_OVSDB", default_value = DEFAULT_OVSDB)]
     pub ovsdb: String,
-    /// Seconds between full re-observations of every router, even without events.
+    /// Seconds between full re-observations of every router, even without events (each wait
+    /// spread by ±10 %).
     #[arg(long, env = "HAGW_RESYNC", default_value_t = 60)]
     pub resync: u64,
     #[command(flatten)]

@@ -17,7 +17,8 @@ use crate::agent::{Agent, NeutronSource, Source};
 pub struct RunArgs {
     #[command(flatten)]
     pub routers: RoutersArg,
-    /// Seconds between full re-observations of every router, even without events.
+    /// Seconds between full re-observations of every router, even without events (each wait
+    /// spread by ±10 %).
     #[arg(long, env = "HAGW_RESYNC", default_value_t = 60)]
     pub resync: u64,
     /// If the endpoint's address cannot be bound, the agent logs an error and runs without it.
