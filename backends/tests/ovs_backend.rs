@@ -21,6 +21,7 @@ use hagw_core::observed::{
 use hagw_core::planner::HoldOnArrival;
 use hagw_core::reconcile::{Dataplane, RouterMemory};
 use hagw_core::supervisor::{RouterEvent, WorkerConfig, spawn_router};
+use hagw_core::testing::router;
 use hagw_core::{Action, Error};
 use ovsdb_support::OvsdbServer as Server;
 use tokio::sync::{mpsc, watch};
@@ -115,19 +116,14 @@ fn silent_link() -> LinkState {
 /// A standby router whose gateway is `port` (no namespace here).
 fn standby(port: &str) -> RouterSpec {
     RouterSpec {
-        id: format!("r-{port}"),
         namespace: "unused".into(),
         gateway_device: port.into(),
-        ha_device: None,
-        primary_vip: None,
-        keepalived_pid_file: None,
         gateway_addresses: Vec::new(),
-        routes: Vec::new(),
         backend: L2BackendSpec::Ovs { port: Some(port.into()) },
-        strategy: Strategy::L2Hold,
         announce: AnnounceSchedule { repeats: 0, interval_ms: 1000 },
         role: RoleSource::Fixed(Role::Standby),
         silence_settle_ms: HOUR,
+        ..router(&format!("r-{port}"))
     }
 }
 

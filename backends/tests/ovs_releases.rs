@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use hagw_backends::l2::ovs::OvsBackend;
 use hagw_backends::ovsdb::{ClientConfig, Mutation, Mutator, Op, OvsdbClient, VSWITCH_DB};
-use hagw_core::model::{AnnounceSchedule, L2BackendSpec, Role, RoleSource, RouterSpec, Strategy};
+use hagw_core::model::{AnnounceSchedule, L2BackendSpec, Role, RoleSource, RouterSpec};
+use hagw_core::testing::router;
 use ovsdb_support::OvsdbServer as Server;
 
 const PORTS: usize = 40;
@@ -19,19 +20,14 @@ const LOCAL_VLAN: u16 = 17;
 
 fn spec(port: &str) -> RouterSpec {
     RouterSpec {
-        id: format!("r-{port}"),
         namespace: "unused".into(),
         gateway_device: port.into(),
-        ha_device: None,
-        primary_vip: None,
-        keepalived_pid_file: None,
         gateway_addresses: Vec::new(),
-        routes: Vec::new(),
         backend: L2BackendSpec::Ovs { port: Some(port.into()) },
-        strategy: Strategy::L2Hold,
         announce: AnnounceSchedule { repeats: 0, interval_ms: 1000 },
         role: RoleSource::Fixed(Role::Primary),
         silence_settle_ms: 500,
+        ..router(&format!("r-{port}"))
     }
 }
 
