@@ -14,16 +14,15 @@ use futures::StreamExt;
 use hagw_backends::l2::ovs::{OvsBackend, port::SAVED_TAG_KEY, port_name};
 use hagw_backends::ovs_watch::{PortChange, PortRouters, wake_on_changes};
 use hagw_backends::ovsdb::ClientConfig;
-use hagw_core::model::{AnnounceSchedule, L2BackendSpec, Role, RoleSource, RouterSpec, Strategy};
+use hagw_core::model::{Role, RouterSpec, Strategy};
 use hagw_core::observed::{
     ADDR_GEN_MODE_NONE, HoldState, Ipv6Conf, L2State, LinkCounters, LinkState, PortState,
 };
 use hagw_core::planner::HoldOnArrival;
 use hagw_core::reconcile::{Dataplane, RouterMemory};
 use hagw_core::supervisor::{RouterEvent, WorkerConfig, spawn_router};
-use hagw_core::testing::router;
 use hagw_core::{Action, Error};
-use ovsdb_support::OvsdbServer as Server;
+use ovsdb_support::{OvsdbServer as Server, port_router};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -115,16 +114,7 @@ fn silent_link() -> LinkState {
 
 /// A standby router whose gateway is `port` (no namespace here).
 fn standby(port: &str) -> RouterSpec {
-    RouterSpec {
-        namespace: "unused".into(),
-        gateway_device: port.into(),
-        gateway_addresses: Vec::new(),
-        backend: L2BackendSpec::Ovs { port: Some(port.into()) },
-        announce: AnnounceSchedule { repeats: 0, interval_ms: 1000 },
-        role: RoleSource::Fixed(Role::Standby),
-        silence_settle_ms: HOUR,
-        ..router(&format!("r-{port}"))
-    }
+    port_router(port, Role::Standby, HOUR)
 }
 
 /// A standby router's worker on `port`, woken by the OVS watcher whenever it reports the

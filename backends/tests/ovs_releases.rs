@@ -11,25 +11,11 @@ use std::time::Duration;
 
 use hagw_backends::l2::ovs::OvsBackend;
 use hagw_backends::ovsdb::{ClientConfig, Mutation, Mutator, Op, OvsdbClient, VSWITCH_DB};
-use hagw_core::model::{AnnounceSchedule, L2BackendSpec, Role, RoleSource, RouterSpec};
-use hagw_core::testing::router;
-use ovsdb_support::OvsdbServer as Server;
+use hagw_core::model::Role;
+use ovsdb_support::{OvsdbServer as Server, port_router};
 
 const PORTS: usize = 40;
 const LOCAL_VLAN: u16 = 17;
-
-fn spec(port: &str) -> RouterSpec {
-    RouterSpec {
-        namespace: "unused".into(),
-        gateway_device: port.into(),
-        gateway_addresses: Vec::new(),
-        backend: L2BackendSpec::Ovs { port: Some(port.into()) },
-        announce: AnnounceSchedule { repeats: 0, interval_ms: 1000 },
-        role: RoleSource::Fixed(Role::Primary),
-        silence_settle_ms: 500,
-        ..router(&format!("r-{port}"))
-    }
-}
 
 fn cfg_ops() -> Vec<Op> {
     vec![Op::Select {
@@ -97,7 +83,7 @@ async fn releases_at_once_share_transactions_and_waits_for_ovs_vswitchd() {
     let ovs = OvsBackend::with_config(endpoint, ClientConfig::default());
     let releases = names.iter().map(|name| {
         let ovs = ovs.clone();
-        let spec = spec(name);
+        let spec = port_router(name, Role::Primary, 500);
         tokio::spawn(async move { ovs.release(&spec).await })
     });
     for release in futures::future::join_all(releases).await {

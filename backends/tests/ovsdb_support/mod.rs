@@ -152,3 +152,23 @@ impl OvsdbServer {
         server
     }
 }
+
+/// A router whose gateway is the OVS port `port` of this host (no namespace, no addresses), with
+/// a fixed role and no repeated announcements.
+pub fn port_router(
+    port: &str,
+    role: hagw_core::model::Role,
+    silence_settle_ms: u64,
+) -> hagw_core::RouterSpec {
+    use hagw_core::model::{AnnounceSchedule, L2BackendSpec, RoleSource};
+    hagw_core::RouterSpec {
+        namespace: "unused".into(),
+        gateway_device: port.into(),
+        gateway_addresses: Vec::new(),
+        backend: L2BackendSpec::Ovs { port: Some(port.into()) },
+        announce: AnnounceSchedule { repeats: 0, interval_ms: 1000 },
+        role: RoleSource::Fixed(role),
+        silence_settle_ms,
+        ..hagw_core::testing::router(&format!("r-{port}"))
+    }
+}
