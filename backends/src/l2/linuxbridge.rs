@@ -9,20 +9,20 @@
 //! A `bridge` table that matches the tap by *name* belongs to no device, so nothing the
 //! agents do can undo it, and it can be in place before the tap exists.
 //!
-//! - hold: one atomic `nft` transaction ensures table, set, chain and rule, and adds the tap
-//!   name to the set ([`nft::batch_script`]); it succeeds whether or not the tap exists.
+//! - hold: one atomic nf_tables batch ensures table, set, chain and rule, and adds the tap
+//!   name to the set ([`nft::HostNft::commit`]); it succeeds whether or not the tap exists.
 //! - release: deletes the name from the set; the table stays for other held ports.
 //! - observe: held iff the structure is complete *and* the name is in the set; if someone
 //!   flushed the ruleset the table is gone, the port reads as released, and the planner
 //!   holds a standby again. Wired iff the tap is a forwarding port of the configured bridge
 //!   ([`wiring`]).
 //!
-//! Every router shares one table, so concurrent reads are one `nft list` and concurrent
-//! holds and releases one transaction ([`coalesce`]): a mass failover is a few `nft` runs,
-//! not one per router.
+//! Every router shares one table, so concurrent reads are one read and concurrent holds and
+//! releases one batch ([`coalesce`]): a mass failover is a few batches, not one per router.
+//! Both go over one nf_tables netlink socket in hagw's own namespace ([`nft::HostNft`]): a
+//! release is a socket round trip, where an `nft` process cost ~26 ms of every takeover.
 //!
-//! Requirements: a kernel with `CONFIG_NF_TABLES_BRIDGE` and the `nft` binary (≥ 0.9 for
-//! JSON; tested with 1.0.6 on 6.18).
+//! Requirements: a kernel with `CONFIG_NF_TABLES_BRIDGE` (tested on 6.18); no `nft` binary.
 
 mod coalesce;
 pub mod nft;
@@ -34,11 +34,13 @@ use std::sync::Arc;
 use hagw_core::Error;
 use hagw_core::model::{L2BackendSpec, RouterSpec};
 use hagw_core::observed::{HoldState, L2State};
+use nix::errno::Errno;
 use tracing::{debug, info, instrument, warn};
 
+pub use super::nftables::read::HoldTable;
+use super::nftables::{Key, NftError, ifname_key};
 use coalesce::Coalescer;
-pub use nft::{HoldTable, Nft};
-use nft::{NftFailure, batch_script, table_target};
+use nft::{HostNft, KERNEL_CONFIG, element_target, table_target};
 use wiring::OwnNetlink;
 
 /// The tap and bridge of a router with the `linuxbridge` backend.
@@ -53,20 +55,15 @@ fn port_and_bridge<'a>(spec: &'a RouterSpec, op: &str) -> Result<(&'a str, &'a s
     }
 }
 
-/// `nft set bridge hagw held_ports element tapX`: where hold and release act.
-fn element_target(port: &str) -> String {
-    format!("nft set {} {} {} element {port}", nft::FAMILY, nft::TABLE, nft::SET)
-}
-
-/// The Linux bridge L2 backend for hagw's namespace. Clones share the netlink connection
-/// and the batching of `nft` runs.
+/// The Linux bridge L2 backend for hagw's namespace. Clones share the netlink connections
+/// and the batching of reads and writes.
 #[derive(Debug, Clone, Default)]
 pub struct LinuxbridgeBackend {
-    nft: Nft,
+    nft: Arc<HostNft>,
     netlink: Arc<OwnNetlink>,
-    /// Every concurrent read of the table is one `nft list`.
-    reads: Arc<Coalescer<(), Result<HoldTable, NftFailure>>>,
-    /// Every concurrent hold and release is one `nft` transaction.
+    /// Every concurrent read of the table is one read.
+    reads: Arc<Coalescer<(), Result<HoldTable, NftError>>>,
+    /// Every concurrent hold and release is one batch.
     writes: Arc<Coalescer<Change, Arc<Outcomes>>>,
 }
 
@@ -74,31 +71,24 @@ pub struct LinuxbridgeBackend {
 #[derive(Debug, Clone)]
 struct Change {
     port: String,
+    key: Key,
     hold: bool,
 }
 
 /// The result of a batch for each of its ports.
-type Outcomes = HashMap<String, Result<(), NftFailure>>;
+type Outcomes = HashMap<String, Result<(), NftError>>;
 
 impl LinuxbridgeBackend {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A backend that runs `nft` from another path.
-    pub fn with_nft(nft: Nft) -> Self {
-        LinuxbridgeBackend { nft, ..Self::default() }
-    }
-
     /// The table as it is now (read after this call began), for callers that report or
     /// alert on it.
     pub async fn table(&self) -> Result<HoldTable, Error> {
-        self.read().await.map_err(|e| e.into_error("list", table_target()))
-    }
-
-    async fn read(&self) -> Result<HoldTable, NftFailure> {
         let nft = self.nft.clone();
-        self.reads.call((), move |_| async move { nft.list().await }).await
+        let read = self.reads.call((), move |_| async move { nft.read() }).await;
+        read.map_err(|e| e.into_error("list", table_target(), KERNEL_CONFIG))
     }
 
     pub async fn observe(&self, spec: &RouterSpec) -> Result<L2State, Error> {
@@ -139,7 +129,7 @@ impl LinuxbridgeBackend {
     /// Adds `port` to the held set, (re)building the table in the same transaction.
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn hold_port(&self, port: &str) -> Result<(), Error> {
-        self.change(port, true).await.map_err(|e| e.into_error("hold", element_target(port)))?;
+        self.change(port, true, "hold").await?;
         info!(port, "held");
         Ok(())
     }
@@ -148,48 +138,51 @@ impl LinuxbridgeBackend {
     /// a retry after a lost reply, or a flushed ruleset, does not fail.
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn release_port(&self, port: &str) -> Result<(), Error> {
-        self.change(port, false)
-            .await
-            .map_err(|e| e.into_error("release", element_target(port)))?;
+        self.change(port, false, "release").await?;
         info!(port, "released");
         Ok(())
     }
 
-    async fn change(&self, port: &str, hold: bool) -> Result<(), NftFailure> {
+    async fn change(&self, port: &str, hold: bool, op: &str) -> Result<(), Error> {
+        let key = ifname_key(port).ok_or_else(|| {
+            Error::permanent(op, element_target(port), "the port name is not an interface name")
+        })?;
         let nft = self.nft.clone();
-        let outcomes = self
-            .writes
-            .call(Change { port: port.to_owned(), hold }, move |changes| apply(nft, changes))
-            .await;
+        let change = Change { port: port.to_owned(), key, hold };
+        let outcomes =
+            self.writes.call(change, move |changes| async move { apply(&nft, changes) }).await;
         // Every change of a batch has its outcome; were one missing, the change is not known
         // to be done, and reporting it done could leave a primary held: a retry decides.
-        outcomes.get(port).cloned().unwrap_or_else(|| {
-            Err(NftFailure::Io(format!("the batch returned no outcome for {port}")))
-        })
+        match outcomes.get(port) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(e.clone().into_error(op, element_target(port), KERNEL_CONFIG)),
+            None => {
+                Err(Error::transient(op, element_target(port), "the batch returned no outcome"))
+            }
+        }
     }
 }
 
 /// Applies a batch of changes as one transaction; if the kernel refuses it, each change on
 /// its own, so that one port's failure is that port's alone.
-async fn apply(nft: Nft, changes: Vec<Change>) -> Arc<Outcomes> {
+fn apply(nft: &HostNft, changes: Vec<Change>) -> Arc<Outcomes> {
     // A router's changes come one after another and two routers never share a tap, so a
     // port appears once; were it twice, the later change is the one that stands.
-    let mut last: HashMap<String, bool> = HashMap::new();
+    let mut last: HashMap<String, (Key, bool)> = HashMap::new();
     for change in changes {
-        last.insert(change.port, change.hold);
+        last.insert(change.port, (change.key, change.hold));
     }
-    let result = apply_together(&nft, &last).await;
-    let outcomes = match result {
+    let outcomes = match apply_together(nft, &last) {
         Ok(()) => last.keys().map(|port| (port.clone(), Ok(()))).collect(),
         Err(e) if last.len() == 1 => {
             last.keys().map(|port| (port.clone(), Err(e.clone()))).collect()
         }
         Err(e) => {
-            debug!(error = ?e, ports = last.len(), "batched nft transaction refused; one by one");
+            debug!(error = %e, ports = last.len(), "batch refused; one by one");
             let mut outcomes = Outcomes::new();
-            for (port, hold) in last {
-                let one = HashMap::from([(port.clone(), hold)]);
-                outcomes.insert(port, apply_together(&nft, &one).await);
+            for (port, change) in last {
+                let one = HashMap::from([(port.clone(), change)]);
+                outcomes.insert(port, apply_together(nft, &one));
             }
             outcomes
         }
@@ -197,23 +190,24 @@ async fn apply(nft: Nft, changes: Vec<Change>) -> Arc<Outcomes> {
     Arc::new(outcomes)
 }
 
-/// One `nft` transaction for `changes` (port → hold). Deleting a name the set does not hold
-/// would abort the whole transaction, so releases are checked against a fresh read first.
-async fn apply_together(nft: &Nft, changes: &HashMap<String, bool>) -> Result<(), NftFailure> {
-    let hold: Vec<&str> = changes.iter().filter(|(_, h)| **h).map(|(p, _)| p.as_str()).collect();
-    let mut release: Vec<&str> =
-        changes.iter().filter(|(_, h)| !**h).map(|(p, _)| p.as_str()).collect();
+/// One batch for `changes` (port → key, hold). Deleting a name the set does not hold would
+/// abort the whole batch, so releases are checked against a fresh read of the set first.
+fn apply_together(nft: &HostNft, changes: &HashMap<String, (Key, bool)>) -> Result<(), NftError> {
+    let hold: Vec<Key> = changes.values().filter(|(_, h)| *h).map(|(k, _)| *k).collect();
+    let mut release: Vec<(&String, Key)> =
+        changes.iter().filter(|(_, (_, h))| !*h).map(|(p, (k, _))| (p, *k)).collect();
     if !release.is_empty() {
-        let table = nft.list().await?;
-        release.retain(|port| table.holds(port));
+        let held = nft.held()?;
+        release.retain(|(port, _)| held.contains(port));
     }
     if hold.is_empty() && release.is_empty() {
         return Ok(());
     }
-    match nft.apply(&batch_script(&hold, &release)).await {
+    let release: Vec<Key> = release.into_iter().map(|(_, k)| k).collect();
+    match nft.commit(&hold, &release) {
         // Released by someone else between our read and our write: released either way.
-        Err(NftFailure::NotFound(msg)) if hold.is_empty() => {
-            debug!(msg, "elements already gone");
+        Err(e) if hold.is_empty() && e.kernel_errno() == Some(Errno::ENOENT) => {
+            debug!(error = %e, "elements already gone");
             Ok(())
         }
         other => other,

@@ -8,6 +8,7 @@
 
 pub mod generic;
 pub mod linuxbridge;
+pub mod nftables;
 pub mod ovs;
 
 use hagw_core::Error;
