@@ -123,6 +123,14 @@ impl L2BackendSpec {
             L2BackendSpec::Linuxbridge { .. } => "linuxbridge",
         }
     }
+
+    /// Whether the hold sits on the switch, behind the gateway device: what the device
+    /// transmits (its tx counter) reaches the hold and is dropped there (OVS, Linux bridge).
+    /// The generic backend holds with netfilter inside the router namespace, in front of
+    /// the device: what the device counts as transmitted has passed that hold.
+    pub fn holds_behind_the_device(&self) -> bool {
+        !matches!(self, L2BackendSpec::Generic)
+    }
 }
 
 /// How a standby's gateway port is kept from transmitting. Every strategy also silences IPv6

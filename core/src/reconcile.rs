@@ -152,6 +152,10 @@ pub struct PassReport {
     pub wait: Option<Wait>,
     /// The state verification saw.
     pub observed: Observed,
+    /// Whether the pass found the port exposed (link up and not held at layer 2) when it
+    /// first observed it, before any of its steps: what the time since the last pass left
+    /// open, for the leak alarm.
+    pub found_exposed: bool,
     /// Side settings that failed after retries and were left out of the pass (see
     /// [`Action::is_side_setting`]): a primary carries traffic without them, a standby stays
     /// guarded; the router is degraded, and the next pass tries them again.
@@ -262,7 +266,8 @@ struct Pass<'a, D> {
 
 impl<D: Dataplane> Pass<'_, D> {
     async fn run(mut self) -> Result<PassReport, ReconcileError> {
-        let (_, mut plan) = self.plan(&[]).await?;
+        let (entered, mut plan) = self.plan(&[]).await?;
+        let found_exposed = entered.port.is_exposed();
         let mut applied = Vec::with_capacity(plan.actions.len());
         let mut failed: Vec<StepFailure> = Vec::new();
         let mut takeover = Takeover::default();
@@ -310,6 +315,7 @@ impl<D: Dataplane> Pass<'_, D> {
                         applied,
                         wait: next.wait,
                         observed,
+                        found_exposed,
                         degraded: failed,
                         takeover: takeover.duration,
                     });
@@ -324,6 +330,7 @@ impl<D: Dataplane> Pass<'_, D> {
                         applied,
                         wait,
                         observed,
+                        found_exposed,
                         degraded: failed,
                         takeover: takeover.duration,
                     });

@@ -60,6 +60,10 @@ pub struct RouterEvent {
     pub held: bool,
     /// Transmit counter of the gateway device after the pass, for the leak alarm.
     pub tx_packets: Option<u64>,
+    /// Whether the pass found the port exposed before its first step
+    /// ([`crate::reconcile::PassReport::found_exposed`]); `true` when the pass failed, which
+    /// observed nothing reliable.
+    pub found_exposed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -178,7 +182,7 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
             ))
             .await;
             let duration = t0.elapsed();
-            let (outcome, next, held, tx_packets) = match result {
+            let (outcome, next, held, tx_packets, found_exposed) = match result {
                 Ok(report) => {
                     // Events usually wake the worker first; these bounds are the safety net
                     // for waits on something outside hagw that sends no event here.
@@ -217,7 +221,7 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
                         degraded,
                         takeover: report.takeover,
                     };
-                    (outcome, next, held, tx)
+                    (outcome, next, held, tx, report.found_exposed)
                 }
                 Err(e) => {
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "reconcile failed");
@@ -235,7 +239,7 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
                         failed_action,
                         applied_fail_safe,
                     };
-                    (outcome, next, false, None)
+                    (outcome, next, false, None, true)
                 }
             };
             let event = RouterEvent {
@@ -247,6 +251,7 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
                 outcome,
                 held,
                 tx_packets,
+                found_exposed,
             };
             if self.events.send(event).is_err() {
                 return;

@@ -223,6 +223,7 @@ mod tests {
             outcome,
             held,
             tx_packets: None,
+            found_exposed: !held,
         }
     }
 

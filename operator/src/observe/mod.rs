@@ -11,8 +11,10 @@
 //!   is not enforcing anything).
 //! - **Leak alarm**: after a pass that leaves a standby converged (silent, and held unless
 //!   the strategy is silence-only), the next pass of the same standby compares the gateway
-//!   device's tx counter; any increase is frames the kernel transmitted on a port that was
-//!   meant to be silent. See `docs/observability.md`.
+//!   device's tx counter. An increase is a leak unless the frames could not reach the wire:
+//!   a hold on the switch, behind the device (OVS, Linux bridge), in place when the interval
+//!   began (the first pass left the port held), when it ended (the next pass found it held
+//!   before acting) and after that pass. See `docs/observability.md`.
 
 pub mod metrics;
 pub mod server;
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use hagw_core::model::{Role, RouterSpec};
 use hagw_core::supervisor::{PassOutcome, RouterEvent, WorkerConfig};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use self::metrics::{
     ActionLabels, ActionResult, ErrorKind, ErrorLabels, Metrics, ObjectLabels, PassLabels,
@@ -67,6 +69,11 @@ struct Track {
     held_standby: bool,
     /// The tx counter after the last pass that left this router a converged standby.
     resting_tx: Option<u64>,
+    /// Whether that pass left the port held (layer-2 hold, or link down).
+    resting_held: bool,
+    /// Whether the router's hold sits behind its gateway device
+    /// ([`hagw_core::model::L2BackendSpec::holds_behind_the_device`]).
+    holds_behind_the_device: bool,
 }
 
 impl Observer {
@@ -128,6 +135,8 @@ impl Observer {
             role: None,
             held_standby: false,
             resting_tx: None,
+            resting_held: false,
+            holds_behind_the_device: false,
         });
         // A changed spec restarts the worker: what it shows is the new spec's.
         let fresh = RouterStatus::new(spec);
@@ -137,6 +146,7 @@ impl Observer {
         track.status.backend = fresh.backend;
         track.last_pass = None;
         track.resting_tx = None;
+        track.holds_behind_the_device = spec.backend.holds_behind_the_device();
         let labels = RouterLabels { router: spec.id.clone() };
         // Created at zero, so rate() and alerts see the series from the start.
         let _ = self.0.metrics.standby_tx_packets.get_or_create(&labels);
@@ -252,25 +262,40 @@ impl Observer {
 
         // The leak alarm: tx between a converged standby pass and the next standby pass.
         let standby = event.role.is_standby();
-        let leaked = match (track.resting_tx, event.tx_packets) {
+        let sent = match (track.resting_tx, event.tx_packets) {
             (Some(before), Some(after)) if standby && event.transition_from.is_none() => {
                 // A smaller counter is a re-created device, not a leak.
                 after.saturating_sub(before)
             }
             _ => 0,
         };
+        // A switch-side hold in place at both ends of the interval and after this pass
+        // dropped what the device transmitted: the kernel's delayed MLD reports after the
+        // silencing steps, a packet socket, a link raised by another agent. Only the hold,
+        // not the device, can tell those frames from a leak. The watchers wake a pass when
+        // a hold is lifted, so a hold lifted meanwhile is found missing.
+        let into_hold = track.holds_behind_the_device
+            && track.resting_held
+            && !event.found_exposed
+            && event.held;
+        let leaked = if into_hold { 0 } else { sent };
+        if into_hold && sent > 0 {
+            debug!(router = %event.router, frames = sent, "the held standby port transmitted into its hold");
+        }
         if leaked > 0 {
             m.standby_tx_packets.get_or_create(&labels).inc_by(leaked);
             warn!(
                 router = %event.router,
                 frames = leaked,
                 held = event.held,
-                "leak alarm: the standby gateway port transmitted while it was meant to be silent"
+                found_exposed = event.found_exposed,
+                "leak alarm: the standby gateway port transmitted frames that could reach the wire"
             );
         }
         m.leak_alarm.get_or_create(&labels).set(i64::from(leaked > 0));
         track.status.leak_alarm = leaked > 0;
         track.resting_tx = if standby && converged { event.tx_packets } else { None };
+        track.resting_held = event.held;
 
         if track.role != Some(event.role) {
             if let Some(old) = track.role {
@@ -390,6 +415,7 @@ mod tests {
             },
             held,
             tx_packets: Some(tx),
+            found_exposed: !held,
         }
     }
 
@@ -477,6 +503,40 @@ mod tests {
         assert!(!text.contains("router=\"r1\""), "{text}");
         o.record(&event(Role::Standby, true, 0, vec![]));
         assert!(!o.metrics().encode().contains("router=\"r1\""), "late event ignored");
+    }
+
+    /// Behind a switch-side hold, frames count only when the hold was not in place at one
+    /// end of the interval; the generic backend's hold is in front of the device (above).
+    #[test]
+    fn frames_into_a_switch_side_hold_are_no_leak_unless_the_hold_was_missing() {
+        let o = Observer::new(&WorkerConfig::default());
+        let mut lb = spec();
+        lb.strategy = hagw_core::model::Strategy::L2Hold;
+        lb.backend = hagw_core::model::L2BackendSpec::Linuxbridge {
+            port: "tap1".into(),
+            bridge: "brq1".into(),
+        };
+        o.router_started(&lb);
+        let leaked = |o: &Observer| {
+            let text = o.metrics().encode();
+            let alarm = value(&text, "hagw_leak_alarm{router=\"r1\"}");
+            (value(&text, "hagw_standby_tx_packets_total{router=\"r1\"}"), alarm)
+        };
+        o.record(&event(Role::Standby, true, 10, vec![Action::HoldL2]));
+        // The kernel's delayed MLD reports after the pass, dropped by the hold.
+        o.record(&event(Role::Standby, true, 13, vec![]));
+        assert_eq!(leaked(&o), (Some(0.0), Some(0.0)));
+        // The hold was lifted behind hagw's back: this pass found the port exposed.
+        let mut lifted = event(Role::Standby, true, 15, vec![Action::HoldL2]);
+        lifted.found_exposed = true;
+        o.record(&lifted);
+        assert_eq!(leaked(&o), (Some(2.0), Some(1.0)));
+        // A pass that left the port exposed: what follows counts whatever comes next.
+        o.record(&event(Role::Standby, false, 15, vec![Action::ReleaseL2]));
+        o.record(&event(Role::Standby, true, 16, vec![Action::HoldL2]));
+        assert_eq!(leaked(&o), (Some(3.0), Some(1.0)));
+        o.record(&event(Role::Standby, true, 20, vec![]));
+        assert_eq!(leaked(&o), (Some(3.0), Some(0.0)));
     }
 
     #[test]
