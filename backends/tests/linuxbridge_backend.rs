@@ -277,6 +277,53 @@ fn a_wave_of_holds_or_releases_is_one_or_two_batches() {
     })
 }
 
+/// Takes CAP_NET_ADMIN away from the calling thread for good (effective and permitted; the
+/// other threads of the test process keep it).
+fn drop_net_admin() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset read and write exactly the header and the two data structs of
+    // version 3, which outlive the calls.
+    unsafe {
+        assert_eq!(nix::libc::syscall(nix::libc::SYS_capget, &mut header, data.as_mut_ptr()), 0);
+        data[0].effective &= !(1 << CAP_NET_ADMIN);
+        data[0].permitted &= !(1 << CAP_NET_ADMIN);
+        assert_eq!(nix::libc::syscall(nix::libc::SYS_capset, &mut header, data.as_ptr()), 0);
+    }
+}
+
+/// The kernel's refusal comes back as the loop's error: permanent (a retry cannot help),
+/// naming the object, the request and the fix.
+#[test]
+fn without_cap_net_admin_hold_and_observe_fail_permanently_and_say_why() {
+    in_fresh_netns(|| async {
+        drop_net_admin();
+        let lb = LinuxbridgeBackend::new();
+        for err in
+            [lb.hold_port(TAP).await.unwrap_err(), lb.observe_port(TAP, BRQ).await.unwrap_err()]
+        {
+            assert!(!err.is_transient(), "{err}");
+            assert!(err.to_string().contains("needs CAP_NET_ADMIN"), "{err}");
+            assert!(err.to_string().contains("EPERM"), "{err}");
+            assert!(err.target.contains("hagw"), "{err}");
+        }
+    })
+}
+
 /// The hold acts on frames: a held tap's frames never reach the bridge's other ports, and
 /// they flow again once released. Checked with the bridge's FDB, which learns a source MAC
 /// only from frames that passed prerouting.

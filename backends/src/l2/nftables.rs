@@ -118,10 +118,10 @@ pub fn key_name(key: &[u8]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NftError {
     /// The kernel answered the request with an error.
-    #[error("{request}: the kernel answered {errno} ({})", errno.desc())]
+    #[error("{request}: the kernel answered {errno}")]
     Kernel { request: &'static str, errno: Errno },
     /// The socket failed, or the reply did not come in time.
-    #[error("{request}: netlink socket: {errno} ({})", errno.desc())]
+    #[error("{request}: netlink socket: {errno}")]
     Socket { request: &'static str, errno: Errno },
     /// A reply that is not what the request asks for: truncated, an attribute of the wrong
     /// size, a reply to another request. Never guessed around: guessing could report a hold
