@@ -91,12 +91,20 @@ async fn announce_with(
         }
         let target = Target::dev(netns.name(), device);
         let owned_device = device.to_owned();
+        // With `linux`, the router flag comes from its open sysctl file rather than a path
+        // walk under /proc/sys on the namespace thread (see `crate::linux::sysctl_files`).
+        let read_here = linux.is_none();
         let ((opened, router), _) = netns
             .run(move || {
-                OpenedSocket::open(&owned_device).map(|s| (s, forwards_ipv6(&owned_device)))
+                let router = read_here && forwards_ipv6(&owned_device);
+                OpenedSocket::open(&owned_device).map(|s| (s, router))
             })
             .await
             .map_err(|err| from_io("open packet socket", target, err))?;
+        let router = match &linux {
+            Some(linux) => linux.forwards_ipv6(netns, device).await.unwrap_or(false),
+            None => router,
+        };
         let socket = PacketSocket::register(opened)
             .map_err(|err| from_io("register packet socket", target, err))?;
         let announcer = Announcer {
@@ -228,17 +236,16 @@ impl Announcer {
         debug!("announce schedule finished");
     }
 
-    /// Whether the device forwards IPv6 now, from its link message (no namespace thread);
-    /// `None` without `linux` or if it cannot be read, and the last value holds.
+    /// Whether the device forwards IPv6 now, from its open sysctl file (no namespace thread,
+    /// no link dump); `None` without `linux` or if it cannot be read, and the last value
+    /// holds.
     async fn forwarding(&self) -> Option<bool> {
         let linux = self.linux.as_ref()?;
-        match linux.link(&Netns::named(&self.netns), &self.device).await {
-            Ok(link) => Some(link?.ipv6?.forwarding != 0),
-            Err(err) => {
-                debug!(error = %err, "cannot read the device's IPv6 forwarding");
-                None
-            }
+        let forwards = linux.forwards_ipv6(&Netns::named(&self.netns), &self.device).await;
+        if forwards.is_none() {
+            debug!("cannot read the device's IPv6 forwarding");
         }
+        forwards
     }
 
     /// The addresses of this schedule still on the device (all of them without `linux`, or

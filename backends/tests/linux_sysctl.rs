@@ -85,3 +85,49 @@ async fn link_devconf_matches_proc_sys() {
         assert_eq!(observed.ipv6, from_proc);
     }
 }
+
+/// A written sysctl's file is kept open (backends/src/linux/sysctl_files.rs); a device
+/// deleted and created again under the same name gets its writes all the same.
+#[tokio::test]
+async fn a_kept_file_follows_a_recreated_device() {
+    if !can_run() {
+        return;
+    }
+    let fx = Fixture::new();
+    let linux = LinuxNet::new();
+    let netns = fx.netns();
+    assert!(linux.write_ipv6_sysctl(&netns, DEVICE, Ipv6Sysctl::Forwarding, 1).await.unwrap());
+    assert_eq!(linux.forwards_ipv6(&netns, DEVICE).await, Some(true));
+    fx.router.ip(&["link", "del", DEVICE]);
+    fx.router.ip(&["link", "add", DEVICE, "type", "veth", "peer", "name", "other"]);
+    assert!(linux.write_ipv6_sysctl(&netns, DEVICE, Ipv6Sysctl::Forwarding, 1).await.unwrap());
+    let inside = fx.router.ip(&["netconf", "show", "dev", DEVICE]);
+    assert!(inside.contains("forwarding on"), "{inside}");
+    assert_eq!(linux.forwards_ipv6(&netns, DEVICE).await, Some(true));
+    // And the same for a read first.
+    fx.router.ip(&["link", "del", DEVICE]);
+    fx.router.ip(&["link", "add", DEVICE, "type", "veth", "peer", "name", "other"]);
+    assert_eq!(linux.forwards_ipv6(&netns, DEVICE).await, Some(false));
+}
+
+/// The kept files do not keep a deleted namespace alive: its veth peer goes with it.
+#[tokio::test]
+async fn a_kept_file_does_not_keep_a_deleted_namespace() {
+    if !can_run() {
+        return;
+    }
+    let fx = Fixture::new();
+    let linux = LinuxNet::new();
+    let netns = fx.netns();
+    assert!(linux.write_ipv6_sysctl(&netns, DEVICE, Ipv6Sysctl::Forwarding, 1).await.unwrap());
+    assert_eq!(linux.forwards_ipv6(&netns, DEVICE).await, Some(true));
+    linux_support::ip(&["netns", "del", &fx.router.name]);
+    // The kernel destroys a namespace on a work queue once nothing holds it; bounded here
+    // only so that a held one fails the test instead of hanging it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while fx.peer.ip(&["-o", "link", "show"]).contains(linux_support::PEER_DEVICE) {
+        assert!(std::time::Instant::now() < deadline, "the deleted namespace is still alive");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(linux.forwards_ipv6(&netns, DEVICE).await, None);
+}

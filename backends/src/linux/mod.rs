@@ -15,6 +15,7 @@ pub mod link;
 pub mod observe;
 pub mod route;
 pub mod sysctl;
+pub mod sysctl_files;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ pub use link::LinkInfo;
 #[derive(Debug, Clone, Default)]
 pub struct LinuxNet {
     cache: Arc<ConnectionCache>,
+    /// Open sysctl files of gateway devices (see [`sysctl_files`]).
+    files: Arc<sysctl_files::SysctlFiles>,
     /// Namespaces last seen missing, so that their absence is logged once, not every pass.
     missing: Arc<Mutex<HashSet<String>>>,
 }

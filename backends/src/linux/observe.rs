@@ -23,6 +23,7 @@ impl LinuxNet {
                 return Err(from_io("observe link", Target::dev(netns.name(), device), e));
             }
             self.cache.forget(netns);
+            self.files.forget_netns(netns);
             if self.note_missing(netns, true) {
                 info!(path = %netns.path().display(), "namespace does not exist");
             } else {

@@ -8,8 +8,8 @@
 //! a sysctl that is already right is the common case on every reconcile pass.
 
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::{self, Read};
+use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -98,21 +98,30 @@ fn parse_value(path: &Path, text: &str) -> Result<u32, ProcError> {
 /// each path walk under `/proc/sys` goes down hash chains as long as the number of
 /// namespaces, which made it a large part of a mass failover.
 fn write_if_different(path: &Path, value: u32) -> Result<bool, ProcError> {
-    let io = |e| ProcError::io(path, e);
-    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(file) => file,
         // Not writable (a container's read-only /proc/sys): fine if there is nothing to write.
         Err(_) if read_value(path).ok() == Some(value) => return Ok(false),
-        Err(e) => return Err(io(e)),
+        Err(e) => return Err(ProcError::io(path, e)),
     };
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(io)?;
-    if parse_value(path, &text)? == value {
+    write_file_if_different(&file, path, value)
+}
+
+/// [`write_if_different`] on an open sysctl file (`path` names it in errors).
+fn write_file_if_different(file: &File, path: &Path, value: u32) -> Result<bool, ProcError> {
+    if read_file(file, path)? == value {
         return Ok(false);
     }
     // At offset 0: the kernel ignores a sysctl write at any other position.
-    file.write_all_at(format!("{value}\n").as_bytes(), 0).map_err(io)?;
+    file.write_all_at(format!("{value}\n").as_bytes(), 0).map_err(|e| ProcError::io(path, e))?;
     Ok(true)
+}
+
+/// The value of an open sysctl file, read from its start.
+fn read_file(file: &File, path: &Path) -> Result<u32, ProcError> {
+    let mut buf = [0u8; 32];
+    let n = file.read_at(&mut buf, 0).map_err(|e| ProcError::io(path, e))?;
+    parse_value(path, &String::from_utf8_lossy(&buf[..n]))
 }
 
 fn path_error(op: impl fmt::Display, target: Target<'_>, message: String) -> Error {
@@ -178,6 +187,22 @@ impl LinuxNet {
         self.in_netns(netns, &op, target, move || read_value(&path)).await
     }
 
+    /// Whether `device` forwards IPv6, from its `forwarding` file kept open (see
+    /// [`super::sysctl_files`]); `None` if it cannot be read.
+    pub async fn forwards_ipv6(&self, netns: &Netns, device: &str) -> Option<bool> {
+        let sysctl = Ipv6Sysctl::Forwarding;
+        let path = ipv6_conf_path(device, sysctl.key()).ok()?;
+        // Twice at most: a file kept from a device deleted since fails, and is opened again.
+        for _ in 0..2 {
+            let file = self.files.file(netns, device, sysctl, path.clone()).await.ok()?;
+            match read_file(&file, &path) {
+                Ok(value) => return Some(value != 0),
+                Err(_) => self.files.forget(netns, device, sysctl),
+            }
+        }
+        None
+    }
+
     /// Sets one IPv6 sysctl of `device` to `value` if it differs; returns whether it wrote.
     #[instrument(level = "debug", skip(self, netns), fields(netns = netns.name()))]
     pub async fn write_ipv6_sysctl(
@@ -190,8 +215,33 @@ impl LinuxNet {
         let op = format!("set ipv6 {} = {value}", sysctl.key());
         let target = Target::dev(netns.name(), device);
         let path = ipv6_conf_path(device, sysctl.key()).map_err(|e| path_error(&op, target, e))?;
-        let written =
-            self.in_netns(netns, &op, target, move || write_if_different(&path, value)).await?;
+        // Only `forwarding` is kept open: it changes with every role change and the
+        // announcement reads it; the others are written once per device, and a file kept
+        // per setting would be a file descriptor per router each.
+        let kept = match sysctl {
+            Ipv6Sysctl::Forwarding => self.files.file(netns, device, sysctl, path.clone()).await,
+            _ => Err(io::ErrorKind::Unsupported.into()),
+        };
+        let written = match kept {
+            Ok(file) => match write_file_if_different(&file, &path, value) {
+                // Its device was deleted since the file was opened: open it again below.
+                Err(ProcError::NoDevice { .. }) => {
+                    self.files.forget(netns, device, sysctl);
+                    None
+                }
+                Err(e) => return Err(Error::new(e.kind(), op, target, e)),
+                Ok(written) => Some(written),
+            },
+            // Not kept, or no namespace, no device or a read-only /proc/sys: the path tells
+            // which.
+            Err(_) => None,
+        };
+        let written = match written {
+            Some(written) => written,
+            None => {
+                self.in_netns(netns, &op, target, move || write_if_different(&path, value)).await?
+            }
+        };
         if written {
             info!(sysctl = sysctl.key(), value, "ipv6 sysctl written");
         }
