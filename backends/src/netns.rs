@@ -11,13 +11,19 @@
 //! routers taking over at once created and tore down thousands of OS threads, each with its
 //! own allocator arena. A pool thread goes back to its own namespace after each call:
 //! holding on to a router's namespace would keep a deleted one alive.
+//!
+//! The queue has two lanes: work on a role change's critical path
+//! ([`hagw_core::lane::is_urgent`]: a takeover's observation, release and announcement) is
+//! served before everything else queued (verifications, resyncs), so a single takeover does
+//! not wait for a thousand other routers' checks.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use nix::sched::{CloneFlags, setns};
 
@@ -81,7 +87,7 @@ impl Netns {
             let result = in_namespace(&path, work);
             let _ = tx.send(result);
         });
-        pool()?.send(job).map_err(|_| io::Error::other("namespace threads are gone"))?;
+        pool()?.submit(hagw_core::lane::is_urgent(), job);
         rx.await.map_err(|_| io::Error::other("namespace work panicked"))?
     }
 }
@@ -106,27 +112,59 @@ thread_local! {
         .expect("every thread has a network namespace");
 }
 
-/// The queue of the pool's threads, started on first use.
-fn pool() -> io::Result<&'static mpsc::Sender<Job>> {
-    static POOL: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
-    if let Some(jobs) = POOL.get() {
-        return Ok(jobs);
+/// The jobs waiting for a pool thread, in two lanes.
+#[derive(Default)]
+struct Lanes {
+    urgent: VecDeque<Job>,
+    normal: VecDeque<Job>,
+}
+
+/// Threads serving two queues: urgent jobs first, each lane in order.
+struct Pool {
+    lanes: Mutex<Lanes>,
+    ready: Condvar,
+}
+
+impl Pool {
+    fn new() -> Self {
+        Pool { lanes: Mutex::default(), ready: Condvar::new() }
     }
-    // Two first calls at once may both start threads: the loser's queue is dropped below,
-    // which ends its threads.
-    let (jobs, queue) = mpsc::channel::<Job>();
-    let queue = Arc::new(Mutex::new(queue));
-    for i in 0..THREADS {
-        let queue = Arc::clone(&queue);
-        std::thread::Builder::new().name(format!("netns-{i}")).spawn(move || {
+
+    fn lanes(&self) -> std::sync::MutexGuard<'_, Lanes> {
+        // A job runs outside the lock: a poisoned one still holds consistent queues.
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn submit(&self, urgent: bool, job: Job) {
+        let mut lanes = self.lanes();
+        match urgent {
+            true => lanes.urgent.push_back(job),
+            false => lanes.normal.push_back(job),
+        }
+        self.ready.notify_one();
+    }
+
+    /// The next job, urgent ones first; waits for one.
+    fn next(&self) -> Job {
+        let mut lanes = self.lanes();
+        loop {
+            if let Some(job) = lanes.urgent.pop_front().or_else(|| lanes.normal.pop_front()) {
+                return job;
+            }
+            lanes = self.ready.wait(lanes).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Starts a thread serving the pool (`name`), returning to its own namespace after each
+    /// job.
+    fn spawn_thread(self: &Arc<Self>, name: String) -> io::Result<()> {
+        let pool = Arc::clone(self);
+        std::thread::Builder::new().name(name).spawn(move || {
             // Opened before the first call moves the thread elsewhere.
             HOME.with(|_| ());
             loop {
-                // A poisoned lock only means another thread panicked while waiting.
-                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                let Ok(job) = next else { return };
                 // A panic drops the job's reply channel, which reports it; the thread stays.
-                let _ = catch_unwind(AssertUnwindSafe(job));
+                let _ = catch_unwind(AssertUnwindSafe(pool.next()));
                 if let Err(error) = HOME.with(|home| setns(home, CloneFlags::CLONE_NEWNET)) {
                     // Staying would keep the last namespace alive: end this thread instead.
                     tracing::error!(%error, "namespace thread cannot return home; ending it");
@@ -134,6 +172,66 @@ fn pool() -> io::Result<&'static mpsc::Sender<Job>> {
                 }
             }
         })?;
+        Ok(())
     }
-    Ok(POOL.get_or_init(|| jobs))
+}
+
+/// The pool, its threads started on first use.
+fn pool() -> io::Result<&'static Arc<Pool>> {
+    static POOL: OnceLock<Arc<Pool>> = OnceLock::new();
+    static STARTED: Mutex<bool> = Mutex::new(false);
+    let pool = POOL.get_or_init(|| Arc::new(Pool::new()));
+    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    if !*started {
+        for i in 0..THREADS {
+            pool.spawn_thread(format!("netns-{i}"))?;
+        }
+        *started = true;
+    }
+    Ok(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// With the pool's one thread busy and resyncs queued, an urgent job (a takeover's) is
+    /// served next, before every one of them; each lane keeps its order.
+    #[test]
+    fn urgent_jobs_are_served_before_the_queued_ones() {
+        let pool = Arc::new(Pool::new());
+        let (release, busy) = mpsc::channel::<()>();
+        let (started, running) = mpsc::channel::<()>();
+        pool.submit(
+            false,
+            Box::new(move || {
+                started.send(()).unwrap();
+                busy.recv().unwrap();
+            }),
+        );
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let (done, finished) = mpsc::channel::<()>();
+        let job = |name: String| -> Job {
+            let (served, done) = (Arc::clone(&served), done.clone());
+            Box::new(move || {
+                served.lock().unwrap().push(name);
+                done.send(()).unwrap();
+            })
+        };
+        pool.spawn_thread("netns-test".into()).unwrap();
+        running.recv().unwrap();
+        for i in 0..100 {
+            pool.submit(false, job(format!("resync {i}")));
+        }
+        pool.submit(true, job("takeover".into()));
+        pool.submit(true, job("takeover, second step".into()));
+        release.send(()).unwrap();
+        for _ in 0..102 {
+            finished.recv().unwrap();
+        }
+        let served = served.lock().unwrap();
+        assert_eq!(served[..3], ["takeover", "takeover, second step", "resync 0"]);
+        assert_eq!(served.last().unwrap(), "resync 99");
+    }
 }

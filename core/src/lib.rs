@@ -9,6 +9,7 @@
 pub mod action;
 pub mod config;
 pub mod error;
+pub mod lane;
 pub mod liveness;
 pub mod model;
 pub mod neutron;

@@ -11,6 +11,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::action::Action;
 use crate::error::Error;
+use crate::lane;
 use crate::model::{Role, RouterSpec};
 use crate::observed::{Observed, PortState};
 use crate::planner::{HoldOnArrival, Plan, Wait, partial_hold_matters, plan};
@@ -107,6 +108,12 @@ impl RouterMemory {
             hold_only: self.hold_only,
             hand_back: self.hand_back,
         }
+    }
+
+    /// Whether a pass for `role` now is (still) part of a role change: the first pass after
+    /// it, and on a primary every pass until it has announced ([`crate::lane`]).
+    fn role_change_open(&self, role: Role) -> bool {
+        self.last_role != Some(role) || (role == Role::Primary && self.announce_pending)
     }
 
     fn announced(&mut self) {
@@ -221,7 +228,7 @@ pub async fn dry_run<D: Dataplane>(
     policy: &RetryPolicy,
     wake: Option<&Notify>,
 ) -> Result<(Observed, Plan), ReconcileError> {
-    Pass { dataplane, spec, role, memory, policy, wake }.dry_run(&[]).await
+    Pass { dataplane, spec, role, memory, policy, wake, urgent: false }.dry_run(&[]).await
 }
 
 /// One full pass: observe, plan, apply, verify.
@@ -250,7 +257,8 @@ pub async fn reconcile_router<D: Dataplane>(
 ) -> Result<PassReport, ReconcileError> {
     let span = info_span!("reconcile", router = %spec.id, netns = %spec.namespace,
         port = %spec.gateway_device, role = role.as_str());
-    Pass { dataplane, spec, role, memory, policy, wake }.run().instrument(span).await
+    let urgent = memory.role_change_open(role);
+    Pass { dataplane, spec, role, memory, policy, wake, urgent }.run().instrument(span).await
 }
 
 /// The context every step of one pass shares: which port, in which role, with what memory,
@@ -262,6 +270,11 @@ struct Pass<'a, D> {
     memory: &'a mut RouterMemory,
     policy: &'a RetryPolicy,
     wake: Option<&'a Notify>,
+    /// Whether the pass's I/O is on a role change's critical path ([`crate::lane`]): from its
+    /// first observation until a primary has announced, or a standby's first round is
+    /// applied; its verification after that, and passes without a role change (resyncs,
+    /// events), are not.
+    urgent: bool,
 }
 
 impl<D: Dataplane> Pass<'_, D> {
@@ -304,6 +317,11 @@ impl<D: Dataplane> Pass<'_, D> {
                         break;
                     }
                 }
+            }
+            if self.role.is_standby() {
+                // The guard is in place (or failed, and the pass has ended): what is left is
+                // checking it.
+                self.urgent = false;
             }
             if cut_short {
                 // The rest of the round was planned on the failed step's effect (an
@@ -352,9 +370,8 @@ impl<D: Dataplane> Pass<'_, D> {
         let (dataplane, spec) = (self.dataplane, self.spec);
         let partial = partial_hold_matters(spec, self.role, skip, self.memory.hand_back);
         let observe = || dataplane.observe_for(spec, partial);
-        let port = with_retry(self.policy, self.wake, "observe", observe)
-            .await
-            .map_err(ReconcileError::Observe)?;
+        let observed = with_retry(self.policy, self.wake, "observe", observe);
+        let port = lane::urgent(self.urgent, observed).await.map_err(ReconcileError::Observe)?;
         Ok(self.memory.observed(self.role, port, Instant::now()))
     }
 
@@ -381,10 +398,14 @@ impl<D: Dataplane> Pass<'_, D> {
 
     async fn apply(&mut self, action: &Action) -> Result<(), Error> {
         let (dataplane, spec) = (self.dataplane, self.spec);
-        with_retry(self.policy, self.wake, action.kind(), || dataplane.apply(spec, action)).await?;
+        let applied =
+            with_retry(self.policy, self.wake, action.kind(), || dataplane.apply(spec, action));
+        lane::urgent(self.urgent, applied).await?;
         info!(action = %action, "applied");
         if matches!(action, Action::Announce { .. }) {
             self.memory.announced();
+            // The takeover is out; the rest of the pass is verification.
+            self.urgent = false;
         }
         Ok(())
     }
@@ -418,6 +439,11 @@ impl<D: Dataplane> Pass<'_, D> {
     /// After a failed step on a standby: if the port is exposed and not silent, close it with
     /// whichever guard still works, so a failure never leaves a standby transmitting.
     async fn fail_safe(&self, failed: &Action) -> Option<Action> {
+        // A standby possibly left exposed: as urgent as any role change.
+        lane::urgent(true, self.close_exposure(failed)).await
+    }
+
+    async fn close_exposure(&self, failed: &Action) -> Option<Action> {
         let (dataplane, spec) = (self.dataplane, self.spec);
         let port = match dataplane.observe(spec).await {
             Ok(port) if !port.is_exposed() || port.is_silent() => return None,

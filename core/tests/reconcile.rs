@@ -30,6 +30,8 @@ struct ModelDataplane {
     /// Linux bridge tap behind a gateway veth).
     wired_by_link_up: bool,
     attempts: Mutex<Vec<&'static str>>,
+    /// Every observation and step with its urgency ([`hagw_core::lane`]), in order.
+    lanes: Mutex<Vec<(&'static str, bool)>>,
 }
 
 impl ModelDataplane {
@@ -41,6 +43,7 @@ impl ModelDataplane {
             undone_once: Mutex::new(vec![]),
             wired_by_link_up: false,
             attempts: Mutex::new(vec![]),
+            lanes: Mutex::new(vec![]),
         }
     }
 
@@ -56,11 +59,13 @@ impl ModelDataplane {
 
 impl Dataplane for ModelDataplane {
     async fn observe(&self, _spec: &RouterSpec) -> Result<PortState, Error> {
+        self.lanes.lock().unwrap().push(("observe", hagw_core::lane::is_urgent()));
         Ok(self.port())
     }
 
     async fn apply(&self, _spec: &RouterSpec, action: &Action) -> Result<(), Error> {
         self.attempts.lock().unwrap().push(action.kind());
+        self.lanes.lock().unwrap().push((action.kind(), hagw_core::lane::is_urgent()));
         for (kind, error, times) in self.failures.lock().unwrap().iter_mut() {
             if (*kind == action.kind() || *kind == action.to_string()) && *times > 0 {
                 *times = times.saturating_sub(1);
@@ -200,6 +205,48 @@ async fn a_pass_follows_up_on_what_its_own_steps_made_possible() {
     assert!(kinds.contains(&"release-l2") && kinds.last() == Some(&"announce"), "{kinds:?}");
     assert!(dp.port().is_exposed());
     assert_eq!(report.wait, None);
+}
+
+/// A role change's work is urgent (served first by the namespace threads) up to a primary's
+/// announcement or a standby's guard; verifying it, and passes without a role change, are
+/// not. Over two rounds here: raising the link makes the release possible.
+#[tokio::test(start_paused = true)]
+async fn a_role_change_is_urgent_until_announced_or_guarded_then_not() {
+    let mut port = quiet_held_port();
+    port.link.as_mut().unwrap().admin_up = false;
+    port.l2.wired = false;
+    let mut dp = ModelDataplane::new(port);
+    dp.wired_by_link_up = true;
+    let lb =
+        hagw_core::model::L2BackendSpec::Linuxbridge { port: "tap1".into(), bridge: "brq1".into() };
+    let spec = spec(Strategy::LinkDown, lb);
+    let policy = RetryPolicy::default();
+    let mut memory = RouterMemory::default();
+    let take = |dp: &ModelDataplane| std::mem::take(&mut *dp.lanes.lock().unwrap());
+    // The steps up to `end` (excluded) urgent, the rest (at least one) not.
+    let split = |lanes: &[(&'static str, bool)], end: usize| {
+        let (critical, rest) = lanes.split_at(end);
+        assert!(critical.iter().all(|(_, u)| *u), "{lanes:?}");
+        assert!(!rest.is_empty() && rest.iter().all(|(_, u)| !*u), "{lanes:?}");
+        critical.iter().map(|(k, _)| *k).collect::<Vec<_>>()
+    };
+
+    reconcile_router(&dp, &spec, Role::Primary, &mut memory, &policy, None).await.unwrap();
+    let lanes = take(&dp);
+    let critical = split(&lanes, lanes.iter().position(|(k, _)| *k == "announce").unwrap() + 1);
+    let observes = critical.iter().filter(|k| **k == "observe").count();
+    assert!(critical.contains(&"release-l2") && observes >= 2, "{critical:?}");
+    // A resync: nothing changed, nothing urgent.
+    reconcile_router(&dp, &spec, Role::Primary, &mut memory, &policy, None).await.unwrap();
+    assert!(take(&dp).iter().all(|(_, u)| !*u));
+
+    let policy = RetryPolicy { verify_attempts: 1, ..policy };
+    reconcile_router(&dp, &spec, Role::Standby, &mut memory, &policy, None).await.unwrap();
+    // The whole first round (guards, then silence), not its verification.
+    let lanes = take(&dp);
+    let last_step = lanes.iter().rposition(|(k, _)| *k != "observe").unwrap();
+    let critical = split(&lanes, last_step + 1);
+    assert_eq!(critical[..3], ["observe", "hold-l2", "link-down"]);
 }
 
 /// A reported change (the worker's kick: say the OVS port the hold waits for appeared) ends
