@@ -75,6 +75,10 @@ impl Dataplane for HostDataplane {
         }
     }
 
+    fn at_rest(&self, spec: &RouterSpec) {
+        self.linux.connections().close_unused(&Netns::named(&spec.namespace));
+    }
+
     #[instrument(level = "debug", skip_all, fields(netns = %spec.namespace, device = %spec.gateway_device, action = action.kind()))]
     async fn apply(&self, spec: &RouterSpec, action: &Action) -> Result<(), Error> {
         let netns = Netns::named(&spec.namespace);

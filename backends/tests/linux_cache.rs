@@ -2,7 +2,9 @@
 
 mod linux_support;
 
-use hagw_backends::linux::LinuxNet;
+use std::time::Duration;
+
+use hagw_backends::linux::{ConnectionCache, LinuxNet};
 use linux_support::{DEVICE, TempNetns, can_run, ip};
 
 #[tokio::test]
@@ -99,4 +101,46 @@ async fn concurrent_first_use_shares_a_connection() {
     let id = linux.connections().cached_id(&netns).expect("one connection cached");
     assert!(linux.link(&netns, DEVICE).await.unwrap().is_some());
     assert_eq!(linux.connections().cached_id(&netns), Some(id));
+}
+
+/// A connection unused for its idle time closes and leaves the cache: an ended connection's
+/// entry kept its task and request channel (a kilobyte per namespace) until the next pass.
+#[tokio::test]
+async fn an_idle_connection_leaves_the_cache() {
+    if !can_run() {
+        return;
+    }
+    let linux = LinuxNet::with_connections(ConnectionCache::with_idle(Duration::from_millis(100)));
+    let ns = TempNetns::new("");
+    let netns = ns.netns();
+    ns.ip(&["link", "add", DEVICE, "type", "veth", "peer", "name", "peer0"]);
+    assert!(linux.link(&netns, DEVICE).await.unwrap().is_some());
+    assert!(linux.connections().cached_id(&netns).is_some());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while linux.connections().cached_id(&netns).is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the idle connection is still cached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The next request opens a new one.
+    assert!(linux.link(&netns, DEVICE).await.unwrap().is_some());
+    assert!(linux.connections().cached_id(&netns).is_some());
+}
+
+/// Resting routers' connection closes at once, unless a request holds it.
+#[tokio::test]
+async fn close_unused_spares_a_connection_in_use() {
+    if !can_run() {
+        return;
+    }
+    let linux = LinuxNet::new();
+    let ns = TempNetns::new("");
+    let netns = ns.netns();
+    ns.ip(&["link", "add", DEVICE, "type", "veth", "peer", "name", "peer0"]);
+    let in_use = linux.connections().handle(&netns).await.unwrap();
+    linux.connections().close_unused(&netns);
+    assert!(linux.connections().cached_id(&netns).is_some(), "closed under a request");
+    drop(in_use);
+    linux.connections().close_unused(&netns);
+    assert_eq!(linux.connections().cached_id(&netns), None);
+    assert!(linux.link(&netns, DEVICE).await.unwrap().is_some());
 }

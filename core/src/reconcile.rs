@@ -43,6 +43,12 @@ pub trait Dataplane: Sync {
     /// [`HoldOnArrival::Never`] before it releases). Backends that see arrivals no sooner than
     /// a pass ignore it.
     fn hold_on_arrival(&self, _spec: &RouterSpec, _hold: HoldOnArrival) {}
+    /// A resync's pass found nothing to change and nothing to wait for: the router rests
+    /// until an event or its next resync. A backend may let go of what it keeps open between
+    /// a pass's steps (a namespace's netlink connection); the next pass opens it again.
+    /// Every resync round of a thousand resting routers would otherwise keep hundreds of
+    /// them open at once.
+    fn at_rest(&self, _spec: &RouterSpec) {}
 }
 
 /// What the loop remembers about one router between passes; the planner gets it as part of

@@ -164,6 +164,8 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
         let mut memory = std::mem::take(&mut self.memory);
         let mut last_role: Option<Role> = None;
         let mut backoff = self.config.backoff;
+        // Whether this pass is the resync's (its timer woke the worker), not an event's.
+        let mut resync = false;
         loop {
             let role = *self.roles.borrow_and_update();
             let transition_from = last_role.filter(|r| *r != role);
@@ -196,6 +198,11 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
                         // Nothing failed, or only what a read-only /proc/sys refuses: retried
                         // at the resync, told once by the agent rather than on every pass.
                         backoff = self.config.backoff;
+                        // After an event, more tend to follow (a takeover's own changes,
+                        // a switch applying them): only a resync that changed nothing rests.
+                        if resync && report.applied.is_empty() && report.wait.is_none() {
+                            self.dataplane.at_rest(&self.spec);
+                        }
                     } else {
                         for failure in &report.degraded {
                             warn!(error = %failure, retry_in_ms = backoff.as_millis() as u64, "degraded");
@@ -257,10 +264,11 @@ impl<D: Dataplane + Send + Sync + 'static> Worker<D> {
                 return;
             }
             let deadline = Instant::now() + next;
+            resync = false;
             tokio::select! {
                 changed = self.roles.changed() => if changed.is_err() { return },
                 _ = self.kick.notified() => {}
-                _ = sleep_until(deadline) => {}
+                _ = sleep_until(deadline) => resync = true,
             }
         }
     }

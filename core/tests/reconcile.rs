@@ -2,7 +2,8 @@
 
 mod common;
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -13,7 +14,8 @@ use hagw_core::observed::{HoldState, PortState};
 use hagw_core::reconcile::{
     Dataplane, PassReport, ReconcileError, RetryPolicy, RouterMemory, reconcile_router,
 };
-use tokio::sync::Notify;
+use hagw_core::supervisor::{PassOutcome, WorkerConfig, spawn_router};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 /// A port that behaves like the action model, with scripted failures.
@@ -32,6 +34,8 @@ struct ModelDataplane {
     attempts: Mutex<Vec<&'static str>>,
     /// Every observation and step with its urgency ([`hagw_core::lane`]), in order.
     lanes: Mutex<Vec<(&'static str, bool)>>,
+    /// How often a worker said its router rests ([`Dataplane::at_rest`]).
+    rests: AtomicUsize,
 }
 
 impl ModelDataplane {
@@ -44,6 +48,7 @@ impl ModelDataplane {
             wired_by_link_up: false,
             attempts: Mutex::new(vec![]),
             lanes: Mutex::new(vec![]),
+            rests: AtomicUsize::new(0),
         }
     }
 
@@ -85,6 +90,10 @@ impl Dataplane for ModelDataplane {
             }
         }
         Ok(())
+    }
+
+    fn at_rest(&self, _spec: &RouterSpec) {
+        self.rests.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -426,4 +435,32 @@ async fn a_hand_back_releases_a_port_it_cannot_fully_silence() {
         // addr_gen_mode, and each unwritable one once: the second pass does not try them.
         assert_eq!(attempts_of(&dp, "set-sysctl"), 3);
     }
+}
+
+/// A worker tells the dataplane when its router rests (a resync's pass that found nothing
+/// to change and nothing to wait for), so that it can close what it keeps open for passes;
+/// not after a pass that changed the port, nor after an event's (more tend to follow).
+#[tokio::test(start_paused = true)]
+async fn a_worker_tells_the_dataplane_when_its_router_rests() {
+    let dp = Arc::new(ModelDataplane::new(noisy_port(HoldState::Released)));
+    let (events, mut passes) = mpsc::unbounded_channel();
+    let spec = spec(Strategy::L2Hold, ovs());
+    let config = WorkerConfig::default();
+    let (router, worker) =
+        spawn_router(Arc::clone(&dp), spec, Role::Standby, RouterMemory::default(), config, events);
+    let mut next = async || {
+        let pass = passes.recv().await.expect("the worker runs");
+        let PassOutcome::Converged { applied, wait, .. } = pass.outcome else {
+            panic!("{:?}", pass.outcome)
+        };
+        (applied.is_empty() && wait.is_none(), dp.rests.load(Ordering::Relaxed))
+    };
+    // The first pass holds and silences the port.
+    assert_eq!(next().await, (false, 0));
+    // An event's pass finds nothing to do: no rest.
+    router.kick();
+    assert_eq!(next().await, (true, 0));
+    // The resync's does, told before the pass is reported.
+    assert_eq!(next().await, (true, 1));
+    worker.abort();
 }

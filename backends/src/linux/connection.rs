@@ -8,9 +8,11 @@
 //! old socket would keep talking to — and keeping alive — the dead namespace) or when its
 //! connection task has ended.
 //!
-//! A connection closes itself after [`IDLE`] without use: each holds a 64 KiB read and an
-//! 8 KiB write buffer (netlink-proto's), and a thousand namespaces that are only looked at
-//! by the periodic resync would otherwise keep a thousand of them resident for nothing.
+//! A connection closes itself after [`IDLE`] without use, and its entry leaves the cache with
+//! it: each holds a 64 KiB read and an 8 KiB write buffer (netlink-proto's), and a thousand
+//! namespaces that are only looked at by the periodic resync would otherwise keep a thousand
+//! of them resident for nothing. The entry itself (the ended task's allocation, the request
+//! channel) was another kilobyte per namespace, kept until the namespace's next pass.
 //!
 //! The kernel runs at most one dump per netlink socket (a second gets EBUSY, and parallel
 //! dumps can overflow the receive buffer: ENOBUFS), while the reconcile loop observes
@@ -21,7 +23,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use hagw_core::Error;
@@ -64,6 +67,8 @@ pub const IDLE: Duration = Duration::from_secs(10);
 /// A live connection into one namespace instance.
 struct Entry {
     id: NetnsId,
+    /// Tells this connection from a later one to the same namespace, for [`Closed`].
+    serial: u64,
     conn: Conn,
     task: JoinHandle<()>,
     /// When [`ConnectionCache::handle`] last handed it out; its task ends [`IDLE`] after.
@@ -77,10 +82,20 @@ impl Drop for Entry {
     }
 }
 
+type Entries = Mutex<HashMap<Netns, Entry>>;
+
 /// Cached rtnetlink connections keyed by namespace name.
-#[derive(Default)]
 pub struct ConnectionCache {
-    entries: Mutex<HashMap<Netns, Entry>>,
+    entries: Arc<Entries>,
+    /// How long an unused connection stays open ([`IDLE`]).
+    idle: Duration,
+    next_serial: AtomicU64,
+}
+
+impl Default for ConnectionCache {
+    fn default() -> Self {
+        Self::with_idle(IDLE)
+    }
 }
 
 impl std::fmt::Debug for ConnectionCache {
@@ -95,10 +110,13 @@ impl ConnectionCache {
         Self::default()
     }
 
+    /// A cache whose connections close after `idle` without use instead of [`IDLE`].
+    pub fn with_idle(idle: Duration) -> Self {
+        Self { entries: Arc::default(), idle, next_serial: AtomicU64::new(0) }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Netns, Entry>> {
-        // A panic while holding the lock cannot leave the map inconsistent (every update is
-        // a single insert or remove), so a poisoned lock is still usable.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.entries)
     }
 
     /// A handle talking to the current instance of `netns`, opening a connection if there is
@@ -144,10 +162,15 @@ impl ConnectionCache {
         }
         let span = info_span!("netlink", netns = netns.name());
         let used = Arc::new(Mutex::new(Instant::now()));
-        let task = tokio::spawn(until_idle(connection, Arc::clone(&used)).instrument(span));
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let closed =
+            Closed { entries: Arc::downgrade(&self.entries), netns: netns.clone(), serial };
+        let task = tokio::spawn(
+            until_idle(connection, Arc::clone(&used), self.idle, closed).instrument(span),
+        );
         debug!(netns = netns.name(), "opened netlink connection");
         let conn = Conn { handle, dumps: Arc::default() };
-        entries.insert(netns.clone(), Entry { id, conn: conn.clone(), task, used });
+        entries.insert(netns.clone(), Entry { id, serial, conn: conn.clone(), task, used });
         Ok(conn)
     }
 
@@ -162,13 +185,22 @@ impl ConnectionCache {
         }
         if entry.id != current {
             info!(netns = netns.name(), "namespace was re-created, reopening netlink connection");
-        } else if last_use(&entry.used).elapsed() >= IDLE {
-            debug!(netns = netns.name(), "reopening netlink connection closed while idle");
-        } else {
-            info!(netns = netns.name(), "netlink connection ended, reopening it");
         }
+        // An ended connection has (nearly always) removed itself already; see [`Closed`].
         entries.remove(netns);
         None
+    }
+
+    /// Closes the connection for `netns` now unless a request is using it (a caller holds
+    /// its [`Conn`]): for a namespace whose routers rest until their next resync, which
+    /// would otherwise keep it open for [`IDLE`] more.
+    pub fn close_unused(&self, netns: &Netns) {
+        let mut entries = self.lock();
+        // The entry's own `Conn` is one reference to `dumps`; every caller's is another.
+        if entries.get(netns).is_some_and(|e| Arc::strong_count(&e.conn.dumps) == 1) {
+            entries.remove(netns);
+            debug!(netns = netns.name(), "closed the netlink connection of resting routers");
+        }
     }
 
     /// Drops the connection for `netns`, if any.
@@ -198,12 +230,36 @@ impl ConnectionCache {
     }
 }
 
-/// Runs `connection` until it ends or has not been handed out for [`IDLE`]; ending the task
-/// closes the socket and frees its buffers.
-async fn until_idle(connection: impl Future<Output = ()>, used: Arc<Mutex<Instant>>) {
-    let idle = async {
+/// Removes a connection's entry from its cache when the connection ends, unless a later
+/// connection to the namespace has replaced it meanwhile.
+struct Closed {
+    entries: Weak<Entries>,
+    netns: Netns,
+    serial: u64,
+}
+
+impl Closed {
+    fn remove(self) {
+        let Some(entries) = self.entries.upgrade() else { return };
+        let mut entries = lock(&entries);
+        if entries.get(&self.netns).is_some_and(|e| e.serial == self.serial) {
+            // Dropping the entry aborts this very task, which is ending anyway.
+            entries.remove(&self.netns);
+        }
+    }
+}
+
+/// Runs `connection` until it ends or has not been handed out for `idle`; ending the task
+/// closes the socket, frees its buffers and takes its entry out of the cache.
+async fn until_idle(
+    connection: impl Future<Output = ()>,
+    used: Arc<Mutex<Instant>>,
+    idle: Duration,
+    closed: Closed,
+) {
+    let unused = async {
         loop {
-            let due = *last_use(&used) + IDLE;
+            let due = *last_use(&used) + idle;
             if Instant::now() >= due {
                 return;
             }
@@ -211,9 +267,16 @@ async fn until_idle(connection: impl Future<Output = ()>, used: Arc<Mutex<Instan
         }
     };
     tokio::select! {
-        () = connection => {}
-        () = idle => {}
+        () = connection => info!(netns = closed.netns.name(), "netlink connection ended"),
+        () = unused => debug!(netns = closed.netns.name(), "netlink connection closed while idle"),
     }
+    closed.remove();
+}
+
+fn lock(entries: &Entries) -> std::sync::MutexGuard<'_, HashMap<Netns, Entry>> {
+    // A panic while holding the lock cannot leave the map inconsistent (every update is a
+    // single insert or remove), so a poisoned lock is still usable.
+    entries.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A poisoned lock still holds a valid instant.

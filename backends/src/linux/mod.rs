@@ -39,6 +39,12 @@ impl LinuxNet {
         Self::default()
     }
 
+    /// Over `connections` instead of a default cache (e.g. one whose connections close
+    /// sooner: [`ConnectionCache::with_idle`]).
+    pub fn with_connections(connections: ConnectionCache) -> Self {
+        Self { cache: Arc::new(connections), ..Self::default() }
+    }
+
     /// The connection cache, for callers that need a raw rtnetlink handle in a namespace
     /// (e.g. the announcer) without opening their own connection.
     pub fn connections(&self) -> &ConnectionCache {
