@@ -96,6 +96,10 @@ pub struct Routers {
     config: WorkerConfig,
     roles: RoleReader,
     routers: BTreeMap<String, Managed>,
+    /// The ids of `routers` by namespace. Every netlink event names a namespace: looking its
+    /// routers up by scanning all of them made a mass failover's events (a handful per
+    /// router) cost the square of the routers on this one task.
+    by_namespace: HashMap<String, Vec<String>>,
     monitors: HashMap<String, NetnsMonitor>,
     /// Wakes by namespace: netlink events, keepalived's start-up and exit, mounts.
     netns_changes: mpsc::UnboundedSender<String>,
@@ -118,6 +122,7 @@ impl Routers {
             dataplane,
             config,
             routers: BTreeMap::new(),
+            by_namespace: HashMap::new(),
             monitors: HashMap::new(),
             netns_changes,
             events,
@@ -202,6 +207,10 @@ impl Routers {
             managed.watch_keepalived(resolved.keepalived, &self.netns_changes);
             self.routers.insert(id, managed);
         }
+        self.by_namespace.clear();
+        for (id, m) in &self.routers {
+            self.by_namespace.entry(m.wanted.spec.namespace.clone()).or_default().push(id.clone());
+        }
         self.update_ovs(dropped);
     }
 
@@ -266,10 +275,8 @@ impl Routers {
 
     /// Something happened in a namespace: re-read the roles of its routers and wake them.
     pub async fn namespace_changed(&mut self, namespace: &str) {
-        if self.routers.values().any(|m| m.wanted.spec.namespace == namespace) {
-            self.ensure_monitor(namespace).await;
-        }
-        let ids = self.ids(|spec| spec.namespace == namespace);
+        let Some(ids) = self.by_namespace.get(namespace).cloned() else { return };
+        self.ensure_monitor(namespace).await;
         for id in ids {
             self.refresh_role(&id).await;
             if let Some(m) = self.routers.get(&id) {
@@ -285,7 +292,7 @@ impl Routers {
             let Some(name) = event.name.as_ref().and_then(|n| n.to_str()) else { return };
             if event.removed {
                 self.monitors.remove(name);
-            } else if self.routers.values().any(|m| m.wanted.spec.namespace == name) {
+            } else if self.by_namespace.contains_key(name) {
                 self.ensure_monitor(name).await;
             }
             self.namespace_changed(name).await;
